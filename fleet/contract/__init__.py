@@ -1,0 +1,1 @@
+"""The SageMaker side of fleet, pure: request models, config files, docker argv, records."""

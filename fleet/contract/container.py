@@ -1,0 +1,101 @@
+"""The `docker run` argv of one host: entrypoint rules, environment, mounts, GPUs, names.
+
+Pure: the same job, host and addresses give the same argv, which `--dry-run` prints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from fleet.contract.job import ProcessingJob
+from fleet.inventory import Host
+
+JOB_LABEL = "fleet.job"
+HOST_LABEL = "fleet.host"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A host directory bind-mounted into the container."""
+
+    source: str
+    target: str
+    read_only: bool = False
+
+    def volume_arg(self) -> str:
+        return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
+
+
+def container_name(job_name: str, algo: str) -> str:
+    return f"{job_name}-{algo}"
+
+
+def gpus_arg(gpus: object) -> str | None:
+    """Docker's --gpus value: all → all; a count → that count; ids → "device=0,1" (quotes included)."""
+    if gpus is None:
+        return None
+    if gpus == "all":
+        return "all"
+    if isinstance(gpus, int):
+        return str(gpus)
+    return '"device=' + ",".join(str(g) for g in gpus) + '"'
+
+
+def entrypoint_and_command(job: ProcessingJob) -> tuple[str | None, list[str]]:
+    """(--entrypoint value, words after the image), following the contract's four rules.
+
+    Docker's --entrypoint takes one word, so the other entrypoint words go before the
+    arguments. With --entrypoint Docker also drops the image's CMD, as the contract asks.
+    """
+    app = job.AppSpecification
+    entrypoint = list(app.ContainerEntrypoint or [])
+    arguments = list(app.ContainerArguments or [])
+    if not entrypoint:
+        return None, arguments  # image ENTRYPOINT; arguments (if any) replace its CMD
+    return entrypoint[0], entrypoint[1:] + arguments
+
+
+def docker_run_argv(
+    job: ProcessingJob,
+    host: Host,
+    algo: str,
+    peers: list[tuple[str, str]],
+    mounts: list[Mount],
+    stop_grace: int,
+) -> list[str]:
+    """`docker run` options and words (after the host's docker command) for one host.
+
+    `peers` is (algo name, address) for every host of the job, this one included: with
+    host networking, each algo-i resolves through /etc/hosts to where that host is reached.
+    """
+    name = job.ProcessingJobName
+    argv = [
+        "run", "--detach",
+        "--name", container_name(name, algo),
+        "--label", f"{JOB_LABEL}={name}",
+        "--label", f"{HOST_LABEL}={algo}",
+        "--hostname", algo,
+        # SageMaker stops a job with SIGINT, then SIGKILL: `docker stop` does exactly that.
+        "--stop-signal", "SIGINT",
+        "--stop-timeout", str(stop_grace),
+    ]
+    if job.network_isolation:
+        argv += ["--network", "none"]
+    else:
+        argv += ["--network", "host"]
+        for peer, address in peers:
+            argv += ["--add-host", f"{peer}:{address}"]
+    for mount in mounts:
+        argv += ["--volume", mount.volume_arg()]
+    for key, value in (job.Environment or {}).items():
+        argv += ["--env", f"{key}={value}"]
+    gpus = gpus_arg(host.gpus)
+    if gpus is not None:
+        argv += ["--gpus", gpus]
+    argv += list(host.docker_args)
+    entrypoint, command = entrypoint_and_command(job)
+    if entrypoint is not None:
+        argv += ["--entrypoint", entrypoint]
+    argv.append(job.AppSpecification.ImageUri)
+    argv += command
+    return argv

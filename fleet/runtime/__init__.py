@@ -1,0 +1,1 @@
+"""Carrying out a ClusterPlan: the lifecycle, one host's supervision, the record store."""

@@ -1,0 +1,16 @@
+"""How fleet reaches a host: one interface, an SSH and a local implementation."""
+
+from fleet.inventory import Host
+from fleet.transport.base import CommandResult, Transport
+
+
+def transport_for(host: Host, label: str) -> Transport:
+    """The transport the inventory asks for; `label` names the host in every error."""
+    if host.transport == "local":
+        from fleet.transport.local import LocalTransport
+        return LocalTransport(host, label)
+    from fleet.transport.ssh import SSHTransport
+    return SSHTransport(host, label)
+
+
+__all__ = ["CommandResult", "Transport", "transport_for"]

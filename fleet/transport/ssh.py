@@ -1,0 +1,141 @@
+"""The SSH transport (asyncssh): one connection per host, one channel per command."""
+
+from __future__ import annotations
+
+import asyncio
+import shlex
+import socket
+from pathlib import Path
+from typing import Sequence
+
+import asyncssh
+
+from fleet.errors import HostError
+from fleet.inventory import Host
+from fleet.transport.base import CommandResult, OnBytes, Transport, pump
+
+# AES-GCM first: it moves bulk data fastest with asyncssh; the rest are asyncssh's defaults.
+PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
+                     "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr"]
+
+
+def _known_hosts_data(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+class _AcceptNewClient(asyncssh.SSHClient):
+    """host_key_checking: accept-new. A host with no known key is trusted and recorded;
+    a host whose known key differs is refused, as OpenSSH's StrictHostKeyChecking=accept-new."""
+
+    def __init__(self, known_hosts: Path, host: Host) -> None:
+        self._known_hosts = known_hosts
+        self._host = host
+
+    def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
+        data = _known_hosts_data(self._known_hosts)
+        if data:
+            known = asyncssh.match_known_hosts(asyncssh.import_known_hosts(data.decode()),
+                                               host, addr, port if port != 22 else None)
+            if known[0]:  # the host has keys, none of them this one
+                return False
+        name = host if port == 22 else f"[{host}]:{port}"
+        self._known_hosts.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._known_hosts, "a") as file:
+            file.write(f"{name} {key.export_public_key().decode().strip()}\n")
+        return True
+
+
+class SSHTransport(Transport):
+    def __init__(self, host: Host, label: str) -> None:
+        super().__init__(host, label)
+        self._conn: asyncssh.SSHClientConnection | None = None
+
+    async def connect(self) -> None:
+        host = self.host
+        known_hosts_path = Path(host.known_hosts).expanduser()
+        options: dict = {
+            "port": host.port,
+            "connect_timeout": host.connect_timeout,
+            "encryption_algs": PREFERRED_CIPHERS,
+            "keepalive_interval": 15,
+        }
+        if host.user:
+            options["username"] = host.user
+        if host.identity_file:
+            options["client_keys"] = [str(Path(host.identity_file).expanduser())]
+        if host.host_key_checking == "off":
+            options["known_hosts"] = None
+        else:
+            options["known_hosts"] = _known_hosts_data(known_hosts_path)
+            if host.host_key_checking == "accept-new":
+                options["client_factory"] = lambda: _AcceptNewClient(known_hosts_path, host)
+        try:
+            self._conn = await asyncssh.connect(host.address, **options)
+        except asyncssh.HostKeyNotVerifiable as exc:
+            raise HostError(self.label, (
+                f"SSH host key not verified ({exc.reason}): the host is not in {known_hosts_path} "
+                f"or its key changed; check the key, or set host_key_checking in the inventory"
+            )) from None
+        except asyncssh.PermissionDenied:
+            raise HostError(self.label, (
+                f"SSH login refused for user {host.ssh_user}"
+                + (f" with key {host.identity_file}" if host.identity_file else "")
+            )) from None
+        except socket.gaierror as exc:
+            raise HostError(self.label, f"cannot resolve {host.address}: {exc.strerror}") from None
+        except ConnectionRefusedError:
+            raise HostError(self.label, f"connection refused on port {host.port}") from None
+        except (asyncio.TimeoutError, TimeoutError):
+            raise HostError(self.label, f"no SSH answer within {host.connect_timeout:g} s") from None
+        except OSError as exc:
+            raise HostError(self.label, f"cannot connect: {exc.strerror or exc}") from None
+        except asyncssh.Error as exc:
+            raise HostError(self.label, f"SSH failed: {exc.reason}") from None
+
+    async def run(
+        self,
+        argv: Sequence[str],
+        *,
+        stdin: bytes | None = None,
+        on_stdout: OnBytes | None = None,
+        on_stderr: OnBytes | None = None,
+    ) -> CommandResult:
+        if self._conn is None:
+            raise HostError(self.label, "not connected")
+        command = shlex.join(argv)  # the one place an argv becomes a remote command line
+        try:
+            process = await self._conn.create_process(command, encoding=None)
+            try:
+                if stdin is not None:
+                    process.stdin.write(stdin)
+                process.stdin.write_eof()
+                out, err = await asyncio.gather(pump(process.stdout, on_stdout),
+                                                pump(process.stderr, on_stderr))
+                completed = await process.wait()
+            finally:
+                process.close()
+        except asyncssh.ChannelOpenError as exc:
+            raise HostError(self.label, f"SSH channel refused: {exc.reason}") from None
+        except (asyncssh.Error, OSError) as exc:
+            raise HostError(self.label, f"lost the SSH connection: {exc}") from None
+        status = completed.exit_status
+        return CommandResult(status if status is not None and status >= 0 else -1, out, err)
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            try:
+                await asyncio.wait_for(self._conn.wait_closed(), 5)
+            except (asyncio.TimeoutError, OSError, asyncssh.Error):
+                pass
+            self._conn = None
+
+    @property
+    def peer_address(self) -> str:
+        if self._conn is None:
+            return self.host.ip or self.host.address
+        peer = self._conn.get_extra_info("peername")
+        return peer[0] if peer else self.host.address
