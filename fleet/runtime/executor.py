@@ -19,6 +19,7 @@ from fleet.inventory import Host
 from fleet.plan import ClusterPlan, HostPlan, algo_names, plan_cluster
 from fleet.runtime import hostcommands
 from fleet.runtime.console import Console
+from fleet.runtime.session import HostSession
 from fleet.runtime.store import JobRecord
 from fleet.transport import Transport, transport_for
 
@@ -60,13 +61,15 @@ def _combined(errors: list[FleetError]) -> FleetError:
     return combined
 
 
-def _start_error(plan: HostPlan, label: str, text: str) -> FleetError:
-    if "could not select device driver" in text:
-        return ClientError(
-            f"{label}: Docker there cannot give the container GPUs ({text.strip()}); "
-            f"install the NVIDIA Container Toolkit on that host, or remove `gpus` from its "
-            f"inventory entry")
-    return ClientError(f"{label}: docker could not start the container: {text.strip() or 'no reason given'}")
+async def _false() -> bool:
+    return False
+
+
+def _tee(*sinks):
+    def write(chunk: bytes) -> None:
+        for sink in sinks:
+            sink(chunk)
+    return write
 
 
 class JobExecution:
@@ -79,7 +82,9 @@ class JobExecution:
         self.options = options
         self.labels = [host_label(a, h) for a, h in zip(algo_names(len(hosts)), hosts)]
         self.transports: list[Transport] = [transport_for(h, l) for h, l in zip(hosts, self.labels)]
-        self.connected: list[Transport] = []
+        self.sessions: list[HostSession] = []
+        self._logs: list = []
+        self._lines: list = []
         self.plan: ClusterPlan | None = None
         self.stop_requested = asyncio.Event()
         self.kill_requested = asyncio.Event()
@@ -145,58 +150,40 @@ class JobExecution:
     async def _connect_all(self) -> None:
         async def connect(index: int, transport: Transport) -> None:
             await transport.connect()
-            self.connected.append(transport)
         await self._on_all_hosts(list(enumerate(self.transports)), connect)
 
     async def _prepare_all(self) -> None:
+        """Open every host's session and wait until each is checked and written.
+        Any failure: every session is told to abort, and nothing starts anywhere."""
         assert self.plan is not None
         image = self.job.AppSpecification.ImageUri
+        timeout = self.options.docker_timeout
+        for plan, transport in zip(self.plan.hosts, self.transports):
+            log = self.record.open_log(plan.algo)
+            self._logs.append(log)
+            lines = self.console.host_lines(plan.algo)
+            self._lines.append(lines)
+            self.sessions.append(HostSession(transport, plan, _tee(log.write, lines.feed)))
 
-        async def prepare(index: int, transport: Transport) -> None:
-            plan = self.plan.hosts[index]
-            result = await transport.run(hostcommands.prepare(plan, image, self.options.docker_timeout),
-                                         stdin=hostcommands.job_dir_tar(plan))
-            said = result.stderr.decode(errors="replace").strip()
-            status = result.exit_status
-            if status == 0:
-                return
-            if status == hostcommands.DOCKER_TIMEOUT:
-                raise HostError(transport.label, f"docker did not answer within {self.options.docker_timeout} s")
-            if status == hostcommands.DOCKER_MISSING:
-                raise HostError(transport.label, f"docker command not found ({plan.host.docker!r}): {said}")
-            if status == hostcommands.DOCKER_FAILED:
-                raise HostError(transport.label, f"docker is not answering: {said}")
-            if status == hostcommands.PULL_FAILED:
-                raise ClientError(f"{transport.label}: cannot pull image {image}: {said}")
-            if status == hostcommands.WRITE_FAILED:
-                raise HostError(transport.label, f"cannot write the job directory {plan.job_dir}: {said}")
-            raise HostError(transport.label, f"preparing the host failed (status {status}): {said}")
-        await self._on_all_hosts(list(enumerate(self.transports)), prepare)
-
-    async def _run_host(self, index: int) -> HostOutcome:
-        assert self.plan is not None
-        plan, transport = self.plan.hosts[index], self.transports[index]
-        lines = self.console.host_lines(plan.algo)
-        log = self.record.open_log(plan.algo)
-
-        def on_stdout(chunk: bytes) -> None:
-            log.write(chunk)  # raw, as it arrives
-            lines.feed(chunk)
+        async def prepare(index: int, session: HostSession) -> None:
+            await session.open(image, timeout)
+            await session.prepared(image, timeout)
 
         try:
-            result = await transport.run(hostcommands.run(plan), on_stdout=on_stdout)
+            await self._on_all_hosts(list(enumerate(self.sessions)), prepare)
+        except BaseException:
+            await asyncio.gather(*(s.abort() for s in self.sessions), return_exceptions=True)
+            raise
+
+    async def _run_host(self, index: int) -> HostOutcome:
+        session = self.sessions[index]
+        try:
+            code, message = await session.exited()
         except FleetError as exc:
-            return HostOutcome(plan.algo, error=exc)
+            return HostOutcome(session.plan.algo, error=exc)
         finally:
-            lines.flush()
-            log.close()
-        report = hostcommands.parse_run_stderr(result.stderr)
-        if result.exit_status == hostcommands.START_FAILED or not report.started:
-            return HostOutcome(plan.algo, error=_start_error(plan, transport.label, report.errors))
-        if report.exit_code is None:
-            return HostOutcome(plan.algo, error=HostError(
-                transport.label, f"could not read the container's exit code: {report.errors}"))
-        return HostOutcome(plan.algo, report.exit_code, report.message)
+            self._lines[index].flush()
+        return HostOutcome(session.plan.algo, code, message or b"")
 
     async def _supervise(self) -> tuple[list[HostOutcome], FleetError | None]:
         """Start every host's container and wait for all of them.
@@ -208,6 +195,7 @@ class JobExecution:
         loop = asyncio.get_running_loop()
         self.record.update(ProcessingStartTime=now())
         deadline = loop.time() + self.job.max_runtime
+        await asyncio.gather(*(s.go() for s in self.sessions))
         tasks = [asyncio.create_task(self._run_host(i)) for i in range(len(self.plan.hosts))]
         stop_wait = asyncio.create_task(self.stop_requested.wait())
         ending: FleetError | None = None
@@ -278,22 +266,34 @@ class JobExecution:
 
     async def _cleanup_all(self) -> None:
         """Whatever happened: no container of the job remains, and the job directories go
-        (unless --keep). Then the connections close."""
+        (unless --keep). A session that ran to its end cleans its own host; any other host
+        with a session gets one cleanup command. Then the connections close."""
+        keep = self.options.keep
         try:
-            if self.plan is not None and self.connected:
-                async def clean(index: int, transport: Transport) -> None:
-                    if transport not in self.connected:
-                        return
-                    result = await transport.run(hostcommands.cleanup(self.plan.hosts[index], self.options.keep))
-                    if result.exit_status != 0:
-                        self.console.notice(f"{transport.label}: could not remove the job directory "
-                                            f"{self.plan.hosts[index].job_dir}: "
-                                            f"{result.stderr.decode(errors='replace').strip()}")
-                try:
-                    await self._on_all_hosts(list(enumerate(self.transports)), clean)
-                except FleetError as exc:
-                    self.console.notice(f"cleanup incomplete: {exc.message}")
+            # A container still running (an unexpected error got us here) is not waited for:
+            # its session is abandoned and the cleanup command removes it.
+            finished = await asyncio.gather(*(
+                s.finish(keep) if s.has("exited") or not s.has("started") else _false()
+                for s in self.sessions), return_exceptions=True)
+            leftovers = [(i, s.transport) for i, (s, done) in enumerate(zip(self.sessions, finished))
+                         if done is not True]
+
+            async def clean(index: int, transport: Transport) -> None:
+                plan = self.sessions[index].plan
+                result = await transport.run(hostcommands.cleanup(plan, keep))
+                if result.exit_status != 0:
+                    raise HostError(transport.label, f"could not remove the job directory {plan.job_dir}: "
+                                                     f"{result.stderr.decode(errors='replace').strip()}")
+            try:
+                await self._on_all_hosts(leftovers, clean)
+            except FleetError as exc:
+                self.console.notice(f"cleanup incomplete: {exc.message}")
         finally:
+            await asyncio.gather(*(s.close() for s in self.sessions), return_exceptions=True)
+            for lines in self._lines:
+                lines.flush()
+            for log in self._logs:
+                log.close()
             await asyncio.gather(*(t.close() for t in self.transports), return_exceptions=True)
 
     # -- the record -----------------------------------------------------------------------

@@ -1,61 +1,85 @@
-"""The commands fleet runs on a host, as argvs, one per lifecycle phase.
+"""What fleet runs on a host, as argvs: one session per host, plus stop, kill and cleanup.
 
-Each phase is one round trip: a fixed POSIX sh script run as `sh -c SCRIPT fleet ARGS...`.
-User values (names, paths, the docker argv) travel only as positional ARGS, never inside
-the script text; the host's docker command ("docker", "sudo docker") is the one exception
-and enters the script as a function body quoted with shlex.join. The transport then
-quotes the whole argv once.
+The session is the whole life of the job on the host in ONE command, so ONE round trip
+(each costs ~120 ms or more: sshd forks and the login shell starts):
+
+    check docker (time-bounded) → pull the image if missing → write the job directory
+    → report `prepared` → wait for `go` on stdin (every host is checked before any starts)
+    → `docker run --detach` → stream `docker logs --follow` on stdout → `docker wait`
+    → report the exit code and the first 1 KB of /opt/ml/output/message
+    → wait for `clean` or `keep` on stdin → remove the container (and the job directory).
+
+The container is detached: losing the session never kills it. EOF on stdin before `go`
+aborts; EOF later leaves everything in place, for a controller that comes back.
+
+Progress goes on stderr as `fleet:WORD...` lines; docker's own error text around them is
+kept to explain a failure. Each script is fixed text run as `sh -c SCRIPT fleet ARGS...`:
+user values travel only as positional ARGS, never inside the script. The host's docker
+command ("docker", "sudo docker") enters as a function body quoted with shlex.join. The
+transport then quotes the whole argv once.
 """
 
 from __future__ import annotations
 
-import io
 import shlex
-import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fleet.plan import HostPlan
 
-STARTED = b"fleet:started\n"
-EXIT_CODE = b"fleet:exit-code:"
-
-# Exit statuses of the prepare script.
+# Exit statuses of the session script, before the container exists.
 DOCKER_TIMEOUT = 20
 DOCKER_MISSING = 21
 DOCKER_FAILED = 22
 PULL_FAILED = 23
 WRITE_FAILED = 24
-# ... and of the run script.
 START_FAILED = 30
 WAIT_FAILED = 31
 
-_PREPARE = f"""
-job_dir=$1 image=$2
-out=$(d_bounded version --format '{{{{.Server.Version}}}}' 2>&1)
+_SESSION = f"""
+job_dir=$1 image=$2 name=$3 message=$4 ndirs=$5 nfiles=$6
+shift 6
+out=$(d_bounded image inspect --format '{{{{.Id}}}}' "$image" 2>&1)
 rc=$?
+if [ $rc -eq 124 ]; then exit {DOCKER_TIMEOUT}; fi
+if [ $rc -eq 127 ]; then printf '%s\\n' "$out" >&2; exit {DOCKER_MISSING}; fi
 if [ $rc -ne 0 ]; then
-  printf '%s\\n' "$out" >&2
-  [ $rc -eq 124 ] && exit {DOCKER_TIMEOUT}
-  [ $rc -eq 127 ] && exit {DOCKER_MISSING}
-  exit {DOCKER_FAILED}
+  case $out in
+    *"o such image"*) d pull --quiet "$image" >/dev/null || exit {PULL_FAILED} ;;
+    *) printf '%s\\n' "$out" >&2; exit {DOCKER_FAILED} ;;
+  esac
 fi
-if ! d image inspect --format '{{{{.Id}}}}' "$image" >/dev/null 2>&1; then
-  d pull --quiet "$image" >/dev/null || exit {PULL_FAILED}
+mkdir -p -- "$job_dir" || exit {WRITE_FAILED}
+while [ "$ndirs" -gt 0 ]; do
+  mkdir -p -m 0777 -- "$job_dir/$1" || exit {WRITE_FAILED}
+  shift; ndirs=$((ndirs - 1))
+done
+while [ "$nfiles" -gt 0 ]; do
+  printf '%s' "$2" > "$job_dir/$1" || exit {WRITE_FAILED}
+  shift 2; nfiles=$((nfiles - 1))
+done
+printf 'fleet:prepared\\n' >&2
+IFS= read -r go || go=abort
+if [ "$go" != go ]; then
+  rm -rf -- "$job_dir"; rmdir -- "${{job_dir%/*}}" 2>/dev/null
+  exit 0
 fi
-mkdir -p -- "$job_dir" && tar -x -C "$job_dir" || exit {WRITE_FAILED}
-"""
-
-_RUN = f"""
-name=$1 message=$2
-shift 2
 d "$@" >/dev/null || exit {START_FAILED}
 printf 'fleet:started\\n' >&2
 d logs --follow "$name" 2>&1
 code=$(d wait "$name") || exit {WAIT_FAILED}
 printf 'fleet:exit-code:%s\\n' "$code" >&2
-# /opt/ml/output/message: a regular file only; a symlink planted by the container is never followed.
-if [ -f "$message" ] && [ ! -L "$message" ]; then head -c 1024 -- "$message" >&2; fi
-exit 0
+# A regular file only: a symlink planted by the container is never followed.
+if [ -f "$message" ] && [ ! -L "$message" ]; then
+  printf 'fleet:message:%s\\n' "$(head -c 1024 -- "$message" | wc -c)" >&2
+  head -c 1024 -- "$message" >&2
+fi
+printf 'fleet:exited\\n' >&2
+IFS= read -r then || exit 0
+d rm --force "$name" >/dev/null
+if [ "$then" = clean ]; then
+  rm -rf -- "$job_dir" && rmdir -- "${{job_dir%/*}}" 2>/dev/null
+fi
+printf 'fleet:cleaned\\n' >&2
 """
 
 _CLEANUP = """
@@ -76,16 +100,18 @@ def _script(docker: list[str], body: str, args: list[str], *, docker_timeout: in
     return ["sh", "-c", prelude + body, "fleet", *args]
 
 
-def prepare(plan: HostPlan, image: str, docker_timeout: int) -> list[str]:
-    """Check docker answers (bounded), pull the image if missing, write the job directory
-    (its tar comes on stdin: see `job_dir_tar`)."""
-    return _script(plan.docker, _PREPARE, [plan.job_dir, image], docker_timeout=docker_timeout)
+def session(plan: HostPlan, image: str, docker_timeout: int) -> list[str]:
+    """The job's whole life on one host (see the module's docstring)."""
+    files = [word for path, content in plan.files.items() for word in (path, content.decode())]
+    args = [plan.job_dir, image, plan.container, plan.message_file,
+            str(len(plan.dirs)), str(len(plan.files)), *plan.dirs, *files, *plan.docker_run]
+    return _script(plan.docker, _SESSION, args, docker_timeout=docker_timeout)
 
 
-def run(plan: HostPlan) -> list[str]:
-    """Start the container detached, stream its logs to stdout, then report on stderr:
-    `fleet:started`, `fleet:exit-code:N`, and the first 1 KB of /opt/ml/output/message."""
-    return _script(plan.docker, _RUN, [plan.container, plan.message_file, *plan.docker_run])
+GO = b"go\n"
+ABORT = b"abort\n"
+CLEAN = b"clean\n"
+KEEP = b"keep\n"
 
 
 def stop(plan: HostPlan) -> list[str]:
@@ -98,46 +124,58 @@ def kill(plan: HostPlan) -> list[str]:
 
 
 def cleanup(plan: HostPlan, keep: bool) -> list[str]:
-    """Remove the container and (unless `keep`) the job directory; idempotent."""
+    """Remove the container and (unless `keep`) the job directory; idempotent. For hosts
+    whose session did not get to clean up itself."""
     return _script(plan.docker, _CLEANUP, [plan.container, plan.job_dir, "keep" if keep else "remove"])
 
 
-def job_dir_tar(plan: HostPlan) -> bytes:
-    """The job directory's skeleton: the mount sources and the config files."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for directory in plan.dirs:
-            info = tarfile.TarInfo(directory)
-            info.type = tarfile.DIRTYPE
-            # Output and input directories are writable whatever user the image runs as.
-            info.mode = 0o755 if directory == "config" else 0o777
-            tar.addfile(info)
-        for path, content in plan.files.items():
-            info = tarfile.TarInfo(path)
-            info.size = len(content)
-            info.mode = 0o644
-            tar.addfile(info, io.BytesIO(content))
-    return buffer.getvalue()
+@dataclass
+class SessionReport:
+    """What a session has said on stderr so far, parsed as it arrives."""
+
+    events: list[str] = field(default_factory=list)  # prepared, started, exited, cleaned
+    exit_code: int | None = None
+    message: bytes | None = None
+    said: bytearray = field(default_factory=bytearray)  # docker's own words, for errors
+    _buffer: bytearray = field(default_factory=bytearray)
+    _message_left: int = 0
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """Take a chunk of stderr; return the events it completed."""
+        self._buffer += chunk
+        new = []
+        while self._buffer:
+            if self._message_left:
+                take = bytes(self._buffer[:self._message_left])
+                del self._buffer[:len(take)]
+                self.message = (self.message or b"") + take
+                self._message_left -= len(take)
+                continue
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(self._buffer[:end])
+            del self._buffer[:end + 1]
+            if line.startswith(b"fleet:exit-code:"):
+                self.exit_code = _int(line.removeprefix(b"fleet:exit-code:"))
+            elif line.startswith(b"fleet:message:"):
+                self._message_left = _int(line.removeprefix(b"fleet:message:")) or 0
+                self.message = b""
+            elif line in (b"fleet:prepared", b"fleet:started", b"fleet:exited", b"fleet:cleaned"):
+                event = line.decode().removeprefix("fleet:")
+                self.events.append(event)
+                new.append(event)
+            else:
+                self.said += line + b"\n"
+        return new
+
+    @property
+    def errors(self) -> str:
+        return (self.said + self._buffer).decode(errors="replace").strip()
 
 
-@dataclass(frozen=True)
-class RunReport:
-    """What the run script said on stderr."""
-
-    started: bool
-    exit_code: int | None
-    message: bytes
-    errors: str  # docker's own words, before the container started or around `wait`
-
-
-def parse_run_stderr(stderr: bytes) -> RunReport:
-    started = stderr.startswith(STARTED) or (b"\n" + STARTED) in stderr
-    before, sep, after = stderr.partition(EXIT_CODE)
-    if not sep:
-        return RunReport(started, None, b"", before.replace(STARTED, b"").decode(errors="replace").strip())
-    code_text, _, message = after.partition(b"\n")
+def _int(text: bytes) -> int | None:
     try:
-        code = int(code_text)
+        return int(text)
     except ValueError:
-        code = None
-    return RunReport(started, code, message, before.replace(STARTED, b"").decode(errors="replace").strip())
+        return None

@@ -1,4 +1,4 @@
-"""The transport interface: run one argv on a host, streaming its output.
+"""The transport interface: start one argv on a host and talk to it over its stdio.
 
 Every remote command is an argv (a list of words). A transport quotes it exactly once,
 at this boundary (`shlex.join` for SSH; the local transport executes the argv directly),
@@ -20,13 +20,41 @@ READ_SIZE = 65536
 
 @dataclass(frozen=True)
 class CommandResult:
-    exit_status: int  # -1 when the command died of a signal
+    exit_status: int  # -1 when the command died of a signal or the channel closed
     stdout: bytes
     stderr: bytes
 
 
+class RemoteProcess(abc.ABC):
+    """A command running on a host. Reads and writes raise HostError if the host is lost."""
+
+    @abc.abstractmethod
+    async def read_stdout(self) -> bytes:
+        """The next chunk of stdout; b"" at its end."""
+
+    @abc.abstractmethod
+    async def read_stderr(self) -> bytes:
+        """The next chunk of stderr; b"" at its end."""
+
+    @abc.abstractmethod
+    async def write(self, data: bytes) -> None:
+        """Send bytes to the command's stdin."""
+
+    @abc.abstractmethod
+    def close_stdin(self) -> None:
+        """Send EOF on stdin."""
+
+    @abc.abstractmethod
+    async def wait(self) -> int:
+        """The exit status (-1 for a signal or a lost channel)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Abandon the command: close the channel (SSH) or kill it (local)."""
+
+
 class Transport(abc.ABC):
-    """One host: connect once, then run any number of commands, concurrently if wanted."""
+    """One host: connect once, then start any number of commands, concurrently if wanted."""
 
     def __init__(self, host: Host, label: str) -> None:
         self.host = host
@@ -37,16 +65,8 @@ class Transport(abc.ABC):
         """Open the connection; raise HostError naming the host on any failure."""
 
     @abc.abstractmethod
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        on_stdout: OnBytes | None = None,
-        on_stderr: OnBytes | None = None,
-    ) -> CommandResult:
-        """Run argv to its end. Output chunks go to the callbacks as they arrive;
-        what no callback took is returned. Raises HostError if the host is lost."""
+    async def start(self, argv: Sequence[str]) -> RemoteProcess:
+        """Start argv on the host (one SSH channel, or one local subprocess)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
@@ -57,15 +77,25 @@ class Transport(abc.ABC):
     def peer_address(self) -> str:
         """The IP address this host was reached at."""
 
+    async def run(self, argv: Sequence[str], *, stdin: bytes | None = None) -> CommandResult:
+        """Run argv to its end and return its output."""
+        process = await self.start(argv)
+        try:
+            if stdin:
+                await process.write(stdin)
+            process.close_stdin()
+            out, err = await asyncio.gather(drain(process.read_stdout), drain(process.read_stderr))
+            return CommandResult(await process.wait(), out, err)
+        finally:
+            process.close()
 
-async def pump(reader: asyncio.StreamReader | object, sink: OnBytes | None) -> bytes:
+
+async def drain(read: Callable, sink: OnBytes | None = None) -> bytes:
     """Read a stream to its end, handing chunks to `sink`; return what it did not take."""
     kept = bytearray()
-    while True:
-        chunk = await reader.read(READ_SIZE)  # type: ignore[attr-defined]
-        if not chunk:
-            return bytes(kept)
+    while chunk := await read():
         if sink is None:
             kept += chunk
         else:
             sink(chunk)
+    return bytes(kept)

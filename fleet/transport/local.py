@@ -6,44 +6,56 @@ import asyncio
 from typing import Sequence
 
 from fleet.errors import HostError
-from fleet.transport.base import CommandResult, OnBytes, Transport, pump
+from fleet.transport.base import READ_SIZE, RemoteProcess, Transport
+
+
+class _LocalProcess(RemoteProcess):
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self._process = process
+
+    async def read_stdout(self) -> bytes:
+        return await self._process.stdout.read(READ_SIZE)  # type: ignore[union-attr]
+
+    async def read_stderr(self) -> bytes:
+        return await self._process.stderr.read(READ_SIZE)  # type: ignore[union-attr]
+
+    async def write(self, data: bytes) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.write(data)
+        try:
+            await self._process.stdin.drain()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the command ended; its exit status tells why
+
+    def close_stdin(self) -> None:
+        assert self._process.stdin is not None
+        self._process.stdin.close()
+
+    async def wait(self) -> int:
+        status = await self._process.wait()
+        return status if status >= 0 else -1
+
+    def close(self) -> None:
+        if self._process.returncode is None:
+            self._process.kill()
 
 
 class LocalTransport(Transport):
     async def connect(self) -> None:
         return None
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        on_stdout: OnBytes | None = None,
-        on_stderr: OnBytes | None = None,
-    ) -> CommandResult:
+    async def start(self, argv: Sequence[str]) -> RemoteProcess:
         try:
             process = await asyncio.create_subprocess_exec(
                 *argv,
-                stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
+                stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # Ctrl-C at the terminal reaches fleet, not its commands
             )
         except OSError as exc:
             raise HostError(self.label, f"cannot run {argv[0]}: {exc.strerror}") from None
-        try:
-            if stdin is not None:
-                assert process.stdin is not None
-                process.stdin.write(stdin)
-                await process.stdin.drain()
-                process.stdin.close()
-            out, err = await asyncio.gather(pump(process.stdout, on_stdout), pump(process.stderr, on_stderr))
-            status = await process.wait()
-        finally:
-            if process.returncode is None:
-                process.kill()
-                await process.wait()
-        return CommandResult(status if status >= 0 else -1, out, err)
+        return _LocalProcess(process)
 
     async def close(self) -> None:
         return None

@@ -12,7 +12,7 @@ import asyncssh
 
 from fleet.errors import HostError
 from fleet.inventory import Host
-from fleet.transport.base import CommandResult, OnBytes, Transport, pump
+from fleet.transport.base import READ_SIZE, RemoteProcess, Transport
 
 # AES-GCM first: it moves bulk data fastest with asyncssh; the rest are asyncssh's defaults.
 PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
@@ -46,6 +46,44 @@ class _AcceptNewClient(asyncssh.SSHClient):
         with open(self._known_hosts, "a") as file:
             file.write(f"{name} {key.export_public_key().decode().strip()}\n")
         return True
+
+
+class _SSHProcess(RemoteProcess):
+    """One exec channel."""
+
+    def __init__(self, process: asyncssh.SSHClientProcess, label: str) -> None:
+        self._process = process
+        self._label = label
+
+    async def _guard(self, work):
+        try:
+            return await work
+        except (asyncssh.Error, OSError) as exc:
+            raise HostError(self._label, f"lost the SSH connection: {exc}") from None
+
+    async def read_stdout(self) -> bytes:
+        return await self._guard(self._process.stdout.read(READ_SIZE))
+
+    async def read_stderr(self) -> bytes:
+        return await self._guard(self._process.stderr.read(READ_SIZE))
+
+    async def write(self, data: bytes) -> None:
+        self._process.stdin.write(data)
+        await self._guard(self._process.stdin.drain())
+
+    def close_stdin(self) -> None:
+        try:
+            self._process.stdin.write_eof()
+        except (asyncssh.Error, OSError, BrokenPipeError):
+            pass
+
+    async def wait(self) -> int:
+        completed = await self._guard(self._process.wait())
+        status = completed.exit_status
+        return status if status is not None and status >= 0 else -1
+
+    def close(self) -> None:
+        self._process.close()
 
 
 class SSHTransport(Transport):
@@ -95,34 +133,17 @@ class SSHTransport(Transport):
         except asyncssh.Error as exc:
             raise HostError(self.label, f"SSH failed: {exc.reason}") from None
 
-    async def run(
-        self,
-        argv: Sequence[str],
-        *,
-        stdin: bytes | None = None,
-        on_stdout: OnBytes | None = None,
-        on_stderr: OnBytes | None = None,
-    ) -> CommandResult:
+    async def start(self, argv: Sequence[str]) -> RemoteProcess:
         if self._conn is None:
             raise HostError(self.label, "not connected")
         command = shlex.join(argv)  # the one place an argv becomes a remote command line
         try:
             process = await self._conn.create_process(command, encoding=None)
-            try:
-                if stdin is not None:
-                    process.stdin.write(stdin)
-                process.stdin.write_eof()
-                out, err = await asyncio.gather(pump(process.stdout, on_stdout),
-                                                pump(process.stderr, on_stderr))
-                completed = await process.wait()
-            finally:
-                process.close()
         except asyncssh.ChannelOpenError as exc:
             raise HostError(self.label, f"SSH channel refused: {exc.reason}") from None
         except (asyncssh.Error, OSError) as exc:
             raise HostError(self.label, f"lost the SSH connection: {exc}") from None
-        status = completed.exit_status
-        return CommandResult(status if status is not None and status >= 0 else -1, out, err)
+        return _SSHProcess(process, self.label)
 
     async def close(self) -> None:
         if self._conn is not None:

@@ -1,0 +1,174 @@
+"""The test bed: 3 real hosts (network namespaces, each with its own sshd and dockerd),
+made once per test session by scripts/local-cluster and removed at its end.
+
+Tests drive the real CLI (`python -m fleet`) and look at what the container, the user and
+the hosts show: stdout, exit codes, describe.json, logs, `docker ps` on each host.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_CLUSTER = ROOT / "scripts" / "local-cluster"
+IMAGE = "fleet-test:busybox"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "integration" in str(item.fspath):
+            item.add_marker(pytest.mark.integration)
+
+
+@dataclass
+class TestHost:
+    name: str
+    address: str
+    docker_host: str
+    workdir: Path
+    dir: Path  # the host's state dir: pidfiles, keys
+
+    def docker(self, *args: str, check: bool = True) -> str:
+        result = subprocess.run(["docker", "-H", self.docker_host, *args], capture_output=True,
+                                text=True, timeout=60)
+        if check and result.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} on {self.name}: {result.stderr}")
+        return result.stdout
+
+    def containers(self, job: str) -> list[str]:
+        """Every container of `job` on this host, running or not."""
+        out = self.docker("ps", "-a", "--filter", f"label=fleet.job={job}", "--format", "{{.Names}}")
+        return out.split()
+
+
+@dataclass
+class Cluster:
+    state: Path
+    inventory: Path
+    hosts: list[TestHost]
+    key: Path
+    known_hosts: Path
+
+    def inventory_doc(self) -> dict:
+        return yaml.safe_load(self.inventory.read_text())
+
+    def write_inventory(self, path: Path, doc: dict) -> Path:
+        path.write_text(yaml.safe_dump(doc))
+        return path
+
+    def leftovers(self, job: str) -> list[str]:
+        """What `job` left on any host: containers, and job directories."""
+        found = []
+        for host in self.hosts:
+            found += [f"{host.name}: container {c}" for c in host.containers(job)]
+            if (host.workdir / job).exists():
+                found.append(f"{host.name}: directory {host.workdir / job}")
+        return found
+
+
+@pytest.fixture(scope="session")
+def cluster(tmp_path_factory) -> Cluster:
+    if os.geteuid() != 0 or not shutil.which("dockerd") or not shutil.which("sshd", path="/usr/sbin"):
+        pytest.skip("the test bed needs root, dockerd and sshd (run scripts/setup)")
+    inventory = tmp_path_factory.mktemp("cluster") / "hosts.yaml"
+    subprocess.run([str(LOCAL_CLUSTER), "up", "--hosts", "3", "--inventory", str(inventory)],
+                   check=True, timeout=300, stdout=subprocess.DEVNULL)
+    env = dict(line.split("=", 1) for line in
+               (Path(os.environ.get("FLEET_CLUSTER_DIR", "/var/tmp/fleet-cluster")) / "hosts.env")
+               .read_text().splitlines() if "=" in line)
+    state = Path(env["FLEET_CLUSTER_DIR"])
+    hosts = [TestHost(env[f"FLEET_H{i}_NAME"], env[f"FLEET_H{i}_ADDR"], env[f"FLEET_H{i}_DOCKER_HOST"],
+                      Path(env[f"FLEET_H{i}_WORKDIR"]), state / f"h{i}") for i in (1, 2, 3)]
+    try:
+        yield Cluster(state, inventory, hosts, Path(env["FLEET_SSH_KEY"]), Path(env["FLEET_KNOWN_HOSTS"]))
+    finally:
+        subprocess.run([str(LOCAL_CLUSTER), "down"], timeout=300, stdout=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def fleet_home(tmp_path) -> Path:
+    home = tmp_path / "fleet-home"
+    home.mkdir()
+    return home
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+class Fleet:
+    """The real CLI, run as a user would run it."""
+
+    def __init__(self, home: Path, tmp: Path, cluster: Cluster) -> None:
+        self.home = home
+        self.tmp = tmp
+        self.cluster = cluster
+
+    def env(self, **extra: str) -> dict[str, str]:
+        return {**os.environ, "FLEET_HOME": str(self.home), "PYTHONUNBUFFERED": "1", **extra}
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "fleet", *args]
+
+    def __call__(self, *args: str, timeout: float = 120, env: dict | None = None) -> Run:
+        result = subprocess.run(self.command(*args), capture_output=True, text=True, timeout=timeout,
+                                env=env or self.env(), cwd=self.tmp)
+        return Run(result.returncode, result.stdout, result.stderr)
+
+    def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
+        return subprocess.Popen(self.command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=env or self.env(), cwd=self.tmp)
+
+    def run_job(self, job: dict, *args: str, inventory: Path | None = None, timeout: float = 120) -> Run:
+        path = self.write_job(job)
+        return self("run", "--inventory", str(inventory or self.cluster.inventory), str(path), *args,
+                    timeout=timeout)
+
+    def write_job(self, job: dict, suffix: str = ".json") -> Path:
+        path = self.tmp / f"{job['ProcessingJobName']}{suffix}"
+        path.write_text(json.dumps(job) if suffix == ".json" else yaml.safe_dump(job))
+        return path
+
+    def record(self, name: str) -> dict:
+        return json.loads((self.home / "jobs" / name / "describe.json").read_text())
+
+    def log(self, name: str, algo: str) -> str:
+        return (self.home / "jobs" / name / "logs" / f"{algo}.log").read_text()
+
+
+@pytest.fixture
+def fleet(fleet_home, tmp_path, cluster) -> Fleet:
+    """The CLI; after the test, no job it ran may have left a container or a job
+    directory on any host."""
+    runner = Fleet(fleet_home, tmp_path, cluster)
+    yield runner
+    jobs = fleet_home / "jobs"
+    for path in jobs.iterdir() if jobs.exists() else []:
+        assert cluster.leftovers(path.name) == [], f"job {path.name} left things behind"
+
+
+def make_job(script: str | None = None, *, count: int = 3, name: str | None = None, **fields) -> dict:
+    """A CreateProcessingJob request for the test image; `script` runs under sh -c."""
+    job = {
+        "ProcessingJobName": name or f"t-{uuid.uuid4().hex[:10]}",
+        "ProcessingResources": {"ClusterConfig": {
+            "InstanceCount": count, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 1}},
+        "AppSpecification": {"ImageUri": IMAGE},
+    }
+    if script is not None:
+        job["AppSpecification"]["ContainerEntrypoint"] = ["sh", "-c", script]
+    job.update(fields)
+    return job
