@@ -84,7 +84,7 @@ def _print_plan(plan: ClusterPlan) -> None:
             print(f"  mkdir  {directory}/")
         for path, content in hp.files.items():
             print(f"  write  {path} ({len(content)} bytes)")
-        print(f"  resourceconfig.json: {hp.files['config/resourceconfig.json'].decode().strip()}")
+        print(f"  resourceconfig.json: {json.dumps(json.loads(hp.files['config/resourceconfig.json']))}")
         print(f"  docker: {shlex.join(hp.docker + hp.docker_run)}")
 
 

@@ -33,7 +33,7 @@ class Host(BaseModel):
     address: Annotated[str, Field(min_length=1)]
     name: str | None = None
     ip: str | None = None
-    gpus: Literal["all"] | Annotated[int, Field(ge=1)] | list[int | str] | None = None
+    gpus: Literal["all"] | Annotated[int, Field(ge=1, strict=True)] | list[int | str] | None = None
     transport: Literal["ssh", "local"] = "ssh"
     user: str | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 22
@@ -48,6 +48,8 @@ class Host(BaseModel):
     @field_validator("gpus")
     @classmethod
     def _gpu_ids(cls, gpus: Any) -> Any:
+        if isinstance(gpus, bool):
+            raise ValueError("must be all, a count, or a list of device ids")
         if isinstance(gpus, list):
             if not gpus:
                 raise ValueError("an empty list; leave `gpus` out for a host without GPUs")

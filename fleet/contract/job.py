@@ -187,7 +187,7 @@ class ProcessingJob(_Shape):
         if len(env) > 100:
             raise ValueError(f"at most 100 entries, got {len(env)}")
         for key, value in env.items():
-            if len(key) > 256 or not ENV_KEY_PATTERN.match(key):
+            if len(key) > 256 or not ENV_KEY_PATTERN.fullmatch(key):
                 raise ValueError(f"key {key!r} must match [a-zA-Z_][a-zA-Z0-9_]* (at most 256)")
             if len(value) > 256:
                 raise ValueError(f"value of {key} is {len(value)} characters; at most 256")

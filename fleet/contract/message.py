@@ -10,7 +10,8 @@ MESSAGE_LIMIT = 1024
 def exit_message(messages: list[tuple[str, bytes]]) -> str | None:
     """Join the hosts' messages in host order; None when no host wrote one.
 
-    Each entry is (algo name, the first bytes of that host's file). A message that is not
+    Each entry is (algo name, the first bytes of that host's file), for the hosts whose
+    container wrote one (an empty file counts: ExitMessage is then ""). A message that is not
     UTF-8 is the job's ClientError, naming the host, as in SageMaker.
     """
     joined = b""
@@ -20,8 +21,9 @@ def exit_message(messages: list[tuple[str, bytes]]) -> str | None:
         try:
             head.decode("utf-8")
         except UnicodeDecodeError as exc:
-            # A 1 KB cut may split the last character: only an error before the cut counts.
-            if exc.start < len(head) - 3 or exc.reason != "unexpected end of data":
+            # The host's 1 KB cut may split the last character: that alone is no error.
+            cut_inside_a_character = len(head) == MESSAGE_LIMIT and exc.reason == "unexpected end of data"
+            if not cut_inside_a_character:
                 raise ClientError(
                     f"the ExitMessage of {algo} (/opt/ml/output/message) is not UTF-8 "
                     f"(byte {exc.start})") from None

@@ -39,7 +39,7 @@ class RunOptions:
 class HostOutcome:
     algo: str
     exit_code: int | None = None
-    message: bytes = b""
+    message: bytes | None = None  # None: the container wrote no /opt/ml/output/message
     error: FleetError | None = None
 
     @property
@@ -183,7 +183,7 @@ class JobExecution:
             return HostOutcome(session.plan.algo, error=exc)
         finally:
             self._lines[index].flush()
-        return HostOutcome(session.plan.algo, code, message or b"")
+        return HostOutcome(session.plan.algo, code, message)
 
     async def _supervise(self) -> tuple[list[HostOutcome], FleetError | None]:
         """Start every host's container and wait for all of them.
@@ -305,7 +305,7 @@ class JobExecution:
             status = "Failed"
         message = None
         try:
-            message = exit_message([(o.algo, o.message) for o in outcomes if o.exit_code is not None])
+            message = exit_message([(o.algo, o.message) for o in outcomes if o.message is not None])
         except ClientError as exc:
             if error is None:
                 error, status = exc, "Failed"

@@ -1,0 +1,221 @@
+"""`fleet run --dry-run`: prints what would happen on every host and touches nothing.
+
+Invalid input of any kind is exit code 2 with a one-line reason, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+
+import pytest
+
+from fleet.cli import main
+from fleet.contract.job import load_job
+from fleet.inventory import load_inventory
+from fleet.plan import plan_cluster, select_hosts
+
+HOSTS_YAML = """
+defaults:
+  user: ops
+  port: 2222
+  workdir: /srv/fleet
+hosts:
+  - {address: gpu-01.lab, name: gpu-01, ip: 10.0.0.11, gpus: all, docker_args: ["--shm-size", "8g"]}
+  - {address: gpu-02.lab, name: gpu-02, ip: 10.0.0.12, gpus: [0, 1], docker: sudo docker}
+  - {address: cpu-01.lab, name: cpu-01, ip: 10.0.0.13}
+"""
+
+
+def request(count: int = 2, **overrides) -> dict:
+    document = {
+        "ProcessingJobName": "Dry-Run-Job",
+        "ProcessingResources": {"ClusterConfig": {
+            "InstanceCount": count, "InstanceType": "ml.g5.xlarge", "VolumeSizeInGB": 30}},
+        "AppSpecification": {"ImageUri": "registry.lab/prep:1.4",
+                             "ContainerEntrypoint": ["python3", "-v", "/processing_script.py"],
+                             "ContainerArguments": ["data-format", "csv"]},
+        "Environment": {"GREETING": "hello world; $(touch /tmp/x)"},
+        "ProcessingInputs": [{"InputName": "raw", "S3Input": {
+            "S3Uri": "s3://datasets/raw/", "LocalPath": "/opt/ml/processing/input", "S3DataType": "S3Prefix"}}],
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": "clean", "S3Output": {
+            "S3Uri": "s3://datasets/clean/", "LocalPath": "/opt/ml/processing/output",
+            "S3UploadMode": "EndOfJob"}}]},
+    }
+    document.update(overrides)
+    return document
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch) -> Path:
+    home = tmp_path / "fleet-home"
+    monkeypatch.setenv("FLEET_HOME", str(home))
+    monkeypatch.setenv("AWS_REGION", "eu-west-1")
+    monkeypatch.setenv("FLEET_ACCOUNT_ID", "123456789012")
+    return home
+
+
+@pytest.fixture
+def inventory(tmp_path: Path) -> Path:
+    path = tmp_path / "hosts.yaml"
+    path.write_text(HOSTS_YAML)
+    return path
+
+
+def write_job(tmp_path: Path, document: dict | str, name: str = "job.json") -> Path:
+    path = tmp_path / name
+    path.write_text(document if isinstance(document, str) else json.dumps(document, indent=2))
+    return path
+
+
+def dry_run(job: Path, inventory: Path, *extra: str) -> int:
+    return main(["run", "--dry-run", "--inventory", str(inventory), *extra, str(job)])
+
+
+def sections(out: str) -> dict[str, str]:
+    """The dry run's output per host: the paragraph starting `algo-k:`."""
+    return {block.split(":", 1)[0]: block for block in out.split("\n\n") if block.startswith("algo-")}
+
+
+def expected_docker_lines(job: Path, inventory: Path) -> dict[str, str]:
+    processing_job = load_job(job)
+    hosts = select_hosts(processing_job, load_inventory(inventory))
+    plan = plan_cluster(processing_job, hosts, [h.ip for h in hosts], stop_grace=30,
+                        region="eu-west-1", account="123456789012")
+    return {hp.algo: "docker: " + shlex.join(hp.docker + hp.docker_run) for hp in plan.hosts}
+
+
+def test_dry_run_succeeds_and_prints_every_host(tmp_path, home, inventory, capsys):
+    job = write_job(tmp_path, request(count=2))
+    assert dry_run(job, inventory) == 0
+    out = capsys.readouterr().out
+    hosts = sections(out)
+    assert list(hosts) == ["algo-1", "algo-2"]  # InstanceCount hosts, in inventory order
+    assert "gpu-01" in hosts["algo-1"] and "10.0.0.11" in hosts["algo-1"]
+    assert "gpu-02" in hosts["algo-2"] and "10.0.0.12" in hosts["algo-2"]
+    assert "cpu-01" not in out
+
+
+def test_dry_run_names_the_job_and_its_arn(tmp_path, home, inventory, capsys):
+    assert dry_run(write_job(tmp_path, request()), inventory) == 0
+    out = capsys.readouterr().out
+    assert "Dry-Run-Job" in out
+    assert "arn:aws:sagemaker:eu-west-1:123456789012:processing-job/dry-run-job" in out
+
+
+def test_dry_run_prints_the_files_each_host_gets(tmp_path, home, inventory, capsys):
+    assert dry_run(write_job(tmp_path, request()), inventory) == 0
+    hosts = sections(capsys.readouterr().out)
+    for algo, text in hosts.items():
+        assert f"job directory: /srv/fleet/Dry-Run-Job/{algo}" in text
+        assert "write  config/resourceconfig.json" in text
+        assert "write  config/processingjobconfig.json" in text
+        for directory in ("config", "output", "inputs/1", "outputs/1"):
+            assert f"mkdir  {directory}/" in text
+        shown = text.split("resourceconfig.json: ", 1)[1].split("\n  docker: ", 1)[0]
+        assert json.loads(shown) == {"current_host": algo, "hosts": ["algo-1", "algo-2"]}
+
+
+def test_dry_run_prints_the_exact_docker_command_of_each_host(tmp_path, home, inventory, capsys):
+    job = write_job(tmp_path, request(count=3))
+    assert dry_run(job, inventory) == 0
+    hosts = sections(capsys.readouterr().out)
+    expected = expected_docker_lines(job, inventory)
+    for algo, text in hosts.items():
+        lines = [line.strip() for line in text.splitlines() if line.strip().startswith("docker: ")]
+        assert lines == [expected[algo]]
+    # What the user reads is what a shell would run: parse the printed line back.
+    algo_2 = next(line.strip() for line in hosts["algo-2"].splitlines() if line.strip().startswith("docker: "))
+    words = shlex.split(algo_2.removeprefix("docker: "))
+    assert words[:3] == ["sudo", "docker", "run"]
+    assert words[-7:] == ["--entrypoint", "python3", "registry.lab/prep:1.4",
+                          "-v", "/processing_script.py", "data-format", "csv"]
+    assert "GREETING=hello world; $(touch /tmp/x)" in words
+    assert '"device=0,1"' in words
+
+
+def test_dry_run_creates_nothing_in_fleet_home(tmp_path, home, inventory, capsys):
+    assert dry_run(write_job(tmp_path, request()), inventory) == 0
+    assert not home.exists() or list(home.rglob("*")) == []
+
+
+def test_dry_run_gives_the_ignored_field_notices_on_stderr(tmp_path, home, inventory, capsys):
+    document = request(RoleArn="arn:aws:iam::123456789012:role/SageMakerRole")
+    assert dry_run(write_job(tmp_path, document), inventory) == 0
+    err = capsys.readouterr().err
+    assert "RoleArn: ignored" in err
+    assert "InstanceType: ignored" in err
+
+
+def test_dry_run_name_override(tmp_path, home, inventory, capsys):
+    assert dry_run(write_job(tmp_path, request()), inventory, "--name", "Other-Name") == 0
+    out = capsys.readouterr().out
+    assert "processing-job/other-name" in out
+    assert "/srv/fleet/Other-Name/algo-1" in out
+
+
+def test_dry_run_of_a_yaml_job(tmp_path, home, inventory, capsys):
+    import yaml
+    job = write_job(tmp_path, yaml.safe_dump(request()), name="job.yaml")
+    assert dry_run(job, inventory) == 0
+    assert "algo-2" in capsys.readouterr().out
+
+
+# -- invalid input: exit 2, a reason, no traceback ------------------------------------------------
+
+def assert_refused(capsys, code: int, *words: str) -> str:
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "Traceback" not in captured.err and "Traceback" not in captured.out
+    for word in words:
+        assert word in captured.err
+    return captured.err
+
+
+def test_malformed_json_is_exit_2_naming_the_file_and_line(tmp_path, home, inventory, capsys):
+    job = write_job(tmp_path, '{\n  "ProcessingJobName": "x",\n  oops\n}\n')
+    assert_refused(capsys, dry_run(job, inventory), str(job), "line 3")
+
+
+def test_instance_count_above_the_inventory_is_exit_2(tmp_path, home, inventory, capsys):
+    job = write_job(tmp_path, request(count=4))
+    assert_refused(capsys, dry_run(job, inventory), "InstanceCount", "4")
+
+
+def test_unknown_field_is_exit_2_naming_it(tmp_path, home, inventory, capsys):
+    job = write_job(tmp_path, request(ProcessingJobNmae="typo"))
+    assert_refused(capsys, dry_run(job, inventory), "ProcessingJobNmae", "unknown field")
+
+
+def test_missing_job_file_is_exit_2_naming_it(tmp_path, home, inventory, capsys):
+    missing = tmp_path / "no-such-job.json"
+    assert_refused(capsys, dry_run(missing, inventory), str(missing))
+
+
+def test_missing_inventory_file_is_exit_2_naming_it(tmp_path, home, capsys):
+    missing = tmp_path / "no-hosts.yaml"
+    assert_refused(capsys, dry_run(write_job(tmp_path, request()), missing), str(missing))
+
+
+def test_invalid_field_value_is_exit_2_naming_the_field(tmp_path, home, inventory, capsys):
+    document = request()
+    document["ProcessingInputs"][0]["S3Input"]["LocalPath"] = "/tmp/input"
+    assert_refused(capsys, dry_run(write_job(tmp_path, document), inventory),
+                   "ProcessingInputs[0].S3Input.LocalPath")
+
+
+@pytest.mark.parametrize("argv", [
+    [],
+    ["launch"],
+    ["run"],
+    ["run", "--dry-run", "--stop-grace", "soon", "job.json"],
+    ["run", "--no-such-option", "job.json"],
+])
+def test_usage_errors_are_exit_2(home, capsys, argv):
+    assert_refused(capsys, main(argv))
+
+
+def test_invalid_input_leaves_fleet_home_untouched(tmp_path, home, inventory, capsys):
+    assert main(["run", "--inventory", str(inventory), str(write_job(tmp_path, request(count=9)))]) == 2
+    assert not home.exists() or list(home.rglob("*")) == []

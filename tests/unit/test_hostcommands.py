@@ -1,0 +1,321 @@
+"""The commands fleet runs on a host: fixed scripts, user values only as positional arguments.
+
+The session script is also run here, locally, with a fake `docker` (a small sh script that
+records what it was asked): no host and no Docker, but the real shell quoting and parsing.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fleet.contract.job import parse_job
+from fleet.inventory import Host
+from fleet.plan import plan_cluster
+from fleet.runtime import hostcommands
+from fleet.runtime.hostcommands import SessionReport
+
+IMAGE = "registry.lab/zq-image:1.0"
+NAME = "zq-job-7"
+HOSTILE_ENV = {
+    "SUBSHELL": "$(touch MARKER)",
+    "BACKQUOTES": "`touch MARKER`",
+    "QUOTES": "it's \"quoted\"",
+    "SEMICOLON": "a; touch MARKER",
+    "NEWLINE": "one\ntwo",
+}
+
+
+def processing_job(environment=None, count: int = 1):
+    document = {
+        "ProcessingJobName": NAME,
+        "ProcessingResources": {"ClusterConfig": {
+            "InstanceCount": count, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 30}},
+        "AppSpecification": {"ImageUri": IMAGE, "ContainerEntrypoint": ["python3", "/zq/run.py"],
+                             "ContainerArguments": ["--zq-flag", "value with spaces"]},
+        "ProcessingInputs": [{"InputName": "raw", "S3Input": {
+            "S3Uri": "s3://zq-bucket/raw/", "LocalPath": "/opt/ml/processing/zq-input",
+            "S3DataType": "S3Prefix"}}],
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": "clean", "S3Output": {
+            "S3Uri": "s3://zq-bucket/clean/", "LocalPath": "/opt/ml/processing/zq-output",
+            "S3UploadMode": "EndOfJob"}}]},
+    }
+    if environment is not None:
+        document["Environment"] = environment
+    return parse_job(document, "job.json")
+
+
+def host_plan(workdir: str = "/srv/zq-work", docker: str = "docker", environment=None, count: int = 1):
+    hosts = [Host(address=f"h{i}.lab", name=f"h{i}", ip=f"10.0.0.{i}", user="ops", workdir=workdir, docker=docker)
+             for i in range(1, count + 1)]
+    job = processing_job(environment, count)
+    return plan_cluster(job, hosts, [h.ip for h in hosts], stop_grace=30,
+                        region="us-east-1", account="000000000000").hosts
+
+
+def fed(*chunks: bytes) -> SessionReport:
+    report = SessionReport()
+    for chunk in chunks:
+        report.feed(chunk)
+    return report
+
+
+def byte_by_byte(data: bytes) -> SessionReport:
+    return fed(*(data[i:i + 1] for i in range(len(data))))
+
+
+# -- the session's stderr -----------------------------------------------------------------------
+
+DAEMON_DOWN = (b"Cannot connect to the Docker daemon at unix:///var/run/docker.sock. "
+               b"Is the docker daemon running?\n")
+NO_GPU = (b'docker: Error response from daemon: could not select device driver "" with capabilities: '
+          b"[[gpu]].\nRun 'docker run --help' for more information\n")
+MESSAGE = b"rows: 10\nbad byte: \xff\xfe\nfleet:exited\nfleet:exit-code:0\nno newline at end"
+COMPLETE = (b"fleet:prepared\nfleet:started\nfleet:exit-code:3\n"
+            + b"fleet:message:%d\n" % len(MESSAGE) + MESSAGE
+            + b"fleet:exited\nfleet:cleaned\n")
+
+
+def test_docker_error_before_the_job_dir_is_written_is_kept_as_the_reason():
+    report = fed(DAEMON_DOWN)
+    assert report.events == []
+    assert report.exit_code is None and report.message is None
+    assert report.errors == DAEMON_DOWN.decode().strip()
+
+
+def test_docker_error_when_starting_the_container_is_kept_as_the_reason():
+    report = fed(b"fleet:prepared\n" + NO_GPU)
+    assert report.events == ["prepared"]
+    assert "could not select device driver" in report.errors
+    assert "fleet:" not in report.errors
+
+
+def test_exit_code_and_message_bytes_are_read_exactly():
+    report = fed(COMPLETE)
+    assert report.events == ["prepared", "started", "exited", "cleaned"]
+    assert report.exit_code == 3
+    # Non-UTF-8 bytes, newlines and text that looks like progress lines stay message bytes.
+    assert report.message == MESSAGE
+    assert report.errors == ""
+
+
+def test_stderr_split_anywhere_parses_the_same():
+    whole = fed(COMPLETE)
+    split = byte_by_byte(COMPLETE)
+    assert (split.events, split.exit_code, split.message) == (whole.events, whole.exit_code, whole.message)
+
+
+def test_feed_returns_the_events_each_chunk_completes():
+    report = SessionReport()
+    assert report.feed(b"fleet:prep") == []
+    assert report.feed(b"ared\nfleet:started\n") == ["prepared", "started"]
+    assert report.feed(b"fleet:exit-code:0\nfleet:exited\n") == ["exited"]
+    assert report.exit_code == 0
+
+
+def test_no_message_file_gives_no_message():
+    report = fed(b"fleet:prepared\nfleet:started\nfleet:exit-code:0\nfleet:exited\n")
+    assert report.exit_code == 0
+    assert report.message is None
+
+
+def test_empty_message_file_gives_an_empty_message():
+    report = fed(b"fleet:prepared\nfleet:started\nfleet:exit-code:0\nfleet:message:0\nfleet:exited\n")
+    assert report.message == b""
+    assert report.events[-1] == "exited"
+
+
+def test_message_count_with_leading_spaces_is_read():
+    # `wc -c` pads its count with spaces on some systems.
+    report = fed(b"fleet:exit-code:1\nfleet:message:     5\nhello" + b"fleet:exited\n")
+    assert report.message == b"hello"
+
+
+def test_docker_wait_failure_leaves_no_exit_code_and_keeps_dockers_words():
+    report = fed(b"fleet:prepared\nfleet:started\nError response from daemon: No such container: x\n")
+    assert report.events == ["prepared", "started"]
+    assert report.exit_code is None
+    assert "No such container" in report.errors
+
+
+def test_partial_line_at_the_end_counts_as_dockers_words():
+    assert fed(b"docker: permission denied").errors == "docker: permission denied"
+
+
+# -- user values travel as positional arguments -------------------------------------------------
+
+def test_session_passes_every_user_value_as_a_positional_argument():
+    plan = host_plan(environment=HOSTILE_ENV)[0]
+    argv = hostcommands.session(plan, IMAGE, docker_timeout=20)
+    assert argv[:2] == ["sh", "-c"]
+    assert argv[3] == "fleet"  # $0
+    script, args = argv[2], argv[4:]
+    for value in [plan.job_dir, plan.container, IMAGE, plan.message_file, NAME, "zq-",
+                  *plan.files, *(c.decode() for c in plan.files.values()), "$(touch", "MARKER"]:
+        assert value not in script
+    for value in [plan.job_dir, plan.container, IMAGE, plan.message_file]:
+        assert value in args
+    assert args[-len(plan.docker_run):] == plan.docker_run
+
+
+def test_cleanup_passes_every_user_value_as_a_positional_argument():
+    plan = host_plan()[0]
+    for keep in (True, False):
+        argv = hostcommands.cleanup(plan, keep)
+        assert argv[:2] == ["sh", "-c"] and argv[3] == "fleet"
+        assert plan.job_dir not in argv[2] and plan.container not in argv[2] and "zq-" not in argv[2]
+        assert argv[4:] == [plan.container, plan.job_dir, "keep" if keep else "remove"]
+
+
+def test_stop_and_kill_name_the_container_after_the_hosts_docker_command():
+    plan = host_plan(docker="sudo docker")[0]
+    assert hostcommands.stop(plan) == ["sudo", "docker", "stop", f"{NAME}-algo-1"]
+    assert hostcommands.kill(plan) == ["sudo", "docker", "kill", f"{NAME}-algo-1"]
+
+
+def test_the_hosts_docker_command_is_the_only_value_inside_the_script():
+    plan = host_plan(docker="sudo -n '/opt/zq docker/docker'")[0]
+    script = hostcommands.session(plan, IMAGE, docker_timeout=7)[2]
+    assert "d() { sudo -n '/opt/zq docker/docker' \"$@\"; }" in script
+    assert "d_bounded() { timeout 7 sudo -n '/opt/zq docker/docker' \"$@\"; }" in script
+
+
+def test_session_argv_survives_shlex_join_and_split():
+    for plan in host_plan(environment=HOSTILE_ENV, count=2):
+        argv = hostcommands.session(plan, IMAGE, docker_timeout=20)
+        assert shlex.split(shlex.join(argv)) == argv
+
+
+# -- the session run locally against a fake docker ------------------------------------------------
+
+FAKE_DOCKER = r"""#!/bin/sh
+printf '%s\n' "$1" >> "$FAKE_DIR/calls"
+case "$1" in
+  image) exit 0 ;;
+  run) printf '%s\0' "$@" > "$FAKE_DIR/run.argv"; echo 0123abcd ;;
+  logs) printf 'line from the container\n' ;;
+  wait)
+    if [ -n "$FAKE_LINK" ]; then ln -s "$FAKE_LINK" "$FAKE_MESSAGE_PATH";
+    elif [ -n "$FAKE_MESSAGE" ]; then cp "$FAKE_MESSAGE" "$FAKE_MESSAGE_PATH"; fi
+    echo "${FAKE_EXIT:-0}" ;;
+  rm) exit 0 ;;
+  *) echo "fake docker: unexpected $*" >&2; exit 99 ;;
+esac
+"""
+
+
+class FakeHost:
+    """A job directory under tmp_path and a fake docker that records its calls there."""
+
+    def __init__(self, tmp_path: Path, environment=None) -> None:
+        self.dir = tmp_path
+        self.docker = tmp_path / "bin" / "docker"
+        self.docker.parent.mkdir()
+        self.docker.write_text(FAKE_DOCKER)
+        self.docker.chmod(0o755)
+        self.plan = host_plan(workdir=str(tmp_path / "work"), docker=str(self.docker),
+                              environment=environment)[0]
+        self.env = {**os.environ, "FAKE_DIR": str(tmp_path), "FAKE_MESSAGE_PATH": self.plan.message_file}
+
+    def session(self, stdin: bytes, **env: str) -> tuple[subprocess.CompletedProcess, SessionReport]:
+        argv = hostcommands.session(self.plan, IMAGE, docker_timeout=10)
+        # As over SSH: the argv joined once, parsed by the remote shell.
+        result = subprocess.run(["sh", "-c", shlex.join(argv)], input=stdin, capture_output=True,
+                                env={**self.env, **env}, cwd=self.dir, timeout=20)
+        report = SessionReport()
+        report.feed(result.stderr)
+        return result, report
+
+    @property
+    def calls(self) -> list[str]:
+        path = self.dir / "calls"
+        return path.read_text().split() if path.exists() else []
+
+    @property
+    def run_argv(self) -> list[str]:
+        return (self.dir / "run.argv").read_bytes().decode().split("\0")[:-1]
+
+
+def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    result, report = fake.session(b"")  # EOF before `go`: aborts after preparing
+    assert report.events == ["prepared"]
+    assert "run" not in fake.calls
+    # Aborting removes what it wrote; prepare again and look before answering.
+    job_dir = Path(fake.plan.job_dir)
+    argv = hostcommands.session(fake.plan, IMAGE, docker_timeout=10)
+    process = subprocess.Popen(["sh", "-c", shlex.join(argv)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, env=fake.env, cwd=tmp_path)
+    try:
+        assert process.stderr.readline() == b"fleet:prepared\n"
+        for directory in fake.plan.dirs:
+            assert (job_dir / directory).is_dir()
+        for path, content in fake.plan.files.items():
+            assert (job_dir / path).read_bytes() == content
+        assert sorted(str(p.relative_to(job_dir)) for p in job_dir.rglob("*") if p.is_file()) == \
+            sorted(fake.plan.files)
+    finally:
+        process.communicate(b"abort\n", timeout=20)
+
+
+def test_abort_starts_nothing_and_removes_the_job_dir(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    result, report = fake.session(b"abort\n")
+    assert result.returncode == 0
+    assert "run" not in fake.calls
+    assert not Path(fake.plan.job_dir).exists()
+    assert not Path(fake.plan.job_dir).parent.exists()  # WORKDIR/NAME goes too
+
+
+def test_docker_receives_the_run_argv_word_for_word(tmp_path: Path):
+    marker = tmp_path / "MARKER"
+    fake = FakeHost(tmp_path, environment=HOSTILE_ENV)
+    result, report = fake.session(b"go\nclean\n", FAKE_EXIT="0")
+    assert report.events == ["prepared", "started", "exited", "cleaned"], report.errors
+    assert fake.run_argv == fake.plan.docker_run
+    assert not marker.exists()  # no value was ever run by a shell
+    assert result.stdout == b"line from the container\n"
+
+
+def test_exit_code_and_message_come_back_from_the_host(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    message = tmp_path / "message-src"
+    message.write_bytes(b"failed: \xff\nsee logs" + b"x" * 2000)
+    result, report = fake.session(b"go\nkeep\n", FAKE_EXIT="137", FAKE_MESSAGE=str(message))
+    assert report.exit_code == 137
+    assert report.message == message.read_bytes()[:1024]  # the first 1 KB only
+
+
+def test_clean_removes_the_job_dir_and_keep_keeps_it(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    _, report = fake.session(b"go\nkeep\n")
+    assert report.events[-1] == "cleaned"
+    assert Path(fake.plan.job_dir, "config", "resourceconfig.json").is_file()
+    _, report = fake.session(b"go\nclean\n")
+    assert report.events[-1] == "cleaned"
+    assert not Path(fake.plan.job_dir).exists()
+
+
+def test_message_symlink_planted_by_the_container_is_not_followed(tmp_path: Path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"host secret")
+    fake = FakeHost(tmp_path)
+    _, report = fake.session(b"go\nclean\n", FAKE_LINK=str(secret))
+    assert report.exit_code == 0
+    assert report.message is None
+
+
+@pytest.mark.parametrize("keep, kept", [(True, True), (False, False)])
+def test_cleanup_removes_the_job_dir_unless_kept(tmp_path: Path, keep, kept):
+    fake = FakeHost(tmp_path)
+    job_dir = Path(fake.plan.job_dir)
+    (job_dir / "output").mkdir(parents=True)
+    result = subprocess.run(["sh", "-c", shlex.join(hostcommands.cleanup(fake.plan, keep))],
+                            env=fake.env, capture_output=True, timeout=20)
+    assert result.returncode == 0
+    assert job_dir.exists() is kept
+    assert "rm" in fake.calls
