@@ -267,20 +267,26 @@ class JobExecution:
     async def _cleanup_all(self) -> None:
         """Whatever happened: no container of the job remains, and the job directories go
         (unless --keep). A session that ran to its end cleans its own host; any other host
-        with a session gets one cleanup command. Then the connections close."""
-        keep = self.options.keep
+        with a session gets one cleanup command. All of it is time-bounded (a hung docker
+        daemon must not hang fleet); then the connections close."""
+        keep, bound = self.options.keep, self.options.docker_timeout + 10
         try:
             # A container still running (an unexpected error got us here) is not waited for:
             # its session is abandoned and the cleanup command removes it.
             finished = await asyncio.gather(*(
-                s.finish(keep) if s.has("exited") or not s.has("started") else _false()
-                for s in self.sessions), return_exceptions=True)
+                asyncio.wait_for(s.finish(keep), bound) if s.has("exited") or not s.has("started")
+                else _false() for s in self.sessions), return_exceptions=True)
             leftovers = [(i, s.transport) for i, (s, done) in enumerate(zip(self.sessions, finished))
                          if done is not True]
 
             async def clean(index: int, transport: Transport) -> None:
                 plan = self.sessions[index].plan
-                result = await transport.run(hostcommands.cleanup(plan, keep))
+                try:
+                    result = await asyncio.wait_for(
+                        transport.run(hostcommands.cleanup(plan, keep, self.options.docker_timeout)), bound)
+                except asyncio.TimeoutError:
+                    raise HostError(transport.label, f"cleanup did not finish within {bound} s; "
+                                                     f"container {plan.container} may remain") from None
                 if result.exit_status != 0:
                     raise HostError(transport.label, f"could not remove the job directory {plan.job_dir}: "
                                                      f"{result.stderr.decode(errors='replace').strip()}")

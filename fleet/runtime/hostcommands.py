@@ -75,7 +75,7 @@ if [ -f "$message" ] && [ ! -L "$message" ]; then
 fi
 printf 'fleet:exited\\n' >&2
 IFS= read -r then || exit 0
-d rm --force "$name" >/dev/null
+d_bounded rm --force "$name" >/dev/null
 if [ "$then" = clean ]; then
   rm -rf -- "$job_dir" && rmdir -- "${{job_dir%/*}}" 2>/dev/null
 fi
@@ -84,7 +84,7 @@ printf 'fleet:cleaned\\n' >&2
 
 _CLEANUP = """
 name=$1 job_dir=$2 keep=$3
-d rm --force "$name" >/dev/null 2>&1
+d_bounded rm --force "$name" >/dev/null 2>&1
 if [ "$keep" != keep ]; then
   rm -rf -- "$job_dir" || exit 1
   rmdir -- "${job_dir%/*}" 2>/dev/null
@@ -123,10 +123,11 @@ def kill(plan: HostPlan) -> list[str]:
     return [*plan.docker, "kill", plan.container]
 
 
-def cleanup(plan: HostPlan, keep: bool) -> list[str]:
+def cleanup(plan: HostPlan, keep: bool, docker_timeout: int) -> list[str]:
     """Remove the container and (unless `keep`) the job directory; idempotent. For hosts
     whose session did not get to clean up itself."""
-    return _script(plan.docker, _CLEANUP, [plan.container, plan.job_dir, "keep" if keep else "remove"])
+    return _script(plan.docker, _CLEANUP, [plan.container, plan.job_dir, "keep" if keep else "remove"],
+                   docker_timeout=docker_timeout)
 
 
 @dataclass

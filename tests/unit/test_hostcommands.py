@@ -165,7 +165,7 @@ def test_session_passes_every_user_value_as_a_positional_argument():
 def test_cleanup_passes_every_user_value_as_a_positional_argument():
     plan = host_plan()[0]
     for keep in (True, False):
-        argv = hostcommands.cleanup(plan, keep)
+        argv = hostcommands.cleanup(plan, keep, 20)
         assert argv[:2] == ["sh", "-c"] and argv[3] == "fleet"
         assert plan.job_dir not in argv[2] and plan.container not in argv[2] and "zq-" not in argv[2]
         assert argv[4:] == [plan.container, plan.job_dir, "keep" if keep else "remove"]
@@ -314,7 +314,7 @@ def test_cleanup_removes_the_job_dir_unless_kept(tmp_path: Path, keep, kept):
     fake = FakeHost(tmp_path)
     job_dir = Path(fake.plan.job_dir)
     (job_dir / "output").mkdir(parents=True)
-    result = subprocess.run(["sh", "-c", shlex.join(hostcommands.cleanup(fake.plan, keep))],
+    result = subprocess.run(["sh", "-c", shlex.join(hostcommands.cleanup(fake.plan, keep, 20))],
                             env=fake.env, capture_output=True, timeout=20)
     assert result.returncode == 0
     assert job_dir.exists() is kept
