@@ -85,7 +85,8 @@ def _print_plan(plan: ClusterPlan) -> None:
         for path, content in hp.files.items():
             print(f"  write  {path} ({len(content)} bytes)")
         print(f"  resourceconfig.json: {json.dumps(json.loads(hp.files['config/resourceconfig.json']))}")
-        print(f"  docker: {shlex.join(hp.docker + hp.docker_run)}")
+        print(f"  docker: {shlex.join(hp.docker + hp.docker_create)}")
+        print(f"  docker: {shlex.join(hp.docker + ['start', hp.container])}   (once every host is ready)")
 
 
 async def _run(args: argparse.Namespace, console: Console) -> int:

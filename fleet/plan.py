@@ -10,7 +10,7 @@ import posixpath
 from dataclasses import dataclass, field
 
 from fleet.contract import configfiles
-from fleet.contract.container import Mount, container_name, docker_run_argv
+from fleet.contract.container import Mount, container_name, docker_create_argv
 from fleet.contract.job import ProcessingJob
 from fleet.errors import InvalidInput
 from fleet.inventory import Host, Inventory
@@ -31,7 +31,7 @@ class HostPlan:
     dirs: list[str]  # paths relative to job_dir, created empty (mount sources)
     mounts: list[Mount]
     container: str
-    docker_run: list[str]  # after the host's docker command
+    docker_create: list[str]  # after the host's docker command; then `docker start CONTAINER`
 
     @property
     def message_file(self) -> str:
@@ -114,6 +114,6 @@ def plan_cluster(
             dirs=dirs,
             mounts=mounts,
             container=container_name(job.ProcessingJobName, algo),
-            docker_run=docker_run_argv(job, host, algo, peers, mounts, stop_grace),
+            docker_create=docker_create_argv(job, host, algo, peers, mounts, stop_grace),
         ))
     return ClusterPlan(job=job, arn=arn, hosts=plans, stop_grace=stop_grace)

@@ -1,4 +1,4 @@
-"""The `docker run` argv of one host: entrypoint rules, environment, mounts, GPUs, names.
+"""The `docker create` argv of one host: entrypoint rules, environment, mounts, GPUs, names.
 
 Pure: the same job, host and addresses give the same argv, which `--dry-run` prints.
 """
@@ -55,7 +55,7 @@ def entrypoint_and_command(job: ProcessingJob) -> tuple[str | None, list[str]]:
     return entrypoint[0], entrypoint[1:] + arguments
 
 
-def docker_run_argv(
+def docker_create_argv(
     job: ProcessingJob,
     host: Host,
     algo: str,
@@ -63,14 +63,17 @@ def docker_run_argv(
     mounts: list[Mount],
     stop_grace: int,
 ) -> list[str]:
-    """`docker run` options and words (after the host's docker command) for one host.
+    """`docker create` options and words (after the host's docker command) for one host.
+
+    The container is created while the host is prepared (so a bad option fails before any
+    container starts anywhere) and started detached once every host is ready.
 
     `peers` is (algo name, address) for every host of the job, this one included: with
     host networking, each algo-i resolves through /etc/hosts to where that host is reached.
     """
     name = job.ProcessingJobName
     argv = [
-        "run", "--detach",
+        "create",
         "--name", container_name(name, algo),
         "--label", f"{JOB_LABEL}={name}",
         "--label", f"{HOST_LABEL}={algo}",

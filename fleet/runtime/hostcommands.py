@@ -4,8 +4,8 @@ The session is the whole life of the job on the host in ONE command, so ONE roun
 (each costs ~120 ms or more: sshd forks and the login shell starts):
 
     check docker (time-bounded) → pull the image if missing → write the job directory
-    → report `prepared` → wait for `go` on stdin (every host is checked before any starts)
-    → `docker run --detach` → stream `docker logs --follow` on stdout → `docker wait`
+    → `docker create` → report `prepared` → wait for `go` on stdin (every host is checked,
+    its container created, before any starts) → `docker start` → stream `docker logs --follow` on stdout → `docker wait`
     → report the exit code and the first 1 KB of /opt/ml/output/message
     → wait for `clean` or `keep` on stdin → remove the container (and the job directory).
 
@@ -32,6 +32,7 @@ DOCKER_MISSING = 21
 DOCKER_FAILED = 22
 PULL_FAILED = 23
 WRITE_FAILED = 24
+CREATE_FAILED = 25
 START_FAILED = 30
 WAIT_FAILED = 31
 
@@ -57,13 +58,15 @@ while [ "$nfiles" -gt 0 ]; do
   printf '%s' "$2" > "$job_dir/$1" || exit {WRITE_FAILED}
   shift 2; nfiles=$((nfiles - 1))
 done
+d "$@" >/dev/null || exit {CREATE_FAILED}
 printf 'fleet:prepared\\n' >&2
 IFS= read -r go || go=abort
 if [ "$go" != go ]; then
+  d_bounded rm --force "$name" >/dev/null
   rm -rf -- "$job_dir"; rmdir -- "${{job_dir%/*}}" 2>/dev/null
   exit 0
 fi
-d "$@" >/dev/null || exit {START_FAILED}
+d start "$name" >/dev/null || exit {START_FAILED}
 printf 'fleet:started\\n' >&2
 d logs --follow "$name" 2>&1
 code=$(d wait "$name") || exit {WAIT_FAILED}
@@ -104,7 +107,7 @@ def session(plan: HostPlan, image: str, docker_timeout: int) -> list[str]:
     """The job's whole life on one host (see the module's docstring)."""
     files = [word for path, content in plan.files.items() for word in (path, content.decode())]
     args = [plan.job_dir, image, plan.container, plan.message_file,
-            str(len(plan.dirs)), str(len(plan.files)), *plan.dirs, *files, *plan.docker_run]
+            str(len(plan.dirs)), str(len(plan.files)), *plan.dirs, *files, *plan.docker_create]
     return _script(plan.docker, _SESSION, args, docker_timeout=docker_timeout)
 
 

@@ -88,6 +88,8 @@ class HostSession:
             return HostError(label, f"docker is not answering: {said}")
         if status == hostcommands.PULL_FAILED:
             return ClientError(f"{label}: cannot pull image {image}: {said}")
+        if status == hostcommands.CREATE_FAILED:
+            return ClientError(f"{label}: docker could not create the container: {said}")
         if status == hostcommands.WRITE_FAILED:
             return HostError(label, f"cannot write the job directory {self.plan.job_dir}: {said}")
         return HostError(label, f"preparing the host failed (status {status}): {said}")

@@ -191,6 +191,7 @@ def test_dry_run_prints_the_plan_and_touches_nothing(fleet, cluster):
     name = job["ProcessingJobName"]
     for k, host in enumerate(cluster.hosts, start=1):
         assert f"algo-{k}: h{k} (ssh root@{host.address}:22)" in run.stdout
-        assert f"docker run --detach --name {name}-algo-{k}" in run.stdout
+        assert f"docker create --name {name}-algo-{k}" in run.stdout
+        assert f"docker start {name}-algo-{k}" in run.stdout
     assert not (fleet.home / "jobs").exists()
     _nothing_started(fleet, cluster, name)

@@ -83,7 +83,9 @@ def expected_docker_lines(job: Path, inventory: Path) -> dict[str, str]:
     hosts = select_hosts(processing_job, load_inventory(inventory))
     plan = plan_cluster(processing_job, hosts, [h.ip for h in hosts], stop_grace=30,
                         region="eu-west-1", account="123456789012")
-    return {hp.algo: "docker: " + shlex.join(hp.docker + hp.docker_run) for hp in plan.hosts}
+    return {hp.algo: ["docker: " + shlex.join(hp.docker + hp.docker_create),
+                      "docker: " + shlex.join(hp.docker + ["start", hp.container]) + "   (once every host is ready)"]
+            for hp in plan.hosts}
 
 
 def test_dry_run_succeeds_and_prints_every_host(tmp_path, home, inventory, capsys):
@@ -124,11 +126,11 @@ def test_dry_run_prints_the_exact_docker_command_of_each_host(tmp_path, home, in
     expected = expected_docker_lines(job, inventory)
     for algo, text in hosts.items():
         lines = [line.strip() for line in text.splitlines() if line.strip().startswith("docker: ")]
-        assert lines == [expected[algo]]
+        assert lines == expected[algo]
     # What the user reads is what a shell would run: parse the printed line back.
     algo_2 = next(line.strip() for line in hosts["algo-2"].splitlines() if line.strip().startswith("docker: "))
     words = shlex.split(algo_2.removeprefix("docker: "))
-    assert words[:3] == ["sudo", "docker", "run"]
+    assert words[:3] == ["sudo", "docker", "create"]
     assert words[-7:] == ["--entrypoint", "python3", "registry.lab/prep:1.4",
                           "-v", "/processing_script.py", "data-format", "csv"]
     assert "GREETING=hello world; $(touch /tmp/x)" in words

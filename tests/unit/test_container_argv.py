@@ -51,9 +51,9 @@ def plans(processing_job, hosts=None, stop_grace: int = 30):
                         region="eu-west-1", account="123456789012").hosts
 
 
-def docker_run(processing_job, **kwargs) -> list[str]:
+def docker_create(processing_job, **kwargs) -> list[str]:
     """The argv after the host's docker command, for algo-1."""
-    return plans(processing_job, **kwargs)[0].docker_run
+    return plans(processing_job, **kwargs)[0].docker_create
 
 
 def values_of(argv: list[str], option: str) -> list[str]:
@@ -69,13 +69,13 @@ def after_image(argv: list[str]) -> list[str]:
 # -- the four entrypoint / arguments rules --------------------------------------------------------
 
 def test_neither_entrypoint_nor_arguments_runs_the_image_default_entrypoint_and_cmd():
-    argv = docker_run(job())
+    argv = docker_create(job())
     assert "--entrypoint" not in argv
     assert argv[-1] == IMAGE
 
 
 def test_entrypoint_only_runs_the_given_entrypoint_and_ignores_the_image_cmd():
-    argv = docker_run(job(entrypoint=["python3", "/opt/program/run.py", "--fast"]))
+    argv = docker_create(job(entrypoint=["python3", "/opt/program/run.py", "--fast"]))
     # Docker's --entrypoint takes one word (and, when given, drops the image's CMD);
     # the other entrypoint words follow the image.
     assert argv[-5:] == ["--entrypoint", "python3", IMAGE, "/opt/program/run.py", "--fast"]
@@ -83,19 +83,19 @@ def test_entrypoint_only_runs_the_given_entrypoint_and_ignores_the_image_cmd():
 
 
 def test_entrypoint_of_one_word_runs_it_with_no_command():
-    argv = docker_run(job(entrypoint=["/usr/local/bin/process"]))
+    argv = docker_create(job(entrypoint=["/usr/local/bin/process"]))
     assert argv[-3:] == ["--entrypoint", "/usr/local/bin/process", IMAGE]
     assert after_image(argv) == []
 
 
 def test_arguments_only_keep_the_image_entrypoint_and_follow_the_image():
-    argv = docker_run(job(arguments=["data-format", "csv"]))
+    argv = docker_create(job(arguments=["data-format", "csv"]))
     assert "--entrypoint" not in argv
     assert argv[-3:] == [IMAGE, "data-format", "csv"]
 
 
 def test_entrypoint_and_arguments_run_the_entrypoint_words_then_the_arguments():
-    argv = docker_run(job(entrypoint=["python3", "-v", "/processing_script.py"], arguments=["data-format", "csv"]))
+    argv = docker_create(job(entrypoint=["python3", "-v", "/processing_script.py"], arguments=["data-format", "csv"]))
     # The contract's example: the container runs `python3 -v /processing_script.py data-format csv`.
     assert argv[-7:] == ["--entrypoint", "python3", IMAGE, "-v", "/processing_script.py", "data-format", "csv"]
     assert values_of(argv, "--entrypoint") == ["python3"]
@@ -104,7 +104,7 @@ def test_entrypoint_and_arguments_run_the_entrypoint_words_then_the_arguments():
 
 
 def test_container_words_that_look_like_options_stay_after_the_image():
-    argv = docker_run(job(arguments=["--rm", "-v", "/:/host"]))
+    argv = docker_create(job(arguments=["--rm", "-v", "/:/host"]))
     assert after_image(argv) == ["--rm", "-v", "/:/host"]
     assert "--rm" not in argv[:argv.index(IMAGE)]
 
@@ -119,18 +119,18 @@ def test_container_words_that_look_like_options_stay_after_the_image():
     (["GPU-3f2a9c1e"], '"device=GPU-3f2a9c1e"'),
 ])
 def test_gpus_of_the_host_become_docker_gpus(gpus, expected):
-    argv = docker_run(job(), hosts=[host(gpus=gpus)])
+    argv = docker_create(job(), hosts=[host(gpus=gpus)])
     assert values_of(argv, "--gpus") == [expected]
     assert argv.index("--gpus") < argv.index(IMAGE)
 
 
 def test_host_without_gpus_gets_no_gpus_option():
-    argv = docker_run(job(), hosts=[host()])
+    argv = docker_create(job(), hosts=[host()])
     assert "--gpus" not in argv
 
 
 def test_each_host_gets_its_own_gpus():
-    run = [p.docker_run for p in plans(job(count=2), hosts=[host(0, gpus="all"), host(1)])]
+    run = [p.docker_create for p in plans(job(count=2), hosts=[host(0, gpus="all"), host(1)])]
     assert values_of(run[0], "--gpus") == ["all"]
     assert "--gpus" not in run[1]
 
@@ -139,7 +139,7 @@ def test_each_host_gets_its_own_gpus():
 
 def test_docker_args_of_the_host_come_before_the_image():
     extra = ["--shm-size", "8g", "--ipc", "host", "--ulimit", "memlock=-1"]
-    argv = docker_run(job(entrypoint=["python3"]), hosts=[host(docker_args=extra)])
+    argv = docker_create(job(entrypoint=["python3"]), hosts=[host(docker_args=extra)])
     start = argv.index("--shm-size")
     assert argv[start:start + len(extra)] == extra
     assert start + len(extra) <= argv.index("--entrypoint") < argv.index(IMAGE)
@@ -149,8 +149,8 @@ def test_docker_args_of_the_host_come_before_the_image():
 
 def test_each_container_is_named_job_name_dash_algo_k_and_labelled():
     for k, plan in enumerate(plans(job(count=3, name="nightly-etl")), start=1):
-        argv = plan.docker_run
-        assert argv[:2] == ["run", "--detach"]
+        argv = plan.docker_create
+        assert argv[:1] == ["create"]
         assert values_of(argv, "--name") == [f"nightly-etl-algo-{k}"]
         assert plan.container == f"nightly-etl-algo-{k}"
         assert sorted(values_of(argv, "--label")) == sorted(["fleet.job=nightly-etl", f"fleet.host=algo-{k}"])
@@ -161,7 +161,7 @@ def test_each_container_is_named_job_name_dash_algo_k_and_labelled():
 
 def test_every_algo_name_resolves_to_its_host_on_every_host():
     for plan in plans(job(count=3)):
-        argv = plan.docker_run
+        argv = plan.docker_create
         assert values_of(argv, "--network") == ["host"]
         assert values_of(argv, "--add-host") == [
             "algo-1:10.0.0.11", "algo-2:10.0.0.12", "algo-3:10.0.0.13"]
@@ -169,20 +169,20 @@ def test_every_algo_name_resolves_to_its_host_on_every_host():
 
 def test_network_isolation_gives_the_container_no_network():
     for plan in plans(job(count=2, isolated=True)):
-        argv = plan.docker_run
+        argv = plan.docker_create
         assert values_of(argv, "--network") == ["none"]
         assert "--add-host" not in argv
 
 
 def test_network_isolation_false_keeps_host_networking():
-    argv = docker_run(job(isolated=False))
+    argv = docker_create(job(isolated=False))
     assert values_of(argv, "--network") == ["host"]
 
 
 # -- stopping -----------------------------------------------------------------------------------
 
 def test_container_is_stopped_with_sigint_then_sigkill_after_the_grace():
-    argv = docker_run(job(), stop_grace=45)
+    argv = docker_create(job(), stop_grace=45)
     assert values_of(argv, "--stop-signal") == ["SIGINT"]
     assert values_of(argv, "--stop-timeout") == ["45"]
 
@@ -202,18 +202,18 @@ HOSTILE = {
 
 
 def test_environment_values_reach_docker_verbatim_as_one_word_each():
-    argv = docker_run(job(environment=HOSTILE))
+    argv = docker_create(job(environment=HOSTILE))
     assert values_of(argv, "--env") == [f"{key}={value}" for key, value in HOSTILE.items()]
 
 
 def test_environment_is_given_before_the_image():
-    argv = docker_run(job(environment={"A": "1"}, arguments=["--env", "NOT_AN_ENV=1"]))
+    argv = docker_create(job(environment={"A": "1"}, arguments=["--env", "NOT_AN_ENV=1"]))
     assert argv.index("--env") < argv.index(IMAGE)
     assert after_image(argv) == ["--env", "NOT_AN_ENV=1"]
 
 
 def test_no_environment_gives_no_env_option():
-    assert "--env" not in docker_run(job())
+    assert "--env" not in docker_create(job())
 
 
 def test_host_command_is_quoted_once_and_losslessly():
@@ -224,4 +224,4 @@ def test_host_command_is_quoted_once_and_losslessly():
         # The transport joins the argv with shlex.join; the remote shell splits it back.
         assert shlex.split(shlex.join(argv)) == argv
         # The docker argv travels whole, word for word, as positional arguments.
-        assert argv[-len(plan.docker_run):] == plan.docker_run
+        assert argv[-len(plan.docker_create):] == plan.docker_create

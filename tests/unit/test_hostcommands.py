@@ -159,7 +159,7 @@ def test_session_passes_every_user_value_as_a_positional_argument():
         assert value not in script
     for value in [plan.job_dir, plan.container, IMAGE, plan.message_file]:
         assert value in args
-    assert args[-len(plan.docker_run):] == plan.docker_run
+    assert args[-len(plan.docker_create):] == plan.docker_create
 
 
 def test_cleanup_passes_every_user_value_as_a_positional_argument():
@@ -196,7 +196,8 @@ FAKE_DOCKER = r"""#!/bin/sh
 printf '%s\n' "$1" >> "$FAKE_DIR/calls"
 case "$1" in
   image) exit 0 ;;
-  run) printf '%s\0' "$@" > "$FAKE_DIR/run.argv"; echo 0123abcd ;;
+  create) printf '%s\0' "$@" > "$FAKE_DIR/create.argv"; echo 0123abcd ;;
+  start) exit 0 ;;
   logs) printf 'line from the container\n' ;;
   wait)
     if [ -n "$FAKE_LINK" ]; then ln -s "$FAKE_LINK" "$FAKE_MESSAGE_PATH";
@@ -237,14 +238,14 @@ class FakeHost:
 
     @property
     def run_argv(self) -> list[str]:
-        return (self.dir / "run.argv").read_bytes().decode().split("\0")[:-1]
+        return (self.dir / "create.argv").read_bytes().decode().split("\0")[:-1]
 
 
 def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
     fake = FakeHost(tmp_path)
     result, report = fake.session(b"")  # EOF before `go`: aborts after preparing
     assert report.events == ["prepared"]
-    assert "run" not in fake.calls
+    assert "start" not in fake.calls
     # Aborting removes what it wrote; prepare again and look before answering.
     job_dir = Path(fake.plan.job_dir)
     argv = hostcommands.session(fake.plan, IMAGE, docker_timeout=10)
@@ -266,17 +267,17 @@ def test_abort_starts_nothing_and_removes_the_job_dir(tmp_path: Path):
     fake = FakeHost(tmp_path)
     result, report = fake.session(b"abort\n")
     assert result.returncode == 0
-    assert "run" not in fake.calls
+    assert "start" not in fake.calls
     assert not Path(fake.plan.job_dir).exists()
     assert not Path(fake.plan.job_dir).parent.exists()  # WORKDIR/NAME goes too
 
 
-def test_docker_receives_the_run_argv_word_for_word(tmp_path: Path):
+def test_docker_receives_the_create_argv_word_for_word(tmp_path: Path):
     marker = tmp_path / "MARKER"
     fake = FakeHost(tmp_path, environment=HOSTILE_ENV)
     result, report = fake.session(b"go\nclean\n", FAKE_EXIT="0")
     assert report.events == ["prepared", "started", "exited", "cleaned"], report.errors
-    assert fake.run_argv == fake.plan.docker_run
+    assert fake.run_argv == fake.plan.docker_create
     assert not marker.exists()  # no value was ever run by a shell
     assert result.stdout == b"line from the container\n"
 

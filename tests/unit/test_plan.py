@@ -101,7 +101,7 @@ def test_every_mount_source_is_a_distinct_directory_of_the_job_dir():
 
 def test_mounts_reach_docker_as_volumes():
     for hp in plan(job(), inventory("a", "b")).hosts:
-        volumes = [hp.docker_run[i + 1] for i, w in enumerate(hp.docker_run) if w == "--volume"]
+        volumes = [hp.docker_create[i + 1] for i, w in enumerate(hp.docker_create) if w == "--volume"]
         assert f"{hp.job_dir}/config:/opt/ml/config:ro" in volumes
         assert f"{hp.job_dir}/output:/opt/ml/output" in volumes
         assert sorted(v.split(":")[1] for v in volumes) == sorted(
