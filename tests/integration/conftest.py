@@ -172,3 +172,32 @@ def make_job(script: str | None = None, *, count: int = 3, name: str | None = No
         job["AppSpecification"]["ContainerEntrypoint"] = ["sh", "-c", script]
     job.update(fields)
     return job
+
+
+@pytest.fixture(scope="session")
+def registry(cluster, tmp_path_factory):
+    """A plain-HTTP registry on the bridge (10.251.7.1:5000), which the test daemons trust:
+    the only way to see a real pull here. Stopped by its pid."""
+    if not shutil.which("docker-registry"):
+        pytest.skip("docker-registry is not installed (run scripts/setup)")
+    root = tmp_path_factory.mktemp("registry")
+    config = root / "config.yml"
+    config.write_text(yaml.safe_dump({
+        "version": 0.1, "log": {"level": "error"},
+        "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
+        "http": {"addr": "10.251.7.1:5000"}}))
+    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
+                               stderr=open(root / "registry.log", "wb"))
+    try:
+        import socket
+        import time
+        for _ in range(100):
+            try:
+                socket.create_connection(("10.251.7.1", 5000), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        yield "10.251.7.1:5000"
+    finally:
+        process.terminate()
+        process.wait(timeout=20)

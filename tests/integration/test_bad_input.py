@@ -195,3 +195,39 @@ def test_dry_run_prints_the_plan_and_touches_nothing(fleet, cluster):
         assert f"docker start {name}-algo-{k}" in run.stdout
     assert not (fleet.home / "jobs").exists()
     _nothing_started(fleet, cluster, name)
+
+
+def test_a_docker_option_docker_refuses_fails_before_any_container_starts(fleet, cluster, tmp_path):
+    doc = cluster.inventory_doc()
+    doc["hosts"][2]["docker_args"] = ["--no-such-option"]
+    inventory = cluster.write_inventory(tmp_path / "inv.yaml", doc)
+    record = _host_failure(fleet, cluster, inventory,
+                           "algo-3 (h3, 10.251.7.13): docker could not create the container")
+    assert record["FailureReason"].startswith("ClientError: algo-3")
+
+
+def test_ctrl_c_while_hosts_are_prepared_stops_before_anything_starts(fleet, cluster):
+    # h2's docker hangs, so the job waits in preparation; h1 and h3 have created (not
+    # started) their containers. Ctrl-C then: Stopped, nothing ever ran, nothing remains.
+    pid = int((cluster.hosts[1].dir / "dockerd.pid").read_text())
+    job = make_job("echo must never run")
+    name = job["ProcessingJobName"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        process = fleet.start("run", "--inventory", str(cluster.inventory), str(fleet.write_job(job)),
+                              "--docker-timeout", "60")
+        import time
+        for _ in range(300):
+            if cluster.hosts[0].containers(name) and cluster.hosts[2].containers(name):
+                break
+            time.sleep(0.1)
+        assert cluster.hosts[0].docker("ps", "-a", "--filter", f"label=fleet.job={name}",
+                                       "--format", "{{.State}}").split() == ["created"]
+        process.send_signal(signal.SIGINT)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err
+    assert "must never run" not in out
+    assert fleet.record(name)["ProcessingJobStatus"] == "Stopped"
+    _nothing_started(fleet, cluster, name)

@@ -193,3 +193,22 @@ def test_a_host_with_gpus_but_no_gpu_runtime_fails_with_a_readable_error(fleet, 
     reason = fleet.record(job["ProcessingJobName"])["FailureReason"]
     assert reason.startswith("ClientError: algo-2 (h2, 10.251.7.12): Docker there cannot give the container GPUs")
     assert "Traceback" not in run.stderr
+
+
+def test_a_missing_image_is_pulled_on_the_hosts_that_lack_it(fleet, cluster, registry):
+    image = f"{registry}/fleet-test:pull-{fleet.tmp.name[-12:].lower().replace('_', '-')}"
+    first = cluster.hosts[0]
+    first.docker("tag", IMAGE, image)
+    first.docker("push", image)
+    try:
+        assert cluster.hosts[1].docker("image", "ls", "-q", image).strip() == ""
+        job = make_job("echo pulled and ran")
+        job["AppSpecification"]["ImageUri"] = image
+        run = fleet.run_job(job)
+        assert run.returncode == 0, run.stderr
+        for k, host in enumerate(cluster.hosts, start=1):
+            assert _lines(run.stdout, f"algo-{k}") == ["pulled and ran"]
+            assert host.docker("image", "ls", "-q", image).strip() != ""
+    finally:
+        for host in cluster.hosts:
+            host.docker("image", "rm", "--force", image, check=False)
