@@ -174,6 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.notice("interrupted")
         return 130
+    except Exception as exc:  # a bug of fleet's: say so in one line, with a way to see more
+        if os.environ.get("FLEET_DEBUG"):
+            raise
+        console.notice(f"internal error: {exc!r} (set FLEET_DEBUG=1 for a traceback)")
+        return 1
 
 
 if __name__ == "__main__":

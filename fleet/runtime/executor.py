@@ -116,6 +116,8 @@ class JobExecution:
             outcomes, error = await self._supervise()
         except FleetError as exc:
             error = exc
+        except Exception as exc:  # a bug of fleet's: the job still ends Failed, hosts cleaned
+            error = FleetError(f"fleet failed unexpectedly: {exc!r}")
         finally:
             await asyncio.shield(self._cleanup_all())
         return self._finish(outcomes, error)
@@ -134,10 +136,10 @@ class JobExecution:
             raise JobStopped("stopped before the containers started")
         return task.result()
 
-    async def _on_all_hosts(self, transports: list[Transport], action) -> None:
-        """Run `action(index, transport)` on the hosts in parallel; raise one error naming
-        every host that failed."""
-        results = await asyncio.gather(*(action(i, t) for i, t in transports), return_exceptions=True)
+    async def _on_all_hosts(self, hosts: list[tuple[int, object]], action) -> None:
+        """Run `action(index, host)` for each (index, transport or session) in parallel;
+        raise one error naming every host that failed."""
+        results = await asyncio.gather(*(action(i, h) for i, h in hosts), return_exceptions=True)
         errors = []
         for result in results:
             if isinstance(result, FleetError):

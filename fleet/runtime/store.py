@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from fleet.contract.describe import now
+from fleet.contract.job import JOB_NAME_PATTERN
 from fleet.errors import InvalidInput, ResourceInUse
 
 
@@ -25,19 +27,23 @@ class JobStore:
         A name that already has a record is SageMaker's ResourceInUse; the old record stays.
         """
         name = record["ProcessingJobName"]
-        self.jobs.mkdir(parents=True, exist_ok=True)
         try:
+            self.jobs.mkdir(parents=True, exist_ok=True)
             self.job_dir(name).mkdir()
+            (self.job_dir(name) / "logs").mkdir()
         except FileExistsError:
             raise ResourceInUse(
                 f"a job named {name} already exists ({self.job_dir(name)}); "
                 f"choose another name with --name") from None
-        (self.job_dir(name) / "logs").mkdir()
+        except OSError as exc:
+            raise InvalidInput(f"cannot write job records in {self.jobs} (FLEET_HOME): {exc.strerror}") from None
         job = JobRecord(self.job_dir(name), record)
         job.save()
         return job
 
     def load(self, name: str) -> dict[str, Any]:
+        if not re.fullmatch(JOB_NAME_PATTERN, name):
+            raise InvalidInput(f"{name!r} is not a processing job name")
         path = self.job_dir(name) / "describe.json"
         try:
             return json.loads(path.read_text())
