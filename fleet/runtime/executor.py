@@ -109,7 +109,7 @@ class JobExecution:
         error: FleetError | None = None
         try:
             await self._unless_stopped(self._connect_all())
-            addresses = [h.ip or t.peer_address for h, t in zip(self.hosts, self.transports)]
+            addresses = self._addresses()
             self.plan = plan_cluster(self.job, self.hosts, addresses, stop_grace=self.options.stop_grace,
                                      region=self.options.region, account=self.options.account)
             await self._unless_stopped(self._prepare_all())
@@ -121,6 +121,14 @@ class JobExecution:
         finally:
             await asyncio.shield(self._cleanup_all())
         return self._finish(outcomes, error)
+
+    def _addresses(self) -> list[str]:
+        """Where the other hosts reach each host: the inventory's `ip`; else the address its
+        SSH connection reached; for the local host, this machine's address on the way to
+        the SSH hosts (127.0.0.1 when it is alone)."""
+        controller = next((t.local_address for t in self.transports if t.local_address), None)
+        return [host.ip or (controller if host.transport == "local" and controller else transport.peer_address)
+                for host, transport in zip(self.hosts, self.transports)]
 
     async def _unless_stopped(self, work: Awaitable[T]) -> T:
         """Await `work`, abandoning it (and raising JobStopped) if a stop comes first."""

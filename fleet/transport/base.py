@@ -77,6 +77,11 @@ class Transport(abc.ABC):
     def peer_address(self) -> str:
         """The IP address this host was reached at."""
 
+    @property
+    def local_address(self) -> str | None:
+        """This machine's address on the way to the host (None without a network hop)."""
+        return None
+
     async def run(self, argv: Sequence[str], *, stdin: bytes | None = None) -> CommandResult:
         """Run argv to its end and return its output."""
         process = await self.start(argv)

@@ -155,6 +155,13 @@ class SSHTransport(Transport):
             self._conn = None
 
     @property
+    def local_address(self) -> str | None:
+        if self._conn is None:
+            return None
+        sock = self._conn.get_extra_info("sockname")
+        return sock[0] if sock else None
+
+    @property
     def peer_address(self) -> str:
         if self._conn is None:
             return self.host.ip or self.host.address

@@ -214,3 +214,22 @@ def test_without_an_inventory_the_job_runs_on_this_machine(fleet, cluster):
     assert '"current_host": "algo-1"' in run.stdout
     assert cluster.hosts[0].containers(job["ProcessingJobName"]) == []
     assert list((fleet.home / "work").iterdir()) == []
+
+
+def test_a_local_host_and_ssh_hosts_run_one_job(fleet, cluster, tmp_path):
+    # algo-1 is `transport: local` (docker on the controller; DOCKER_HOST points it at h1's
+    # daemon here, so its containers live at h1's address, given as `ip`).
+    doc = cluster.inventory_doc()
+    doc["hosts"][0] = {"address": "localhost", "name": "controller", "transport": "local",
+                       "ip": cluster.hosts[0].address, "workdir": str(tmp_path / "local-work")}
+    inventory = cluster.write_inventory(tmp_path / "mixed.yaml", doc)
+    job = make_job('if [ $(hostname) = algo-1 ]; then nc -l -p 9124; else '
+                   'for i in $(seq 50); do echo "hi from $(hostname)" | nc -w 2 algo-1 9124 && exit 0; '
+                   'sleep 0.2; done; exit 1; fi', count=2)
+    path = fleet.write_job(job)
+    run = fleet("run", "--inventory", str(inventory), str(path),
+                env=fleet.env(DOCKER_HOST=cluster.hosts[0].docker_host))
+    assert run.returncode == 0, run.stderr + run.stdout
+    assert "[algo-1] hi from algo-2" in run.stdout
+    assert fleet.record(job["ProcessingJobName"])["Hosts"]["algo-1"]["Name"] == "controller"
+    assert list((tmp_path / "local-work").iterdir()) == []
