@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
-from typing import BinaryIO, TextIO
+import time
+from typing import BinaryIO, Iterator, TextIO
 
 
 class Console:
@@ -39,3 +42,42 @@ class HostLines:
             self.out.write(self.prefix + self.partial + b"\n")
             self.out.flush()
             self.partial = b""
+
+
+class Progress:
+    """Transfers as they go: on a terminal a live line (bytes, rate, files), redrawn twice a
+    second; otherwise one plain line when each input or output is done."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.live = console.err.isatty()
+
+    @contextlib.contextmanager
+    def track(self, label: str, count, detail: str) -> Iterator[None]:
+        start = time.monotonic()
+        ticker = asyncio.ensure_future(self._tick(label, count, start)) if self.live else None
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            if ticker is not None:
+                ticker.cancel()
+                self.console.err.write("\r\x1b[K")
+            if ok:
+                self.console.notice(f"{label}: {self._line(count, start)} {detail}")
+
+    async def _tick(self, label: str, count, start: float) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self.console.err.write(f"\r\x1b[K{label}: {self._line(count, start)}")
+            self.console.err.flush()
+
+    @staticmethod
+    def _line(count, start: float) -> str:
+        seconds = max(time.monotonic() - start, 1e-6)
+        total = getattr(count, "total_objects", 0)
+        files = f"{count.objects}/{total}" if total else f"{count.objects}"
+        moved = getattr(count, "host_bytes", 0) or count.bytes
+        return (f"{files} files, {count.bytes / 2**20:.1f} MiB in {seconds:.1f} s "
+                f"({moved / seconds / 1e6:.0f} MB/s)")

@@ -20,6 +20,7 @@ from fleet.plan import ClusterPlan, HostPlan, algo_names, plan_cluster
 from fleet.runtime import hostcommands
 from fleet.runtime.console import Console
 from fleet.runtime.session import HostSession
+from fleet.runtime.transfers import JobData
 from fleet.runtime.store import JobRecord
 from fleet.transport import Transport, transport_for
 
@@ -89,6 +90,7 @@ class JobExecution:
         self.stop_requested = asyncio.Event()
         self.kill_requested = asyncio.Event()
         self._helpers: set[asyncio.Task] = set()
+        self.data = JobData(job, console)
 
     # -- signals ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -108,18 +110,29 @@ class JobExecution:
         outcomes: list[HostOutcome] = []
         error: FleetError | None = None
         try:
+            if self.data.needed:
+                await self._unless_stopped(self.data.open())
+                await self._unless_stopped(self.data.list_inputs())
             await self._unless_stopped(self._connect_all())
             addresses = self._addresses()
             self.plan = plan_cluster(self.job, self.hosts, addresses, stop_grace=self.options.stop_grace,
                                      region=self.options.region, account=self.options.account)
             await self._unless_stopped(self._prepare_all())
             outcomes, error = await self._supervise()
+            # Outputs come from the hosts whose container ran to its end: EndOfJob ones only
+            # when the job Completed, Continuous ones (a last pass) whatever the end.
+            exited = [(p, t) for s, p, t in zip(self.sessions, self.plan.hosts, self.transports) if s.has("exited")]
+            if self.job.outputs and exited:
+                # A stop that already came does not prevent Continuous's last pass; another does.
+                guard = self.kill_requested if self.stop_requested.is_set() else self.stop_requested
+                await self._unless_stopped(self.data.upload(exited, completed=error is None), guard)
         except FleetError as exc:
-            error = exc
+            error = error or exc
         except Exception as exc:  # a bug of fleet's: the job still ends Failed, hosts cleaned
             error = FleetError(f"fleet failed unexpectedly: {exc!r}")
         finally:
             await asyncio.shield(self._cleanup_all())
+            await self.data.close()
         return self._finish(outcomes, error)
 
     def _addresses(self) -> list[str]:
@@ -130,10 +143,10 @@ class JobExecution:
         return [host.ip or (controller if host.transport == "local" and controller else transport.peer_address)
                 for host, transport in zip(self.hosts, self.transports)]
 
-    async def _unless_stopped(self, work: Awaitable[T]) -> T:
+    async def _unless_stopped(self, work: Awaitable[T], stop_event: asyncio.Event | None = None) -> T:
         """Await `work`, abandoning it (and raising JobStopped) if a stop comes first."""
         task = asyncio.ensure_future(work)
-        stop = asyncio.ensure_future(self.stop_requested.wait())
+        stop = asyncio.ensure_future((stop_event or self.stop_requested).wait())
         try:
             await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -141,7 +154,7 @@ class JobExecution:
         if not task.done():
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
-            raise JobStopped("stopped before the containers started")
+            raise JobStopped("stopped by the user")
         return task.result()
 
     async def _on_all_hosts(self, hosts: list[tuple[int, object]], action) -> None:
@@ -181,6 +194,8 @@ class JobExecution:
 
         try:
             await self._on_all_hosts(list(enumerate(self.sessions)), prepare)
+            if self.job.inputs:
+                await self.data.stage(self.plan.hosts, self.transports)
         except BaseException:
             await asyncio.gather(*(s.abort() for s in self.sessions), return_exceptions=True)
             raise
@@ -207,6 +222,7 @@ class JobExecution:
         deadline = loop.time() + self.job.max_runtime
         await asyncio.gather(*(s.go() for s in self.sessions))
         tasks = [asyncio.create_task(self._run_host(i)) for i in range(len(self.plan.hosts))]
+        continuous = asyncio.create_task(self.data.continuous(self.plan.hosts, self.transports))
         stop_wait = asyncio.create_task(self.stop_requested.wait())
         ending: FleetError | None = None
         try:
@@ -234,6 +250,8 @@ class JobExecution:
                     self._spawn(self._stop_all(tasks))
         finally:
             stop_wait.cancel()
+            continuous.cancel()
+            await asyncio.gather(continuous, return_exceptions=True)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -334,5 +352,6 @@ class JobExecution:
             ExitMessage=message,
             ProcessingEndTime=now(),
             Hosts=hosts,
+            Transfers=self.data.record(),
         )
         return error

@@ -4,8 +4,10 @@ The session is the whole life of the job on the host in ONE command, so ONE roun
 (each costs ~120 ms or more: sshd forks and the login shell starts):
 
     check docker (time-bounded) → pull the image if missing → write the job directory
-    → `docker create` → report `prepared` → wait for `go` on stdin (every host is checked,
-    its container created, before any starts) → `docker start` → stream `docker logs --follow` on stdout → `docker wait`
+    → `docker create` → report `prepared` → (the controller stages the inputs into
+    inputs/N.partial) → wait for `go` on stdin (every host is checked, its container
+    created, its inputs complete, before any starts) → move inputs into place
+    → `docker start` → stream `docker logs --follow` on stdout → `docker wait`
     → report the exit code and the first 1 KB of /opt/ml/output/message
     → wait for `clean` or `keep` on stdin → remove the container (and the job directory).
 
@@ -66,6 +68,11 @@ if [ "$go" != go ]; then
   rm -rf -- "$job_dir"; rmdir -- "${{job_dir%/*}}" 2>/dev/null
   exit 0
 fi
+# Inputs were staged into inputs/N.partial: complete now, they take their final names.
+for partial in "$job_dir"/inputs/*.partial; do
+  [ -d "$partial" ] || continue
+  rm -rf -- "${{partial%.partial}}" && mv -- "$partial" "${{partial%.partial}}" || exit {WRITE_FAILED}
+done
 d start "$name" >/dev/null || exit {START_FAILED}
 printf 'fleet:started\\n' >&2
 d logs --follow "$name" 2>&1

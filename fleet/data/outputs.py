@@ -1,0 +1,150 @@
+"""Outputs from the hosts to S3 (or a controller directory), streamed.
+
+The host's `tar -c` (never following a symlink) streams an output directory back through
+one SSH channel; each regular file goes to S3Uri + its path relative to LocalPath as it is
+read: one PUT for a small file, a multipart upload with parts in parallel for a large one
+(aborted on failure). Symlinks and special files are skipped with a warning.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from fleet.data.locations import FileLocation, Location, parse_location, safe_relative_path
+from fleet.data.s3 import S3
+from fleet.data.tarstream import TarReader
+from fleet.errors import ClientError
+from fleet.transport.base import Transport, drain
+
+PART = 8 * 1024 * 1024  # multipart part size; files up to this size are one PUT
+PARTS_IN_FLIGHT = 8  # across the whole job: bounds the controller's memory
+
+_ARCHIVE = 'cd -- "$1" && exec tar -c -f - --hard-dereference .'
+
+
+@dataclass
+class OutputCount:
+    objects: int = 0
+    bytes: int = 0
+    written_by: dict[str, str] = field(default_factory=dict)  # relative path → algo
+
+    def record(self) -> dict:
+        return {"Objects": self.objects, "Bytes": self.bytes}
+
+
+class Uploader:
+    def __init__(self, s3: S3 | None, warn: Callable[[str], None]) -> None:
+        self.s3 = s3
+        self.warn = warn
+        self._parts = asyncio.Semaphore(PARTS_IN_FLIGHT)
+
+    async def upload_host(self, transport: Transport, algo: str, directory: str, destination: Location,
+                          output_name: str, count: OutputCount, only: set[str] | None = None) -> None:
+        """Every regular file of `directory` on the host (or only the relative paths in
+        `only`) to `destination`."""
+        argv = ["sh", "-c", _ARCHIVE, "fleet", directory]
+        if only is not None:
+            argv = ["sh", "-c", 'cd -- "$1" && shift && exec tar -c -f - --hard-dereference --no-recursion -- "$@"',
+                    "fleet", directory, *sorted(only)]
+        process = await transport.start(argv)
+        errors = asyncio.create_task(drain(process.read_stderr))
+        try:
+            reader = TarReader(process.read_stdout)
+            while (entry := await reader.next()) is not None:
+                if entry.kind == "dir":
+                    continue
+                where = f"{algo}:{entry.name}"
+                if entry.kind == "symlink":
+                    self.warn(f"output {output_name}: skipped the symlink {where} (symlinks are never followed)")
+                    continue
+                if entry.kind != "file":
+                    self.warn(f"output {output_name}: skipped {where}, not a regular file")
+                    continue
+                relative = safe_relative_path(entry.name, f"output file {where}")
+                previous = count.written_by.get(relative)
+                if previous is not None and previous != algo:
+                    self.warn(f"output {output_name}: {previous} and {algo} both wrote {relative}; "
+                              f"the last upload wins")
+                count.written_by[relative] = algo
+                await self._store(reader, entry.size, destination, relative, where)
+                count.objects += 1
+                count.bytes += entry.size
+            status = await process.wait()
+            said = (await errors).decode(errors="replace").strip()
+            if status != 0:
+                raise ClientError(f"reading output {output_name} on {transport.label} failed: {said}")
+        except EOFError:
+            raise ClientError(f"reading output {output_name} on {transport.label}: the stream ended early") from None
+        finally:
+            process.close()
+            errors.cancel()
+
+    async def _store(self, reader: TarReader, size: int, destination: Location, relative: str, where: str) -> None:
+        if isinstance(destination, FileLocation):
+            await self._to_file(reader, Path(destination.path), relative)
+            return
+        assert self.s3 is not None
+        target = destination.child(relative)
+        if size <= PART:
+            data = b"".join([c async for c in reader.chunks()])
+            await self.s3.put(target, data)
+            return
+        upload = await self.s3.multipart(target)
+        tasks: list[asyncio.Task] = []
+        try:
+            number, part = 1, bytearray()
+            async for chunk in reader.chunks():
+                part += chunk
+                while len(part) >= PART:
+                    await self._parts.acquire()
+                    tasks.append(asyncio.create_task(self._part(upload, number, bytes(part[:PART]))))
+                    del part[:PART]
+                    number += 1
+            if part or number == 1:
+                await self._parts.acquire()
+                tasks.append(asyncio.create_task(self._part(upload, number, bytes(part))))
+            await asyncio.gather(*tasks)
+            await upload.complete()
+        except BaseException:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await upload.abort()
+            raise
+
+    async def _part(self, upload, number: int, data: bytes) -> None:
+        try:
+            await upload.part(number, data)
+        finally:
+            self._parts.release()
+
+    async def _to_file(self, reader: TarReader, root: Path, relative: str) -> None:
+        """file:///dir outputs: written under the directory, atomically, never through a symlink."""
+        target = root / relative
+        parent = target.parent
+        parent.mkdir(parents=True, exist_ok=True)
+        real_root = root.resolve()
+        if parent.resolve() != real_root and real_root not in parent.resolve().parents:
+            raise ClientError(f"output file {relative} would land outside {root}")
+        fd, temporary = tempfile.mkstemp(dir=parent, prefix=".fleet-")
+        try:
+            with os.fdopen(fd, "wb") as file:
+                async for chunk in reader.chunks():
+                    await asyncio.to_thread(file.write, chunk)
+            os.replace(temporary, target)
+        except BaseException:
+            Path(temporary).unlink(missing_ok=True)
+            raise
+
+
+def output_location(uri: str) -> Location:
+    location = parse_location(uri)
+    if isinstance(location, FileLocation):
+        Path(location.path).mkdir(parents=True, exist_ok=True)
+    return location
+

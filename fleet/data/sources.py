@@ -1,0 +1,135 @@
+"""What each input holds and which host gets what: listing (S3Prefix, ManifestFile,
+file://), the relative path of every object under LocalPath, and the sharding."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from fleet.contract.job import S3InputSpec
+from fleet.data.locations import (FileLocation, Location, S3Location, parse_location, relative_to_prefix,
+                                  safe_relative_path)
+from fleet.errors import ClientError
+
+
+@dataclass(frozen=True)
+class InputObject:
+    """One object of an input: where it is read from, where it lands under LocalPath."""
+
+    source: Location
+    relative: str
+    size: int
+
+    @property
+    def name(self) -> str:
+        return str(self.source)
+
+
+def shard(objects: list[InputObject], hosts: int) -> list[list[InputObject]]:
+    """ShardedByS3Key: each object to exactly one host, in key order round-robin, so the
+    hosts' counts differ by at most one and the same keys and N give the same split."""
+    ordered = sorted(objects, key=lambda o: o.name)
+    return [ordered[k::hosts] for k in range(hosts)]
+
+
+def assignments(spec: S3InputSpec, objects: list[InputObject], hosts: int) -> list[list[InputObject]]:
+    """What each host's LocalPath holds."""
+    if spec.S3DataDistributionType == "ShardedByS3Key":
+        return shard(objects, hosts)
+    return [list(objects) for _ in range(hosts)]
+
+
+def check_supported(spec: S3InputSpec, input_name: str) -> None:
+    if spec.S3InputMode == "Pipe":
+        raise ClientError(f"input {input_name}: S3InputMode Pipe is not supported by fleet yet; use File")
+    if spec.S3CompressionType == "Gzip":
+        raise ClientError(f"input {input_name}: S3CompressionType Gzip (Pipe mode only) is not supported "
+                          f"by fleet yet")
+
+
+def _no_objects(uri: str) -> ClientError:
+    return ClientError(f'No S3 objects found under S3 URL "{uri}" given in input data source. Please ensure '
+                       f"that the bucket exists, that objects exist under that S3 prefix, and that the "
+                       f"controller's credentials may list it")
+
+
+def _deduplicated(objects: list[InputObject]) -> list[InputObject]:
+    seen: dict[str, InputObject] = {}
+    for obj in objects:
+        seen.setdefault(obj.relative, obj)
+    return list(seen.values())
+
+
+async def list_input(spec: S3InputSpec, s3) -> list[InputObject]:
+    """Every object of one input, each with its safe relative path; ClientError when
+    nothing matches or an object would land outside LocalPath."""
+    location = parse_location(spec.S3Uri)
+    if spec.S3DataType == "ManifestFile":
+        objects = await _from_manifest(location, s3)
+    elif isinstance(location, FileLocation):
+        objects = _from_directory(location)
+    else:
+        objects = [InputObject(o.location, safe_relative_path(relative_to_prefix(o.location.key, location.key),
+                                                              f"S3 key {o.location}"), o.size)
+                   for o in await s3.list(location)]
+    if not objects:
+        raise _no_objects(spec.S3Uri)
+    return _deduplicated(objects)
+
+
+def _from_directory(location: FileLocation) -> list[InputObject]:
+    """file:///path: a file, or every regular file below a directory (symlinks skipped)."""
+    root = Path(location.path)
+    if root.is_file() and not root.is_symlink():
+        return [InputObject(location, root.name, root.stat().st_size)]
+    if not root.is_dir():
+        return []
+    objects = []
+    for directory, dirs, files in os.walk(root):  # os.walk does not follow symlinked dirs
+        for name in sorted(files):
+            path = Path(directory, name)
+            if path.is_file() and not path.is_symlink():
+                relative = path.relative_to(root).as_posix()
+                objects.append(InputObject(FileLocation(str(path)), relative, path.stat().st_size))
+    return objects
+
+
+async def _from_manifest(location: Location, s3) -> list[InputObject]:
+    """A JSON array: first {"prefix": "s3://..."}, then keys relative to that prefix."""
+    if isinstance(location, FileLocation):
+        try:
+            raw = Path(location.path).read_bytes()
+        except OSError as exc:
+            raise ClientError(f"cannot read the manifest {location}: {exc.strerror}") from None
+    else:
+        raw = await s3.read_all(location)
+    try:
+        manifest = json.loads(raw)
+        prefix_uri = manifest[0]["prefix"]
+        entries = manifest[1:]
+        if not isinstance(prefix_uri, str) or not all(isinstance(e, str) for e in entries):
+            raise ValueError
+    except (ValueError, KeyError, IndexError, TypeError):
+        raise ClientError(f"the manifest {location} is not a JSON array of "
+                          f'[{{"prefix": "s3://..."}}, "relative key", ...]') from None
+    prefix = parse_location(prefix_uri)
+    checked = [safe_relative_path(e, f"manifest entry {e!r} of {location}") for e in entries]
+    if isinstance(prefix, FileLocation):
+        objects = []
+        for relative in checked:
+            path = Path(prefix.path, relative)
+            if not path.is_file() or path.is_symlink():
+                raise ClientError(f"manifest entry {relative!r} of {location}: {path} is not a file")
+            objects.append(InputObject(FileLocation(str(path)), relative, path.stat().st_size))
+        return objects
+    limit = asyncio.Semaphore(32)
+
+    async def head(relative: str) -> InputObject:
+        async with limit:
+            obj = await s3.head(prefix.child(relative))
+        return InputObject(obj.location, relative, obj.size)
+
+    return list(await asyncio.gather(*(head(r) for r in checked)))

@@ -1,0 +1,222 @@
+"""Inputs onto the hosts, streamed: S3 GET → tar stream → SSH channel → `tar -x` on the host.
+
+Each host's input is written into `inputs/N.partial` next to the mount source; the session
+moves it into place on `go`, so the container never sees a file before all are complete.
+Objects are spread over a few lanes (one SSH channel running `tar -x` each, per host).
+FullyReplicated reads each object from S3 once and writes every chunk to all the hosts'
+lanes, waiting for each channel's flow control: memory stays bounded (chunks in flight),
+whatever the data size. Small objects are fetched a few ahead to hide S3 latency.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import posixpath
+from collections import deque
+from dataclasses import dataclass, field
+from typing import AsyncIterator
+
+from fleet.data import tarstream
+from fleet.data.locations import FileLocation
+from fleet.data.s3 import S3, S3Object, backoff
+from fleet.data.sources import InputObject
+from fleet.errors import ClientError, FleetError
+from fleet.transport.base import RemoteProcess, Transport, drain
+
+LANES = 4  # channels per host and input: sshd allows 10 sessions per connection by default
+SMALL = 256 * 1024  # objects up to this size are fetched ahead, whole
+PREFETCH = 16  # small objects fetched ahead per lane
+FILE_CHUNK = 256 * 1024
+SSH_ATTEMPTS = 3
+
+_EXTRACT = 'mkdir -p -m 0777 -- "$1" && exec tar -x -f - -C "$1"'
+
+
+def partial_dir(job_dir: str, index: int) -> str:
+    return posixpath.join(job_dir, "inputs", f"{index}.partial")
+
+
+@dataclass
+class TransferCount:
+    """What moved, for the record and the progress display."""
+
+    objects: int = 0
+    bytes: int = 0  # read from the source (once per object)
+    host_bytes: int = 0  # written to hosts (FullyReplicated: bytes × hosts)
+    total_objects: int = 0
+    total_bytes: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def record(self) -> dict:
+        return {"Objects": self.objects, "Bytes": self.bytes, "BytesToHosts": self.host_bytes}
+
+
+@dataclass(frozen=True)
+class Destination:
+    """One host's side of one input."""
+
+    label: str  # "algo-2 (h2, 10.0.0.12)"
+    transport: Transport
+    directory: str  # the .partial directory on the host
+
+
+class Sources:
+    """Reads objects from S3 or from the controller's files."""
+
+    def __init__(self, s3: S3 | None) -> None:
+        self.s3 = s3
+
+    async def stream(self, obj: InputObject) -> AsyncIterator[bytes]:
+        if isinstance(obj.source, FileLocation):
+            with open(obj.source.path, "rb") as file:
+                while chunk := await asyncio.to_thread(file.read, FILE_CHUNK):
+                    yield chunk
+            return
+        assert self.s3 is not None
+        async for chunk in self.s3.stream(S3Object(obj.source, obj.size)):
+            yield chunk
+
+    async def read(self, obj: InputObject) -> bytes:
+        return b"".join([chunk async for chunk in self.stream(obj)])
+
+
+class _Lane:
+    """One `tar -x` channel per destination, fed the same objects."""
+
+    def __init__(self, destinations: list[Destination]) -> None:
+        self.destinations = destinations
+        self.processes: dict[str, RemoteProcess] = {}
+        self.failed: dict[str, FleetError] = {}
+        self._stderr: dict[str, asyncio.Task] = {}
+
+    async def open(self) -> None:
+        async def one(dest: Destination) -> None:
+            try:
+                process = await dest.transport.start(["sh", "-c", _EXTRACT, "fleet", dest.directory])
+            except FleetError as exc:
+                self.failed[dest.label] = exc
+                return
+            self.processes[dest.label] = process
+            self._stderr[dest.label] = asyncio.create_task(drain(process.read_stderr))
+        await asyncio.gather(*(one(d) for d in self.destinations))
+
+    @property
+    def live(self) -> list[str]:
+        return [label for label in self.processes if label not in self.failed]
+
+    async def write(self, data: bytes, current: str) -> None:
+        """To every live destination; a failing one is set aside (retried later)."""
+        labels = self.live
+        results = await asyncio.gather(*(self.processes[l].write(data) for l in labels), return_exceptions=True)
+        for label, result in zip(labels, results):
+            if isinstance(result, FleetError):
+                self.failed[label] = ClientError(f"cannot write {current} to {label}: {result.message}")
+            elif isinstance(result, BaseException):
+                raise result
+
+    async def close(self) -> None:
+        """End the archives and check every `tar -x` finished well."""
+        await self.write(tarstream.END_OF_ARCHIVE, "the end of the archive")
+        for label in self.live:
+            self.processes[label].close_stdin()
+
+        async def finish(label: str) -> None:
+            process = self.processes[label]
+            try:
+                await asyncio.gather(drain(process.read_stdout))
+                status = await process.wait()
+                said = (await self._stderr[label]).decode(errors="replace").strip()
+            except FleetError as exc:
+                self.failed[label] = exc
+                return
+            if status != 0:
+                self.failed[label] = ClientError(f"tar on {label} failed (status {status}): {said}")
+        await asyncio.gather(*(finish(l) for l in self.live))
+
+    def abandon(self) -> None:
+        for process in self.processes.values():
+            process.close()
+        for task in self._stderr.values():
+            task.cancel()
+
+
+async def _send(objects: list[InputObject], destinations: list[Destination], sources: Sources,
+                count: TransferCount) -> dict[str, FleetError]:
+    """One lane: every object, in order, to every destination. Returns the destinations
+    that failed (their error); a source (S3) failure raises."""
+    lane = _Lane(destinations)
+    await lane.open()
+    window: deque[tuple[InputObject, asyncio.Task | None]] = deque()
+    pending = iter(objects)
+
+    def top_up() -> None:
+        while sum(1 for _, t in window if t is not None) < PREFETCH:
+            obj = next(pending, None)
+            if obj is None:
+                return
+            window.append((obj, asyncio.create_task(sources.read(obj)) if obj.size <= SMALL else None))
+
+    try:
+        top_up()
+        while window and lane.live:
+            obj, fetched = window.popleft()
+            top_up()
+            await lane.write(tarstream.file_header(obj.relative, obj.size), obj.name)
+            written = 0
+            if fetched is not None:
+                data = await fetched
+                written = len(data)
+                await lane.write(data, obj.name)
+            else:
+                async for chunk in sources.stream(obj):
+                    written += len(chunk)
+                    await lane.write(chunk, obj.name)
+                    count.bytes += len(chunk)
+                    count.host_bytes += len(chunk) * len(lane.live)
+            if written != obj.size:
+                raise ClientError(f"{obj.name}: read {written} bytes, but the object has {obj.size}")
+            if fetched is not None:
+                count.bytes += written
+                count.host_bytes += written * len(lane.live)
+            await lane.write(tarstream.padding(obj.size), obj.name)
+            count.objects += 1
+        if lane.live:
+            await lane.close()
+        return dict(lane.failed)
+    finally:
+        for _, task in window:
+            if task is not None:
+                task.cancel()
+        lane.abandon()
+
+
+async def stage_input(objects_per_host: list[list[InputObject]], destinations: list[Destination],
+                      sources: Sources, count: TransferCount, replicated: bool) -> None:
+    """Stream one input to its hosts. ClientError (naming the object or the host) if it
+    cannot be done after retries."""
+    count.total_objects = len({o.name for objs in objects_per_host for o in objs})
+    count.total_bytes = sum(o.size for o in {o.name: o for objs in objects_per_host for o in objs}.values())
+    jobs: list[tuple[list[InputObject], list[Destination]]] = []
+    if replicated:
+        objects = objects_per_host[0]
+        lanes = max(1, min(LANES, len(objects)))
+        jobs = [(objects[j::lanes], destinations) for j in range(lanes)]
+    else:
+        for objects, dest in zip(objects_per_host, destinations):
+            lanes = max(1, min(LANES, len(objects)))
+            jobs += [(objects[j::lanes], [dest]) for j in range(lanes)]
+
+    async def run(objects: list[InputObject], targets: list[Destination]) -> None:
+        for attempt in range(SSH_ATTEMPTS):
+            failed = await _send(objects, targets, sources, count)
+            if not failed:
+                return
+            if attempt + 1 == SSH_ATTEMPTS:
+                raise next(iter(failed.values()))
+            await backoff(attempt + 1)
+            targets = [d for d in targets if d.label in failed]
+
+    results = await asyncio.gather(*(run(o, t) for o, t in jobs), return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result

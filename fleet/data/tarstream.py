@@ -1,0 +1,129 @@
+"""tar as the wire format between the controller and a host's `tar`.
+
+Inputs: the controller writes a tar stream (header, the object's bytes as they arrive from
+S3, padding) into one SSH channel running `tar -x`: many files, one channel, no staging.
+Outputs: the host's `tar -c` streams a directory back; `TarReader` parses it as it comes.
+"""
+
+from __future__ import annotations
+
+import tarfile
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+
+BLOCK = 512
+END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+
+
+def file_header(name: str, size: int, mtime: float = 0) -> bytes:
+    """A regular file's header (pax for long or non-ASCII names)."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o644
+    info.mtime = int(mtime)
+    return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
+def padding(size: int) -> bytes:
+    return b"\0" * (-size % BLOCK)
+
+
+@dataclass(frozen=True)
+class TarEntry:
+    name: str  # as archived, "./" removed
+    kind: str  # "file", "dir", "symlink", "other"
+    size: int
+
+
+class TarReader:
+    """Parses a tar stream from `read()` (chunks; b"" at the end) without holding more than
+    a chunk: `next()` gives the next entry, `chunks()` its content."""
+
+    def __init__(self, read: Callable[[], Awaitable[bytes]]) -> None:
+        self._read = read
+        self._buffer = bytearray()
+        self._eof = False
+        self._left = 0  # content of the current entry not yet read
+        self._pad = 0
+
+    async def _fill(self, n: int) -> None:
+        while len(self._buffer) < n and not self._eof:
+            chunk = await self._read()
+            if not chunk:
+                self._eof = True
+            self._buffer += chunk
+
+    async def _exactly(self, n: int) -> bytes:
+        await self._fill(n)
+        if len(self._buffer) < n:
+            raise EOFError("the tar stream ended early")
+        data = bytes(self._buffer[:n])
+        del self._buffer[:n]
+        return data
+
+    async def _skip_rest(self) -> None:
+        async for _ in self.chunks():
+            pass
+
+    async def next(self) -> TarEntry | None:
+        await self._skip_rest()
+        pax: dict[str, str] = {}
+        long_name: str | None = None
+        while True:
+            await self._fill(BLOCK)
+            if len(self._buffer) < BLOCK:
+                return None
+            header = await self._exactly(BLOCK)
+            if header == b"\0" * BLOCK:
+                return None
+            info = tarfile.TarInfo.frombuf(header, "utf-8", "surrogateescape")
+            size = int(pax.get("size", info.size))
+            if info.type in (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+                data = await self._exactly(info.size + (-info.size % BLOCK))
+                data = data[:info.size]
+                if info.type == tarfile.XHDTYPE:
+                    pax.update(_pax_records(data))
+                elif info.type == tarfile.GNUTYPE_LONGNAME:
+                    long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+                continue
+            name = pax.get("path") or long_name or info.name
+            while name.startswith("./"):
+                name = name[2:]
+            if info.type in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
+                kind = "file"
+            elif info.type == tarfile.DIRTYPE:
+                kind, size = "dir", 0
+            elif info.type == tarfile.SYMTYPE:
+                kind, size = "symlink", 0
+            elif info.type == tarfile.LNKTYPE:
+                kind, size = "hardlink", 0
+            else:
+                kind, size = "other", (size if info.type not in (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE) else 0)
+            self._left, self._pad = size, -size % BLOCK
+            return TarEntry(name.rstrip("/") if kind == "dir" else name, kind, size)
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The current entry's content, then its padding is skipped."""
+        while self._left:
+            await self._fill(1)
+            if not self._buffer:
+                raise EOFError("the tar stream ended inside a file")
+            take = bytes(self._buffer[:self._left])
+            del self._buffer[:len(take)]
+            self._left -= len(take)
+            yield take
+        if self._pad:
+            await self._exactly(self._pad)
+            self._pad = 0
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    records = {}
+    while data:
+        length, _, rest = data.partition(b" ")
+        n = int(length)
+        record = data[len(length) + 1:n].rstrip(b"\n")
+        key, _, value = record.partition(b"=")
+        records[key.decode()] = value.decode("utf-8", "surrogateescape")
+        data = data[n:]
+    return records

@@ -1,0 +1,136 @@
+"""The job's data: inputs listed before any host is touched, staged onto the hosts before any
+container starts, outputs uploaded when the containers have exited (Continuous ones also
+while they run). The executor calls these at those points; fleet/data does the moving."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+
+from fleet.contract.job import ProcessingJob
+from fleet.data.locations import FileLocation, parse_location
+from fleet.data.sources import InputObject, assignments, check_supported, list_input
+from fleet.data.staging import Destination, Sources, TransferCount, partial_dir, stage_input
+from fleet.data.outputs import OutputCount, Uploader, output_location
+from fleet.plan import HostPlan
+from fleet.runtime.console import Console, Progress
+from fleet.transport import Transport
+
+CONTINUOUS_INTERVAL = 2.0  # seconds between looks at a Continuous output; a file unchanged
+                           # for one interval is uploaded
+
+
+class JobData:
+    def __init__(self, job: ProcessingJob, console: Console) -> None:
+        self.job = job
+        self.console = console
+        self.progress = Progress(console)
+        self.inputs: list[list[InputObject]] = []
+        self.input_counts = {i.InputName: TransferCount() for i in job.inputs}
+        self.output_counts = {o.OutputName: OutputCount() for o in job.outputs}
+        self._stack = contextlib.AsyncExitStack()
+        self.s3 = None
+        self._uploaded: dict[tuple[str, str, str], tuple[str, str]] = {}  # (output, algo, path) → (size, mtime)
+        self._last_look: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.job.inputs or self.job.outputs)
+
+    async def open(self) -> None:
+        """Check what fleet supports and connect to S3 (only when an S3 URI is used)."""
+        for item in self.job.inputs:
+            check_supported(item.S3Input, item.InputName)
+        uris = [i.S3Input.S3Uri for i in self.job.inputs] + [o.S3Output.S3Uri for o in self.job.outputs]
+        if any(not isinstance(parse_location(u), FileLocation) for u in uris):
+            from fleet.data.s3 import S3  # aiobotocore loads slowly: only for jobs that use S3
+            self.s3 = await self._stack.enter_async_context(S3())
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+
+    async def list_inputs(self) -> None:
+        """Every input's objects; ClientError when one matches nothing (before any host is touched)."""
+        self.inputs = list(await asyncio.gather(*(list_input(i.S3Input, self.s3) for i in self.job.inputs)))
+
+    async def stage(self, plans: list[HostPlan], transports: list[Transport]) -> None:
+        """Each input onto its hosts, one input after the other."""
+        sources = Sources(self.s3)
+        for index, (item, objects) in enumerate(zip(self.job.inputs, self.inputs), start=1):
+            count = self.input_counts[item.InputName]
+            destinations = [Destination(t.label, t, partial_dir(p.job_dir, index)) for p, t in zip(plans, transports)]
+            per_host = assignments(item.S3Input, objects, len(plans))
+            label = f"input {item.InputName}"
+            with self.progress.track(label, count, f"to {len(plans)} host(s)"):
+                await stage_input(per_host, destinations, sources, count,
+                                  replicated=item.S3Input.S3DataDistributionType == "FullyReplicated")
+
+    async def upload(self, hosts: list[tuple[HostPlan, Transport]], completed: bool) -> None:
+        """The final upload: EndOfJob outputs when the job Completed; Continuous outputs
+        always (what changed since their last pass)."""
+        uploader = Uploader(self.s3, self.console.notice)
+        for index, item in enumerate(self.job.outputs, start=1):
+            continuous = item.S3Output.S3UploadMode == "Continuous"
+            if not (completed or continuous):
+                continue
+            count = self.output_counts[item.OutputName]
+            destination = output_location(item.S3Output.S3Uri)
+            with self.progress.track(f"output {item.OutputName}", count, "from the hosts"):
+                await asyncio.gather(*(
+                    self._upload_one(uploader, p, t, index, item.OutputName, destination, count, continuous, final=True)
+                    for p, t in hosts))
+
+    async def _upload_one(self, uploader: Uploader, plan: HostPlan, transport: Transport, index: int,
+                          name: str, destination, count: OutputCount, continuous: bool, final: bool) -> None:
+        directory = f"{plan.job_dir}/outputs/{index}"
+        if not continuous:
+            await uploader.upload_host(transport, plan.algo, directory, destination, name, count)
+            return
+        changed = await self._changed_files(transport, plan.algo, directory, name, stable_only=not final)
+        if changed:
+            await uploader.upload_host(transport, plan.algo, directory, destination, name, count,
+                                       only=set(changed))
+            for path, stamp in changed.items():
+                self._uploaded[(name, plan.algo, path)] = stamp
+
+    async def _changed_files(self, transport: Transport, algo: str, directory: str, name: str,
+                             stable_only: bool) -> dict[str, tuple[str, str]]:
+        """Regular files whose size or mtime differ from their last upload. With
+        `stable_only`, only those unchanged since the previous look (a file being written
+        waits for the next pass)."""
+        result = await transport.run(["sh", "-c", 'cd -- "$1" && exec find . -type f -printf "%s %T@ %P\\0"',
+                                      "fleet", directory])
+        now: dict[str, tuple[str, str]] = {}
+        for record in result.stdout.split(b"\0"):
+            if record:
+                size, mtime, path = record.decode("utf-8", "surrogateescape").split(" ", 2)
+                now[path] = (size, mtime)
+        previous = self._last_look.get((name, algo), {})
+        self._last_look[(name, algo)] = now
+        return {path: stamp for path, stamp in now.items()
+                if self._uploaded.get((name, algo, path)) != stamp
+                and (not stable_only or previous.get(path) == stamp)}
+
+    async def continuous(self, plans: list[HostPlan], transports: list[Transport]) -> None:
+        """While the containers run: Continuous outputs, every CONTINUOUS_INTERVAL."""
+        outputs = [(i, o) for i, o in enumerate(self.job.outputs, start=1) if o.S3Output.S3UploadMode == "Continuous"]
+        if not outputs:
+            return
+        uploader = Uploader(self.s3, self.console.notice)
+        while True:
+            await asyncio.sleep(CONTINUOUS_INTERVAL)
+            for index, item in outputs:
+                destination = output_location(item.S3Output.S3Uri)
+                results = await asyncio.gather(*(
+                    self._upload_one(uploader, p, t, index, item.OutputName, destination,
+                                     self.output_counts[item.OutputName], True, final=False)
+                    for p, t in zip(plans, transports)), return_exceptions=True)
+                for result in results:
+                    if isinstance(result, Exception):
+                        self.console.notice(f"output {item.OutputName}: continuous upload: {result}")
+
+    def record(self) -> dict | None:
+        if not self.needed:
+            return None
+        return {"Inputs": {name: c.record() for name, c in self.input_counts.items()},
+                "Outputs": {name: c.record() for name, c in self.output_counts.items()}}
