@@ -3,6 +3,11 @@
 Endpoint and credentials come from the standard AWS chain (environment, ~/.aws profiles,
 AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_S3), so MinIO, Ceph and SeaweedFS work unchanged.
 Checksums are "when_required": botocore's newer default ones break some S3-compatible servers.
+
+Object bodies (GET, and the PUT of a small file) go through URLs aiobotocore presigns, sent
+with aiohttp: botocore's request pipeline costs about 1 ms of CPU per request, which made
+2,000 small objects CPU-bound (measured: 2,000 GETs of 4 KiB, 2.46 s through get_object,
+0.84 s presigned). Listing, HEAD and multipart calls stay on the client.
 """
 
 from __future__ import annotations
@@ -10,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
+import ssl
 from dataclasses import dataclass
 from typing import AsyncIterator
 
+import aiohttp
 from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError as BotoClientError, NoCredentialsError
@@ -37,6 +45,20 @@ def _describe(exc: Exception) -> str:
     return str(exc) or type(exc).__name__
 
 
+class _Transient(Exception):
+    """A failure worth another try: a 5xx, a throttle, a short read."""
+
+
+async def _http_error(response: aiohttp.ClientResponse, what: str) -> Exception:
+    text = await response.text(errors="replace")
+    found = re.search(r"<Code>([^<]*)</Code>", text)
+    code = found.group(1) if found else f"HTTP {response.status}"
+    if response.status >= 500 or code in ("SlowDown", "RequestTimeout", "InternalError"):
+        return _Transient(f"{code} (HTTP {response.status})")
+    message = re.search(r"<Message>([^<]*)</Message>", text)
+    return ClientError(f"{what}: {code}" + (f": {message.group(1)}" if message else ""))
+
+
 async def backoff(attempt: int) -> None:
     await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt) * (0.5 + random.random() / 2))
 
@@ -48,11 +70,13 @@ class S3:
         self.max_connections = max_connections
         self._context = None
         self._client = None
+        self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> "S3":
         session = get_session()
         region = session.get_config_variable("region") or os.environ.get("AWS_REGION") or "us-east-1"
         config = Config(
+            signature_version="s3v4",
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             max_pool_connections=self.max_connections,
@@ -62,11 +86,23 @@ class S3:
         )
         self._context = session.create_client("s3", region_name=region, config=config)
         self._client = await self._context.__aenter__()
+        bundle = os.environ.get("AWS_CA_BUNDLE")
+        tls = ssl.create_default_context(cafile=bundle) if bundle else True
+        self._http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=tls),
+            timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60),
+            trust_env=True, auto_decompress=False)
         return self
 
     async def __aexit__(self, *exc) -> None:
+        if self._http is not None:
+            await self._http.close()
         if self._context is not None:
             await self._context.__aexit__(*exc)
+
+    async def _url(self, operation: str, location: S3Location) -> str:
+        return await self._client.generate_presigned_url(
+            operation, Params={"Bucket": location.bucket, "Key": location.key}, ExpiresIn=3600)
 
     async def list(self, prefix: S3Location) -> list[S3Object]:
         """Every object whose key starts with the prefix, in key order."""
@@ -100,31 +136,35 @@ class S3:
         attempt = 0
         while True:
             try:
-                extra = {"Range": f"bytes={done}-"} if done else {}
-                response = await self._client.get_object(Bucket=obj.location.bucket, Key=obj.location.key, **extra)
-                body = response["Body"]
-                try:
-                    while chunk := await body.read(CHUNK):
+                headers = {"Range": f"bytes={done}-"} if done else {}
+                async with self._http.get(await self._url("get_object", obj.location), headers=headers) as response:
+                    if response.status >= 300:
+                        raise await _http_error(response, f"cannot read {obj.location}")
+                    async for chunk in response.content.iter_chunked(CHUNK):
                         done += len(chunk)
                         yield chunk
-                finally:
-                    body.close()
                 if obj.size >= 0 and done != obj.size:
-                    raise ClientError(f"{obj.location}: read {done} bytes, but the object has {obj.size}")
+                    raise _Transient(f"read {done} bytes of {obj.size}")
                 return
-            except BotoClientError as exc:  # the server's answer (NoSuchKey, AccessDenied): final
-                raise ClientError(f"cannot read {obj.location}: {_describe(exc)}") from None
-            except (BotoCoreError, OSError, asyncio.TimeoutError) as exc:  # transient: resume
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, _Transient) as exc:
                 attempt += 1
                 if attempt >= ATTEMPTS:
                     raise ClientError(f"cannot read {obj.location}: {_describe(exc)}") from None
                 await backoff(attempt)
 
     async def put(self, location: S3Location, data: bytes) -> None:
-        try:
-            await self._client.put_object(Bucket=location.bucket, Key=location.key, Body=data)
-        except (BotoClientError, BotoCoreError) as exc:
-            raise ClientError(f"cannot upload {location}: {_describe(exc)}") from None
+        attempt = 0
+        while True:
+            try:
+                async with self._http.put(await self._url("put_object", location), data=data) as response:
+                    if response.status >= 300:
+                        raise await _http_error(response, f"cannot upload {location}")
+                    return
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, _Transient) as exc:
+                attempt += 1
+                if attempt >= ATTEMPTS:
+                    raise ClientError(f"cannot upload {location}: {_describe(exc)}") from None
+                await backoff(attempt)
 
     async def multipart(self, location: S3Location) -> "MultipartUpload":
         try:
