@@ -18,7 +18,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from fleet.errors import InvalidInput
 
 JOB_NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"
-S3_URI_PATTERN = r"^(https|s3)://([^/]+)/?(.*)$"
+# The API's pattern, plus fleet's extension for data on the controller: file:///abs/path.
+S3_URI_PATTERN = r"^((https|s3)://([^/]+)/?(.*)|file:///.*)$"
 ENV_KEY_PATTERN = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 KMS_PATTERN = r"^[a-zA-Z0-9:/_-]*$"
 ROLE_ARN_PATTERN = r"^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$"

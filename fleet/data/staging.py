@@ -197,6 +197,9 @@ async def _send(objects: list[InputObject], destinations: list[Destination], sou
         if lane.live:
             await lane.close()
         return dict(lane.failed)
+    except ClientError as exc:  # the source failed: say where the bytes were going
+        hosts = ", ".join(d.label for d in destinations)
+        raise ClientError(f"{exc.message} (while staging it to {hosts})") from None
     finally:
         for _, task in window:
             if task is not None:

@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from s3server import bucket, s3  # noqa: F401  (fixtures: a real S3 server, SeaweedFS)
+
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_CLUSTER = ROOT / "scripts" / "local-cluster"
 IMAGE = "fleet-test:busybox"
