@@ -79,5 +79,7 @@ class Progress:
         total = getattr(count, "total_objects", 0)
         files = f"{count.objects}/{total}" if total else f"{count.objects}"
         moved = getattr(count, "host_bytes", 0) or count.bytes
-        return (f"{files} files, {count.bytes / 2**20:.1f} MiB in {seconds:.1f} s "
+        size = getattr(count, "total_bytes", 0)
+        of = f"/{size / 2**20:.1f}" if size else ""
+        return (f"{files} files, {count.bytes / 2**20:.1f}{of} MiB in {seconds:.1f} s "
                 f"({moved / seconds / 1e6:.0f} MB/s)")

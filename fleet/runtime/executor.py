@@ -25,6 +25,7 @@ from fleet.runtime.store import JobRecord
 from fleet.transport import Transport, transport_for
 
 T = TypeVar("T")
+HANDSHAKES_IN_FLIGHT = 32  # SSH handshakes at once (sshd's MaxStartups starts refusing at 10 per host)
 
 
 @dataclass(frozen=True)
@@ -171,8 +172,11 @@ class JobExecution:
             raise _combined(errors)
 
     async def _connect_all(self) -> None:
+        handshakes = asyncio.Semaphore(HANDSHAKES_IN_FLIGHT)
+
         async def connect(index: int, transport: Transport) -> None:
-            await transport.connect()
+            async with handshakes:
+                await transport.connect()
         await self._on_all_hosts(list(enumerate(self.transports)), connect)
 
     async def _prepare_all(self) -> None:
