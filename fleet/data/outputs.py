@@ -25,6 +25,8 @@ PART = 8 * 1024 * 1024  # multipart part size; files up to this size are one PUT
 PARTS_IN_FLIGHT = 8  # across the whole job: bounds the controller's memory
 
 _ARCHIVE = 'cd -- "$1" && exec tar -c -f - --hard-dereference .'
+_ARCHIVE_LISTED = ('cd -- "$1" && exec tar -c -f - --hard-dereference --no-recursion '
+                   '--null --verbatim-files-from -T -')
 
 
 @dataclass
@@ -47,11 +49,11 @@ class Uploader:
                           output_name: str, count: OutputCount, only: set[str] | None = None) -> None:
         """Every regular file of `directory` on the host (or only the relative paths in
         `only`) to `destination`."""
-        argv = ["sh", "-c", _ARCHIVE, "fleet", directory]
-        if only is not None:
-            argv = ["sh", "-c", 'cd -- "$1" && shift && exec tar -c -f - --hard-dereference --no-recursion -- "$@"',
-                    "fleet", directory, *sorted(only)]
-        process = await transport.start(argv)
+        process = await transport.start(["sh", "-c", _ARCHIVE if only is None else _ARCHIVE_LISTED,
+                                          "fleet", directory])
+        if only is not None:  # the names go on stdin, NUL-separated: any name, any number
+            await process.write(b"".join(name.encode("utf-8", "surrogateescape") + b"\0" for name in sorted(only)))
+        process.close_stdin()
         errors = asyncio.create_task(drain(process.read_stderr))
         try:
             reader = TarReader(process.read_stdout)
