@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.contract.job import S3InputSpec
-from fleet.data.locations import (FileLocation, Location, S3Location, parse_location, relative_to_prefix,
+from fleet.data.locations import (FileLocation, Location, parse_location, relative_to_prefix,
                                   safe_relative_path)
 from fleet.errors import ClientError
 

@@ -16,7 +16,7 @@ from fleet.contract.message import exit_message
 from fleet.errors import (AlgorithmError, ClientError, FleetError, HostError, JobStopped,
                           MaxRuntimeExceeded)
 from fleet.inventory import Host
-from fleet.plan import ClusterPlan, HostPlan, algo_names, plan_cluster
+from fleet.plan import ClusterPlan, algo_names, plan_cluster
 from fleet.runtime import hostcommands
 from fleet.runtime.console import Console
 from fleet.runtime.session import HostSession
@@ -25,7 +25,7 @@ from fleet.runtime.store import JobRecord
 from fleet.transport import Transport, transport_for
 
 T = TypeVar("T")
-HANDSHAKES_IN_FLIGHT = 32  # SSH handshakes at once (sshd's MaxStartups starts refusing at 10 per host)
+HANDSHAKES_IN_FLIGHT = 32  # SSH handshakes at once: each costs the controller CPU (key exchange)
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,6 @@ class HostOutcome:
     exit_code: int | None = None
     message: bytes | None = None  # None: the container wrote no /opt/ml/output/message
     error: FleetError | None = None
-
-    @property
-    def failed(self) -> bool:
-        return self.error is not None or self.exit_code != 0
 
 
 def host_label(algo: str, host: Host) -> str:
