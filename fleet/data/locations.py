@@ -85,5 +85,7 @@ def safe_relative_path(relative: str, what: str) -> str:
 def relative_to_prefix(key: str, prefix: str) -> str:
     """Where an object listed under a prefix goes: its key relative to the prefix (a leading
     '/' dropped). A prefix naming one object exactly places it under its own name."""
-    relative = key[len(prefix):].lstrip("/")
+    relative = key[len(prefix):]
+    if not prefix.endswith("/") and relative.startswith("/"):
+        relative = relative[1:]  # prefix "data/in" and key "data/in/a": "a"; "data/in//a" stays refused
     return relative or key.rsplit("/", 1)[-1]

@@ -103,13 +103,11 @@ class Uploader:
             async for chunk in reader.chunks():
                 part += chunk
                 while len(part) >= PART:
-                    await self._parts.acquire()
-                    tasks.append(asyncio.create_task(self._part(upload, number, bytes(part[:PART]))))
+                    tasks.append(await self._start_part(upload, number, bytes(part[:PART])))
                     del part[:PART]
                     number += 1
             if part or number == 1:
-                await self._parts.acquire()
-                tasks.append(asyncio.create_task(self._part(upload, number, bytes(part))))
+                tasks.append(await self._start_part(upload, number, bytes(part)))
             await asyncio.gather(*tasks)
             await upload.complete()
         except BaseException:
@@ -119,20 +117,24 @@ class Uploader:
             await upload.abort()
             raise
 
-    async def _part(self, upload, number: int, data: bytes) -> None:
-        try:
-            await upload.part(number, data)
-        finally:
-            self._parts.release()
+    async def _start_part(self, upload, number: int, data: bytes) -> asyncio.Task:
+        """Upload a part in the background once a place is free (PARTS_IN_FLIGHT bounds the
+        memory); the place is given back however the task ends, even cancelled unstarted."""
+        await self._parts.acquire()
+        task = asyncio.create_task(upload.part(number, data))
+        task.add_done_callback(lambda _: self._parts.release())
+        return task
 
     async def _to_file(self, reader: TarReader, root: Path, relative: str) -> None:
         """file:///dir outputs: written under the directory, atomically, never through a symlink."""
         target = root / relative
-        parent = target.parent
-        parent.mkdir(parents=True, exist_ok=True)
-        real_root = root.resolve()
-        if parent.resolve() != real_root and real_root not in parent.resolve().parents:
-            raise ClientError(f"output file {relative} would land outside {root}")
+        parent = root
+        for part in Path(relative).parts[:-1]:  # never through a symlink, never outside root
+            parent = parent / part
+            if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
+                raise ClientError(f"output file {relative} would land outside {root} "
+                                  f"({parent} is a symlink or not a directory); refused")
+            parent.mkdir(exist_ok=True)
         fd, temporary = tempfile.mkstemp(dir=parent, prefix=".fleet-")
         try:
             with os.fdopen(fd, "wb") as file:

@@ -72,9 +72,10 @@ async def list_input(spec: S3InputSpec, s3) -> list[InputObject]:
     elif isinstance(location, FileLocation):
         objects = _from_directory(location)
     else:
+        # An empty key ending in "/" is a console "folder": it holds no file (SageMaker skips it).
         objects = [InputObject(o.location, safe_relative_path(relative_to_prefix(o.location.key, location.key),
                                                               f"S3 key {o.location}"), o.size)
-                   for o in await s3.list(location)]
+                   for o in await s3.list(location) if not (o.location.key.endswith("/") and o.size == 0)]
     if not objects:
         raise _no_objects(spec.S3Uri)
     return _deduplicated(objects)
@@ -115,8 +116,15 @@ async def _from_manifest(location: Location, s3) -> list[InputObject]:
     except (ValueError, KeyError, IndexError, TypeError):
         raise ClientError(f"the manifest {location} is not a JSON array of "
                           f'[{{"prefix": "s3://..."}}, "relative key", ...]') from None
-    prefix = parse_location(prefix_uri)
+    try:
+        prefix = parse_location(prefix_uri)
+    except ClientError as exc:
+        raise ClientError(f"the manifest {location} has a bad prefix: {exc.message}") from None
     checked = [safe_relative_path(e, f"manifest entry {e!r} of {location}") for e in entries]
+    if isinstance(prefix, FileLocation) and not isinstance(location, FileLocation):
+        # Whoever can write to S3 must not make the controller send its own files to the hosts.
+        raise ClientError(f"the manifest {location} is in S3 but its prefix {prefix_uri} is on the controller; "
+                          f"refused (a file:// prefix needs a file:// manifest)")
     if isinstance(prefix, FileLocation):
         objects = []
         for relative in checked:

@@ -71,8 +71,10 @@ class TarReader:
         long_name: str | None = None
         while True:
             await self._fill(BLOCK)
+            if not self._buffer:
+                return None  # the end of the stream, at an entry boundary
             if len(self._buffer) < BLOCK:
-                return None
+                raise EOFError("the tar stream ended inside a header")
             header = await self._exactly(BLOCK)
             if header == b"\0" * BLOCK:
                 return None
