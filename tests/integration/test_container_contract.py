@@ -21,14 +21,17 @@ def test_each_container_reads_its_own_resourceconfig(fleet):
         assert seen == {"current_host": f"algo-{k}", "hosts": ["algo-1", "algo-2", "algo-3"]}
 
 
-def test_processingjobconfig_is_the_request_with_defaults_filled_in(fleet):
+def test_processingjobconfig_is_the_request_with_defaults_filled_in(fleet, tmp_path):
+    # file:// data (fleet's extension) keeps this test about the config, not about S3.
+    (tmp_path / "raw").mkdir()
+    (tmp_path / "raw" / "x.csv").write_text("x\n")
     job = make_job("cat /opt/ml/config/processingjobconfig.json", count=1,
                    Environment={"A": "1"},
                    ProcessingInputs=[{"InputName": "raw", "S3Input": {
-                       "S3Uri": "s3://bucket/raw", "LocalPath": "/opt/ml/processing/raw",
+                       "S3Uri": f"file://{tmp_path}/raw", "LocalPath": "/opt/ml/processing/raw",
                        "S3DataType": "S3Prefix"}}],
                    ProcessingOutputConfig={"Outputs": [{"OutputName": "out", "S3Output": {
-                       "S3Uri": "s3://bucket/out", "LocalPath": "/opt/ml/processing/out",
+                       "S3Uri": f"file://{tmp_path}/out", "LocalPath": "/opt/ml/processing/out",
                        "S3UploadMode": "EndOfJob"}}]})
     run = fleet.run_job(job)
     assert run.returncode == 0, run.stderr
@@ -40,6 +43,7 @@ def test_processingjobconfig_is_the_request_with_defaults_filled_in(fleet):
     assert seen["AppSpecification"]["ContainerArguments"] is None
     assert seen["Environment"] == {"A": "1"}
     s3_input = seen["ProcessingInputs"][0]["S3Input"]
+    assert s3_input["S3Uri"] == f"file://{tmp_path}/raw"
     assert s3_input["S3InputMode"] == "File"
     assert s3_input["S3DataDistributionType"] == "FullyReplicated"
     assert s3_input["S3CompressionType"] == "None"
@@ -117,14 +121,18 @@ def test_entrypoint_and_arguments_run_entrypoint_words_then_arguments(fleet):
     assert _lines(run.stdout, "algo-1") == ["zero|data-format|csv"]
 
 
-def test_every_local_path_and_opt_ml_output_exist(fleet):
+def test_every_local_path_and_opt_ml_output_exist(fleet, tmp_path):
+    for n in ("a", "b"):
+        (tmp_path / n).mkdir()
+        (tmp_path / n / "f").write_text(n)
     job = make_job("for d in /opt/ml/processing/in/a /opt/ml/processing/in/b /opt/ml/processing/out "
                    "/opt/ml/output; do [ -d $d ] && touch $d/w && echo ok $d; done",
                    ProcessingInputs=[
-                       {"InputName": n, "S3Input": {"S3Uri": f"s3://b/{n}", "LocalPath": f"/opt/ml/processing/in/{n}",
+                       {"InputName": n, "S3Input": {"S3Uri": f"file://{tmp_path}/{n}", "LocalPath": f"/opt/ml/processing/in/{n}",
                                                     "S3DataType": "S3Prefix"}} for n in ("a", "b")],
                    ProcessingOutputConfig={"Outputs": [{"OutputName": "o", "S3Output": {
-                       "S3Uri": "s3://b/o", "LocalPath": "/opt/ml/processing/out", "S3UploadMode": "EndOfJob"}}]})
+                       "S3Uri": f"file://{tmp_path}/o", "LocalPath": "/opt/ml/processing/out",
+                       "S3UploadMode": "EndOfJob"}}]})
     run = fleet.run_job(job)
     assert run.returncode == 0, run.stderr
     for k in (1, 2, 3):
