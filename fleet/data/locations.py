@@ -32,6 +32,14 @@ class S3Location:
 
 
 @dataclass(frozen=True)
+class S3Object:
+    """An object as a listing gives it."""
+
+    location: S3Location
+    size: int
+
+
+@dataclass(frozen=True)
 class FileLocation:
     """fleet's extension for on-prem data: a path on the controller."""
 

@@ -13,13 +13,15 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from fleet.data.locations import FileLocation, Location, parse_location, safe_relative_path
-from fleet.data.s3 import S3
 from fleet.data.tarstream import TarReader
 from fleet.errors import ClientError
 from fleet.transport.base import Transport, drain
+
+if TYPE_CHECKING:  # aiobotocore loads slowly: only jobs that use S3 import it
+    from fleet.data.s3 import S3
 
 PART = 8 * 1024 * 1024  # multipart part size; files up to this size are one PUT
 PARTS_IN_FLIGHT = 8  # across the whole job: bounds the controller's memory

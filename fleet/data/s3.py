@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import os
-import random
 import re
 import ssl
-from dataclasses import dataclass
 from typing import AsyncIterator
 
 import aiohttp
@@ -27,18 +25,13 @@ from aiobotocore.session import get_session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError as BotoClientError, NoCredentialsError
 
-from fleet.data.locations import S3Location
+from fleet.data.locations import S3Location, S3Object
+from fleet.data.retry import backoff
 from fleet.data.presign import Presigner
 from fleet.errors import ClientError
 
 CHUNK = 256 * 1024
 ATTEMPTS = 5  # for a GET that breaks mid-stream (resumed where it stopped) and for a PUT
-
-
-@dataclass(frozen=True)
-class S3Object:
-    location: S3Location
-    size: int
 
 
 def _describe(exc: Exception) -> str:
@@ -60,10 +53,6 @@ async def _http_error(response: aiohttp.ClientResponse, what: str) -> Exception:
         return _Transient(f"{code} (HTTP {response.status})")
     message = re.search(r"<Message>([^<]*)</Message>", text)
     return ClientError(f"{what}: {code}" + (f": {message.group(1)}" if message else ""))
-
-
-async def backoff(attempt: int) -> None:
-    await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt) * (0.5 + random.random() / 2))
 
 
 class S3:

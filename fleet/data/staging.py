@@ -14,11 +14,11 @@ import asyncio
 import posixpath
 from collections import deque
 from dataclasses import dataclass, field
-from typing import AsyncIterator
+from typing import TYPE_CHECKING, AsyncIterator
 
 from fleet.data import tarstream
-from fleet.data.locations import FileLocation
-from fleet.data.s3 import S3, S3Object, backoff
+from fleet.data.locations import FileLocation, S3Object
+from fleet.data.retry import backoff
 from fleet.data.sources import InputObject
 from fleet.errors import ClientError, FleetError
 from fleet.transport.base import RemoteProcess, Transport, drain
@@ -27,6 +27,9 @@ from fleet.transport.base import RemoteProcess, Transport, drain
 # create subdirectories (GNU tar then fails "Cannot open"), and measured here one lane is as
 # fast as two or eight (each lane costs an exec; S3 latency is hidden by fetching ahead).
 LANES = 1
+
+if TYPE_CHECKING:  # aiobotocore loads slowly: only jobs that use S3 import it
+    from fleet.data.s3 import S3
 SMALL = 256 * 1024  # objects up to this size are fetched ahead, whole
 PREFETCH = 16  # small objects fetched ahead per lane
 FILE_CHUNK = 256 * 1024

@@ -70,9 +70,11 @@ def test_every_algo_name_resolves_in_every_container_to_its_host(fleet, cluster)
 
 
 def test_a_container_on_algo_2_connects_to_a_server_on_algo_1_by_name(fleet):
+    # busybox `nc -l` with stdin at EOF (a container's /dev/null) may drop what it received:
+    # the server hands the connection to a program (-e) that copies it to the log.
     script = (
         'case $(hostname) in '
-        'algo-1) nc -l -p 9123 ;; '
+        'algo-1) printf "#!/bin/sh\\ncat >&2" > /r; chmod +x /r; nc -l -p 9123 -e /r ;; '
         'algo-2) for i in $(seq 50); do echo "hello from algo-2" | nc -w 2 algo-1 9123 && exit 0; sleep 0.2; done; exit 1 ;; '
         '*) true ;; esac')
     run = fleet.run_job(make_job(script))

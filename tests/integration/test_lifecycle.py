@@ -223,7 +223,7 @@ def test_a_local_host_and_ssh_hosts_run_one_job(fleet, cluster, tmp_path):
     doc["hosts"][0] = {"address": "localhost", "name": "controller", "transport": "local",
                        "ip": cluster.hosts[0].address, "workdir": str(tmp_path / "local-work")}
     inventory = cluster.write_inventory(tmp_path / "mixed.yaml", doc)
-    job = make_job('if [ $(hostname) = algo-1 ]; then nc -l -p 9124; else '
+    job = make_job('if [ $(hostname) = algo-1 ]; then printf "#!/bin/sh\\ncat>&2" >/r; chmod +x /r; nc -l -p 9124 -e /r; else '
                    'for i in $(seq 50); do echo "hi from $(hostname)" | nc -w 2 algo-1 9124 && exit 0; '
                    'sleep 0.2; done; exit 1; fi', count=2)
     path = fleet.write_job(job)

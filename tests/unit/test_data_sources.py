@@ -13,7 +13,7 @@ import pytest
 
 from fleet.contract.job import S3InputSpec
 from fleet.data.locations import S3Location
-from fleet.data.s3 import S3Object
+from fleet.data.locations import S3Object
 from fleet.data.sources import InputObject, assignments, check_supported, list_input, shard
 from fleet.errors import ClientError
 
