@@ -75,13 +75,17 @@ for partial in "$job_dir"/inputs/*.partial; do
 done
 d start "$name" >/dev/null || exit {START_FAILED}
 printf 'fleet:started\\n' >&2
-# dd passes the log through unchanged and counts it (its last words on stderr).
+# `docker wait` starts now (its start-up overlaps the job); dd passes the log through
+# unchanged and counts it (its last words on stderr).
+d wait "$name" > "$job_dir/.code" &
+waiter=$!
 d logs --follow "$name" 2>&1 | dd bs=65536 2> "$job_dir/.logged"
-code=$(d wait "$name") || exit {WAIT_FAILED}
+wait "$waiter" || exit {WAIT_FAILED}
+code=$(cat "$job_dir/.code")
 # `docker logs --follow` can miss the last, unterminated line of a container that exits
 # (seen with Docker 20.10 in half the runs): send what it did not.
 logged=$(sed -n 's/^\\([0-9][0-9]*\\) bytes.*/\\1/p' "$job_dir/.logged" 2>/dev/null)
-rm -f -- "$job_dir/.logged"
+rm -f -- "$job_dir/.logged" "$job_dir/.code"
 d logs "$name" 2>&1 | tail -c +$((${{logged:-0}} + 1))
 printf 'fleet:exit-code:%s\\n' "$code" >&2
 # A regular file only: a symlink planted by the container is never followed.
