@@ -16,26 +16,11 @@ from fleet.data.locations import S3Location, parse_location
 from fleet.data.outputs import OutputCount, Uploader
 from fleet.errors import ClientError
 from fleet.inventory import Host
-from fleet.transport.base import RemoteProcess, Transport, drain
+from fleet.transport.base import RemoteProcess, Transport
 from fleet.transport.local import LocalTransport
+from localcommands import RecordingTransport, reap_commands  # noqa: F401  (reap_commands: autouse fixture)
 
 PART = 64 * 1024  # outputs.PART for these tests: many parts from small files
-_STARTED: list[RemoteProcess] = []  # every command the tests started, reaped by `reap_commands`
-
-
-@pytest.fixture(autouse=True)
-async def reap_commands():
-    """Every command a test started has ended and asyncio has seen it end while the test's loop
-    still runs (it complains about a subprocess transport collected after its loop closed)."""
-    yield
-    for process in _STARTED:
-        process.close()
-        await drain(process.read_stdout)  # reading a full pipe to its end lets asyncio see the exit
-        await drain(process.read_stderr)
-        await process.wait()
-    _STARTED.clear()
-
-
 @pytest.fixture(autouse=True)
 def small_parts(monkeypatch):
     monkeypatch.setattr(outputs, "PART", PART)
@@ -85,15 +70,6 @@ class FakeS3:
         upload = FakeUpload(self, location)
         self.uploads.append(upload)
         return upload
-
-
-class RecordingTransport(LocalTransport):
-    """The local transport, remembering what it started (for `reap_commands`)."""
-
-    async def start(self, argv: Sequence[str]) -> RemoteProcess:
-        process = await super().start(argv)
-        _STARTED.append(process)
-        return process
 
 
 def transport(algo: str = "algo-1") -> LocalTransport:

@@ -17,8 +17,8 @@ from fleet.data.sources import InputObject, list_input, shard
 from fleet.data.staging import Destination, Sources, TransferCount, stage_input
 from fleet.errors import ClientError, HostError
 from fleet.inventory import Host
-from fleet.transport.base import RemoteProcess, drain
-from fleet.transport.local import LocalTransport
+from fleet.transport.base import RemoteProcess
+from localcommands import RecordingTransport, reap_commands, tree  # noqa: F401  (reap_commands: autouse fixture)
 
 
 class FakeSources(Sources):
@@ -38,10 +38,7 @@ class FakeSources(Sources):
             yield data[start:start + self.chunk]
 
 
-_STARTED: list[RemoteProcess] = []  # every command the tests started, reaped by `reap_commands`
-
-
-class CountingTransport(LocalTransport):
+class CountingTransport(RecordingTransport):
     """A LocalTransport that counts the commands started on it (one per lane and attempt)."""
 
     def __init__(self, label: str) -> None:
@@ -50,9 +47,7 @@ class CountingTransport(LocalTransport):
 
     async def start(self, argv: Sequence[str]) -> RemoteProcess:
         self.started += 1
-        process = await super().start(argv)
-        _STARTED.append(process)
-        return process
+        return await super().start(argv)
 
 
 class FlakyTransport(CountingTransport):
@@ -71,19 +66,6 @@ class FlakyTransport(CountingTransport):
 
 
 @pytest.fixture(autouse=True)
-async def reap_commands():
-    """Every command a test started has ended and asyncio has seen it end while the test's loop
-    still runs (it complains about a subprocess transport collected after its loop closed)."""
-    yield
-    for process in _STARTED:
-        process.close()
-        await drain(process.read_stdout)  # reading a full pipe to its end lets asyncio see the exit
-        await drain(process.read_stderr)
-        await process.wait()
-    _STARTED.clear()
-
-
-@pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
     async def immediately(attempt: int) -> None:
         return None
@@ -94,15 +76,6 @@ def destinations(tmp_path: Path, hosts: int) -> list[Destination]:
     return [Destination(f"algo-{i} (h{i}, 127.0.0.1)", CountingTransport(f"algo-{i}"),
                         str(tmp_path / f"host{i}" / "inputs" / "1.partial"))
             for i in range(1, hosts + 1)]
-
-
-def tree(root: str | Path) -> dict[str, bytes]:
-    found = {}
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = Path(directory, name)
-            found[path.relative_to(root).as_posix()] = path.read_bytes()
-    return found
 
 
 def content(seed: int, size: int) -> bytes:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from localcommands import tree
+
 from fleet.data.tarstream import BLOCK, END_OF_ARCHIVE, TarEntry, TarReader, file_header, padding
 
 C_LOCALE = {**os.environ, "LC_ALL": "C", "LANG": "C"}  # what a non-interactive SSH session often has
@@ -52,16 +54,6 @@ def archive(files: list[tuple[str, bytes]]) -> bytes:
     for name, data in files:
         out += file_header(name, len(data)) + data + padding(len(data))
     return bytes(out + END_OF_ARCHIVE)
-
-
-def tree(root: Path) -> dict[str, bytes]:
-    """Every file below root (relative path → bytes); directories only as their paths."""
-    found = {}
-    for directory, _, files in os.walk(root):
-        for name in files:
-            path = Path(directory, name)
-            found[path.relative_to(root).as_posix()] = path.read_bytes()
-    return found
 
 
 def chunked(data: bytes, size: int):
