@@ -45,6 +45,19 @@ class _Transient(Exception):
     """A failure worth another try: a 5xx, a throttle, a short read."""
 
 
+_TRANSIENT = (aiohttp.ClientError, OSError, asyncio.TimeoutError, _Transient)
+
+
+async def _another_try(attempt: int, what: str, exc: Exception) -> int:
+    """After a transient failure: back off and return the next attempt's number, or raise
+    ClientError(`what`) once ATTEMPTS have failed."""
+    attempt += 1
+    if attempt >= ATTEMPTS:
+        raise ClientError(f"{what}: {_describe(exc)}") from None
+    await backoff(attempt)
+    return attempt
+
+
 async def _http_error(response: aiohttp.ClientResponse, what: str) -> Exception:
     text = await response.text(errors="replace")
     found = re.search(r"<Code>([^<]*)</Code>", text)
@@ -148,11 +161,8 @@ class S3:
                 if obj.size >= 0 and done != obj.size:
                     raise _Transient(f"read {done} bytes of {obj.size}")
                 return
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, _Transient) as exc:
-                attempt += 1
-                if attempt >= ATTEMPTS:
-                    raise ClientError(f"cannot read {obj.location}: {_describe(exc)}") from None
-                await backoff(attempt)
+            except _TRANSIENT as exc:
+                attempt = await _another_try(attempt, f"cannot read {obj.location}", exc)
 
     async def put(self, location: S3Location, data: bytes) -> None:
         attempt = 0
@@ -162,11 +172,8 @@ class S3:
                     if response.status >= 300:
                         raise await _http_error(response, f"cannot upload {location}")
                     return
-            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, _Transient) as exc:
-                attempt += 1
-                if attempt >= ATTEMPTS:
-                    raise ClientError(f"cannot upload {location}: {_describe(exc)}") from None
-                await backoff(attempt)
+            except _TRANSIENT as exc:
+                attempt = await _another_try(attempt, f"cannot upload {location}", exc)
 
     async def multipart(self, location: S3Location) -> "MultipartUpload":
         try:
