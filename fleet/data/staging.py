@@ -129,7 +129,7 @@ class _Lane:
         async def finish(label: str) -> None:
             process = self.processes[label]
             try:
-                await asyncio.gather(drain(process.read_stdout))
+                await drain(process.read_stdout)
                 status = await process.wait()
                 said = (await self._stderr[label]).decode(errors="replace").strip()
             except FleetError as exc:

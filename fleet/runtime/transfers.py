@@ -113,14 +113,14 @@ class JobData:
 
     async def continuous(self, plans: list[HostPlan], transports: list[Transport]) -> None:
         """While the containers run: Continuous outputs, every CONTINUOUS_INTERVAL."""
-        outputs = [(i, o) for i, o in enumerate(self.job.outputs, start=1) if o.S3Output.S3UploadMode == "Continuous"]
+        outputs = [(i, o, output_location(o.S3Output.S3Uri)) for i, o in enumerate(self.job.outputs, start=1)
+                   if o.S3Output.S3UploadMode == "Continuous"]
         if not outputs:
             return
         uploader = Uploader(self.s3, self.console.notice)
         while True:
             await asyncio.sleep(CONTINUOUS_INTERVAL)
-            for index, item in outputs:
-                destination = output_location(item.S3Output.S3Uri)
+            for index, item, destination in outputs:
                 results = await asyncio.gather(*(
                     self._upload_one(uploader, p, t, index, item.OutputName, destination,
                                      self.output_counts[item.OutputName], True, final=False)
