@@ -7,6 +7,7 @@ the hosts show: stdout, exit codes, describe.json, logs, `docker ps` on each hos
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
@@ -24,6 +25,7 @@ from s3server import bucket, s3  # noqa: F401  (fixtures: a real S3 server, Seaw
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_CLUSTER = ROOT / "scripts" / "local-cluster"
 IMAGE = "fleet-test:busybox"
+CLUSTER_LOCK = "/var/tmp/fleet-cluster.lock"  # held by whoever has the test bed up (tests, bench-*, demo)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -83,6 +85,9 @@ def cluster(tmp_path_factory) -> Cluster:
     if os.geteuid() != 0 or not shutil.which("dockerd") or not shutil.which("sshd", path="/usr/sbin"):
         pytest.skip("the test bed needs root, dockerd and sshd (run scripts/setup)")
     inventory = tmp_path_factory.mktemp("cluster") / "hosts.yaml"
+    # One test bed per machine: another test session or benchmark using it is waited for.
+    lock = open(CLUSTER_LOCK, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
     subprocess.run([str(LOCAL_CLUSTER), "up", "--hosts", "3", "--inventory", str(inventory)],
                    check=True, timeout=300, stdout=subprocess.DEVNULL)
     env = dict(line.split("=", 1) for line in
@@ -95,6 +100,7 @@ def cluster(tmp_path_factory) -> Cluster:
         yield Cluster(state, inventory, hosts, Path(env["FLEET_SSH_KEY"]), Path(env["FLEET_KNOWN_HOSTS"]))
     finally:
         subprocess.run([str(LOCAL_CLUSTER), "down"], timeout=300, stdout=subprocess.DEVNULL)
+        lock.close()
 
 
 @pytest.fixture
