@@ -1,7 +1,8 @@
 """fleet's command line: verbs → calls, and the one place mapping errors to exit codes.
 
-Exit codes of `fleet run`: 0 Completed, 1 Failed, 2 invalid input or usage (nothing was
-started), 124 MaxRuntimeExceeded, 130 Stopped.
+Exit codes of `fleet run` and `fleet attach`: 0 Completed, 1 Failed, 2 invalid input or
+usage (nothing was started), 124 MaxRuntimeExceeded, 130 Stopped. `fleet stop`: 0 once the
+job no longer runs. `fleet check`: 0 when every host passed, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -14,16 +15,19 @@ import shlex
 import signal
 import socket
 import sys
+import time
+import uuid
+from datetime import datetime, timezone
 from pathlib import Path
 
 from fleet.contract import configfiles
-from fleet.contract.describe import new_record
-from fleet.contract.job import ignored_fields, load_job
-from fleet.errors import FleetError, InvalidInput
-from fleet.inventory import fleet_home, load_inventory
+from fleet.contract.describe import TERMINAL, new_record
+from fleet.contract.job import ignored_fields, load_job, parse_job
+from fleet.errors import FleetError, InvalidInput, JobStopped
+from fleet.inventory import Host, fleet_home, load_inventory
 from fleet.plan import ClusterPlan, algo_names, plan_cluster, select_hosts
 from fleet.runtime.console import Console
-from fleet.runtime.store import JobStore
+from fleet.runtime.store import JobStore, controller_id
 
 
 class _Parser(argparse.ArgumentParser):
@@ -46,6 +50,29 @@ def _parser() -> argparse.ArgumentParser:
                      help="time between SIGINT and SIGKILL when stopping (default 30)")
     run.add_argument("--docker-timeout", type=int, default=20, metavar="SECONDS",
                      help="how long docker may take to answer before a host counts as broken (default 20)")
+    run.add_argument("--host-timeout", type=float, default=120, metavar="SECONDS",
+                     help="how long a host may stay out of reach while its container runs before "
+                          "the job fails (default 120)")
+
+    attach = verbs.add_parser("attach", help="take over a job whose `fleet run` is gone (killed, rebooted)")
+    attach.add_argument("name")
+
+    stop = verbs.add_parser("stop", help="stop a running job (SIGINT, SIGKILL after the grace)")
+    stop.add_argument("name")
+
+    listing = verbs.add_parser("list", help="the jobs in FLEET_HOME, newest first")
+    listing.add_argument("--status", choices=["InProgress", "Stopping", "Completed", "Failed", "Stopped"])
+    listing.add_argument("--json", action="store_true", help="print DescribeProcessingJob records as JSON")
+
+    gc = verbs.add_parser("gc", help="remove containers and job directories of jobs that no longer run")
+    gc.add_argument("--inventory", "-i", type=Path, required=True, help="hosts.yaml")
+    gc.add_argument("--dry-run", action="store_true", help="only list what would be removed")
+    gc.add_argument("--docker-timeout", type=int, default=20, metavar="SECONDS")
+
+    check = verbs.add_parser("check", help="preflight every host of the inventory (one row per host)")
+    check.add_argument("job", type=Path, nargs="?", help="a request: check its image and VolumeSizeInGB too")
+    check.add_argument("--inventory", "-i", type=Path, required=True, help="hosts.yaml")
+    check.add_argument("--docker-timeout", type=int, default=20, metavar="SECONDS")
 
     describe = verbs.add_parser("describe", help="the job's DescribeProcessingJob record")
     describe.add_argument("name")
@@ -93,8 +120,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     job = load_job(args.job, args.name)
     inventory = load_inventory(args.inventory)
     hosts = select_hosts(job, inventory)
-    if args.stop_grace < 0 or args.docker_timeout < 1:
-        raise InvalidInput("--stop-grace must be >= 0 and --docker-timeout >= 1")
+    if args.stop_grace < 0 or args.docker_timeout < 1 or args.host_timeout <= 0:
+        raise InvalidInput("--stop-grace must be >= 0, --docker-timeout >= 1 and --host-timeout > 0")
     for notice in ignored_fields(job):
         console.notice(notice)
     region, account = _region_and_account()
@@ -106,22 +133,143 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
 
     from fleet.runtime.executor import JobExecution, RunOptions
 
-    arn = configfiles.job_arn(job.ProcessingJobName, region, account)
-    record = JobStore(fleet_home()).create(new_record(job, arn, {
+    name = job.ProcessingJobName
+    arn = configfiles.job_arn(name, region, account)
+    store = JobStore(fleet_home())
+    record = store.create(new_record(job, arn, {
         algo: {"Name": h.label, "Address": h.address} for algo, h in zip(algo_names(len(hosts)), hosts)}))
-    execution = JobExecution(job, hosts, record, console, RunOptions(
+    ownership = store.claim(name)
+    options = RunOptions(
         stop_grace=args.stop_grace, keep=args.keep, docker_timeout=args.docker_timeout,
-        region=region, account=account))
+        host_timeout=args.host_timeout, region=region, account=account,
+        run_id=uuid.uuid4().hex[:16], controller=controller_id(store.home))
+    # What another fleet process needs to take the job over if this one dies.
+    run = {"RunId": options.run_id, "Controller": options.controller,
+           "Request": job.model_dump(mode="json", exclude_none=True),
+           "Hosts": [h.model_dump(mode="json") for h in hosts], "Addresses": None,
+           "Options": {"stop_grace": options.stop_grace, "keep": options.keep,
+                       "docker_timeout": options.docker_timeout, "host_timeout": options.host_timeout,
+                       "region": region, "account": account}}
+    store.write_run(name, run)
+    execution = JobExecution(job, hosts, record, console, options)
+    _on_signals(execution.request_stop)
+    try:
+        error = await execution.execute(on_planned=lambda addresses: store.write_run(
+            name, {**run, "Addresses": addresses}))
+    finally:
+        ownership.release()
+    return _ended(console, record, error)
+
+
+def _on_signals(handler) -> None:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, execution.request_stop)
-    error = await execution.execute()
-    status = record.status
+        loop.add_signal_handler(signum, handler)
+
+
+def _ended(console: Console, record, error: FleetError | None) -> int:
+    """Say how the job ended; its exit code."""
+    name, status = record.data["ProcessingJobName"], record.status
     if error is None:
-        console.notice(f"{job.ProcessingJobName}: {status}")
+        console.notice(f"{name}: {status}")
         return 0
-    console.notice(f"{job.ProcessingJobName}: {status}: {error.failure_reason if status == 'Failed' else error.message}")
+    console.notice(f"{name}: {status}: {error.failure_reason if status == 'Failed' else error.message}")
     return error.exit_code
+
+
+async def _take_over(name: str, console: Console, *, stop: bool) -> int:
+    """Run a job on from where its `fleet run` left it: the same end, the same exit code."""
+    from fleet.runtime.executor import JobExecution, RunOptions, Takeover
+
+    store = JobStore(fleet_home())
+    record = store.record(name)
+    if record.status in TERMINAL:
+        raise InvalidInput(f"job {name} is {record.status}: it no longer runs")
+    ownership = store.claim(name)
+    try:
+        run = store.read_run(name)
+        job = parse_job(run["Request"], str(store.job_dir(name) / "run.json"))
+        hosts = [Host.model_validate(h) for h in run["Hosts"]]
+        options = RunOptions(**run["Options"], run_id=run["RunId"], controller=run["Controller"])
+        execution = JobExecution(job, hosts, record, console, options)
+        _on_signals(execution.request_stop)
+        if stop or record.status == "Stopping":
+            execution.request_stop()
+        console.notice(f"taking over {name} ({len(hosts)} host(s))")
+        error = await execution.execute(Takeover(
+            addresses=run.get("Addresses") or [h.ip or h.address for h in hosts],
+            started=record.data.get("ProcessingStartTime")))
+        return _ended(console, record, error)
+    finally:
+        ownership.release()
+
+
+STOP_POLL = 0.05  # seconds between looks at the record while the owner stops the job
+
+
+async def _stop(name: str, console: Console) -> int:
+    """Stop a job: through the fleet process running it, or, when there is none, at the
+    hosts directly. 0 once the job no longer runs."""
+    store = JobStore(fleet_home())
+    record = store.load(name)
+    if record["ProcessingJobStatus"] in TERMINAL:
+        console.notice(f"{name}: already {record['ProcessingJobStatus']}; nothing to stop")
+        return 0
+    pid = store.owner(name)
+    if pid is not None and pid > 0:
+        os.kill(pid, signal.SIGTERM)  # its first SIGTERM: a graceful stop, as Ctrl-C
+        console.notice(f"stopping {name} (through its fleet process, pid {pid})")
+        while True:
+            await asyncio.sleep(STOP_POLL)
+            status = store.load(name)["ProcessingJobStatus"]
+            if status in TERMINAL:
+                console.notice(f"{name}: {status}")
+                return 0
+            if store.owner(name) is None:  # it ended, or died meanwhile: go on without it
+                break
+        status = store.load(name)["ProcessingJobStatus"]
+        if status in TERMINAL:
+            console.notice(f"{name}: {status}")
+            return 0
+    console.notice(f"stopping {name} at its hosts (no fleet process runs it)")
+    code = await _take_over(name, console, stop=True)
+    return 0 if code in (0, JobStopped.exit_code) or store.load(name)["ProcessingJobStatus"] in TERMINAL else code
+
+
+def _when(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _duration(record: dict) -> str:
+    start = record.get("ProcessingStartTime") or record.get("CreationTime")
+    if not start:
+        return "-"
+    end = record.get("ProcessingEndTime")
+    stop = datetime.fromisoformat(end) if end else datetime.now(timezone.utc)
+    seconds = int((stop - datetime.fromisoformat(start)).total_seconds())
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _list(args: argparse.Namespace) -> int:
+    store = JobStore(fleet_home())
+    records = [r for r in store.records() if not args.status or r.get("ProcessingJobStatus") == args.status]
+    if args.json:
+        print(json.dumps(records, indent=2))
+        return 0
+    rows = [("NAME", "STATUS", "HOSTS", "START", "DURATION")]
+    for r in records:
+        status = r.get("ProcessingJobStatus", "?")
+        if status not in TERMINAL and store.owner(r["ProcessingJobName"]) is None:
+            status += " (no fleet process: fleet attach)"
+        hosts = ",".join(h.get("Name", algo) for algo, h in r.get("Hosts", {}).items())
+        rows.append((r["ProcessingJobName"], status, hosts,
+                     _when(r.get("ProcessingStartTime") or r.get("CreationTime")), _duration(r)))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
+    return 0
 
 
 def _describe(args: argparse.Namespace) -> int:
@@ -158,15 +306,33 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _asynchronous(args: argparse.Namespace, console: Console) -> int:
+    if args.verb == "run":
+        return await _run(args, console)
+    if args.verb == "attach":
+        return await _take_over(args.name, console, stop=False)
+    if args.verb == "stop":
+        return await _stop(args.name, console)
+    from fleet.runtime import hostcare
+    inventory = load_inventory(args.inventory)
+    if args.verb == "gc":
+        return await hostcare.collect_garbage(inventory, JobStore(fleet_home()), console,
+                                              dry_run=args.dry_run, docker_timeout=args.docker_timeout)
+    job = load_job(args.job) if args.job else None
+    return await hostcare.check(inventory, job, console, docker_timeout=args.docker_timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         args = _parser().parse_args(argv)
-        if args.verb == "run":
+        if args.verb in ("run", "attach", "stop", "gc", "check"):
             import uvloop
-            return uvloop.run(_run(args, console))
+            return uvloop.run(_asynchronous(args, console))
         if args.verb == "describe":
             return _describe(args)
+        if args.verb == "list":
+            return _list(args)
         return _logs(args)
     except FleetError as exc:
         console.notice(exc.message if isinstance(exc, InvalidInput) else exc.failure_reason)

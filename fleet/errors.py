@@ -48,6 +48,15 @@ class HostError(FleetError):
         self.host = host
 
 
+class HostLost(FleetError):
+    """A host stayed out of reach (SSH) for longer than --host-timeout while its container
+    ran (exit 1; SageMaker's InternalServerError)."""
+
+    def __init__(self, algo: str, address: str, seconds: float) -> None:
+        super().__init__(f"lost contact with {algo} ({address}) for {seconds:.0f} s")
+        self.host = algo
+
+
 class ClientError(FleetError):
     """The job cannot run as asked: image pull, GPU, ExitMessage not UTF-8 (exit 1)."""
 

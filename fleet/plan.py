@@ -10,7 +10,8 @@ import posixpath
 from dataclasses import dataclass, field
 
 from fleet.contract import configfiles
-from fleet.contract.container import Mount, container_name, docker_create_argv
+from fleet.contract.container import (CONTROLLER_LABEL, RUN_LABEL, Mount, container_name,
+                                      docker_create_argv)
 from fleet.contract.job import ProcessingJob
 from fleet.errors import InvalidInput
 from fleet.inventory import Host, Inventory
@@ -32,6 +33,8 @@ class HostPlan:
     mounts: list[Mount]
     container: str
     docker_create: list[str]  # after the host's docker command; then `docker start CONTAINER`
+    run_id: str = ""  # this run of the job: labels its containers, marks its job directories
+    controller: str = ""  # the controller (machine and FLEET_HOME) that runs it
 
     @property
     def message_file(self) -> str:
@@ -77,6 +80,8 @@ def plan_cluster(
     stop_grace: int,
     region: str,
     account: str,
+    run_id: str = "",
+    controller: str = "",
 ) -> ClusterPlan:
     """Decide every host's files, mounts and docker argv.
 
@@ -114,6 +119,9 @@ def plan_cluster(
             dirs=dirs,
             mounts=mounts,
             container=container_name(job.ProcessingJobName, algo),
-            docker_create=docker_create_argv(job, host, algo, peers, mounts, stop_grace),
+            docker_create=docker_create_argv(job, host, algo, peers, mounts, stop_grace,
+                                             labels={RUN_LABEL: run_id, CONTROLLER_LABEL: controller}),
+            run_id=run_id,
+            controller=controller,
         ))
     return ClusterPlan(job=job, arn=arn, hosts=plans, stop_grace=stop_grace)

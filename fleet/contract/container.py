@@ -12,6 +12,8 @@ from fleet.inventory import Host
 
 JOB_LABEL = "fleet.job"
 HOST_LABEL = "fleet.host"
+RUN_LABEL = "fleet.run"  # one run of a job (its record's RunId)
+CONTROLLER_LABEL = "fleet.controller"  # machine:FLEET_HOME of the fleet that ran it
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,7 @@ def docker_create_argv(
     peers: list[tuple[str, str]],
     mounts: list[Mount],
     stop_grace: int,
+    labels: dict[str, str] | None = None,
 ) -> list[str]:
     """`docker create` options and words (after the host's docker command) for one host.
 
@@ -77,6 +80,7 @@ def docker_create_argv(
         "--name", container_name(name, algo),
         "--label", f"{JOB_LABEL}={name}",
         "--label", f"{HOST_LABEL}={algo}",
+        *[word for key, value in (labels or {}).items() if value for word in ("--label", f"{key}={value}")],
         "--hostname", algo,
         # SageMaker stops a job with SIGINT, then SIGKILL: `docker stop` does exactly that.
         "--stop-signal", "SIGINT",

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from typing import Awaitable, TypeVar
+from datetime import datetime, timezone
+from typing import Awaitable, Callable, TypeVar
 
 from fleet.contract.describe import now
 from fleet.contract.job import ProcessingJob
 from fleet.contract.message import exit_message
-from fleet.errors import (AlgorithmError, ClientError, FleetError, HostError, JobStopped,
+from fleet.errors import (AlgorithmError, ClientError, FleetError, HostError, HostLost, JobStopped,
                           MaxRuntimeExceeded)
 from fleet.inventory import Host
 from fleet.plan import ClusterPlan, algo_names, plan_cluster
@@ -33,8 +34,20 @@ class RunOptions:
     stop_grace: int = 30
     keep: bool = False
     docker_timeout: int = 20
+    host_timeout: float = 120
     region: str = "us-east-1"
     account: str = "000000000000"
+    run_id: str = ""
+    controller: str = ""
+
+
+@dataclass(frozen=True)
+class Takeover:
+    """A job another fleet process ran and lost (`fleet attach`, `fleet stop`): where its
+    hosts were reached, and when its containers started (None: they never did)."""
+
+    addresses: list[str]
+    started: str | None
 
 
 @dataclass
@@ -115,21 +128,36 @@ class JobExecution:
             self.stop_requested.set()
 
     # -- the lifecycle --------------------------------------------------------------------
-    async def execute(self) -> FleetError | None:
+    async def execute(self, takeover: Takeover | None = None,
+                      on_planned: Callable[[list[str]], None] | None = None) -> FleetError | None:
         """Run the job to a terminal status, write the final record, return why it did not
-        complete (None when Completed)."""
+        complete (None when Completed). With `takeover`, the job's containers were started
+        by another fleet process: supervise them from where it stopped."""
         outcomes: list[HostOutcome] = []
         error: FleetError | None = None
         # S3 (connecting, listing the inputs) runs while the hosts are reached and prepared;
         # whichever fails first ends the other.
-        self._data_ready = asyncio.ensure_future(self._open_data())
+        self._data_ready = asyncio.ensure_future(self._open_data(list_inputs=takeover is None))
         try:
-            await self._unless_stopped(_together(self._connect_all(), asyncio.shield(self._data_ready)))
-            addresses = self._addresses()
+            if takeover is None:
+                await self._unless_stopped(_together(self._connect_all(), asyncio.shield(self._data_ready)))
+                addresses = self._addresses()
+            else:  # a stop asked for already is carried out once the hosts are reached
+                await _together(self._connect_all(), asyncio.shield(self._data_ready))
+                addresses = takeover.addresses
             self.plan = plan_cluster(self.job, self.hosts, addresses, stop_grace=self.options.stop_grace,
-                                     region=self.options.region, account=self.options.account)
-            await self._unless_stopped(self._prepare_all())
-            outcomes, error = await self._supervise()
+                                     region=self.options.region, account=self.options.account,
+                                     run_id=self.options.run_id, controller=self.options.controller)
+            if on_planned is not None:
+                on_planned(addresses)
+            if takeover is None:
+                await self._unless_stopped(self._prepare_all())
+            elif takeover.started is None:
+                self._make_sessions()
+                raise FleetError("the fleet process running the job ended before its containers started")
+            else:
+                await self._resume_all()
+            outcomes, error = await self._supervise(takeover.started if takeover else None)
             # Outputs come from the hosts whose container ran to its end: EndOfJob ones only
             # when the job Completed, Continuous ones (a last pass) whatever the end.
             exited = [(p, t) for s, p, t in zip(self.sessions, self.plan.hosts, self.transports) if s.has("exited")]
@@ -148,10 +176,11 @@ class JobExecution:
             await self.data.close()
         return self._finish(outcomes, error)
 
-    async def _open_data(self) -> None:
+    async def _open_data(self, list_inputs: bool = True) -> None:
         if self.data.needed:
             await self.data.open()
-            await self.data.list_inputs()
+            if list_inputs:
+                await self.data.list_inputs()
 
     def _addresses(self) -> list[str]:
         """Where the other hosts reach each host: the inventory's `ip`; else the address its
@@ -196,21 +225,36 @@ class JobExecution:
                 await transport.connect()
         await self._on_all_hosts(list(enumerate(self.transports)), connect)
 
+    def _make_sessions(self) -> None:
+        assert self.plan is not None
+        for plan, transport in zip(self.plan.hosts, self.transports):
+            log = self.record.open_log(plan.algo)
+            self._logs.append(log)
+            lines = self.console.host_lines(plan.algo)
+            self._lines.append(lines)
+            self.sessions.append(HostSession(
+                transport, plan, _tee(log.write, lines.feed), host_timeout=self.options.host_timeout,
+                docker_timeout=self.options.docker_timeout, on_notice=self.console.notice))
+
+    async def _resume_all(self) -> None:
+        """Take over every host's session where the stored log ends."""
+        self._make_sessions()
+
+        async def resume(index: int, session: HostSession) -> None:
+            await session.resume(self.record.log_size(session.plan.algo))
+        await self._on_all_hosts(list(enumerate(self.sessions)), resume)
+
     async def _prepare_all(self) -> None:
         """Open every host's session and wait until each is checked and written.
         Any failure: every session is told to abort, and nothing starts anywhere."""
         assert self.plan is not None
         image = self.job.AppSpecification.ImageUri
         timeout = self.options.docker_timeout
-        for plan, transport in zip(self.plan.hosts, self.transports):
-            log = self.record.open_log(plan.algo)
-            self._logs.append(log)
-            lines = self.console.host_lines(plan.algo)
-            self._lines.append(lines)
-            self.sessions.append(HostSession(transport, plan, _tee(log.write, lines.feed)))
+        volume = self.job.ProcessingResources.ClusterConfig.VolumeSizeInGB
+        self._make_sessions()
 
         async def prepare(index: int, session: HostSession) -> None:
-            await session.open(image, timeout)
+            await session.open(image, timeout, volume)
             await session.prepared(image, timeout)
 
         try:
@@ -224,25 +268,39 @@ class JobExecution:
 
     async def _run_host(self, index: int) -> HostOutcome:
         session = self.sessions[index]
+        algo = session.plan.algo
         try:
             code, message = await session.exited()
         except FleetError as exc:
-            return HostOutcome(session.plan.algo, error=exc)
+            # Taken over after the container was removed: its exit code was recorded.
+            recorded = self.record.data.get("Hosts", {}).get(algo, {}).get("ExitCode")
+            if recorded is not None and not isinstance(exc, HostLost):
+                return HostOutcome(algo, recorded)
+            return HostOutcome(algo, error=exc)
         finally:
             self._lines[index].flush()
-        return HostOutcome(session.plan.algo, code, message)
+        # Recorded at once: a fleet taking the job over later needs it if the container is gone.
+        hosts = dict(self.record.data.get("Hosts", {}))
+        hosts[algo] = {**hosts.get(algo, {}), "ExitCode": code}
+        self.record.update(Hosts=hosts)
+        return HostOutcome(algo, code, message)
 
-    async def _supervise(self) -> tuple[list[HostOutcome], FleetError | None]:
-        """Start every host's container and wait for all of them.
+    async def _supervise(self, started: str | None = None) -> tuple[list[HostOutcome], FleetError | None]:
+        """Start every host's container (unless they were `started` already, at that ISO
+        time) and wait for all of them.
 
         The first of these ends the job early, and every other container is stopped:
         a container failing, a stop request, MaxRuntimeInSeconds.
         """
         assert self.plan is not None
         loop = asyncio.get_running_loop()
-        self.record.update(ProcessingStartTime=now())
-        deadline = loop.time() + self.job.max_runtime
-        await asyncio.gather(*(s.go() for s in self.sessions))
+        if started is None:
+            self.record.update(ProcessingStartTime=now())
+            deadline = loop.time() + self.job.max_runtime
+            await asyncio.gather(*(s.go() for s in self.sessions))
+        else:
+            elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(started)).total_seconds()
+            deadline = loop.time() + self.job.max_runtime - elapsed
         tasks = [asyncio.create_task(self._run_host(i)) for i in range(len(self.plan.hosts))]
         continuous = asyncio.create_task(self.data.continuous(self.plan.hosts, self.transports))
         stop_wait = asyncio.create_task(self.stop_requested.wait())
@@ -296,15 +354,30 @@ class JobExecution:
         running = [i for i, t in enumerate(tasks) if not t.done()]
 
         async def stop(i: int) -> None:
-            graceful = asyncio.create_task(self.transports[i].run(hostcommands.stop(self.plan.hosts[i])))
+            # A host being reconnected to gets the stop once it is back (or is given up).
+            graceful = asyncio.create_task(self._until_done(
+                tasks[i], self.transports[i], hostcommands.stop(self.plan.hosts[i])))
             killing = asyncio.create_task(self.kill_requested.wait())
             await asyncio.wait({graceful, killing, tasks[i]}, return_when=asyncio.FIRST_COMPLETED)
             if killing.done() and not tasks[i].done():
-                await self.transports[i].run(hostcommands.kill(self.plan.hosts[i]))
+                await self._until_done(tasks[i], self.transports[i], hostcommands.kill(self.plan.hosts[i]))
             killing.cancel()
             await asyncio.gather(graceful, return_exceptions=True)
 
         await asyncio.gather(*(stop(i) for i in running), return_exceptions=True)
+
+    @staticmethod
+    async def _until_done(task: asyncio.Task, transport: Transport, argv: list[str]) -> None:
+        """Run argv on the host, again after each failure to reach it, until it ran or
+        `task` (the host's supervision) ended."""
+        delay = 0.25
+        while not task.done():
+            try:
+                await transport.run(argv)
+                return
+            except FleetError:
+                await asyncio.wait({task}, timeout=delay)
+                delay = min(delay * 2, 2.0)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

@@ -1,10 +1,20 @@
-"""FLEET_HOME/jobs/NAME/{describe.json, logs/algo-k.log}: the records of jobs."""
+"""FLEET_HOME/jobs/NAME/: the records of jobs.
+
+    describe.json      the DescribeProcessingJob record, rewritten atomically on each change
+    logs/algo-k.log    each host's container log, exactly the bytes received
+    run.json           what another fleet needs to take the job over (`fleet attach`,
+                       `fleet stop` when its `fleet run` is gone): the request, the hosts,
+                       their addresses, the options, the run's id
+    owner.lock         flock-ed by the fleet process running the job, and holding its pid
+"""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import re
+import socket
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -53,6 +63,83 @@ class JobStore:
     def log_path(self, name: str, algo: str) -> Path:
         return self.job_dir(name) / "logs" / f"{algo}.log"
 
+    def records(self) -> list[dict[str, Any]]:
+        """Every job's record, newest first; unreadable ones are skipped."""
+        found = []
+        for path in self.jobs.glob("*/describe.json") if self.jobs.is_dir() else []:
+            try:
+                found.append(json.loads(path.read_text()))
+            except (OSError, ValueError):
+                continue
+        return sorted(found, key=lambda r: r.get("CreationTime", ""), reverse=True)
+
+    def record(self, name: str) -> "JobRecord":
+        return JobRecord(self.job_dir(name), self.load(name))
+
+    def read_run(self, name: str) -> dict[str, Any]:
+        try:
+            return json.loads((self.job_dir(name) / "run.json").read_text())
+        except FileNotFoundError:
+            raise InvalidInput(f"job {name} has no run.json in {self.job_dir(name)}: it cannot be "
+                               f"taken over") from None
+
+    def write_run(self, name: str, run: dict[str, Any]) -> None:
+        _write_atomically(self.job_dir(name) / "run.json", run)
+
+    def claim(self, name: str) -> "Ownership":
+        """Become the one fleet process running `name`; JobOwned if another one is."""
+        path = self.job_dir(name) / "owner.lock"
+        file = open(path, "a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            pid = file.read().strip()
+            file.close()
+            raise JobOwned(name, int(pid) if pid.isdigit() else None) from None
+        file.seek(0)
+        file.truncate()
+        file.write(f"{os.getpid()}\n")
+        file.flush()
+        return Ownership(file)
+
+    def owner(self, name: str) -> int | None:
+        """The pid of the fleet process running `name`, or None when none is."""
+        try:
+            ownership = self.claim(name)
+        except JobOwned as exc:
+            return exc.pid or -1
+        except FileNotFoundError:
+            return None
+        ownership.release()
+        return None
+
+
+def controller_id(home: Path) -> str:
+    """This controller: the machine and the store (the fleet.controller label)."""
+    return f"{socket.gethostname()}:{home.resolve()}"
+
+
+class JobOwned(InvalidInput):
+    def __init__(self, name: str, pid: int | None) -> None:
+        super().__init__(f"job {name} is run by another fleet process (pid {pid}); "
+                         f"`fleet stop {name}` stops it")
+        self.pid = pid
+
+
+class Ownership:
+    def __init__(self, file) -> None:
+        self._file = file
+
+    def release(self) -> None:
+        self._file.close()
+
+
+def _write_atomically(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+
 
 class JobRecord:
     """One job's describe.json, rewritten atomically on every change."""
@@ -72,10 +159,13 @@ class JobRecord:
         self.save()
 
     def save(self) -> None:
-        path = self.directory / "describe.json"
-        tmp = path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(self.data, indent=2) + "\n")
-        os.replace(tmp, path)
+        _write_atomically(self.directory / "describe.json", self.data)
+
+    def log_size(self, algo: str) -> int:
+        try:
+            return (self.directory / "logs" / f"{algo}.log").stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def open_log(self, algo: str) -> BinaryIO:
         return open(self.directory / "logs" / f"{algo}.log", "ab", buffering=0)

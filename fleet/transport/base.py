@@ -52,6 +52,12 @@ class RemoteProcess(abc.ABC):
     def close(self) -> None:
         """Abandon the command: close the channel (SSH) or kill it (local)."""
 
+    @property
+    def lost(self) -> bool:
+        """True when the command's end was not seen: the connection to the host went away
+        (the command may still be running there). Known once `wait` has returned."""
+        return False
+
 
 class Transport(abc.ABC):
     """One host: connect once, then start any number of commands, concurrently if wanted."""
@@ -71,6 +77,11 @@ class Transport(abc.ABC):
     @abc.abstractmethod
     async def close(self) -> None:
         """Close the connection; never raises."""
+
+    async def reconnect(self, timeout: float) -> None:
+        """Connect again after the connection was lost (a no-op while it is up); raise
+        HostError if that fails within `timeout` seconds."""
+        return None
 
     @property
     @abc.abstractmethod

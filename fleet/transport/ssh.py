@@ -54,12 +54,18 @@ class _SSHProcess(RemoteProcess):
     def __init__(self, process: asyncssh.SSHClientProcess, label: str) -> None:
         self._process = process
         self._label = label
+        self._lost = False
 
     async def _guard(self, work):
         try:
             return await work
         except (asyncssh.Error, OSError) as exc:
+            self._lost = True
             raise HostError(self._label, f"lost the SSH connection: {exc}") from None
+
+    @property
+    def lost(self) -> bool:
+        return self._lost
 
     async def read_stdout(self) -> bytes:
         return await self._guard(self._process.stdout.read(READ_SIZE))
@@ -80,25 +86,50 @@ class _SSHProcess(RemoteProcess):
     async def wait(self) -> int:
         completed = await self._guard(self._process.wait())
         status = completed.exit_status
+        if status is None and completed.exit_signal is None:
+            self._lost = True  # the channel closed without the command's end
         return status if status is not None and status >= 0 else -1
 
     def close(self) -> None:
         self._process.close()
 
 
+# A connection that stops answering (a link down) is given up after about
+# KEEPALIVE_INTERVAL * KEEPALIVE_COUNT seconds of silence; the supervisor then reconnects.
+KEEPALIVE_INTERVAL = 3
+KEEPALIVE_COUNT = 3
+
+
 class SSHTransport(Transport):
     def __init__(self, host: Host, label: str) -> None:
         super().__init__(host, label)
         self._conn: asyncssh.SSHClientConnection | None = None
+        self._connecting = asyncio.Lock()
+        self._closed = False
 
-    async def connect(self) -> None:
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None and not self._conn.is_closed()
+
+    async def reconnect(self, timeout: float) -> None:
+        async with self._connecting:
+            if self.connected or self._closed:
+                return
+            if self._conn is not None:
+                self._conn.abort()
+                self._conn = None
+            await self.connect(timeout)
+
+    async def connect(self, timeout: float | None = None) -> None:
         host = self.host
         known_hosts_path = Path(host.known_hosts).expanduser()
+        connect_timeout = min(host.connect_timeout, timeout) if timeout else host.connect_timeout
         options: dict = {
             "port": host.port,
-            "connect_timeout": host.connect_timeout,
+            "connect_timeout": connect_timeout,
             "encryption_algs": PREFERRED_CIPHERS,
-            "keepalive_interval": 15,
+            "keepalive_interval": KEEPALIVE_INTERVAL,
+            "keepalive_count_max": KEEPALIVE_COUNT,
         }
         if host.user:
             options["username"] = host.user
@@ -127,13 +158,15 @@ class SSHTransport(Transport):
         except ConnectionRefusedError:
             raise HostError(self.label, f"connection refused on port {host.port}") from None
         except (asyncio.TimeoutError, TimeoutError):
-            raise HostError(self.label, f"no SSH answer within {host.connect_timeout:g} s") from None
+            raise HostError(self.label, f"no SSH answer within {connect_timeout:g} s") from None
         except OSError as exc:
             raise HostError(self.label, f"cannot connect: {exc.strerror or exc}") from None
         except asyncssh.Error as exc:
             raise HostError(self.label, f"SSH failed: {exc.reason}") from None
 
     async def start(self, argv: Sequence[str]) -> RemoteProcess:
+        if self._conn is not None and self._conn.is_closed():  # lost: one more try
+            await self.reconnect(self.host.connect_timeout)
         if self._conn is None:
             raise HostError(self.label, "not connected")
         command = shlex.join(argv)  # the one place an argv becomes a remote command line
@@ -146,6 +179,7 @@ class SSHTransport(Transport):
         return _SSHProcess(process, self.label)
 
     async def close(self) -> None:
+        self._closed = True
         if self._conn is not None:
             self._conn.close()
             try:

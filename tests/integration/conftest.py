@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,30 @@ class TestHost:
         """Every container of `job` on this host, running or not."""
         out = self.docker("ps", "-a", "--filter", f"label=fleet.job={job}", "--format", "{{.Names}}")
         return out.split()
+
+    @property
+    def index(self) -> int:
+        """The host's number in scripts/local-cluster (N of its name `hN`)."""
+        return int(self.name.removeprefix("h"))
+
+    def _fault(self, *args: str) -> None:
+        subprocess.run([str(LOCAL_CLUSTER), *args], check=True, timeout=60)
+
+    def stop_sshd(self) -> None:
+        """Kill this host's sshd and every SSH session on it (SIGKILL, by pid): new
+        connections are refused, open ones are closed. Its containers live on."""
+        self._fault("sshd-stop", str(self.index))
+
+    def start_sshd(self) -> None:
+        """Start this host's sshd again as `up` did; returns once it accepts connections."""
+        self._fault("sshd-start", str(self.index))
+
+    def link(self, up: bool) -> None:
+        """Unplug (False) or plug back (True) the host's network link. Unplugged, its
+        packets vanish silently: open TCP connections stall (nothing is reset) and resume
+        once it is back, at their next retransmission, which backs off up to 2 minutes
+        after a long cut; new connections fail."""
+        self._fault("link", str(self.index), "up" if up else "down")
 
 
 @dataclass
@@ -166,6 +191,17 @@ def fleet(fleet_home, tmp_path, cluster) -> Fleet:
     jobs = fleet_home / "jobs"
     for path in jobs.iterdir() if jobs.exists() else []:
         assert cluster.leftovers(path.name) == [], f"job {path.name} left things behind"
+
+
+def wait_running(cluster: Cluster, name: str, count: int = 3) -> None:
+    """Until `count` containers of the job run (bounded: the test fails past 60 s)."""
+    for _ in range(600):
+        running = sum(bool(h.docker("ps", "-q", "--filter", f"label=fleet.job={name}").strip())
+                      for h in cluster.hosts)
+        if running >= count:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the containers of {name} never all ran")
 
 
 def make_job(script: str | None = None, *, count: int = 3, name: str | None = None, **fields) -> dict:

@@ -193,15 +193,18 @@ def test_containers_are_named_and_labelled_while_they_run(fleet, cluster):
     assert process.returncode == 130
 
 
-def test_a_host_with_gpus_but_no_gpu_runtime_fails_with_a_readable_error(fleet, cluster, tmp_path):
+def test_a_host_with_gpus_but_no_gpu_runtime_fails_in_preflight_with_a_readable_error(fleet, cluster, tmp_path):
     doc = cluster.inventory_doc()
     doc["hosts"][1]["gpus"] = "all"
     inventory = cluster.write_inventory(tmp_path / "gpu.yaml", doc)
-    job = make_job("sleep 5", count=2)
+    job = make_job("echo must not run", count=2)
     run = fleet.run_job(job, inventory=inventory)
     assert run.returncode == 1
     reason = fleet.record(job["ProcessingJobName"])["FailureReason"]
-    assert reason.startswith("ClientError: algo-2 (h2, 10.251.7.12): Docker there cannot give the container GPUs")
+    assert reason == ("ClientError: algo-2 (h2, 10.251.7.12): the inventory gives this host GPUs but Docker "
+                      "there has no NVIDIA runtime and no CDI GPU devices; install the NVIDIA Container "
+                      "Toolkit on that host, or remove `gpus` from its inventory entry")
+    assert "must not run" not in run.stdout  # preflight: nothing started anywhere, algo-1 included
     assert "Traceback" not in run.stderr
 
 

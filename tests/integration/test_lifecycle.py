@@ -6,18 +6,7 @@ import json
 import signal
 import time
 
-from conftest import make_job
-
-
-def _wait_running(cluster, name: str, count: int = 3) -> None:
-    """Until `count` containers of the job run (bounded: the test fails past 60 s)."""
-    for _ in range(600):
-        running = sum(bool(h.docker("ps", "-q", "--filter", f"label=fleet.job={name}").strip())
-                      for h in cluster.hosts)
-        if running >= count:
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"the containers of {name} never all ran")
+from conftest import make_job, wait_running as _wait_running
 
 
 def test_logs_are_printed_with_the_host_prefix_and_stored_raw(fleet):

@@ -20,6 +20,8 @@ from fleet.runtime import hostcommands
 from fleet.runtime.hostcommands import SessionReport
 
 IMAGE = "registry.lab/zq-image:1.0"
+RUN = "zq0run"
+CONTROLLER = "zq-controller:/home/zq/.fleet"
 NAME = "zq-job-7"
 HOSTILE_ENV = {
     "SUBSHELL": "$(touch MARKER)",
@@ -49,12 +51,14 @@ def processing_job(environment=None, count: int = 1):
     return parse_job(document, "job.json")
 
 
-def host_plan(workdir: str = "/srv/zq-work", docker: str = "docker", environment=None, count: int = 1):
-    hosts = [Host(address=f"h{i}.lab", name=f"h{i}", ip=f"10.0.0.{i}", user="ops", workdir=workdir, docker=docker)
+def host_plan(workdir: str = "/srv/zq-work", docker: str = "docker", environment=None, count: int = 1,
+              gpus=None):
+    hosts = [Host(address=f"h{i}.lab", name=f"h{i}", ip=f"10.0.0.{i}", user="ops", workdir=workdir, docker=docker,
+                  gpus=gpus)
              for i in range(1, count + 1)]
     job = processing_job(environment, count)
     return plan_cluster(job, hosts, [h.ip for h in hosts], stop_grace=30,
-                        region="us-east-1", account="000000000000").hosts
+                        region="us-east-1", account="000000000000", run_id=RUN, controller=CONTROLLER).hosts
 
 
 def fed(*chunks: bytes) -> SessionReport:
@@ -168,7 +172,7 @@ def test_cleanup_passes_every_user_value_as_a_positional_argument():
         argv = hostcommands.cleanup(plan, keep, 20)
         assert argv[:2] == ["sh", "-c"] and argv[3] == "fleet"
         assert plan.job_dir not in argv[2] and plan.container not in argv[2] and "zq-" not in argv[2]
-        assert argv[4:] == [plan.container, plan.job_dir, "keep" if keep else "remove"]
+        assert argv[4:] == [plan.container, plan.job_dir, "keep" if keep else "remove", RUN]
 
 
 def test_stop_and_kill_name_the_container_after_the_hosts_docker_command():
@@ -204,6 +208,13 @@ case "$1" in
     elif [ -n "$FAKE_MESSAGE" ]; then cp "$FAKE_MESSAGE" "$FAKE_MESSAGE_PATH"; fi
     echo "${FAKE_EXIT:-0}" ;;
   rm) exit 0 ;;
+  inspect)
+    [ -n "$FAKE_GONE" ] && { echo "Error: No such object: $3" >&2; exit 1; }
+    case "$3" in
+      *State.Status*) echo "${FAKE_RUN:-zq0run} ${FAKE_STATE:-running}" ;;
+      *) echo "${FAKE_RUN:-zq0run}" ;;
+    esac ;;
+  info) echo "${FAKE_RUNTIMES:-{\"runc\":{}\}}" ;;
   *) echo "fake docker: unexpected $*" >&2; exit 99 ;;
 esac
 """
@@ -212,18 +223,23 @@ esac
 class FakeHost:
     """A job directory under tmp_path and a fake docker that records its calls there."""
 
-    def __init__(self, tmp_path: Path, environment=None) -> None:
+    def __init__(self, tmp_path: Path, environment=None, gpus=None) -> None:
         self.dir = tmp_path
         self.docker = tmp_path / "bin" / "docker"
         self.docker.parent.mkdir()
         self.docker.write_text(FAKE_DOCKER)
         self.docker.chmod(0o755)
         self.plan = host_plan(workdir=str(tmp_path / "work"), docker=str(self.docker),
-                              environment=environment)[0]
+                              environment=environment, gpus=gpus)[0]
         self.env = {**os.environ, "FAKE_DIR": str(tmp_path), "FAKE_MESSAGE_PATH": self.plan.message_file}
 
-    def session(self, stdin: bytes, **env: str) -> tuple[subprocess.CompletedProcess, SessionReport]:
-        argv = hostcommands.session(self.plan, IMAGE, docker_timeout=10)
+    def session(self, stdin: bytes, volume_gb: int = 0, **env: str) -> tuple[subprocess.CompletedProcess, SessionReport]:
+        return self._run(hostcommands.session(self.plan, IMAGE, docker_timeout=10, volume_gb=volume_gb), stdin, env)
+
+    def resume(self, offset: int, stdin: bytes, **env: str) -> tuple[subprocess.CompletedProcess, SessionReport]:
+        return self._run(hostcommands.resume(self.plan, offset, docker_timeout=10), stdin, env)
+
+    def _run(self, argv: list[str], stdin: bytes, env: dict) -> tuple[subprocess.CompletedProcess, SessionReport]:
         # As over SSH: the argv joined once, parsed by the remote shell.
         result = subprocess.run(["sh", "-c", shlex.join(argv)], input=stdin, capture_output=True,
                                 env={**self.env, **env}, cwd=self.dir, timeout=20)
@@ -258,7 +274,8 @@ def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
         for path, content in fake.plan.files.items():
             assert (job_dir / path).read_bytes() == content
         assert sorted(str(p.relative_to(job_dir)) for p in job_dir.rglob("*") if p.is_file()) == \
-            sorted(fake.plan.files)
+            sorted([*fake.plan.files, ".fleet-run"])
+        assert (job_dir / ".fleet-run").read_text() == f"{RUN}\n{CONTROLLER}\n"
     finally:
         process.communicate(b"abort\n", timeout=20)
 
@@ -315,8 +332,96 @@ def test_cleanup_removes_the_job_dir_unless_kept(tmp_path: Path, keep, kept):
     fake = FakeHost(tmp_path)
     job_dir = Path(fake.plan.job_dir)
     (job_dir / "output").mkdir(parents=True)
+    (job_dir / ".fleet-run").write_text(f"{RUN}\n{CONTROLLER}\n")
     result = subprocess.run(["sh", "-c", shlex.join(hostcommands.cleanup(fake.plan, keep, 20))],
                             env=fake.env, capture_output=True, timeout=20)
     assert result.returncode == 0
     assert job_dir.exists() is kept
     assert "rm" in fake.calls
+
+
+# -- resuming a session; runs and their job directories --------------------------------------------
+
+def test_resume_sends_the_log_from_the_offset_on_then_exits_and_cleans(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    Path(fake.plan.job_dir).mkdir(parents=True)
+    (Path(fake.plan.job_dir) / ".fleet-run").write_text(f"{RUN}\n{CONTROLLER}\n")
+    result, report = fake.resume(5, b"clean\n", FAKE_EXIT="3")
+    assert result.stdout == b"line from the container\n"[5:]  # not a byte twice, none lost
+    assert report.events == ["started", "exited", "cleaned"], report.errors
+    assert report.exit_code == 3
+    assert "start" not in fake.calls and "create" not in fake.calls
+    assert not Path(fake.plan.job_dir).exists()
+
+
+def test_resume_refuses_a_container_of_another_run(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    result, report = fake.resume(0, b"clean\n", FAKE_RUN="zq9other")
+    assert result.returncode == hostcommands.GONE
+    assert "not this job run's" in report.errors
+    assert result.stdout == b"" and "rm" not in fake.calls and "wait" not in fake.calls
+
+
+def test_resume_of_a_gone_container_says_so(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    result, report = fake.resume(0, b"", FAKE_GONE="1")
+    assert result.returncode == hostcommands.GONE
+    assert "No such object" in report.errors
+
+
+def test_resume_of_a_container_never_started_does_not_start_it(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    result, report = fake.resume(0, b"", FAKE_STATE="created")
+    assert result.returncode == hostcommands.NOT_STARTED
+    assert "start" not in fake.calls
+
+
+def test_session_never_writes_into_another_runs_job_dir(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    job_dir = Path(fake.plan.job_dir)
+    job_dir.mkdir(parents=True)
+    (job_dir / ".fleet-run").write_text("zq9other\nelsewhere:/x\n")
+    result, report = fake.session(b"abort\n")
+    assert result.returncode == hostcommands.IN_USE
+    assert "zq9other" in report.errors
+    assert "create" not in fake.calls
+    assert (job_dir / ".fleet-run").read_text() == "zq9other\nelsewhere:/x\n"
+    assert not (job_dir / "config").exists()
+
+
+def test_session_refuses_a_workdir_without_the_volume_size_free(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    result, report = fake.session(b"abort\n", volume_gb=10 ** 9)  # an exabyte
+    assert result.returncode == hostcommands.NO_SPACE
+    assert int(report.errors.splitlines()[-1]) > 0  # the free KiB, for the message
+    assert "create" not in fake.calls
+
+
+def test_session_on_a_gpu_host_needs_a_gpu_runtime(tmp_path: Path):
+    fake = FakeHost(tmp_path, gpus="all")
+    result, _ = fake.session(b"abort\n")  # the fake daemon has runc only
+    assert result.returncode == hostcommands.NO_GPU_RUNTIME
+    assert "create" not in fake.calls
+    result, report = fake.session(b"abort\n", FAKE_RUNTIMES='{"nvidia":{"path":"nvidia-container-runtime"},"runc":{}}')
+    assert result.returncode == 0 and report.events == ["prepared"], report.errors
+
+
+def test_cleanup_leaves_another_runs_container_and_directory(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    job_dir = Path(fake.plan.job_dir)
+    job_dir.mkdir(parents=True)
+    (job_dir / ".fleet-run").write_text("zq9other\n")
+    result = subprocess.run(["sh", "-c", shlex.join(hostcommands.cleanup(fake.plan, False, 20))],
+                            env={**fake.env, "FAKE_RUN": "zq9other"}, capture_output=True, timeout=20)
+    assert result.returncode == 0
+    assert job_dir.is_dir()
+    assert "rm" not in fake.calls
+
+
+def test_a_resumed_report_drops_what_the_lost_session_half_said():
+    report = fed(b"fleet:prepared\nfleet:started\nfleet:mess")
+    report.resumed()
+    report.feed(b"fleet:started\nfleet:exit-code:0\nfleet:exited\n")
+    assert report.exit_code == 0
+    assert report.events == ["prepared", "started", "started", "exited"]
+    assert "mess" not in report.errors

@@ -1,0 +1,76 @@
+"""The job store: records newest first, the one owner of a job, run.json."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from fleet.cli import main
+from fleet.errors import InvalidInput
+from fleet.runtime.store import JobOwned, JobStore
+
+
+def record(name: str, created: str, status: str = "Completed", **extra) -> dict:
+    return {"ProcessingJobName": name, "ProcessingJobStatus": status, "CreationTime": created,
+            "Hosts": {"algo-1": {"Name": "h1", "Address": "10.0.0.1"}}, **extra}
+
+
+def test_records_come_newest_first(tmp_path: Path):
+    store = JobStore(tmp_path)
+    for name, created in [("b", "2026-01-02T00:00:00+00:00"), ("a", "2026-01-03T00:00:00+00:00"),
+                          ("c", "2026-01-01T00:00:00+00:00")]:
+        store.create(record(name, created))
+    (store.jobs / "broken").mkdir()
+    (store.jobs / "broken" / "describe.json").write_text("{not json")
+    assert [r["ProcessingJobName"] for r in store.records()] == ["a", "b", "c"]
+
+
+def test_a_job_has_one_owner_at_a_time(tmp_path: Path):
+    store = JobStore(tmp_path)
+    store.create(record("j", "2026-01-01T00:00:00+00:00", "InProgress"))
+    assert store.owner("j") is None
+    ownership = store.claim("j")
+    assert store.owner("j") == os.getpid()
+    with pytest.raises(JobOwned) as caught:
+        store.claim("j")
+    assert caught.value.pid == os.getpid() and "fleet stop j" in caught.value.message
+    ownership.release()
+    assert store.owner("j") is None
+    store.claim("j").release()
+
+
+def test_run_json_round_trips_and_its_absence_is_named(tmp_path: Path):
+    store = JobStore(tmp_path)
+    store.create(record("j", "2026-01-01T00:00:00+00:00"))
+    with pytest.raises(InvalidInput, match="has no run.json"):
+        store.read_run("j")
+    store.write_run("j", {"RunId": "abc"})
+    assert store.read_run("j") == {"RunId": "abc"}
+
+
+def test_fleet_list_shows_jobs_newest_first_and_filters(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("FLEET_HOME", str(tmp_path))
+    store = JobStore(tmp_path)
+    store.create(record("older", "2026-01-01T00:00:00+00:00", ProcessingStartTime="2026-01-01T00:00:01+00:00",
+                        ProcessingEndTime="2026-01-01T01:02:04+00:00"))
+    store.create(record("newer", "2026-01-02T00:00:00+00:00", "InProgress"))
+    assert main(["list"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["NAME", "STATUS", "HOSTS", "START", "DURATION"]
+    assert lines[1].startswith("newer") and "InProgress (no fleet process: fleet attach)" in lines[1]
+    assert lines[2].startswith("older") and "Completed" in lines[2] and lines[2].endswith("1:02:03")
+    assert main(["list", "--status", "Completed", "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["ProcessingJobName"] for r in listed] == ["older"]
+    assert listed[0]["ProcessingJobStatus"] == "Completed"
+
+
+def test_stop_of_an_ended_job_says_so(tmp_path: Path, monkeypatch, capsys):
+    monkeypatch.setenv("FLEET_HOME", str(tmp_path))
+    JobStore(tmp_path).create(record("done", "2026-01-01T00:00:00+00:00"))
+    assert main(["stop", "done"]) == 0
+    assert "already Completed; nothing to stop" in capsys.readouterr().err
+    assert main(["stop", "nosuch"]) == 2
