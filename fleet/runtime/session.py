@@ -22,7 +22,7 @@ from fleet.transport.base import RemoteProcess, drain
 
 
 RECONNECT_FIRST_DELAY = 0.25  # seconds; doubled after each failed attempt, up to:
-RECONNECT_MAX_DELAY = 2.0
+RECONNECT_MAX_DELAY = 1.0
 RECONNECT_ATTEMPT_TIMEOUT = 5.0  # one SSH connection attempt, at most
 
 
