@@ -165,18 +165,32 @@ class SSHTransport(Transport):
             raise HostError(self.label, f"SSH failed: {exc.reason}") from None
 
     async def start(self, argv: Sequence[str]) -> RemoteProcess:
-        if self._conn is not None and self._conn.is_closed():  # lost: one more try
-            await self.reconnect(self.host.connect_timeout)
-        if self._conn is None:
-            raise HostError(self.label, "not connected")
         command = shlex.join(argv)  # the one place an argv becomes a remote command line
+        for attempt in (1, 2):
+            if self._conn is not None and self._conn.is_closed():  # lost: connect again
+                await self.reconnect(self.host.connect_timeout)
+            if self._conn is None:
+                raise HostError(self.label, "not connected")
+            try:
+                process = await self._conn.create_process(command, encoding=None)
+            except (asyncssh.Error, OSError) as exc:
+                # A connection that was closing (a keepalive gave up on it) refuses channels:
+                # once it has closed, connect again and try once more.
+                if attempt == 1 and not self._closed and await self._closes_soon():
+                    continue
+                if isinstance(exc, asyncssh.ChannelOpenError):
+                    raise HostError(self.label, f"SSH channel refused: {exc.reason}") from None
+                raise HostError(self.label, f"lost the SSH connection: {exc}") from None
+            return _SSHProcess(process, self.label)
+        raise AssertionError("unreachable")
+
+    async def _closes_soon(self) -> bool:
+        assert self._conn is not None
         try:
-            process = await self._conn.create_process(command, encoding=None)
-        except asyncssh.ChannelOpenError as exc:
-            raise HostError(self.label, f"SSH channel refused: {exc.reason}") from None
-        except (asyncssh.Error, OSError) as exc:
-            raise HostError(self.label, f"lost the SSH connection: {exc}") from None
-        return _SSHProcess(process, self.label)
+            await asyncio.wait_for(self._conn.wait_closed(), 2)
+        except (asyncio.TimeoutError, OSError, asyncssh.Error):
+            return False
+        return True
 
     async def close(self) -> None:
         self._closed = True

@@ -62,6 +62,17 @@ def _start(fleet, cluster, job: dict, *args: str):
     return fleet.start("run", "--inventory", str(cluster.inventory), str(fleet.write_job(job)), *args)
 
 
+def _start_long(fleet, cluster, *args: str) -> tuple[str, object]:
+    """A LONG job, once every container of it is up and says so."""
+    job = make_job(LONG)
+    name = job["ProcessingJobName"]
+    process = _start(fleet, cluster, job, *args)
+    wait_running(cluster, name)
+    for k in (1, 2, 3):
+        _wait_for_log(fleet, name, f"algo-{k}", "up on")
+    return name, process
+
+
 def _sigkill(process) -> None:
     process.send_signal(signal.SIGKILL)
     process.communicate(timeout=30)
@@ -74,12 +85,7 @@ def _containers(cluster, name: str) -> list[str]:
 # -- fleet stop ----------------------------------------------------------------------------------
 
 def test_fleet_stop_from_a_second_process_stops_the_job_and_run_exits_130(fleet, cluster):
-    job = make_job(LONG)
-    name = job["ProcessingJobName"]
-    process = _start(fleet, cluster, job)
-    wait_running(cluster, name)
-    for k in (1, 2, 3):
-        _wait_for_log(fleet, name, f"algo-{k}", "up on")
+    name, process = _start_long(fleet, cluster)
     stop = fleet("stop", name, timeout=60)
     assert stop.returncode == 0, stop.stderr
     assert f"{name}: Stopped" in stop.stderr
@@ -92,12 +98,7 @@ def test_fleet_stop_from_a_second_process_stops_the_job_and_run_exits_130(fleet,
 
 
 def test_fleet_stop_with_no_fleet_run_left_stops_at_the_hosts(fleet, cluster):
-    job = make_job(LONG)
-    name = job["ProcessingJobName"]
-    process = _start(fleet, cluster, job)
-    wait_running(cluster, name)
-    for k in (1, 2, 3):
-        _wait_for_log(fleet, name, f"algo-{k}", "up on")
+    name, process = _start_long(fleet, cluster)
     _sigkill(process)
     assert fleet.record(name)["ProcessingJobStatus"] == "InProgress"
     listed = fleet("list")
@@ -180,12 +181,7 @@ def test_a_link_down_for_10_s_is_survived(fleet, cluster, tmp_path):
 
 
 def test_a_host_out_of_reach_past_host_timeout_fails_the_job_and_gc_clears_it(fleet, cluster):
-    job = make_job(LONG)
-    name = job["ProcessingJobName"]
-    process = _start(fleet, cluster, job, "--host-timeout", "4", "--docker-timeout", "3")
-    wait_running(cluster, name)
-    for k in (1, 2, 3):
-        _wait_for_log(fleet, name, f"algo-{k}", "up on")
+    name, process = _start_long(fleet, cluster, "--host-timeout", "4", "--docker-timeout", "3")
     cluster.hosts[1].link(up=False)
     try:
         out, err = process.communicate(timeout=120)
