@@ -142,8 +142,9 @@ class JobExecution:
             if takeover is None:
                 await self._unless_stopped(_together(self._connect_all(), asyncio.shield(self._data_ready)))
                 addresses = self._addresses()
-            else:  # a stop asked for already is carried out once the hosts are reached
-                await _together(self._connect_all(), asyncio.shield(self._data_ready))
+            else:  # each host's session connects itself, for up to --host-timeout;
+                # a stop asked for already is carried out once the hosts are reached
+                await asyncio.shield(self._data_ready)
                 addresses = takeover.addresses
             self.plan = plan_cluster(self.job, self.hosts, addresses, stop_grace=self.options.stop_grace,
                                      region=self.options.region, account=self.options.account,
@@ -239,10 +240,8 @@ class JobExecution:
     async def _resume_all(self) -> None:
         """Take over every host's session where the stored log ends."""
         self._make_sessions()
-
-        async def resume(index: int, session: HostSession) -> None:
+        for session in self.sessions:
             await session.resume(self.record.log_size(session.plan.algo))
-        await self._on_all_hosts(list(enumerate(self.sessions)), resume)
 
     async def _prepare_all(self) -> None:
         """Open every host's session and wait until each is checked and written.

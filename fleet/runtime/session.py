@@ -65,7 +65,7 @@ class HostSession:
         """Take over this run's started container: its log from byte `offset` on (what the
         store already has), its exit, its removal."""
         self.received = offset
-        self._process = await self.transport.start(hostcommands.resume(self.plan, offset, self.docker_timeout))
+        self._events["started"].set()  # by the fleet process that ran the job
         self._reader = asyncio.create_task(self._read())
 
     def _output(self, chunk: bytes) -> None:
@@ -79,6 +79,8 @@ class HostSession:
 
         try:
             while True:
+                if self._process is None:  # taking over: reach the host (as after a loss)
+                    self._process = await self._reconnect(None)
                 process = self._process
                 assert process is not None
                 try:
@@ -100,12 +102,13 @@ class HostSession:
         finally:
             self._ended.set()
 
-    async def _reconnect(self, lost: FleetError) -> RemoteProcess:
-        """Connect again with backoff and resume the session where its log stopped; raise
+    async def _reconnect(self, lost: FleetError | None) -> RemoteProcess:
+        """Connect (again) with backoff and resume the session where its log stopped; raise
         HostLost after `host_timeout` seconds without success."""
         loop = asyncio.get_running_loop()
         since = loop.time()
-        self._notice(f"{lost.message}; reconnecting (for up to {self.host_timeout:g} s)")
+        if lost is not None:
+            self._notice(f"{lost.message}; reconnecting (for up to {self.host_timeout:g} s)")
         delay = RECONNECT_FIRST_DELAY
         while True:
             left = self.host_timeout - (loop.time() - since)
@@ -119,8 +122,9 @@ class HostSession:
                 await asyncio.sleep(min(delay, max(0.0, self.host_timeout - (loop.time() - since))))
                 delay = min(delay * 2, RECONNECT_MAX_DELAY)
                 continue
-            self.reconnects.append(loop.time() - since)
-            self._notice(f"{self.label}: reconnected after {loop.time() - since:.1f} s; supervising again")
+            if lost is not None:
+                self.reconnects.append(loop.time() - since)
+                self._notice(f"{self.label}: reconnected after {loop.time() - since:.1f} s; supervising again")
             return process
 
     async def _until(self, event: str) -> bool:

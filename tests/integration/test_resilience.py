@@ -134,6 +134,24 @@ def test_attach_after_a_sigkilled_controller_finishes_the_job_as_run_would(fleet
     assert again.returncode == 2 and "it no longer runs" in again.stderr
 
 
+def test_attach_waits_for_a_host_out_of_reach_for_a_while(fleet, cluster, tmp_path):
+    job, target = _ticks_job(tmp_path)
+    name = job["ProcessingJobName"]
+    process = _start(fleet, cluster, job, "--host-timeout", "60")
+    for k in (1, 2, 3):
+        _wait_for_log(fleet, name, f"algo-{k}", "line 2 of")
+    _sigkill(process)
+    cluster.hosts[1].link(up=False)
+    attach = fleet.start("attach", name)
+    try:
+        time.sleep(4)
+    finally:
+        cluster.hosts[1].link(up=True)
+    out, err = attach.communicate(timeout=90)
+    assert attach.returncode == 0, err
+    _assert_complete(fleet, name, target)
+
+
 def test_attach_while_fleet_run_lives_is_refused(fleet, cluster):
     job = make_job(LONG)
     name = job["ProcessingJobName"]
