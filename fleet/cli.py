@@ -15,7 +15,6 @@ import shlex
 import signal
 import socket
 import sys
-import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -313,13 +312,13 @@ async def _asynchronous(args: argparse.Namespace, console: Console) -> int:
         return await _take_over(args.name, console, stop=False)
     if args.verb == "stop":
         return await _stop(args.name, console)
-    from fleet.runtime import hostcare
+    from fleet.runtime import leftovers, preflight
     inventory = load_inventory(args.inventory)
     if args.verb == "gc":
-        return await hostcare.collect_garbage(inventory, JobStore(fleet_home()), console,
+        return await leftovers.collect_garbage(inventory, JobStore(fleet_home()), console,
                                               dry_run=args.dry_run, docker_timeout=args.docker_timeout)
     job = load_job(args.job) if args.job else None
-    return await hostcare.check(inventory, job, console, docker_timeout=args.docker_timeout)
+    return await preflight.check(inventory, job, console, docker_timeout=args.docker_timeout)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,49 +1,23 @@
-"""Looking after the hosts between jobs: `fleet check` (preflight alone, a row per host) and
-`fleet gc` (containers and job directories of jobs that no longer run).
-
-Both reach every host of the inventory in parallel; what to do is decided by pure
-functions (`check_row`, `leftovers_to_remove`) from what the hosts reported.
-"""
+"""`fleet gc`: containers and job directories that jobs which no longer run left on the
+hosts. Every host is listed in parallel; what goes is decided by `leftovers_to_remove`, pure:
+only this controller's, only of jobs that are not running."""
 
 from __future__ import annotations
 
 import asyncio
 import posixpath
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from fleet.contract.container import CONTROLLER_LABEL, JOB_LABEL, RUN_LABEL
 from fleet.contract.describe import TERMINAL
-from fleet.contract.job import JOB_NAME_PATTERN, ProcessingJob
+from fleet.contract.job import JOB_NAME_PATTERN
 from fleet.errors import FleetError, InvalidInput
 from fleet.inventory import Host, Inventory
 from fleet.runtime import hostcommands
 from fleet.runtime.console import Console
 from fleet.runtime.store import JobStore, controller_id
 from fleet.transport import Transport, transport_for
-
-_CHECK = """
-image=$1 need_kb=$2 gpus=$3 root=$4
-out=$(d_bounded version --format '{{.Server.Version}}' 2>&1)
-rc=$?
-if [ $rc -eq 124 ]; then echo "docker=did not answer"; exit 0; fi
-if [ $rc -ne 0 ]; then printf 'docker=%s\\n' "$(printf '%s' "$out" | tail -n 1)"; exit 0; fi
-printf 'docker=ok %s\\n' "$out"
-if [ -n "$image" ]; then
-  if d_bounded image inspect "$image" >/dev/null 2>&1; then echo "image=present"
-  elif err=$(d pull --quiet "$image" 2>&1 >/dev/null); then echo "image=pulled"
-  else printf 'image=%s\\n' "$(printf '%s' "$err" | tail -n 1)"; fi
-fi
-if mkdir -p -- "$root" 2>/dev/null && probe=$(mktemp -p "$root" .fleet-check.XXXXXX 2>/dev/null); then
-  rm -f -- "$probe"; echo "writable=yes"
-else
-  echo "writable=no"
-fi
-printf 'free_kb=%s\\n' "$(free_kb "$root")"
-if [ "$gpus" = 1 ]; then
-  if gpu_runtime; then echo "gpus=ok"; else echo "gpus=missing"; fi
-fi
-"""
 
 _LIST = f"""
 root=$1
@@ -73,94 +47,6 @@ exit 0
 def _on_host(host: Host, body: str, args: list[str], docker_timeout: int) -> list[str]:
     return hostcommands.script(host.docker_command, body, args, docker_timeout=docker_timeout)
 
-
-# -- fleet check ------------------------------------------------------------------------------
-
-@dataclass
-class CheckRow:
-    host: str
-    ssh: str = "-"
-    docker: str = "-"
-    image: str = "-"
-    disk: str = "-"
-    gpus: str = "-"
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def check_row(host: str, report: dict[str, str], *, need_kb: int, image: str | None, gpus: bool) -> CheckRow:
-    """What one host's check script said → a row, with every problem named."""
-    row = CheckRow(host, ssh="ok")
-    docker = report.get("docker", "no answer")
-    row.docker = docker.removeprefix("ok ") if docker.startswith("ok") else "FAIL"
-    if not docker.startswith("ok"):
-        row.problems.append(f"docker: {docker}")
-        return row
-    if image:
-        row.image = report.get("image", "?")
-        if row.image not in ("present", "pulled"):
-            row.problems.append(f"image {image}: {row.image}")
-            row.image = "FAIL"
-    free = report.get("free_kb", "")
-    if report.get("writable") != "yes":
-        row.problems.append("workdir not writable")
-    if free.isdigit():
-        row.disk = f"{int(free) / 1024 / 1024:.1f} GiB free"
-        if int(free) < need_kb:
-            row.problems.append(f"{int(free) / 1024 / 1024:.1f} GiB free, VolumeSizeInGB needs "
-                                f"{need_kb / 1024 / 1024:.0f} GiB")
-    else:
-        row.problems.append("free space unknown")
-    if gpus:
-        row.gpus = report.get("gpus", "?")
-        if row.gpus != "ok":
-            row.problems.append("GPUs: no NVIDIA runtime or CDI devices")
-    return row
-
-
-def _parse_report(text: str) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-
-
-async def check(inventory: Inventory, job: ProcessingJob | None, console: Console, *,
-                docker_timeout: int) -> int:
-    """`fleet check`: preflight every host in parallel; a table; 0 when every host passed."""
-    image = job.AppSpecification.ImageUri if job else None
-    need_kb = job.ProcessingResources.ClusterConfig.VolumeSizeInGB * 1024 * 1024 if job else 0
-    if job is not None and job.instance_count > len(inventory.hosts):
-        console.notice(f"the job asks for {job.instance_count} hosts; the inventory has {len(inventory.hosts)}")
-
-    async def one(host: Host) -> CheckRow:
-        label = f"{host.label} ({host.address})" if host.label != host.address else host.label
-        transport = transport_for(host, label)
-        try:
-            await transport.connect()
-            result = await asyncio.wait_for(transport.run(_on_host(
-                host, _CHECK, [image or "", str(need_kb), "1" if host.gpus else "0", host.job_root],
-                docker_timeout)), docker_timeout * 3 + (600 if image else 0))
-        except FleetError as exc:
-            return CheckRow(label, ssh="FAIL", problems=[exc.message])
-        except asyncio.TimeoutError:
-            return CheckRow(label, ssh="ok", problems=["the check did not finish"])
-        finally:
-            await transport.close()
-        return check_row(label, _parse_report(result.stdout.decode(errors="replace")),
-                         need_kb=need_kb, image=image, gpus=bool(host.gpus))
-
-    rows = await asyncio.gather(*(one(h) for h in inventory.hosts))
-    table = [("HOST", "SSH", "DOCKER", "IMAGE", "DISK", "GPUS", "RESULT")]
-    table += [(r.host, r.ssh, r.docker, r.image, r.disk, r.gpus, "ok" if r.ok else "FAIL: " + "; ".join(r.problems))
-              for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(6)]
-    for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[6])
-    return 0 if all(r.ok for r in rows) else 1
-
-
-# -- fleet gc ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class Leftover:
@@ -229,7 +115,6 @@ async def collect_garbage(inventory: Inventory, store: JobStore, console: Consol
     """`fleet gc`: on every host, remove what jobs that no longer run left; 0 when all went."""
     running = _running_jobs(store)
     controller = controller_id(store.home)
-    failures = 0
 
     async def one(host: Host) -> int:
         label = f"{host.label} ({host.address})" if host.label != host.address else host.label
