@@ -74,9 +74,10 @@ class TestHost:
 
     def link(self, up: bool) -> None:
         """Unplug (False) or plug back (True) the host's network link. Unplugged, its
-        packets vanish silently: open TCP connections stall (nothing is reset) and resume
-        once it is back, at their next retransmission, which backs off up to 2 minutes
-        after a long cut; new connections fail."""
+        packets vanish silently: new connections fail (time out, or "No route to host"
+        once ARP gives up), open ones stall (nothing is reset) and resume once it is back,
+        at their next retransmission: data from the host within ~0.5 s, data to it backed
+        off (16 s after a 40 s cut, up to 2 min)."""
         self._fault("link", str(self.index), "up" if up else "down")
 
 
