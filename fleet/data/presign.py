@@ -8,6 +8,7 @@ signed here with the same scope and a cached signing key (~20 µs).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import time
@@ -43,17 +44,23 @@ class BucketSigner:
         day = amz_date[:8]
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
         path = self.path_prefix + _quote(key, safe="/~")
-        query = {"X-Amz-Algorithm": "AWS4-HMAC-SHA256", "X-Amz-Credential": f"{access_key}/{scope}",
-                 "X-Amz-Date": amz_date, "X-Amz-Expires": str(EXPIRES), "X-Amz-SignedHeaders": "host"}
-        if token:
-            query["X-Amz-Security-Token"] = token
-        canonical_query = "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
+        canonical_query = _canonical_query(access_key, scope, amz_date, token)
         canonical = f"{method}\n{path}\n{canonical_query}\nhost:{self.host}\n\nhost\nUNSIGNED-PAYLOAD"
         to_sign = (f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
                    f"{hashlib.sha256(canonical.encode()).hexdigest()}")
         signature = hmac.new(_signing_key(secret_key, day, self.region, self.service), to_sign.encode(),
                              hashlib.sha256).hexdigest()
         return f"{self.scheme}://{self.host}{path}?{canonical_query}&X-Amz-Signature={signature}"
+
+
+@functools.lru_cache(maxsize=8)
+def _canonical_query(access_key: str, scope: str, amz_date: str, token: str | None) -> str:
+    """The query of every URL signed within one second (quoting it was ~40% of a URL's cost)."""
+    query = {"X-Amz-Algorithm": "AWS4-HMAC-SHA256", "X-Amz-Credential": f"{access_key}/{scope}",
+             "X-Amz-Date": amz_date, "X-Amz-Expires": str(EXPIRES), "X-Amz-SignedHeaders": "host"}
+    if token:
+        query["X-Amz-Security-Token"] = token
+    return "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
 
 
 _keys: dict[tuple[str, str, str, str], bytes] = {}
