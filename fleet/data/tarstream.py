@@ -15,13 +15,28 @@ BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 
 
+_USTAR_TAIL = b"0\0" + b"\0" * 99 + b"ustar\x0000" + b"\0" * 247  # typeflag .. the block's end
+_MAX_OCTAL_SIZE = 8 ** 11 - 1
+
+
 def file_header(name: str, size: int, mtime: float = 0) -> bytes:
     """A regular file's header (pax for long or non-ASCII names)."""
+    if name.isascii() and len(name) < 100 and 0 <= size <= _MAX_OCTAL_SIZE and 0 <= mtime < 8 ** 11:
+        return _ustar_header(name.encode("ascii"), size, int(mtime))
     info = tarfile.TarInfo(name)
     info.size = size
     info.mode = 0o644
     info.mtime = int(mtime)
     return info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8", errors="surrogateescape")
+
+
+def _ustar_header(name: bytes, size: int, mtime: int) -> bytes:
+    """The bytes tarfile writes for a short ASCII name, made directly (2,000 small objects
+    spent ~80 ms in tarfile building them)."""
+    head = (name.ljust(100, b"\0") + b"0000644\0" + b"0000000\0" + b"0000000\0"
+            + b"%011o\0" % size + b"%011o\0" % mtime)
+    checksum = sum(head) + 8 * 0x20 + sum(_USTAR_TAIL)  # the checksum field counts as spaces
+    return head + b"%06o\0 " % checksum + _USTAR_TAIL
 
 
 def padding(size: int) -> bytes:

@@ -246,3 +246,12 @@ async def test_a_truncated_stream_raises_eof_error(cut, chunk):
 async def test_a_stream_truncated_inside_a_header_raises_eof_error(cut):
     with pytest.raises(EOFError):
         await read_archive(truncated_archive(cut), 513)
+
+
+@pytest.mark.parametrize("name", ["a", "a/b.csv", "x" * 99, "x" * 100, "dir/ü.txt", "sp ace/%$'\"", "a" * 300])
+@pytest.mark.parametrize("size", [0, 1, 4096, 8 ** 11 - 1, 8 ** 11])
+def test_file_header_is_the_one_tarfile_writes(name, size):
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = size, 0o644, 0
+    assert file_header(name, size) == info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8",
+                                                           errors="surrogateescape")
