@@ -37,7 +37,9 @@ SSH_ATTEMPTS = 3
 
 # GNU tar reads 1 MiB records (-b 2048, -B: whole records from a pipe) instead of 10 KiB:
 # measured ~10% faster to 3 hosts. Other tars (busybox) get the plain command.
-_EXTRACT = ('mkdir -p -m 0777 -- "$1" || exit\n'
+# Not `mkdir -p`: the job directory's inputs/ must exist already, so a channel that runs
+# late (after a failed preparation removed the job directory) recreates nothing.
+_EXTRACT = ('{ mkdir -m 0777 -- "$1" 2>/dev/null || [ -d "$1" ]; } || exit\n'
             'case $(tar --version 2>/dev/null) in\n'
             '  *GNU*) exec tar -x -B -b 2048 -f - -C "$1" ;;\n'
             '  *) exec tar -x -f - -C "$1" ;;\n'

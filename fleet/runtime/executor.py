@@ -256,11 +256,18 @@ class JobExecution:
             await session.open(image, timeout, volume)
             await session.prepared(image, timeout)
 
+        async def stage() -> None:
+            # The inputs stream into each host's inputs/N.partial (nothing reads them before
+            # `go`) while docker is checked, the image pulled and the container created.
+            await asyncio.shield(self._data_ready)
+            if not self.job.inputs:
+                return
+            if not all(await asyncio.gather(*(s.written() for s in self.sessions))):
+                await asyncio.Event().wait()  # a host failed: its preparation error ends this
+            await self.data.stage(self.plan.hosts, self.transports)
+
         try:
-            await _together(self._on_all_hosts(list(enumerate(self.sessions)), prepare),
-                            asyncio.shield(self._data_ready))
-            if self.job.inputs:
-                await self.data.stage(self.plan.hosts, self.transports)
+            await _together(self._on_all_hosts(list(enumerate(self.sessions)), prepare), stage())
         except BaseException:
             await asyncio.gather(*(s.abort() for s in self.sessions), return_exceptions=True)
             raise

@@ -88,17 +88,8 @@ printf 'fleet:cleaned\\n' >&2
 _SESSION = f"""
 job_dir=$1 image=$2 name=$3 message=$4 run=$5 need_kb=$6 gpus=$7 ndirs=$8 nfiles=$9
 shift 9
-out=$(d_bounded image inspect --format '{{{{.Id}}}}' "$image" 2>&1)
-rc=$?
-if [ $rc -eq 124 ]; then exit {DOCKER_TIMEOUT}; fi
-if [ $rc -eq 127 ]; then printf '%s\\n' "$out" >&2; exit {DOCKER_MISSING}; fi
-if [ $rc -ne 0 ]; then
-  case $out in
-    *"o such image"*) d pull --quiet "$image" >/dev/null || exit {PULL_FAILED} ;;
-    *) printf '%s\\n' "$out" >&2; exit {DOCKER_FAILED} ;;
-  esac
-fi
-if [ "$gpus" = 1 ] && ! gpu_runtime; then exit {NO_GPU_RUNTIME}; fi
+# The job directory first: the controller streams the inputs in (`written`) while docker is
+# checked, the image pulled and the container created.
 mkdir -p -- "${{job_dir%/*/*}}" || exit {WRITE_FAILED}
 free=$(free_kb "${{job_dir%/*/*}}")
 if [ -n "$free" ] && [ "$free" -lt "$need_kb" ]; then printf '%s\\n' "$free" >&2; exit {NO_SPACE}; fi
@@ -118,6 +109,19 @@ while [ "$nfiles" -gt 0 ]; do
   printf '%s' "$2" > "$job_dir/$1" || exit {WRITE_FAILED}
   shift 2; nfiles=$((nfiles - 1))
 done
+mkdir -p -m 0777 -- "$job_dir/inputs" || exit {WRITE_FAILED}
+printf 'fleet:written\\n' >&2
+out=$(d_bounded image inspect --format '{{{{.Id}}}}' "$image" 2>&1)
+rc=$?
+if [ $rc -eq 124 ]; then exit {DOCKER_TIMEOUT}; fi
+if [ $rc -eq 127 ]; then printf '%s\\n' "$out" >&2; exit {DOCKER_MISSING}; fi
+if [ $rc -ne 0 ]; then
+  case $out in
+    *"o such image"*) d pull --quiet "$image" >/dev/null || exit {PULL_FAILED} ;;
+    *) printf '%s\\n' "$out" >&2; exit {DOCKER_FAILED} ;;
+  esac
+fi
+if [ "$gpus" = 1 ] && ! gpu_runtime; then exit {NO_GPU_RUNTIME}; fi
 d "$@" >/dev/null || exit {CREATE_FAILED}
 printf 'fleet:prepared\\n' >&2
 IFS= read -r go || go=abort
@@ -218,7 +222,7 @@ def cleanup(plan: HostPlan, keep: bool, docker_timeout: int) -> list[str]:
 class SessionReport:
     """What a session has said on stderr so far, parsed as it arrives."""
 
-    events: list[str] = field(default_factory=list)  # prepared, started, exited, cleaned
+    events: list[str] = field(default_factory=list)  # written, prepared, started, exited, cleaned
     exit_code: int | None = None
     message: bytes | None = None
     said: bytearray = field(default_factory=bytearray)  # docker's own words, for errors
@@ -246,7 +250,8 @@ class SessionReport:
             elif line.startswith(b"fleet:message:"):
                 self._message_left = _int(line.removeprefix(b"fleet:message:")) or 0
                 self.message = b""
-            elif line in (b"fleet:prepared", b"fleet:started", b"fleet:exited", b"fleet:cleaned"):
+            elif line in (b"fleet:written", b"fleet:prepared", b"fleet:started", b"fleet:exited",
+                          b"fleet:cleaned"):
                 event = line.decode().removeprefix("fleet:")
                 self.events.append(event)
                 new.append(event)

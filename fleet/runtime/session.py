@@ -41,7 +41,7 @@ class HostSession:
         self._on_output = on_output
         self._process: RemoteProcess | None = None
         self._events: dict[str, asyncio.Event] = {
-            name: asyncio.Event() for name in ("prepared", "started", "exited", "cleaned")}
+            name: asyncio.Event() for name in ("written", "prepared", "started", "exited", "cleaned")}
         self._ended = asyncio.Event()
         self._status: int | None = None
         self._lost: FleetError | None = None
@@ -137,6 +137,11 @@ class HostSession:
             waiter.cancel()
             ender.cancel()
         return self._events[event].is_set()
+
+    async def written(self) -> bool:
+        """Wait until the job directory is written (inputs may stream in); False if the
+        session ended first (`prepared` tells why)."""
+        return await self._until("written")
 
     async def prepared(self, image: str, docker_timeout: int) -> None:
         """Wait until the host is checked and its job directory written; raise what went wrong."""

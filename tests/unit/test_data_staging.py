@@ -72,9 +72,16 @@ def no_backoff(monkeypatch):
     monkeypatch.setattr(staging, "backoff", immediately)
 
 
+def inputs_dir(tmp_path: Path, host: int) -> Path:
+    """A host's job directory's inputs/, as its session writes it before staging starts."""
+    path = tmp_path / f"host{host}" / "inputs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def destinations(tmp_path: Path, hosts: int) -> list[Destination]:
     return [Destination(f"algo-{i} (h{i}, 127.0.0.1)", CountingTransport(f"algo-{i}"),
-                        str(tmp_path / f"host{i}" / "inputs" / "1.partial"))
+                        str(inputs_dir(tmp_path, i) / "1.partial"))
             for i in range(1, hosts + 1)]
 
 
@@ -220,10 +227,9 @@ async def test_destination_whose_tar_fails_is_a_client_error_naming_it_after_ret
     dests = destinations(tmp_path, 3)
     bad = Path(dests[1].directory)
     if blocker == "file-as-directory":
-        bad.parent.mkdir(parents=True)
         bad.write_bytes(b"in the way")
     else:
-        bad.parent.parent.mkdir(parents=True)
+        bad.parent.rmdir()
         bad.parent.write_bytes(b"in the way")
     with pytest.raises(ClientError) as caught:
         await stage_input([objects] * 3, dests, FakeSources(data), TransferCount(), replicated=True)
@@ -240,8 +246,23 @@ async def test_destination_lost_once_is_retried_and_ends_up_complete(tmp_path):
     objects = input_objects(data)
     dests = destinations(tmp_path, 2)
     flaky = Destination("algo-3 (h3, 127.0.0.1)", FlakyTransport("algo-3", failures=1),
-                        str(tmp_path / "host3" / "inputs" / "1.partial"))
+                        str(inputs_dir(tmp_path, 3) / "1.partial"))
     await stage_input([objects] * 3, dests + [flaky], FakeSources(data), TransferCount(), replicated=True)
     for dest in dests + [flaky]:
         assert tree(dest.directory) == expected(objects, data)
     assert flaky.transport.started == staging.LANES + 1
+
+
+async def test_a_job_directory_that_is_gone_is_not_recreated(tmp_path, monkeypatch):
+    # A data channel that runs after a failed preparation removed the job directory.
+    monkeypatch.setattr(staging, "SSH_ATTEMPTS", 1)
+    data = dataset(small=3)
+    objects = input_objects(data)
+    dests = destinations(tmp_path, 1)
+    host = tmp_path / "host1"
+    for path in sorted(host.rglob("*"), reverse=True):
+        path.rmdir()
+    host.rmdir()
+    with pytest.raises(ClientError):
+        await stage_input([objects], dests, FakeSources(data), TransferCount(), replicated=True)
+    assert not host.exists()

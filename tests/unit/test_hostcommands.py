@@ -260,7 +260,7 @@ class FakeHost:
 def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
     fake = FakeHost(tmp_path)
     result, report = fake.session(b"")  # EOF before `go`: aborts after preparing
-    assert report.events == ["prepared"]
+    assert report.events == ["written", "prepared"]
     assert "start" not in fake.calls
     # Aborting removes what it wrote; prepare again and look before answering.
     job_dir = Path(fake.plan.job_dir)
@@ -268,6 +268,9 @@ def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
     process = subprocess.Popen(["sh", "-c", shlex.join(argv)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, env=fake.env, cwd=tmp_path)
     try:
+        assert process.stderr.readline() == b"fleet:written\n"  # inputs may stream in from now
+        for directory in [*fake.plan.dirs, "inputs"]:
+            assert (job_dir / directory).is_dir()
         assert process.stderr.readline() == b"fleet:prepared\n"
         for directory in fake.plan.dirs:
             assert (job_dir / directory).is_dir()
@@ -293,7 +296,7 @@ def test_docker_receives_the_create_argv_word_for_word(tmp_path: Path):
     marker = tmp_path / "MARKER"
     fake = FakeHost(tmp_path, environment=HOSTILE_ENV)
     result, report = fake.session(b"go\nclean\n", FAKE_EXIT="0")
-    assert report.events == ["prepared", "started", "exited", "cleaned"], report.errors
+    assert report.events == ["written", "prepared", "started", "exited", "cleaned"], report.errors
     assert fake.run_argv == fake.plan.docker_create
     assert not marker.exists()  # no value was ever run by a shell
     assert result.stdout == b"line from the container\n"
@@ -403,7 +406,7 @@ def test_session_on_a_gpu_host_needs_a_gpu_runtime(tmp_path: Path):
     assert result.returncode == hostcommands.NO_GPU_RUNTIME
     assert "create" not in fake.calls
     result, report = fake.session(b"abort\n", FAKE_RUNTIMES='{"nvidia":{"path":"nvidia-container-runtime"},"runc":{}}')
-    assert result.returncode == 0 and report.events == ["prepared"], report.errors
+    assert result.returncode == 0 and report.events == ["written", "prepared"], report.errors
 
 
 def test_cleanup_leaves_another_runs_container_and_directory(tmp_path: Path):
