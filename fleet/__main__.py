@@ -1,5 +1,3 @@
-import sys
+from fleet.cli import entry
 
-from fleet.cli import main
-
-sys.exit(main())
+entry()
