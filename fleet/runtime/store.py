@@ -88,15 +88,7 @@ class JobStore:
 
     def claim(self, name: str) -> "Ownership":
         """Become the one fleet process running `name`; JobOwned if another one is."""
-        path = self.job_dir(name) / "owner.lock"
-        file = open(path, "a+")
-        try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            file.seek(0)
-            pid = file.read().strip()
-            file.close()
-            raise JobOwned(name, int(pid) if pid.isdigit() else None) from None
+        file = self._locked(name)
         file.seek(0)
         file.truncate()
         file.write(f"{os.getpid()}\n")
@@ -104,15 +96,27 @@ class JobStore:
         return Ownership(file)
 
     def owner(self, name: str) -> int | None:
-        """The pid of the fleet process running `name`, or None when none is."""
+        """The pid of the fleet process running `name`, or None when none is (the lock file
+        is only looked at, never written)."""
         try:
-            ownership = self.claim(name)
+            self._locked(name).close()
         except JobOwned as exc:
             return exc.pid or -1
         except FileNotFoundError:
             return None
-        ownership.release()
         return None
+
+    def _locked(self, name: str):
+        """owner.lock, open and flock-ed by this process; JobOwned naming the holder's pid."""
+        file = open(self.job_dir(name) / "owner.lock", "a+")
+        try:
+            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            pid = file.read().strip()
+            file.close()
+            raise JobOwned(name, int(pid) if pid.isdigit() else None) from None
+        return file
 
 
 def controller_id(home: Path) -> str:
