@@ -83,6 +83,11 @@ class Host(BaseModel):
         return self.name or self.address
 
     @property
+    def title(self) -> str:
+        """How fleet check and fleet gc name the host: `name (address)`, or the address."""
+        return f"{self.label} ({self.address})" if self.label != self.address else self.label
+
+    @property
     def docker_command(self) -> list[str]:
         return shlex.split(self.docker)
 

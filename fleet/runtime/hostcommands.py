@@ -26,6 +26,7 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass, field
 
+from fleet.inventory import Host
 from fleet.plan import HostPlan
 
 # Exit statuses of the session script, before the container exists.
@@ -176,6 +177,11 @@ def script(docker: list[str], body: str, args: list[str], *, docker_timeout: int
         prelude += f'd_bounded() {{ {shlex.join(["timeout", str(docker_timeout), *docker])} "$@"; }}\n'
         prelude += _FUNCTIONS
     return ["sh", "-c", prelude + body, "fleet", *args]
+
+
+def on_host(host: Host, body: str, args: list[str], docker_timeout: int) -> list[str]:
+    """A fixed script for `host` outside any job (fleet check, fleet gc)."""
+    return script(host.docker_command, body, args, docker_timeout=docker_timeout)
 
 
 def session(plan: HostPlan, image: str, docker_timeout: int, volume_gb: int = 0) -> list[str]:

@@ -44,9 +44,6 @@ exit 0
 """
 
 
-def _on_host(host: Host, body: str, args: list[str], docker_timeout: int) -> list[str]:
-    return hostcommands.script(host.docker_command, body, args, docker_timeout=docker_timeout)
-
 
 @dataclass(frozen=True)
 class Leftover:
@@ -117,11 +114,11 @@ async def collect_garbage(inventory: Inventory, store: JobStore, console: Consol
     controller = controller_id(store.home)
 
     async def one(host: Host) -> int:
-        label = f"{host.label} ({host.address})" if host.label != host.address else host.label
+        label = host.title
         transport: Transport = transport_for(host, label)
         try:
             await transport.connect()
-            listed = await asyncio.wait_for(transport.run(_on_host(host, _LIST, [host.job_root], docker_timeout)),
+            listed = await asyncio.wait_for(transport.run(hostcommands.on_host(host, _LIST, [host.job_root], docker_timeout)),
                                             docker_timeout + 10)
             if listed.exit_status != 0:
                 console.notice(f"{label}: cannot list containers: "
@@ -136,7 +133,7 @@ async def collect_garbage(inventory: Inventory, store: JobStore, console: Consol
                 print(f"{label}: {'would remove' if dry_run else 'removing'} {item.describe()} (job {item.job})")
             if dry_run or not remove:
                 return 0
-            result = await asyncio.wait_for(transport.run(_on_host(
+            result = await asyncio.wait_for(transport.run(hostcommands.on_host(
                 host, _REMOVE, [f"{item.kind}:{item.ref}" for item in remove], docker_timeout)),
                 docker_timeout * (len(remove) + 1))
             failed = [line for line in result.stdout.decode(errors="replace").splitlines() if line.startswith("failed")]

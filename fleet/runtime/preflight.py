@@ -37,9 +37,6 @@ if [ "$gpus" = 1 ]; then
 fi
 """
 
-def _on_host(host: Host, body: str, args: list[str], docker_timeout: int) -> list[str]:
-    return hostcommands.script(host.docker_command, body, args, docker_timeout=docker_timeout)
-
 
 @dataclass
 class CheckRow:
@@ -99,11 +96,11 @@ async def check(inventory: Inventory, job: ProcessingJob | None, console: Consol
         console.notice(f"the job asks for {job.instance_count} hosts; the inventory has {len(inventory.hosts)}")
 
     async def one(host: Host) -> CheckRow:
-        label = f"{host.label} ({host.address})" if host.label != host.address else host.label
+        label = host.title
         transport = transport_for(host, label)
         try:
             await transport.connect()
-            result = await asyncio.wait_for(transport.run(_on_host(
+            result = await asyncio.wait_for(transport.run(hostcommands.on_host(
                 host, _CHECK, [image or "", str(need_kb), "1" if host.gpus else "0", host.job_root],
                 docker_timeout)), docker_timeout * 3 + (600 if image else 0))
         except FleetError as exc:
