@@ -286,10 +286,15 @@ class JobExecution:
         finally:
             self._lines[index].flush()
         # Recorded at once: a fleet taking the job over later needs it if the container is gone.
-        hosts = dict(self.record.data.get("Hosts", {}))
-        hosts[algo] = {**hosts.get(algo, {}), "ExitCode": code}
-        self.record.update(Hosts=hosts)
+        self.record.update(Hosts=self._hosts_with({algo: code}))
         return HostOutcome(algo, code, message)
+
+    def _hosts_with(self, codes: dict[str, int | None]) -> dict:
+        """The record's Hosts with these hosts' ExitCodes."""
+        hosts = dict(self.record.data.get("Hosts", {}))
+        for algo, code in codes.items():
+            hosts[algo] = {**hosts.get(algo, {}), "ExitCode": code}
+        return hosts
 
     async def _supervise(self, started: str | None = None) -> tuple[list[HostOutcome], FleetError | None]:
         """Start every host's container (unless they were `started` already, at that ISO
@@ -444,15 +449,12 @@ class JobExecution:
         except ClientError as exc:
             if error is None:
                 error, status = exc, "Failed"
-        hosts = dict(self.record.data.get("Hosts", {}))
-        for outcome in outcomes:
-            hosts[outcome.algo] = {**hosts.get(outcome.algo, {}), "ExitCode": outcome.exit_code}
         self.record.update(
             ProcessingJobStatus=status,
             FailureReason=error.failure_reason if error is not None and status == "Failed" else None,
             ExitMessage=message,
             ProcessingEndTime=now(),
-            Hosts=hosts,
+            Hosts=self._hosts_with({o.algo: o.exit_code for o in outcomes}),
             Transfers=self.data.record(),
         )
         return error
