@@ -20,7 +20,7 @@ from fleet.inventory import Host
 from fleet.plan import ClusterPlan, algo_names, plan_cluster
 from fleet.runtime import hostcommands
 from fleet.runtime.console import Console
-from fleet.runtime.session import HostSession
+from fleet.runtime.session import RECONNECT_FIRST_DELAY, RECONNECT_MAX_DELAY, HostSession
 from fleet.runtime.transfers import JobData
 from fleet.runtime.store import JobRecord
 from fleet.transport import Transport, transport_for
@@ -381,14 +381,14 @@ class JobExecution:
     async def _until_done(task: asyncio.Task, transport: Transport, argv: list[str]) -> None:
         """Run argv on the host, again after each failure to reach it, until it ran or
         `task` (the host's supervision) ended."""
-        delay = 0.25
+        delay = RECONNECT_FIRST_DELAY  # the same pace as the session's reconnects
         while not task.done():
             try:
                 await transport.run(argv)
                 return
             except FleetError:
                 await asyncio.wait({task}, timeout=delay)
-                delay = min(delay * 2, 2.0)
+                delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
