@@ -23,7 +23,8 @@ from fleet.contract import configfiles
 from fleet.contract.describe import TERMINAL, new_record
 from fleet.contract.job import ignored_fields, load_job, parse_job
 from fleet.errors import FleetError, InvalidInput, JobStopped
-from fleet.inventory import Host, fleet_home, load_inventory
+from fleet.home import fleet_home
+from fleet.inventory import Host, load_inventory
 from fleet.plan import ClusterPlan, algo_names, plan_cluster, select_hosts
 from fleet.runtime.console import Console
 from fleet.runtime.store import JobStore, controller_id

@@ -16,13 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from fleet.contract.job import describe_validation_error, read_document
 from fleet.errors import InvalidInput
+from fleet.home import fleet_home
 
 DEFAULT_SSH_WORKDIR = "/var/lib/fleet"
-
-
-def fleet_home() -> Path:
-    """Where records and logs live: $FLEET_HOME, default ~/.fleet."""
-    return Path(os.environ.get("FLEET_HOME") or Path.home() / ".fleet").expanduser()
 
 
 class Host(BaseModel):

@@ -2,6 +2,17 @@
 
 Pure code: no network, no files. `fleet run --dry-run` prints a ClusterPlan; the executor
 carries one out. "What will happen on algo-2" is `plan.hosts[1]`.
+
+This module is the one place that knows the job's names: algo-1..N, how a host is named in
+messages, the job's ARN, container names and labels, and the layout of a job directory on
+a host. Everything else asks it.
+
+    WORKDIR/NAME/algo-k/          job_dir (removed when the job ends, unless --keep)
+        .fleet-run                run_file: the run id, then the controller
+        config/                   config_dir → /opt/ml/config (read-only)
+        output/                   → /opt/ml/output; output/message is the ExitMessage
+        inputs/N[.partial]        ProcessingInputs[N-1]: staged as N.partial, renamed on go
+        outputs/N/                ProcessingOutputs[N-1]
 """
 
 from __future__ import annotations
@@ -10,14 +21,19 @@ import posixpath
 from dataclasses import dataclass, field
 
 from fleet.contract import configfiles
-from fleet.contract.container import (CONTROLLER_LABEL, RUN_LABEL, Mount, container_name,
-                                      docker_create_argv)
+from fleet.contract.container import Mount, docker_create_argv
 from fleet.contract.job import ProcessingJob
 from fleet.errors import InvalidInput
 from fleet.inventory import Host, Inventory
 
 CONFIG_DIR = "/opt/ml/config"
 OUTPUT_DIR = "/opt/ml/output"
+
+JOB_LABEL = "fleet.job"
+HOST_LABEL = "fleet.host"
+RUN_LABEL = "fleet.run"  # one run of a job (its record's RunId)
+CONTROLLER_LABEL = "fleet.controller"  # machine:FLEET_HOME of the fleet that ran it
+RUN_FILE = ".fleet-run"  # in each job directory: the run id, then the controller
 
 
 @dataclass(frozen=True)
@@ -37,8 +53,47 @@ class HostPlan:
     controller: str = ""  # the controller (machine and FLEET_HOME) that runs it
 
     @property
+    def label(self) -> str:
+        """How messages name this host: `algo-2 (gpu-02, 10.0.0.12)`."""
+        return host_label(self.algo, self.host)
+
+    @property
+    def workdir(self) -> str:
+        """The host's directory of job directories."""
+        return self.host.job_root
+
+    @property
+    def job_parent(self) -> str:
+        """WORKDIR/NAME: removed with its last algo-k directory."""
+        return posixpath.dirname(self.job_dir)
+
+    @property
+    def job_name(self) -> str:
+        return posixpath.basename(self.job_parent)
+
+    @property
+    def run_file(self) -> str:
+        return posixpath.join(self.job_dir, RUN_FILE)
+
+    @property
     def message_file(self) -> str:
         return posixpath.join(self.job_dir, "output", "message")
+
+    @property
+    def inputs_dir(self) -> str:
+        return posixpath.join(self.job_dir, "inputs")
+
+    def input_dir(self, index: int) -> str:
+        """Where ProcessingInputs[index - 1] is mounted from."""
+        return posixpath.join(self.inputs_dir, str(index))
+
+    def partial_input_dir(self, index: int) -> str:
+        """Where that input is staged; it takes input_dir's name on `go`."""
+        return self.input_dir(index) + ".partial"
+
+    def output_dir(self, index: int) -> str:
+        """Where ProcessingOutputs[index - 1] is mounted from."""
+        return posixpath.join(self.job_dir, "outputs", str(index))
 
     @property
     def docker(self) -> list[str]:
@@ -72,6 +127,35 @@ def algo_names(count: int) -> list[str]:
     return [f"algo-{k}" for k in range(1, count + 1)]
 
 
+def host_label(algo: str, host: Host) -> str:
+    """`algo-2 (10.0.0.12)`, or `algo-2 (gpu-02, 10.0.0.12)` for a named host."""
+    where = host.address if host.label == host.address else f"{host.label}, {host.address}"
+    return f"{algo} ({where})"
+
+
+def host_labels(hosts: list[Host]) -> list[str]:
+    """Each host's label as algo-1..N, in order."""
+    return [host_label(algo, host) for algo, host in zip(algo_names(len(hosts)), hosts)]
+
+
+def record_hosts(hosts: list[Host]) -> dict[str, dict[str, str]]:
+    """The record's Hosts: algo-k → the inventory's name and address."""
+    return {algo: {"Name": host.label, "Address": host.address}
+            for algo, host in zip(algo_names(len(hosts)), hosts)}
+
+
+def job_arn(job: ProcessingJob, region: str, account: str) -> str:
+    return configfiles.job_arn(job.ProcessingJobName, region, account)
+
+
+def container_name(job_name: str, algo: str) -> str:
+    return f"{job_name}-{algo}"
+
+
+def job_dir(host: Host, job_name: str, algo: str) -> str:
+    return posixpath.join(host.job_root, job_name, algo)
+
+
 def plan_cluster(
     job: ProcessingJob,
     hosts: list[Host],
@@ -90,37 +174,41 @@ def plan_cluster(
     """
     names = algo_names(len(hosts))
     peers = list(zip(names, addresses))
-    arn = configfiles.job_arn(job.ProcessingJobName, region, account)
+    arn = job_arn(job, region, account)
     job_config = configfiles.encode(configfiles.processing_job_config(job, arn))
     plans = []
     for algo, host, address in zip(names, hosts, addresses):
-        job_dir = posixpath.join(host.job_root, job.ProcessingJobName, algo)
+        directory = job_dir(host, job.ProcessingJobName, algo)
         dirs = ["config", "output"]
         mounts = [
-            Mount(posixpath.join(job_dir, "config"), CONFIG_DIR, read_only=True),
-            Mount(posixpath.join(job_dir, "output"), OUTPUT_DIR),
+            Mount(posixpath.join(directory, "config"), CONFIG_DIR, read_only=True),
+            Mount(posixpath.join(directory, "output"), OUTPUT_DIR),
         ]
         for index, item in enumerate(job.inputs, start=1):
             dirs.append(f"inputs/{index}")
-            mounts.append(Mount(posixpath.join(job_dir, "inputs", str(index)), item.S3Input.LocalPath))
+            mounts.append(Mount(posixpath.join(directory, "inputs", str(index)), item.S3Input.LocalPath))
         for index, item in enumerate(job.outputs, start=1):
             dirs.append(f"outputs/{index}")
-            mounts.append(Mount(posixpath.join(job_dir, "outputs", str(index)), item.S3Output.LocalPath))
+            mounts.append(Mount(posixpath.join(directory, "outputs", str(index)), item.S3Output.LocalPath))
         files = {
             "config/resourceconfig.json": configfiles.encode(configfiles.resource_config(algo, names)),
             "config/processingjobconfig.json": job_config,
         }
+        container = container_name(job.ProcessingJobName, algo)
+        labels = {JOB_LABEL: job.ProcessingJobName, HOST_LABEL: algo, RUN_LABEL: run_id,
+                  CONTROLLER_LABEL: controller}
         plans.append(HostPlan(
             algo=algo,
             host=host,
             address=address,
-            job_dir=job_dir,
+            job_dir=directory,
             files=files,
             dirs=dirs,
             mounts=mounts,
-            container=container_name(job.ProcessingJobName, algo),
-            docker_create=docker_create_argv(job, host, algo, peers, mounts, stop_grace,
-                                             labels={RUN_LABEL: run_id, CONTROLLER_LABEL: controller}),
+            container=container,
+            docker_create=docker_create_argv(job, name=container, algo=algo, peers=peers, mounts=mounts,
+                                             stop_grace=stop_grace, labels=labels, gpus=host.gpus,
+                                             docker_args=host.docker_args),
             run_id=run_id,
             controller=controller,
         ))

@@ -8,12 +8,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fleet.contract.job import ProcessingJob
-from fleet.inventory import Host
-
-JOB_LABEL = "fleet.job"
-HOST_LABEL = "fleet.host"
-RUN_LABEL = "fleet.run"  # one run of a job (its record's RunId)
-CONTROLLER_LABEL = "fleet.controller"  # machine:FLEET_HOME of the fleet that ran it
 
 
 @dataclass(frozen=True)
@@ -26,10 +20,6 @@ class Mount:
 
     def volume_arg(self) -> str:
         return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
-
-
-def container_name(job_name: str, algo: str) -> str:
-    return f"{job_name}-{algo}"
 
 
 def gpus_arg(gpus: object) -> str | None:
@@ -59,28 +49,30 @@ def entrypoint_and_command(job: ProcessingJob) -> tuple[str | None, list[str]]:
 
 def docker_create_argv(
     job: ProcessingJob,
-    host: Host,
+    *,
+    name: str,
     algo: str,
     peers: list[tuple[str, str]],
     mounts: list[Mount],
     stop_grace: int,
-    labels: dict[str, str] | None = None,
+    labels: dict[str, str],
+    gpus: object = None,
+    docker_args: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
     """`docker create` options and words (after the host's docker command) for one host.
 
     The container is created while the host is prepared (so a bad option fails before any
     container starts anywhere) and started detached once every host is ready.
 
-    `peers` is (algo name, address) for every host of the job, this one included: with
-    host networking, each algo-i resolves through /etc/hosts to where that host is reached.
+    `name` is the container's name, `labels` its labels (empty values are left out), `gpus`
+    and `docker_args` the host's inventory values. `peers` is (algo name, address) for every
+    host of the job, this one included: with host networking, each algo-i resolves through
+    /etc/hosts to where that host is reached.
     """
-    name = job.ProcessingJobName
     argv = [
         "create",
-        "--name", container_name(name, algo),
-        "--label", f"{JOB_LABEL}={name}",
-        "--label", f"{HOST_LABEL}={algo}",
-        *[word for key, value in (labels or {}).items() if value for word in ("--label", f"{key}={value}")],
+        "--name", name,
+        *[word for key, value in labels.items() if value for word in ("--label", f"{key}={value}")],
         "--hostname", algo,
         # SageMaker stops a job with SIGINT, then SIGKILL: `docker stop` does exactly that.
         "--stop-signal", "SIGINT",
@@ -96,10 +88,10 @@ def docker_create_argv(
         argv += ["--volume", mount.volume_arg()]
     for key, value in (job.Environment or {}).items():
         argv += ["--env", f"{key}={value}"]
-    gpus = gpus_arg(host.gpus)
-    if gpus is not None:
-        argv += ["--gpus", gpus]
-    argv += list(host.docker_args)
+    gpus_value = gpus_arg(gpus)
+    if gpus_value is not None:
+        argv += ["--gpus", gpus_value]
+    argv += list(docker_args)
     entrypoint, command = entrypoint_and_command(job)
     if entrypoint is not None:
         argv += ["--entrypoint", entrypoint]

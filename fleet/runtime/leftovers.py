@@ -9,7 +9,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from fleet.contract.container import CONTROLLER_LABEL, JOB_LABEL, RUN_LABEL
+from fleet.plan import CONTROLLER_LABEL, JOB_LABEL, RUN_LABEL
 from fleet.contract.describe import TERMINAL
 from fleet.contract.job import JOB_NAME_PATTERN
 from fleet.errors import FleetError, InvalidInput
