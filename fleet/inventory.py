@@ -69,7 +69,7 @@ class Host(BaseModel):
         return workdir
 
     @model_validator(mode="after")
-    def _remote_workdir_absolute(self) -> "Host":
+    def _remote_workdir_absolute(self) -> Host:
         if self.transport == "ssh" and self.workdir and not self.workdir.startswith("/"):
             raise ValueError(f"workdir must be absolute on an SSH host, got {self.workdir!r}")
         return self
@@ -107,7 +107,7 @@ class Inventory(BaseModel):
     hosts: Annotated[list[Host], Field(min_length=1)]
 
     @model_validator(mode="after")
-    def _distinct(self) -> "Inventory":
+    def _distinct(self) -> Inventory:
         labels = [h.label for h in self.hosts]
         dup = sorted({n for n in labels if labels.count(n) > 1})
         if dup:

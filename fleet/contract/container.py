@@ -22,7 +22,7 @@ class Mount:
         return f"{self.source}:{self.target}" + (":ro" if self.read_only else "")
 
 
-def gpus_arg(gpus: object) -> str | None:
+def gpus_arg(gpus: str | int | list[int | str] | None) -> str | None:
     """Docker's --gpus value: all → all; a count → that count; ids → "device=0,1" (quotes included)."""
     if gpus is None:
         return None
@@ -56,7 +56,7 @@ def docker_create_argv(
     mounts: list[Mount],
     stop_grace: int,
     labels: dict[str, str],
-    gpus: object = None,
+    gpus: str | int | list[int | str] | None = None,
     docker_args: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
     """`docker create` options and words (after the host's docker command) for one host.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fleet.contract.job import ProcessingJob
@@ -14,7 +14,7 @@ ECHOED = ("ProcessingInputs", "ProcessingOutputConfig", "ProcessingResources", "
 
 
 def now() -> str:
-    return datetime.now(timezone.utc).isoformat()
+    return datetime.now(UTC).isoformat()
 
 
 def new_record(job: ProcessingJob, arn: str, hosts: dict[str, dict[str, Any]]) -> dict[str, Any]:

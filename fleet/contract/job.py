@@ -10,7 +10,7 @@ import json
 import posixpath
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -62,11 +62,14 @@ class S3InputSpec(_Shape):
 class ProcessingInput(_Shape):
     InputName: str
     AppManaged: bool | None = None
-    S3Input: S3InputSpec | None = None
+    if TYPE_CHECKING:
+        S3Input: S3InputSpec  # optional in the API, but _one_source refuses a ProcessingInput without it
+    else:
+        S3Input: S3InputSpec | None = None
     DatasetDefinition: dict[str, Any] | None = None
 
     @model_validator(mode="after")
-    def _one_source(self) -> "ProcessingInput":
+    def _one_source(self) -> ProcessingInput:
         if self.AppManaged:
             raise ValueError("AppManaged inputs are not supported by fleet")
         if self.DatasetDefinition is not None:
@@ -85,12 +88,15 @@ class S3OutputSpec(_Shape):
 
 class ProcessingOutput(_Shape):
     OutputName: str
-    S3Output: S3OutputSpec | None = None
+    if TYPE_CHECKING:
+        S3Output: S3OutputSpec  # optional in the API, but _one_destination refuses an output without it
+    else:
+        S3Output: S3OutputSpec | None = None
     FeatureStoreOutput: dict[str, Any] | None = None
     AppManaged: bool | None = None
 
     @model_validator(mode="after")
-    def _one_destination(self) -> "ProcessingOutput":
+    def _one_destination(self) -> ProcessingOutput:
         if self.AppManaged:
             raise ValueError("AppManaged outputs are not supported by fleet")
         if self.FeatureStoreOutput is not None:
@@ -204,7 +210,7 @@ class ProcessingJob(_Shape):
         return inputs
 
     @model_validator(mode="after")
-    def _distinct_local_paths(self) -> "ProcessingJob":
+    def _distinct_local_paths(self) -> ProcessingJob:
         paths = [p.rstrip("/") for p in
                  [i.S3Input.LocalPath for i in self.inputs] + [o.S3Output.LocalPath for o in self.outputs]]
         dup = sorted({p for p in paths if paths.count(p) > 1})

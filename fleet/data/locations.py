@@ -25,7 +25,7 @@ class S3Location:
     def __str__(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
-    def child(self, relative: str) -> "S3Location":
+    def child(self, relative: str) -> S3Location:
         """The object at `relative` under this prefix (joined with '/')."""
         base = self.key if not self.key or self.key.endswith("/") else self.key + "/"
         return S3Location(self.bucket, base + relative)

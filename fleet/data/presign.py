@@ -11,9 +11,13 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+import logging
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import parse_qs, quote, urlsplit
+
+log = logging.getLogger(__name__)
 
 PROBE_KEY = "fleet-presign-probe"
 EXPIRES = 3600
@@ -32,14 +36,14 @@ class BucketSigner:
         self.scheme, self.host = parts.scheme, parts.netloc
         encoded_probe = _quote(PROBE_KEY, safe="/~")
         if not parts.path.endswith(encoded_probe):
-            raise ValueError(f"unexpected presigned URL shape: {probe_url}")
+            raise ValueError(f"unexpected presigned URL path: {parts.path}")  # not the URL: it is signed
         self.path_prefix = parts.path[: -len(encoded_probe)]  # "/" or "/bucket/"
         credential = parse_qs(parts.query)["X-Amz-Credential"][0]
         _, _, self.region, self.service, _ = credential.rsplit("/", 4)
 
     def url(self, method: str, key: str, access_key: str, secret_key: str, token: str | None,
             now: datetime | None = None) -> str:
-        now = now or datetime.now(timezone.utc)
+        now = now or datetime.now(UTC)
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         day = amz_date[:8]
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
@@ -83,7 +87,7 @@ class Presigner:
         self._client = client
         self._session = session
         self._buckets: dict[str, BucketSigner] = {}
-        self._credentials = None
+        self._credentials: Any = None  # botocore ReadOnlyCredentials, once fetched
         self._fetched = 0.0
 
     async def url(self, method: str, bucket: str, key: str) -> str:
@@ -94,12 +98,16 @@ class Presigner:
                 operation, Params={"Bucket": bucket, "Key": PROBE_KEY}, ExpiresIn=EXPIRES)
             try:
                 signer = self._buckets[bucket] = BucketSigner(probe)
+                log.debug("bucket %s: URLs signed here, for %s://%s", bucket, signer.scheme, signer.host)
             except (ValueError, KeyError):  # not SigV4 query auth: let botocore sign each URL
+                log.debug("bucket %s: botocore signs each URL (its presigned URLs are not SigV4 query auth)",
+                          bucket)
                 return await self._client.generate_presigned_url(
                     operation, Params={"Bucket": bucket, "Key": key}, ExpiresIn=EXPIRES)
         if self._credentials is None or time.monotonic() - self._fetched > CREDENTIALS_TTL:
             credentials = await self._session.get_credentials()
             self._credentials = await credentials.get_frozen_credentials()
             self._fetched = time.monotonic()
+            log.debug("AWS credentials fetched for presigning")
         c = self._credentials
         return signer.url(method, key, c.access_key, c.secret_key, c.token)

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from fleet.contract.job import S3InputSpec
-from fleet.data.locations import (FileLocation, Location, parse_location, relative_to_prefix,
-                                  safe_relative_path)
+from fleet.data.locations import FileLocation, Location, parse_location, relative_to_prefix, safe_relative_path
 from fleet.errors import ClientError
 
+log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class InputObject:
@@ -78,7 +79,11 @@ async def list_input(spec: S3InputSpec, s3) -> list[InputObject]:
                    for o in await s3.list(location) if not (o.location.key.endswith("/") and o.size == 0)]
     if not objects:
         raise _no_objects(spec.S3Uri)
-    return _deduplicated(objects)
+    unique = _deduplicated(objects)
+    log.debug("input %s (%s): %d objects, %d bytes%s", location, spec.S3DataType, len(unique),
+              sum(o.size for o in unique),
+              f" ({len(objects) - len(unique)} duplicate paths dropped)" if len(unique) < len(objects) else "")
+    return unique
 
 
 def _from_directory(location: FileLocation) -> list[InputObject]:
@@ -89,7 +94,7 @@ def _from_directory(location: FileLocation) -> list[InputObject]:
     if not root.is_dir():
         return []
     objects = []
-    for directory, dirs, files in os.walk(root):  # os.walk does not follow symlinked dirs
+    for directory, _dirs, files in os.walk(root):  # os.walk does not follow symlinked dirs
         for name in sorted(files):
             path = Path(directory, name)
             if path.is_file() and not path.is_symlink():
@@ -104,7 +109,7 @@ async def _from_manifest(location: Location, s3) -> list[InputObject]:
         try:
             raw = Path(location.path).read_bytes()
         except OSError as exc:
-            raise ClientError(f"cannot read the manifest {location}: {exc.strerror}") from None
+            raise ClientError(f"cannot read the manifest {location}: {exc.strerror}") from exc
     else:
         raw = await s3.read_all(location)
     try:
@@ -113,14 +118,15 @@ async def _from_manifest(location: Location, s3) -> list[InputObject]:
         entries = manifest[1:]
         if not isinstance(prefix_uri, str) or not all(isinstance(e, str) for e in entries):
             raise ValueError
-    except (ValueError, KeyError, IndexError, TypeError):
+    except (ValueError, KeyError, IndexError, TypeError) as exc:
         raise ClientError(f"the manifest {location} is not a JSON array of "
-                          f'[{{"prefix": "s3://..."}}, "relative key", ...]') from None
+                          f'[{{"prefix": "s3://..."}}, "relative key", ...]') from exc
     try:
         prefix = parse_location(prefix_uri)
     except ClientError as exc:
-        raise ClientError(f"the manifest {location} has a bad prefix: {exc.message}") from None
+        raise ClientError(f"the manifest {location} has a bad prefix: {exc.message}") from exc
     checked = [safe_relative_path(e, f"manifest entry {e!r} of {location}") for e in entries]
+    log.debug("manifest %s: prefix %s, %d entries", location, prefix, len(checked))
     if isinstance(prefix, FileLocation) and not isinstance(location, FileLocation):
         # Whoever can write to S3 must not make the controller send its own files to the hosts.
         raise ClientError(f"the manifest {location} is in S3 but its prefix {prefix_uri} is on the controller; "

@@ -8,8 +8,8 @@ Outputs: the host's `tar -c` streams a directory back; `TarReader` parses it as 
 from __future__ import annotations
 
 import tarfile
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
 
 BLOCK = 512
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
@@ -115,7 +115,8 @@ class TarReader:
             elif info.type == tarfile.LNKTYPE:
                 kind, size = "hardlink", 0
             else:
-                kind, size = "other", (size if info.type not in (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE) else 0)
+                no_body = info.type in (tarfile.CHRTYPE, tarfile.BLKTYPE, tarfile.FIFOTYPE)
+                kind, size = "other", (0 if no_body else size)
             self._left, self._pad = size, -size % BLOCK
             return TarEntry(name.rstrip("/") if kind == "dir" else name, kind, size)
 

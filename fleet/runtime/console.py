@@ -6,7 +6,8 @@ import asyncio
 import contextlib
 import sys
 import time
-from typing import BinaryIO, Iterator, TextIO
+from collections.abc import Iterator
+from typing import BinaryIO, TextIO
 
 
 class Console:
@@ -18,7 +19,7 @@ class Console:
         for line in message.splitlines() or [""]:
             print(f"fleet: {line}", file=self.err, flush=True)
 
-    def host_lines(self, algo: str) -> "HostLines":
+    def host_lines(self, algo: str) -> HostLines:
         return HostLines(self.out, f"[{algo}] ".encode())
 
 

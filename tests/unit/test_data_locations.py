@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.data.locations import (FileLocation, S3Location, parse_location, relative_to_prefix,
-                                  safe_relative_path)
+from fleet.data.locations import FileLocation, S3Location, parse_location, relative_to_prefix, safe_relative_path
 from fleet.errors import ClientError
-
 
 # -- S3Uri: s3:// ------------------------------------------------------------------------------
 

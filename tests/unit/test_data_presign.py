@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qs
 
 import botocore.auth
@@ -15,7 +15,7 @@ from fleet.data.presign import EXPIRES, BucketSigner
 PROBE = ("http://127.0.0.1:9000/bkt/fleet-presign-probe?X-Amz-Algorithm=AWS4-HMAC-SHA256"
          "&X-Amz-Credential=AK%2F20260101%2Fus-east-1%2Fs3%2Faws4_request&X-Amz-Date=20260101T000000Z"
          "&X-Amz-Expires=3600&X-Amz-SignedHeaders=host&X-Amz-Signature=x")
-NOW = datetime(2026, 11, 22, 4, 40, 1, tzinfo=timezone.utc)
+NOW = datetime(2026, 11, 22, 4, 40, 1, tzinfo=UTC)
 
 
 def botocore_url(monkeypatch, method: str, encoded_key: str, token: str | None) -> str:

@@ -12,8 +12,7 @@ from collections import Counter
 import pytest
 
 from fleet.contract.job import S3InputSpec
-from fleet.data.locations import S3Location
-from fleet.data.locations import S3Object
+from fleet.data.locations import S3Location, S3Object
 from fleet.data.sources import InputObject, assignments, check_supported, list_input, shard
 from fleet.errors import ClientError
 

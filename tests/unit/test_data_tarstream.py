@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from localcommands import tree
-
 from fleet.data.tarstream import BLOCK, END_OF_ARCHIVE, TarEntry, TarReader, file_header, padding
+
+from localcommands import tree
 
 C_LOCALE = {**os.environ, "LC_ALL": "C", "LANG": "C"}  # what a non-interactive SSH session often has
 

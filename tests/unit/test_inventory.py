@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet.inventory import load_inventory, parse_inventory
 from fleet.errors import InvalidInput
+from fleet.inventory import load_inventory, parse_inventory
 
 SOURCE = "hosts.yaml"
 
