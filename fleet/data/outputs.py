@@ -9,6 +9,7 @@ read: one PUT for a small file, a multipart upload with parts in parallel for a 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from fleet.transport.base import Transport, drain
 
 if TYPE_CHECKING:  # aiobotocore loads slowly: only jobs that use S3 import it
     from fleet.data.s3 import S3
+
+log = logging.getLogger(__name__)
 
 PART = 8 * 1024 * 1024  # multipart part size; files up to this size are one PUT
 PARTS_IN_FLIGHT = 8  # across the whole job: bounds the controller's memory
@@ -80,10 +83,11 @@ class Uploader:
                 count.bytes += entry.size
             status = await process.wait()
             said = (await errors).decode(errors="replace").strip()
+            log.debug("output %s on %s: tar ended with status %d", output_name, transport.label, status)
             if status != 0:
                 raise ClientError(f"reading output {output_name} on {transport.label} failed: {said}")
-        except EOFError:
-            raise ClientError(f"reading output {output_name} on {transport.label}: the stream ended early") from None
+        except EOFError as exc:
+            raise ClientError(f"reading output {output_name} on {transport.label}: the stream ended early") from exc
         finally:
             process.close()
             errors.cancel()
@@ -112,7 +116,8 @@ class Uploader:
                 tasks.append(await self._start_part(upload, number, bytes(part)))
             await asyncio.gather(*tasks)
             await upload.complete()
-        except BaseException:
+        except BaseException as exc:
+            log.debug("uploading %s failed (%s); aborting its multipart upload", target, type(exc).__name__)
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

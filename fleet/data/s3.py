@@ -14,6 +14,7 @@ the client.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import re
 import ssl
@@ -27,19 +28,22 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError as BotoClientError, NoCredentialsError
 
 from fleet.data.locations import S3Location, S3Object
-from fleet.data.retry import backoff
 from fleet.data.presign import Presigner
 from fleet.errors import ClientError
+from fleet.retry import S3_REQUESTS, Retrying
+
+log = logging.getLogger(__name__)
 
 CHUNK = 256 * 1024
-ATTEMPTS = 5  # for a GET that breaks mid-stream (resumed where it stopped) and for a PUT
 
 
 def _describe(exc: Exception) -> str:
     if isinstance(exc, BotoClientError):
         error = exc.response.get("Error", {})
         return f"{error.get('Code', 'error')}: {error.get('Message') or exc}"
-    return str(exc) or type(exc).__name__
+    # An aiohttp error may name the URL it was sending: never its query (a presigned URL's
+    # signature, credential and token are there).
+    return re.sub(r"(https?://[^\s?]*)\?[^\s'\"]*", r"\1?...", str(exc)) or type(exc).__name__
 
 
 class _Transient(Exception):
@@ -49,14 +53,13 @@ class _Transient(Exception):
 _TRANSIENT = (aiohttp.ClientError, OSError, asyncio.TimeoutError, _Transient)
 
 
-async def _another_try(attempt: int, what: str, exc: Exception) -> int:
-    """After a transient failure: back off and return the next attempt's number, or raise
-    ClientError(`what`) once ATTEMPTS have failed."""
-    attempt += 1
-    if attempt >= ATTEMPTS:
-        raise ClientError(f"{what}: {_describe(exc)}") from None
-    await backoff(attempt)
-    return attempt
+async def _another_try(retrying: Retrying, what: str, exc: Exception) -> None:
+    """After a transient failure: back off (S3_REQUESTS) and return, or raise
+    ClientError(`what`) once its attempts are spent."""
+    if not await retrying.pause():
+        raise ClientError(f"{what}: {_describe(exc)}") from exc
+    log.debug("%s: %s; trying again (attempt %d of %s)", what, _describe(exc), retrying.failures + 1,
+              retrying.policy.attempts)
 
 
 async def _http_error(response: aiohttp.ClientResponse, what: str) -> Exception:
@@ -86,7 +89,7 @@ class S3:
             request_checksum_calculation="when_required",
             response_checksum_validation="when_required",
             max_pool_connections=self.max_connections,
-            retries={"mode": "standard", "max_attempts": ATTEMPTS},
+            retries={"mode": "standard", "max_attempts": S3_REQUESTS.attempts},
             connect_timeout=10,
             read_timeout=60,
         )
@@ -103,6 +106,8 @@ class S3:
             # up once per endpoint instead (_proxy), and netrc has no business with SigV4 URLs.
             trust_env=False, auto_decompress=False)
         self._proxies: dict[str, dict] = {}
+        log.debug("S3 client: region %s, endpoint %s, up to %d connections", region,
+                  yarl.URL(self._client.meta.endpoint_url).origin(), self.max_connections)
         return self
 
     async def __aexit__(self, *exc) -> None:
@@ -135,17 +140,18 @@ class S3:
             async for page in paginator.paginate(Bucket=prefix.bucket, Prefix=prefix.key):
                 for item in page.get("Contents", []):
                     objects.append(S3Object(S3Location(prefix.bucket, item["Key"]), int(item["Size"])))
-        except NoCredentialsError:
-            raise ClientError(f"no AWS credentials to list {prefix} (environment, ~/.aws, ...)") from None
+        except NoCredentialsError as exc:
+            raise ClientError(f"no AWS credentials to list {prefix} (environment, ~/.aws, ...)") from exc
         except (BotoClientError, BotoCoreError) as exc:
-            raise ClientError(f"cannot list {prefix}: {_describe(exc)}") from None
+            raise ClientError(f"cannot list {prefix}: {_describe(exc)}") from exc
+        log.debug("listed %s: %d objects", prefix, len(objects))
         return sorted(objects, key=lambda o: o.location.key)
 
     async def head(self, location: S3Location) -> S3Object:
         try:
             response = await self._client.head_object(Bucket=location.bucket, Key=location.key)
         except (BotoClientError, BotoCoreError) as exc:
-            raise ClientError(f"cannot read {location}: {_describe(exc)}") from None
+            raise ClientError(f"cannot read {location}: {_describe(exc)}") from exc
         return S3Object(location, int(response["ContentLength"]))
 
     async def read_all(self, location: S3Location) -> bytes:
@@ -156,7 +162,7 @@ class S3:
         GET from where it stopped (with backoff); the byte count is checked against the
         listed size."""
         done = 0
-        attempt = 0
+        retrying = S3_REQUESTS.start()
         while True:
             try:
                 headers = {"Range": f"bytes={done}-"} if done else {}
@@ -180,10 +186,12 @@ class S3:
                     raise _Transient(f"read {done} bytes of {obj.size}")
                 return
             except _TRANSIENT as exc:
-                attempt = await _another_try(attempt, f"cannot read {obj.location}", exc)
+                await _another_try(retrying, f"cannot read {obj.location}", exc)
+                if done:
+                    log.debug("resuming the GET of %s at byte %d", obj.location, done)
 
     async def put(self, location: S3Location, data: bytes) -> None:
-        attempt = 0
+        retrying = S3_REQUESTS.start()
         while True:
             try:
                 url = await self._url("PUT", location)
@@ -192,13 +200,14 @@ class S3:
                         raise await _http_error(response, f"cannot upload {location}")
                     return
             except _TRANSIENT as exc:
-                attempt = await _another_try(attempt, f"cannot upload {location}", exc)
+                await _another_try(retrying, f"cannot upload {location}", exc)
 
     async def multipart(self, location: S3Location) -> "MultipartUpload":
         try:
             response = await self._client.create_multipart_upload(Bucket=location.bucket, Key=location.key)
         except (BotoClientError, BotoCoreError) as exc:
-            raise ClientError(f"cannot upload {location}: {_describe(exc)}") from None
+            raise ClientError(f"cannot upload {location}: {_describe(exc)}") from exc
+        log.debug("multipart upload of %s started", location)
         return MultipartUpload(self._client, location, response["UploadId"])
 
 
@@ -216,7 +225,7 @@ class MultipartUpload:
             response = await self._client.upload_part(Bucket=self.location.bucket, Key=self.location.key,
                                                       UploadId=self._id, PartNumber=number, Body=data)
         except (BotoClientError, BotoCoreError) as exc:
-            raise ClientError(f"cannot upload {self.location} (part {number}): {_describe(exc)}") from None
+            raise ClientError(f"cannot upload {self.location} (part {number}): {_describe(exc)}") from exc
         self._parts[number] = response["ETag"]
 
     async def complete(self) -> None:
@@ -225,11 +234,15 @@ class MultipartUpload:
             await self._client.complete_multipart_upload(Bucket=self.location.bucket, Key=self.location.key,
                                                          UploadId=self._id, MultipartUpload={"Parts": parts})
         except (BotoClientError, BotoCoreError) as exc:
-            raise ClientError(f"cannot upload {self.location}: {_describe(exc)}") from None
+            raise ClientError(f"cannot upload {self.location}: {_describe(exc)}") from exc
+        log.debug("multipart upload of %s completed: %d parts", self.location, len(parts))
 
     async def abort(self) -> None:
         try:
             await self._client.abort_multipart_upload(Bucket=self.location.bucket, Key=self.location.key,
                                                       UploadId=self._id)
-        except (BotoClientError, BotoCoreError):
-            pass
+        except (BotoClientError, BotoCoreError) as exc:
+            log.debug("could not abort the multipart upload of %s (%d parts sent): %s", self.location,
+                      len(self._parts), _describe(exc))
+            return
+        log.debug("multipart upload of %s aborted (%d parts sent)", self.location, len(self._parts))

@@ -11,6 +11,7 @@ whatever the data size. Small objects are fetched a few ahead to hide S3 latency
 from __future__ import annotations
 
 import asyncio
+import logging
 import posixpath
 from collections import deque
 from dataclasses import dataclass, field
@@ -18,9 +19,9 @@ from typing import TYPE_CHECKING, AsyncIterator
 
 from fleet.data import tarstream
 from fleet.data.locations import FileLocation, S3Object
-from fleet.data.retry import backoff
 from fleet.data.sources import InputObject
 from fleet.errors import ClientError, FleetError
+from fleet.retry import TAR_STREAMS
 from fleet.transport.base import RemoteProcess, Transport, drain
 
 # Channels per host and input. One: two `tar -x` extracting into one directory race to
@@ -33,7 +34,8 @@ if TYPE_CHECKING:  # aiobotocore loads slowly: only jobs that use S3 import it
 SMALL = 256 * 1024  # objects up to this size are fetched ahead, whole
 PREFETCH = 16  # small objects fetched ahead per lane
 FILE_CHUNK = 256 * 1024
-SSH_ATTEMPTS = 3
+
+log = logging.getLogger(__name__)
 
 # GNU tar reads 1 MiB records (-b 2048, -B: whole records from a pipe) instead of 10 KiB:
 # measured ~10% faster to 3 hosts. Other tars (busybox) get the plain command.
@@ -124,7 +126,9 @@ class _Lane:
         results = await asyncio.gather(*(self.processes[l].write(data) for l in labels), return_exceptions=True)
         for label, result in zip(labels, results):
             if isinstance(result, FleetError):
-                self.failed[label] = ClientError(f"cannot write {current} to {label}: {result.message}")
+                error = ClientError(f"cannot write {current} to {label}: {result.message}")
+                error.__cause__ = result  # raised later, by stage_input, once retries are spent
+                self.failed[label] = error
             elif isinstance(result, BaseException):
                 raise result
 
@@ -213,7 +217,7 @@ async def _send(objects: list[InputObject], destinations: list[Destination], sou
         return dict(lane.failed)
     except ClientError as exc:  # the source failed: say where the bytes were going
         hosts = ", ".join(d.label for d in destinations)
-        raise ClientError(f"{exc.message} (while staging it to {hosts})") from None
+        raise ClientError(f"{exc.message} (while staging it to {hosts})") from exc
     finally:
         for _, task in window:
             if task is not None:
@@ -238,14 +242,18 @@ async def stage_input(objects_per_host: list[list[InputObject]], destinations: l
             jobs += [(objects[j::lanes], [dest]) for j in range(lanes)]
 
     async def run(objects: list[InputObject], targets: list[Destination]) -> None:
-        for attempt in range(SSH_ATTEMPTS):
+        retrying = TAR_STREAMS.start()  # TAR_STREAMS looked up here: tests set their own
+        while True:
             failed = await _send(objects, targets, sources, count)
             if not failed:
                 return
-            if attempt + 1 == SSH_ATTEMPTS:
+            for label, error in failed.items():
+                log.debug("lane of %d objects to %s failed: %s", len(objects), label, error.message)
+            if not await retrying.pause():
                 raise next(iter(failed.values()))
-            await backoff(attempt + 1)
             targets = [d for d in targets if d.label in failed]
+            log.debug("re-sending a lane of %d objects to %s (attempt %d of %s)", len(objects),
+                      ", ".join(d.label for d in targets), retrying.failures + 1, retrying.policy.attempts)
 
     results = await asyncio.gather(*(run(o, t) for o, t in jobs), return_exceptions=True)
     for result in results:

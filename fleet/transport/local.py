@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Sequence
 
 from fleet.errors import HostError
 from fleet.transport.base import READ_SIZE, RemoteProcess, Transport
 
+log = logging.getLogger(__name__)
+
+
+def command_name(argv: Sequence[str]) -> str:
+    """What a log line may say of a command: the script's name ($0) of `sh -c TEXT NAME ...`,
+    else the program. Never the script's text nor the other arguments (paths, values)."""
+    if len(argv) >= 4 and argv[0] == "sh" and argv[1] == "-c":
+        return argv[3]
+    return argv[0] if argv else "?"
+
 
 class _LocalProcess(RemoteProcess):
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
+    def __init__(self, process: asyncio.subprocess.Process, label: str, name: str) -> None:
         self._process = process
+        self._label = label
+        self._name = name
 
     async def read_stdout(self) -> bytes:
         return await self._process.stdout.read(READ_SIZE)  # type: ignore[union-attr]
@@ -33,10 +46,12 @@ class _LocalProcess(RemoteProcess):
 
     async def wait(self) -> int:
         status = await self._process.wait()
+        log.debug("%s: %s (pid %d) ended: status %d", self._label, self._name, self._process.pid, status)
         return status if status >= 0 else -1
 
     def close(self) -> None:
         if self._process.returncode is None:
+            log.debug("%s: %s (pid %d) killed", self._label, self._name, self._process.pid)
             self._process.kill()
 
 
@@ -54,8 +69,10 @@ class LocalTransport(Transport):
                 start_new_session=True,  # Ctrl-C at the terminal reaches fleet, not its commands
             )
         except OSError as exc:
-            raise HostError(self.label, f"cannot run {argv[0]}: {exc.strerror}") from None
-        return _LocalProcess(process)
+            raise HostError(self.label, f"cannot run {argv[0]}: {exc.strerror}") from exc
+        name = command_name(argv)
+        log.debug("%s: %s started (pid %d)", self.label, name, process.pid)
+        return _LocalProcess(process, self.label, name)
 
     async def close(self) -> None:
         return None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import shlex
 import socket
 from pathlib import Path
@@ -13,6 +14,9 @@ import asyncssh
 from fleet.errors import HostError
 from fleet.inventory import Host
 from fleet.transport.base import READ_SIZE, RemoteProcess, Transport
+from fleet.transport.local import command_name
+
+log = logging.getLogger(__name__)
 
 # AES-GCM first: it moves bulk data fastest with asyncssh; the rest are asyncssh's defaults.
 PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
@@ -51,17 +55,21 @@ class _AcceptNewClient(asyncssh.SSHClient):
 class _SSHProcess(RemoteProcess):
     """One exec channel."""
 
-    def __init__(self, process: asyncssh.SSHClientProcess, label: str) -> None:
+    def __init__(self, process: asyncssh.SSHClientProcess, label: str, name: str) -> None:
         self._process = process
         self._label = label
+        self._name = name  # the command's name, for the log (command_name)
         self._lost = False
+        self._ended = False
 
     async def _guard(self, work):
         try:
             return await work
         except (asyncssh.Error, OSError) as exc:
+            if not self._lost:
+                log.debug("%s: channel %s lost: %s", self._label, self._name, exc)
             self._lost = True
-            raise HostError(self._label, f"lost the SSH connection: {exc}") from None
+            raise HostError(self._label, f"lost the SSH connection: {exc}") from exc
 
     @property
     def lost(self) -> bool:
@@ -88,9 +96,16 @@ class _SSHProcess(RemoteProcess):
         status = completed.exit_status
         if status is None and completed.exit_signal is None:
             self._lost = True  # the channel closed without the command's end
+        self._ended = True
+        log.debug("%s: channel %s closed: %s", self._label, self._name,
+                  "lost (no exit status)" if self._lost else
+                  f"status {status}" if completed.exit_signal is None else f"signal {completed.exit_signal[0]}")
         return status if status is not None and status >= 0 else -1
 
     def close(self) -> None:
+        if not self._ended:
+            log.debug("%s: channel %s closed before its end", self._label, self._name)
+            self._ended = True
         self._process.close()
 
 
@@ -118,7 +133,12 @@ class SSHTransport(Transport):
             if self._conn is not None:
                 self._conn.abort()
                 self._conn = None
-            await self.connect(timeout)
+            log.debug("%s: reconnecting (attempt timeout %g s)", self.label, timeout)
+            try:
+                await self.connect(timeout)
+            except HostError as exc:
+                log.debug("%s: reconnecting failed: %s", self.label, exc.message)
+                raise
 
     async def connect(self, timeout: float | None = None) -> None:
         host = self.host
@@ -141,31 +161,36 @@ class SSHTransport(Transport):
             options["known_hosts"] = _known_hosts_data(known_hosts_path)
             if host.host_key_checking == "accept-new":
                 options["client_factory"] = lambda: _AcceptNewClient(known_hosts_path, host)
+        log.debug("%s: connecting to %s port %d as %s (timeout %g s, host keys: %s)", self.label, host.address,
+                  host.port, host.ssh_user, connect_timeout, host.host_key_checking)
         try:
             self._conn = await asyncssh.connect(host.address, **options)
         except asyncssh.HostKeyNotVerifiable as exc:
             raise HostError(self.label, (
                 f"SSH host key not verified ({exc.reason}): the host is not in {known_hosts_path} "
                 f"or its key changed; check the key, or set host_key_checking in the inventory"
-            )) from None
-        except asyncssh.PermissionDenied:
+            )) from exc
+        except asyncssh.PermissionDenied as exc:
             raise HostError(self.label, (
                 f"SSH login refused for user {host.ssh_user}"
                 + (f" with key {host.identity_file}" if host.identity_file else "")
-            )) from None
+            )) from exc
         except socket.gaierror as exc:
-            raise HostError(self.label, f"cannot resolve {host.address}: {exc.strerror}") from None
-        except ConnectionRefusedError:
-            raise HostError(self.label, f"connection refused on port {host.port}") from None
-        except (asyncio.TimeoutError, TimeoutError):
-            raise HostError(self.label, f"no SSH answer within {connect_timeout:g} s") from None
+            raise HostError(self.label, f"cannot resolve {host.address}: {exc.strerror}") from exc
+        except ConnectionRefusedError as exc:
+            raise HostError(self.label, f"connection refused on port {host.port}") from exc
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise HostError(self.label, f"no SSH answer within {connect_timeout:g} s") from exc
         except OSError as exc:
-            raise HostError(self.label, f"cannot connect: {exc.strerror or exc}") from None
+            raise HostError(self.label, f"cannot connect: {exc.strerror or exc}") from exc
         except asyncssh.Error as exc:
-            raise HostError(self.label, f"SSH failed: {exc.reason}") from None
+            raise HostError(self.label, f"SSH failed: {exc.reason}") from exc
+        log.debug("%s: connected (%s, cipher %s)", self.label, self.peer_address,
+                  self._conn.get_extra_info("send_cipher"))
 
     async def start(self, argv: Sequence[str]) -> RemoteProcess:
         command = shlex.join(argv)  # the one place an argv becomes a remote command line
+        name = command_name(argv)
         for attempt in (1, 2):
             if self._conn is not None and self._conn.is_closed():  # lost: connect again
                 await self.reconnect(self.host.connect_timeout)
@@ -177,11 +202,15 @@ class SSHTransport(Transport):
                 # A connection that was closing (a keepalive gave up on it) refuses channels:
                 # once it has closed, connect again and try once more.
                 if attempt == 1 and not self._closed and await self._closes_soon():
+                    log.debug("%s: channel %s refused by a closing connection (%s); connecting again",
+                              self.label, name, exc)
                     continue
+                log.debug("%s: channel %s not opened: %s", self.label, name, exc)
                 if isinstance(exc, asyncssh.ChannelOpenError):
-                    raise HostError(self.label, f"SSH channel refused: {exc.reason}") from None
-                raise HostError(self.label, f"lost the SSH connection: {exc}") from None
-            return _SSHProcess(process, self.label)
+                    raise HostError(self.label, f"SSH channel refused: {exc.reason}") from exc
+                raise HostError(self.label, f"lost the SSH connection: {exc}") from exc
+            log.debug("%s: channel %s opened", self.label, name)
+            return _SSHProcess(process, self.label, name)
         raise AssertionError("unreachable")
 
     async def _closes_soon(self) -> bool:
@@ -195,6 +224,7 @@ class SSHTransport(Transport):
     async def close(self) -> None:
         self._closed = True
         if self._conn is not None:
+            log.debug("%s: closing the SSH connection", self.label)
             self._conn.close()
             try:
                 await asyncio.wait_for(self._conn.wait_closed(), 5)

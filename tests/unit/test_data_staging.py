@@ -5,6 +5,7 @@ destination directory ends up holding is the contract."""
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from pathlib import Path
 from typing import AsyncIterator, Sequence
 
@@ -67,9 +68,12 @@ class FlakyTransport(CountingTransport):
 
 @pytest.fixture(autouse=True)
 def no_backoff(monkeypatch):
-    async def immediately(attempt: int) -> None:
-        return None
-    monkeypatch.setattr(staging, "backoff", immediately)
+    monkeypatch.setattr(staging, "TAR_STREAMS", replace(staging.TAR_STREAMS, first=0, cap=0))
+
+
+def attempts(monkeypatch, n: int) -> None:
+    """Each lane sent at most n times (TAR_STREAMS.attempts)."""
+    monkeypatch.setattr(staging, "TAR_STREAMS", replace(staging.TAR_STREAMS, attempts=n))
 
 
 def inputs_dir(tmp_path: Path, host: int) -> Path:
@@ -140,7 +144,7 @@ async def test_one_destination_never_fails_on_subdirectories_created_concurrentl
     # Regression: with two `tar -x` per destination (LANES=2), GNU tar failed "Cannot open: No such
     # file or directory" when the other tar created a missing subdirectory between its open() and
     # its mkdir(); retries hid it, re-reading every object of the lane. Near certain here with two.
-    monkeypatch.setattr(staging, "SSH_ATTEMPTS", 1)  # a race shows as a failure, not a silent re-send
+    attempts(monkeypatch, 1)  # a race shows as a failure, not a silent re-send
     data = {f"in/{i}/{leaf}": b"z" for i in range(500) for leaf in "ab"}
     objects = input_objects(data)
     dests = destinations(tmp_path, 3)
@@ -221,7 +225,7 @@ async def test_source_shorter_than_its_listed_size_is_a_client_error_naming_the_
 @pytest.mark.parametrize("blocker", ["file-as-directory", "file-as-parent"])
 async def test_destination_whose_tar_fails_is_a_client_error_naming_it_after_retries(tmp_path, monkeypatch,
                                                                                      blocker):
-    monkeypatch.setattr(staging, "SSH_ATTEMPTS", 2)
+    attempts(monkeypatch, 2)
     data = dataset(small=20, large=1)
     objects = input_objects(data)
     dests = destinations(tmp_path, 3)
@@ -235,7 +239,7 @@ async def test_destination_whose_tar_fails_is_a_client_error_naming_it_after_ret
         await stage_input([objects] * 3, dests, FakeSources(data), TransferCount(), replicated=True)
     assert dests[1].label in caught.value.message
     assert dests[0].label not in caught.value.message and dests[2].label not in caught.value.message
-    assert dests[1].transport.started == 2 * staging.LANES  # every lane tried SSH_ATTEMPTS times
+    assert dests[1].transport.started == 2 * staging.LANES  # every lane tried TAR_STREAMS.attempts times
     assert dests[0].transport.started == staging.LANES  # the good ones were not re-sent anything
     for good in (dests[0], dests[2]):
         assert tree(good.directory) == expected(objects, data)
@@ -255,7 +259,7 @@ async def test_destination_lost_once_is_retried_and_ends_up_complete(tmp_path):
 
 async def test_a_job_directory_that_is_gone_is_not_recreated(tmp_path, monkeypatch):
     # A data channel that runs after a failed preparation removed the job directory.
-    monkeypatch.setattr(staging, "SSH_ATTEMPTS", 1)
+    attempts(monkeypatch, 1)
     data = dataset(small=3)
     objects = input_objects(data)
     dests = destinations(tmp_path, 1)
