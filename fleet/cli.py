@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import shlex
 import signal
@@ -19,15 +20,17 @@ import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
-from fleet.contract import configfiles
 from fleet.contract.describe import TERMINAL, new_record
-from fleet.contract.job import ignored_fields, load_job, parse_job
+from fleet.contract.job import ignored_fields, load_job
 from fleet.errors import FleetError, InvalidInput, JobStopped
 from fleet.home import fleet_home
-from fleet.inventory import Host, load_inventory
-from fleet.plan import ClusterPlan, algo_names, plan_cluster, select_hosts
+from fleet.inventory import load_inventory
+from fleet.plan import ClusterPlan, job_arn, plan_cluster, record_hosts, select_hosts
 from fleet.runtime.console import Console
-from fleet.runtime.store import JobStore, controller_id
+from fleet.runtime.store import JobStore, RunOptions, RunRecord, controller_id
+
+
+log = logging.getLogger(__name__)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -38,6 +41,9 @@ class _Parser(argparse.ArgumentParser):
 
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="fleet", description="Run SageMaker Processing jobs on your own hosts.")
+    parser.add_argument("--debug", action="store_true",
+                        help="debug logs on stderr, and the traceback of an unexpected error "
+                             "(also FLEET_DEBUG=1)")
     verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
 
     run = verbs.add_parser("run", help="run a CreateProcessingJob request on the inventory's hosts")
@@ -131,31 +137,21 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         _print_plan(plan)
         return 0
 
-    from fleet.runtime.executor import JobExecution, RunOptions
+    from fleet.runtime.executor import JobExecution
 
-    name = job.ProcessingJobName
-    arn = configfiles.job_arn(name, region, account)
     store = JobStore(fleet_home())
-    record = store.create(new_record(job, arn, {
-        algo: {"Name": h.label, "Address": h.address} for algo, h in zip(algo_names(len(hosts)), hosts)}))
-    ownership = store.claim(name)
-    options = RunOptions(
-        stop_grace=args.stop_grace, keep=args.keep, docker_timeout=args.docker_timeout,
-        host_timeout=args.host_timeout, region=region, account=account,
-        run_id=uuid.uuid4().hex[:16], controller=controller_id(store.home))
-    # What another fleet process needs to take the job over if this one dies.
-    run = {"RunId": options.run_id, "Controller": options.controller,
-           "Request": job.model_dump(mode="json", exclude_none=True),
-           "Hosts": [h.model_dump(mode="json") for h in hosts], "Addresses": None,
-           "Options": {"stop_grace": options.stop_grace, "keep": options.keep,
-                       "docker_timeout": options.docker_timeout, "host_timeout": options.host_timeout,
-                       "region": region, "account": account}}
-    store.write_run(name, run)
-    execution = JobExecution(job, hosts, record, console, options)
-    _on_signals(execution.request_stop)
+    record = store.create(new_record(job, job_arn(job, region, account), record_hosts(hosts)))
+    ownership = store.claim(job.ProcessingJobName)
     try:
-        error = await execution.execute(on_planned=lambda addresses: store.write_run(
-            name, {**run, "Addresses": addresses}))
+        options = RunOptions(stop_grace=args.stop_grace, keep=args.keep, docker_timeout=args.docker_timeout,
+                             host_timeout=args.host_timeout, region=region, account=account)
+        # What another fleet process needs to take the job over if this one dies.
+        run = RunRecord.new(job, hosts, options, run_id=uuid.uuid4().hex[:16],
+                            controller=controller_id(store.home))
+        record.save_run(run)
+        execution = JobExecution(run, record, console)
+        _on_signals(execution.request_stop)
+        error = await execution.execute()
     finally:
         ownership.release()
     return _ended(console, record, error)
@@ -179,7 +175,7 @@ def _ended(console: Console, record, error: FleetError | None) -> int:
 
 async def _take_over(name: str, console: Console, *, stop: bool) -> int:
     """Run a job on from where its `fleet run` left it: the same end, the same exit code."""
-    from fleet.runtime.executor import JobExecution, RunOptions, Takeover
+    from fleet.runtime.executor import JobExecution
 
     store = JobStore(fleet_home())
     record = store.record(name)
@@ -187,18 +183,12 @@ async def _take_over(name: str, console: Console, *, stop: bool) -> int:
         raise InvalidInput(f"job {name} is {record.status}: it no longer runs")
     ownership = store.claim(name)
     try:
-        run = store.read_run(name)
-        job = parse_job(run["Request"], str(store.job_dir(name) / "run.json"))
-        hosts = [Host.model_validate(h) for h in run["Hosts"]]
-        options = RunOptions(**run["Options"], run_id=run["RunId"], controller=run["Controller"])
-        execution = JobExecution(job, hosts, record, console, options)
+        execution = JobExecution(store.read_run(name), record, console)
         _on_signals(execution.request_stop)
         if stop or record.status == "Stopping":
             execution.request_stop()
-        console.notice(f"taking over {name} ({len(hosts)} host(s))")
-        error = await execution.execute(Takeover(
-            addresses=run.get("Addresses") or [h.ip or h.address for h in hosts],
-            started=record.data.get("ProcessingStartTime")))
+        console.notice(f"taking over {name} ({len(execution.instances)} host(s))")
+        error = await execution.execute(take_over=True, started=record.data.get("ProcessingStartTime"))
         return _ended(console, record, error)
     finally:
         ownership.release()
@@ -322,10 +312,26 @@ async def _asynchronous(args: argparse.Namespace, console: Console) -> int:
     return await preflight.check(inventory, job, console, docker_timeout=args.docker_timeout)
 
 
+def _debugging(args: argparse.Namespace | None) -> bool:
+    return bool((args is not None and args.debug) or os.environ.get("FLEET_DEBUG"))
+
+
+def _log_debug() -> None:
+    """fleet's debug logs on stderr (other libraries: warnings only)."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    logging.getLogger().setLevel(logging.WARNING)
+    logging.getLogger("fleet").setLevel(logging.DEBUG)
+
+
 def main(argv: list[str] | None = None) -> int:
     console = Console()
+    args = None
     try:
         args = _parser().parse_args(argv)
+        if _debugging(args):
+            _log_debug()
         if args.verb in ("run", "attach", "stop", "gc", "check"):
             import uvloop
             return uvloop.run(_asynchronous(args, console))
@@ -341,9 +347,9 @@ def main(argv: list[str] | None = None) -> int:
         console.notice("interrupted")
         return 130
     except Exception as exc:  # a bug of fleet's: say so in one line, with a way to see more
-        if os.environ.get("FLEET_DEBUG"):
-            raise
-        console.notice(f"internal error: {exc!r} (set FLEET_DEBUG=1 for a traceback)")
+        if _debugging(args):
+            log.exception("internal error")
+        console.notice(f"internal error: {exc!r} (fleet --debug shows the traceback)")
         return 1
 
 

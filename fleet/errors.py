@@ -57,6 +57,22 @@ class HostLost(FleetError):
         self.host = algo
 
 
+class HostsFailed(FleetError):
+    """Several hosts failed at one step: one line per host; the kind (exit code, FailureReason
+    prefix) of the first host's error."""
+
+    def __init__(self, errors: list[FleetError]) -> None:
+        super().__init__("\n".join(error.message for error in errors))
+        self.errors = errors
+        self.exit_code = errors[0].exit_code
+        self.failure_kind = errors[0].failure_kind
+
+    @staticmethod
+    def of(errors: list[FleetError]) -> FleetError:
+        """The one error, or all of them as HostsFailed."""
+        return errors[0] if len(errors) == 1 else HostsFailed(errors)
+
+
 class ClientError(FleetError):
     """The job cannot run as asked: image pull, GPU, ExitMessage not UTF-8 (exit 1)."""
 
@@ -74,6 +90,14 @@ class MaxRuntimeExceeded(FleetError):
 
     exit_code = 124
     failure_kind = "MaxRuntimeExceeded"
+
+
+class InternalError(FleetError):
+    """A bug of fleet's: the job still ends Failed (InternalServerError) and its hosts are
+    cleaned; `fleet --debug` shows the traceback (exit 1)."""
+
+    def __init__(self, exc: BaseException) -> None:
+        super().__init__(f"fleet failed unexpectedly: {exc!r}")
 
 
 class JobStopped(FleetError):

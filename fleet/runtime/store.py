@@ -18,9 +18,50 @@ import socket
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from pydantic import BaseModel, ConfigDict, ValidationError
+
 from fleet.contract.describe import now
-from fleet.contract.job import JOB_NAME_PATTERN
+from fleet.contract.job import JOB_NAME_PATTERN, ProcessingJob, parse_job
 from fleet.errors import InvalidInput, ResourceInUse
+from fleet.inventory import Host
+
+
+class RunOptions(BaseModel):
+    """How a run goes: `fleet run`'s options, and where its ARN points."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    stop_grace: int = 30
+    keep: bool = False
+    docker_timeout: int = 20
+    host_timeout: float = 120
+    region: str = "us-east-1"
+    account: str = "000000000000"
+
+
+class RunRecord(BaseModel):
+    """run.json: everything another fleet process needs to take a job over (`fleet attach`,
+    `fleet stop` when its `fleet run` is gone): the request, the hosts, where they were
+    reached (once known), the options and the run's identity. The executor's input, for a
+    new run and a taken-over one alike."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    RunId: str
+    Controller: str  # machine:FLEET_HOME (the fleet.controller label)
+    Request: dict[str, Any]  # the CreateProcessingJob request, as validated
+    Hosts: list[Host]
+    Addresses: list[str] | None = None  # where the other hosts reach each host; None before connecting
+    Options: RunOptions = RunOptions()
+
+    @classmethod
+    def new(cls, job: ProcessingJob, hosts: list[Host], options: RunOptions, run_id: str,
+            controller: str) -> "RunRecord":
+        return cls(RunId=run_id, Controller=controller, Hosts=hosts, Options=options,
+                   Request=job.model_dump(mode="json", exclude_none=True))
+
+    def job(self, source: str = "run.json") -> ProcessingJob:
+        return parse_job(self.Request, source)
 
 
 class JobStore:
@@ -41,12 +82,12 @@ class JobStore:
             self.jobs.mkdir(parents=True, exist_ok=True)
             self.job_dir(name).mkdir()
             (self.job_dir(name) / "logs").mkdir()
-        except FileExistsError:
+        except FileExistsError as exc:
             raise ResourceInUse(
                 f"a job named {name} already exists ({self.job_dir(name)}); "
-                f"choose another name with --name") from None
+                f"choose another name with --name") from exc
         except OSError as exc:
-            raise InvalidInput(f"cannot write job records in {self.jobs} (FLEET_HOME): {exc.strerror}") from None
+            raise InvalidInput(f"cannot write job records in {self.jobs} (FLEET_HOME): {exc.strerror}") from exc
         job = JobRecord(self.job_dir(name), record)
         job.save()
         return job
@@ -57,8 +98,8 @@ class JobStore:
         path = self.job_dir(name) / "describe.json"
         try:
             return json.loads(path.read_text())
-        except FileNotFoundError:
-            raise InvalidInput(f"no job named {name} in {self.jobs}") from None
+        except FileNotFoundError as exc:
+            raise InvalidInput(f"no job named {name} in {self.jobs}") from exc
 
     def log_path(self, name: str, algo: str) -> Path:
         return self.job_dir(name) / "logs" / f"{algo}.log"
@@ -76,15 +117,16 @@ class JobStore:
     def record(self, name: str) -> "JobRecord":
         return JobRecord(self.job_dir(name), self.load(name))
 
-    def read_run(self, name: str) -> dict[str, Any]:
+    def read_run(self, name: str) -> RunRecord:
+        path = self.job_dir(name) / "run.json"
         try:
-            return json.loads((self.job_dir(name) / "run.json").read_text())
-        except FileNotFoundError:
+            return RunRecord.model_validate_json(path.read_bytes())
+        except FileNotFoundError as exc:
             raise InvalidInput(f"job {name} has no run.json in {self.job_dir(name)}: it cannot be "
-                               f"taken over") from None
-
-    def write_run(self, name: str, run: dict[str, Any]) -> None:
-        _write_atomically(self.job_dir(name) / "run.json", run)
+                               f"taken over") from exc
+        except ValidationError as exc:
+            raise InvalidInput(f"{path} is not a run record fleet can read: "
+                               f"{exc.errors()[0]['msg']}") from exc
 
     def claim(self, name: str) -> "Ownership":
         """Become the one fleet process running `name`; JobOwned if another one is."""
@@ -115,7 +157,7 @@ class JobStore:
             file.seek(0)
             pid = file.read().strip()
             file.close()
-            raise JobOwned(name, int(pid) if pid.isdigit() else None) from None
+            raise JobOwned(name, int(pid) if pid.isdigit() else None) from None  # not a failure: a finding
         return file
 
 
@@ -164,6 +206,10 @@ class JobRecord:
 
     def save(self) -> None:
         _write_atomically(self.directory / "describe.json", self.data)
+
+    def save_run(self, run: RunRecord) -> None:
+        """Write run.json (atomically)."""
+        _write_atomically(self.directory / "run.json", run.model_dump(mode="json"))
 
     def log_size(self, algo: str) -> int:
         try:

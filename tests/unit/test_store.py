@@ -10,7 +10,8 @@ import pytest
 
 from fleet.cli import main
 from fleet.errors import InvalidInput
-from fleet.runtime.store import JobOwned, JobStore
+from fleet.inventory import Host
+from fleet.runtime.store import JobOwned, JobStore, RunOptions, RunRecord
 
 
 def record(name: str, created: str, status: str = "Completed", **extra) -> dict:
@@ -47,8 +48,22 @@ def test_run_json_round_trips_and_its_absence_is_named(tmp_path: Path):
     store.create(record("j", "2026-01-01T00:00:00+00:00"))
     with pytest.raises(InvalidInput, match="has no run.json"):
         store.read_run("j")
-    store.write_run("j", {"RunId": "abc"})
-    assert store.read_run("j") == {"RunId": "abc"}
+    host = Host(address="10.0.0.1", name="gpu-01", gpus=[0, 1])
+    run = RunRecord(RunId="abc", Controller="c:/h", Request={"ProcessingJobName": "j"}, Hosts=[host],
+                    Options=RunOptions(stop_grace=7, keep=True))
+    store.record("j").save_run(run)
+    assert store.read_run("j") == run
+    assert store.read_run("j").Hosts[0].gpus == [0, 1]
+    store.record("j").save_run(run.model_copy(update={"Addresses": ["10.0.0.9"]}))
+    assert store.read_run("j").Addresses == ["10.0.0.9"]
+
+
+def test_an_unreadable_run_json_is_named(tmp_path: Path):
+    store = JobStore(tmp_path)
+    store.create(record("j", "2026-01-01T00:00:00+00:00"))
+    (tmp_path / "jobs" / "j" / "run.json").write_text('{"RunId": 5}')
+    with pytest.raises(InvalidInput, match="run.json is not a run record"):
+        store.read_run("j")
 
 
 def test_fleet_list_shows_jobs_newest_first_and_filters(tmp_path: Path, monkeypatch, capsys):

@@ -1,0 +1,70 @@
+"""Waiting on several things at once, every task owned by an `asyncio.TaskGroup`: no task
+outlives the call that started it, whatever ends it (an error, a cancellation)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+from fleet.errors import FleetError, HostsFailed
+
+T = TypeVar("T")
+
+
+async def first_of(*waits: Awaitable[Any]) -> int:
+    """Await the first of `waits` to end, cancel the others; return its index. Its error,
+    if it failed, is raised as it is (not in an ExceptionGroup)."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_awaited(wait)) for wait in waits]
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in tasks:
+                if task not in done:
+                    task.cancel()
+    except BaseExceptionGroup as group_error:
+        raise _single(group_error)  # the one error, unwrapped (its cause kept)
+    return next(index for index, task in enumerate(tasks) if task in done)
+
+
+async def all_of(*works: Awaitable[Any]) -> None:
+    """Await all of `works`; the first to fail cancels the others and its error is raised
+    as it is."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            for work in works:
+                group.create_task(_awaited(work))
+    except BaseExceptionGroup as group_error:
+        raise _single(group_error)
+
+
+async def on_each(items: Iterable[T], action: Callable[[T], Awaitable[Any]]) -> None:
+    """`action(item)` for every item at once, each to its end: one host's failure does not
+    cut another's work short. The FleetErrors combine into one (HostsFailed: a line per
+    host, in the items' order); anything else (a bug) cancels the rest and is raised."""
+    items = list(items)
+    errors: dict[int, FleetError] = {}
+
+    async def one(index: int, item: T) -> None:
+        try:
+            await action(item)
+        except FleetError as exc:
+            errors[index] = exc
+
+    await all_of(*(one(index, item) for index, item in enumerate(items)))
+    if errors:
+        raise HostsFailed.of([errors[index] for index in sorted(errors)])
+
+
+async def _awaited(work: Awaitable[T]) -> T:
+    return await work
+
+
+def _single(group: BaseExceptionGroup) -> BaseException:
+    """The first error of a task group that is not a cancellation."""
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            return _single(error)
+        if not isinstance(error, asyncio.CancelledError):
+            return error
+    return group.exceptions[0]

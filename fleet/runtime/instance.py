@@ -1,0 +1,361 @@
+"""algo-k: one host of the job's cluster, from its SSH connection to its cleanup.
+
+An Instance owns everything about its host: the transport, its part of the plan, the
+session that runs the job there (fleet/host/session.sh), the log sink (the stored log and
+the console), reconnecting after a lost connection, stop, kill and cleanup. The job
+(executor.py) holds a list of them and says when each step happens.
+
+The session is the controller's side of session.sh: stdout (the container's logs) goes to
+the log sink, the progress lines on stderr are parsed (fleet.host.SessionReport), stdin
+answers go / abort, then clean / keep. Once the container has started, a lost connection
+does not end the session: the instance reconnects with backoff and resumes (resume.sh) at
+the last log byte it stored, for up to --host-timeout seconds; then the host counts as lost
+(HostLost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from fleet import host as scripts
+from fleet import retry
+from fleet.errors import ClientError, FleetError, HostError, HostLost
+from fleet.host import Status
+from fleet.inventory import Host
+from fleet.plan import HostPlan
+from fleet.runtime.console import Console, HostLines
+from fleet.runtime.fanout import all_of, first_of
+from fleet.runtime.store import RunOptions
+from fleet.transport import Transport
+from fleet.transport.base import RemoteProcess, drain
+
+log = logging.getLogger(__name__)
+
+CLEANUP_MARGIN = 10  # seconds a cleanup may take beyond --docker-timeout
+
+
+@dataclass
+class HostOutcome:
+    algo: str
+    exit_code: int | None = None
+    message: bytes | None = None  # None: the container wrote no /opt/ml/output/message
+    error: FleetError | None = None
+
+
+class Instance:
+    """One host of the job. Use as an async context manager: leaving it closes the session
+    and the connection (the container, if started, keeps running: see `clean_up`)."""
+
+    def __init__(self, algo: str, host: Host, transport: Transport, options: RunOptions,
+                 console: Console) -> None:
+        self.algo = algo
+        self.host = host
+        self.transport = transport
+        self.options = options
+        self.plan: HostPlan | None = None
+        self.report = scripts.SessionReport()
+        self.received = 0  # bytes of the container's log received (and stored) so far
+        self.reconnects: list[float] = []  # seconds from each loss to supervision resumed
+        self._console = console
+        self._process: RemoteProcess | None = None
+        self._reader: asyncio.Task[None] | None = None
+        self._events: dict[str, asyncio.Event] = {
+            name: asyncio.Event() for name in ("written", "prepared", "started", "exited", "cleaned")}
+        self._ended = asyncio.Event()  # the session (and every reconnect) is over
+        self._status: int | None = None
+        self._lost: FleetError | None = None
+        self._log: BinaryIO | None = None
+        self._lines: HostLines | None = None
+        self._volume_kb = 0
+
+    @property
+    def label(self) -> str:
+        return self.transport.label
+
+    def has(self, event: str) -> bool:
+        return self._events[event].is_set()
+
+    async def __aenter__(self) -> Instance:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- reaching the host ----------------------------------------------------------------
+    async def connect(self) -> None:
+        await self.transport.connect()
+
+    def address(self, controller: str | None) -> str:
+        """Where the other hosts reach this one: the inventory's `ip`; else the address its
+        SSH connection reached; for the local host, `controller` (this machine's address on
+        the way to the SSH hosts), else 127.0.0.1."""
+        if self.host.ip:
+            return self.host.ip
+        if self.host.transport == "local" and controller:
+            return controller
+        return self.transport.peer_address
+
+    def planned(self, plan: HostPlan, log_file: BinaryIO) -> None:
+        """This host's part of the plan, and the file its log is stored in."""
+        self.plan = plan
+        self._log = log_file
+        self._lines = self._console.host_lines(self.algo)
+
+    def _plan(self) -> HostPlan:
+        if self.plan is None:
+            raise AssertionError(f"{self.algo}: used before it was planned")
+        return self.plan
+
+    # -- the session ------------------------------------------------------------------------
+    async def open(self, tasks: asyncio.TaskGroup, image: str, volume_gb: int) -> None:
+        """Start the session command (check, write, create; then wait for go). Its reader
+        is a task of `tasks`, the job's."""
+        self._volume_kb = volume_gb * 1024 * 1024
+        self._process = await self.transport.start(
+            scripts.session(self._plan(), image, self.options.docker_timeout, volume_gb))
+        self._reader = tasks.create_task(self._read(), name=f"{self.algo} session")
+
+    def resume(self, tasks: asyncio.TaskGroup, offset: int) -> None:
+        """Take over this run's started container: its log from byte `offset` on (what the
+        store already has), its exit, its removal."""
+        self.received = offset
+        self._events["started"].set()  # by the fleet process that ran the job
+        self._reader = tasks.create_task(self._read(), name=f"{self.algo} session (taken over)")
+
+    def _output(self, chunk: bytes) -> None:
+        self.received += len(chunk)
+        if self._log is not None:
+            self._log.write(chunk)
+        if self._lines is not None:
+            self._lines.feed(chunk)
+
+    def _progress(self, chunk: bytes) -> None:
+        for event in self.report.feed(chunk):
+            log.debug("%s: %s", self.algo, event)
+            self._events[event].set()
+
+    async def _read(self) -> None:
+        try:
+            while True:
+                if self._process is None:  # taking over: reach the host (as after a loss)
+                    self._process = await self._reconnect(None)
+                process = self._process
+                try:
+                    await all_of(drain(process.read_stdout, self._output),
+                                 drain(process.read_stderr, self._progress))
+                    self._status = await process.wait()
+                    if not process.lost:
+                        return
+                    lost: FleetError = HostError(self.label, "the SSH connection closed")
+                except FleetError as exc:
+                    lost = exc
+                if not (self.has("started") and not self.has("exited") and self.options.host_timeout > 0):
+                    self._lost = lost
+                    return
+                self._process = await self._reconnect(lost)
+                self.report.resumed()
+        except FleetError as exc:
+            self._lost = exc
+        finally:
+            self._ended.set()
+
+    async def _reconnect(self, lost: FleetError | None) -> RemoteProcess:
+        """Connect (again) with backoff and resume the session where its log stopped; raise
+        HostLost after --host-timeout seconds without success."""
+        timeout = self.options.host_timeout
+        if lost is not None:
+            self._console.notice(f"{lost.message}; reconnecting (for up to {timeout:g} s)")
+        retrying = retry.reconnect(timeout).start()
+        while True:
+            try:
+                left = retrying.left or 0.0
+                if left <= 0:
+                    raise HostError(self.label, "no time left to reconnect")
+                await self.transport.reconnect(min(retry.RECONNECT_ATTEMPT_TIMEOUT, left))
+                process = await self.transport.start(
+                    scripts.resume(self._plan(), self.received, self.options.docker_timeout))
+            except FleetError as exc:
+                log.debug("%s: reconnecting: %s", self.algo, exc.message)
+                if await retrying.pause():
+                    continue
+                raise HostLost(self.algo, self.host.address, retrying.elapsed) from exc
+            if lost is not None:
+                self.reconnects.append(retrying.elapsed)
+                self._console.notice(f"{self.label}: reconnected after {retrying.elapsed:.1f} s; "
+                                     f"supervising again")
+            return process
+
+    async def _until(self, event: str) -> bool:
+        """Wait for `event` or the session's end; True if the event came."""
+        await first_of(self._events[event].wait(), self._ended.wait())
+        return self._events[event].is_set()
+
+    async def written(self) -> bool:
+        """Wait until the job directory is written (inputs may stream in); False if the
+        session ended first (`prepared` tells why)."""
+        return await self._until("written")
+
+    async def prepared(self, image: str) -> None:
+        """Wait until the host is checked, its job directory written and its container
+        created; raise what went wrong."""
+        if await self._until("prepared"):
+            return
+        await self._ended.wait()
+        raise self._preparation_error(image)
+
+    def _preparation_error(self, image: str) -> FleetError:
+        if self._lost is not None:
+            return self._lost
+        plan, said, status, label = self._plan(), self.report.errors, self._status, self.label
+        if status == Status.DOCKER_TIMEOUT:
+            return HostError(label, f"docker did not answer within {self.options.docker_timeout} s")
+        if status == Status.DOCKER_MISSING:
+            return HostError(label, f"docker command not found ({self.host.docker!r}): {said}")
+        if status == Status.DOCKER_FAILED:
+            return HostError(label, f"docker is not answering: {said}")
+        if status == Status.PULL_FAILED:
+            return ClientError(f"{label}: cannot pull image {image}: {said}")
+        if status == Status.CREATE_FAILED:
+            return ClientError(f"{label}: docker could not create the container: {said}")
+        if status == Status.NO_SPACE:
+            free = said.splitlines()[-1] if said else "?"
+            return HostError(label, f"not enough free space in {plan.workdir}: the job's "
+                                    f"VolumeSizeInGB needs {_gib(self._volume_kb)}, {_gib(free)} free")
+        if status == Status.NO_GPU_RUNTIME:
+            return HostError(label, "the inventory gives this host GPUs but Docker there has no NVIDIA "
+                                    "runtime and no CDI GPU devices; install the NVIDIA Container Toolkit "
+                                    "on that host, or remove `gpus` from its inventory entry")
+        if status == Status.IN_USE:
+            owner = said.splitlines()[-1] if said else "unknown"
+            return HostError(label, f"the job directory {plan.job_dir} belongs to another run of a "
+                                    f"job named {plan.job_name} (run {owner}); choose "
+                                    f"another name with --name, or remove leftovers with `fleet gc`")
+        if status == Status.WRITE_FAILED:
+            return HostError(label, f"cannot write the job directory {plan.job_dir}: {said}")
+        return HostError(label, f"preparing the host failed (status {status}): {said}")
+
+    async def go(self) -> None:
+        await self._send(scripts.GO)
+
+    async def abort(self) -> None:
+        await self._send(scripts.ABORT)
+
+    async def _send(self, line: bytes) -> None:
+        if self._process is not None and not self._ended.is_set():
+            try:
+                await self._process.write(line)
+            except FleetError as exc:
+                log.debug("%s: could not send %r: %s", self.algo, line, exc.message)  # its end tells
+
+    async def exited(self) -> tuple[int, bytes | None]:
+        """Wait for the container to exit: (exit code, first 1 KB of its message, if any)."""
+        try:
+            if await self._until("exited"):
+                code = self.report.exit_code
+                return code if code is not None else -1, self.report.message
+            await self._ended.wait()
+        finally:
+            if self._lines is not None:
+                self._lines.flush()
+        plan = self._plan()
+        if self._lost is not None:
+            raise self._lost
+        if self._status == Status.GONE:
+            raise HostError(self.label, f"the container {plan.container} is gone: {self.report.errors}")
+        if self._status == Status.NOT_STARTED:
+            raise HostError(self.label, f"the container {plan.container} was never started")
+        if not self.has("started"):
+            raise _start_error(self.label, self.report.errors)
+        raise HostError(self.label, f"lost track of the container (status {self._status}): {self.report.errors}")
+
+    # -- stop, kill, cleanup ----------------------------------------------------------------
+    async def stop(self, kill: asyncio.Event) -> None:
+        """Stop the container: `docker stop` (SIGINT, then SIGKILL after the grace: it was
+        created so), or `docker kill` once `kill` is set. A host being reconnected to gets
+        the command once it is back. Returns once the command ran or the container's end
+        was seen."""
+        plan = self._plan()
+        if await first_of(self._until("exited"), self._until_ran(scripts.stop(plan)), kill.wait()) == 2:
+            await first_of(self._until("exited"), self._until_ran(scripts.kill(plan)))
+
+    async def _until_ran(self, argv: list[str]) -> None:
+        """Run argv on the host, again after each failure to reach it (at the reconnects'
+        pace), until it ran; the caller cancels it when it is no longer needed."""
+        retrying = retry.RECONNECT.start()
+        while True:
+            try:
+                await self.transport.run(argv)
+                return
+            except FleetError as exc:
+                log.debug("%s: %s: %s", self.algo, argv[-2] if len(argv) > 1 else argv, exc.message)
+                await retrying.pause()
+
+    async def finish(self, keep: bool) -> bool:
+        """Ask the session to remove the container (and the directory unless `keep`);
+        True once it has."""
+        if self._process is None:
+            return False
+        await self._send(scripts.KEEP if keep else scripts.CLEAN)
+        if not self._ended.is_set():
+            self._process.close_stdin()
+        await self._ended.wait()
+        return self.has("cleaned")
+
+    async def clean_up(self, keep: bool) -> None:
+        """Whatever happened: no container of this run remains on the host, and its job
+        directory goes (unless `keep`). A session that ran to its end cleans up itself;
+        otherwise one cleanup command. Bounded: a hung docker daemon must not hang fleet
+        (HostError: the container may remain, for `fleet gc`)."""
+        bound = self.options.docker_timeout + CLEANUP_MARGIN
+        plan = self._plan()
+        # A container still running (an unexpected error got us here) is not waited for:
+        # its session is abandoned and the cleanup command removes it.
+        if self.has("exited") or not self.has("started"):
+            try:
+                async with asyncio.timeout(bound):
+                    if await self.finish(keep):
+                        return
+            except TimeoutError:
+                log.debug("%s: the session did not clean up within %s s", self.algo, bound)
+        try:
+            async with asyncio.timeout(bound):
+                result = await self.transport.run(scripts.cleanup(plan, keep, self.options.docker_timeout))
+        except TimeoutError as exc:
+            raise HostError(self.label, f"cleanup did not finish within {bound} s; "
+                                        f"container {plan.container} may remain") from exc
+        if result.exit_status != 0:
+            raise HostError(self.label, f"could not remove the job directory {plan.job_dir}: "
+                                        f"{result.stderr.decode(errors='replace').strip()}")
+
+    async def close(self) -> None:
+        """Abandon the session and close the connection (the container, if started, keeps
+        running: see `clean_up`); the log is flushed and closed. Never raises."""
+        if self._process is not None:
+            self._process.close()
+        if self._reader is not None:
+            self._reader.cancel()
+            await asyncio.gather(self._reader, return_exceptions=True)
+        if self._lines is not None:
+            self._lines.flush()
+        if self._log is not None:
+            self._log.close()
+        await self.transport.close()
+
+
+def _gib(kib: object) -> str:
+    try:
+        return f"{int(kib) / 1024 / 1024:.1f} GiB"  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        return f"{kib} KiB"
+
+
+def _start_error(label: str, text: str) -> FleetError:
+    if "could not select device driver" in text:
+        return ClientError(
+            f"{label}: Docker there cannot give the container GPUs ({text.strip()}); "
+            f"install the NVIDIA Container Toolkit on that host, or remove `gpus` from its "
+            f"inventory entry")
+    return ClientError(f"{label}: docker could not start the container: {text.strip() or 'no reason given'}")
