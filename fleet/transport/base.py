@@ -60,11 +60,21 @@ class RemoteProcess(abc.ABC):
 
 
 class Transport(abc.ABC):
-    """One host: connect once, then start any number of commands, concurrently if wanted."""
+    """One host: connect once, then start any number of commands, concurrently if wanted.
+
+    An async context manager, as httpx's transports: `async with transport:` connects and
+    closes whatever happens."""
 
     def __init__(self, host: Host, label: str) -> None:
         self.host = host
         self.label = label  # e.g. "algo-2 (gpu-02, 10.0.0.12)": names the host in errors
+
+    async def __aenter__(self) -> Transport:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
     @abc.abstractmethod
     async def connect(self) -> None:
