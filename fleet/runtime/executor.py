@@ -27,7 +27,7 @@ from fleet.errors import (AlgorithmError, ClientError, FleetError, HostLost, Int
 from fleet.inventory import Host
 from fleet.plan import HostPlan, algo_names, host_labels, plan_cluster
 from fleet.runtime.console import Console
-from fleet.runtime.fanout import all_of, first_of, on_each
+from fleet.fanout import all_of, first_of, on_each
 from fleet.runtime.instance import HostOutcome, Instance
 from fleet.runtime.store import JobRecord, RunRecord
 from fleet.runtime.transfers import JobData

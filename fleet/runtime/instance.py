@@ -27,7 +27,7 @@ from fleet.host import Status
 from fleet.inventory import Host
 from fleet.plan import HostPlan
 from fleet.runtime.console import Console, HostLines
-from fleet.runtime.fanout import all_of, first_of
+from fleet.fanout import all_of, first_of
 from fleet.runtime.store import RunOptions
 from fleet.transport import Transport
 from fleet.transport.base import RemoteProcess, drain
@@ -337,7 +337,7 @@ class Instance:
             self._process.close()
         if self._reader is not None:
             self._reader.cancel()
-            await asyncio.gather(self._reader, return_exceptions=True)
+            await asyncio.wait([self._reader])
         if self._lines is not None:
             self._lines.flush()
         if self._log is not None:

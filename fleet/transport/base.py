@@ -12,6 +12,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Callable, Sequence
 
+from fleet.fanout import all_of
 from fleet.inventory import Host
 
 OnBytes = Callable[[bytes], None]
@@ -110,8 +111,10 @@ class Transport(abc.ABC):
             if stdin:
                 await process.write(stdin)
             process.close_stdin()
-            out, err = await asyncio.gather(drain(process.read_stdout), drain(process.read_stderr))
-            return CommandResult(await process.wait(), out, err)
+            out = bytearray()
+            err = bytearray()
+            await all_of(drain(process.read_stdout, out.extend), drain(process.read_stderr, err.extend))
+            return CommandResult(await process.wait(), bytes(out), bytes(err))
         finally:
             process.close()
 
