@@ -83,6 +83,11 @@ class HostPlan:
     def inputs_dir(self) -> str:
         return posixpath.join(self.job_dir, "inputs")
 
+    @property
+    def input_count(self) -> int:
+        """How many inputs the job has: input_dir(1) .. input_dir(input_count)."""
+        return sum(1 for directory in self.dirs if posixpath.dirname(directory) == "inputs")
+
     def input_dir(self, index: int) -> str:
         """Where ProcessingInputs[index - 1] is mounted from."""
         return posixpath.join(self.inputs_dir, str(index))

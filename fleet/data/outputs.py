@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Callable
 from fleet.data.locations import FileLocation, Location, parse_location, safe_relative_path
 from fleet.data.tarstream import TarReader
 from fleet.errors import ClientError
+from fleet.host import command as host_command
 from fleet.transport.base import Transport, drain
 
 if TYPE_CHECKING:  # aiobotocore loads slowly: only jobs that use S3 import it
@@ -28,11 +29,6 @@ log = logging.getLogger(__name__)
 
 PART = 8 * 1024 * 1024  # multipart part size; files up to this size are one PUT
 PARTS_IN_FLIGHT = 8  # across the whole job: bounds the controller's memory
-
-_ARCHIVE = 'cd -- "$1" && exec tar -c -f - --hard-dereference .'
-_ARCHIVE_LISTED = ('cd -- "$1" && exec tar -c -f - --hard-dereference --no-recursion '
-                   '--null --verbatim-files-from -T -')
-
 
 @dataclass
 class OutputCount:
@@ -54,8 +50,7 @@ class Uploader:
                           output_name: str, count: OutputCount, only: set[str] | None = None) -> None:
         """Every regular file of `directory` on the host (or only the relative paths in
         `only`) to `destination`."""
-        process = await transport.start(["sh", "-c", _ARCHIVE if only is None else _ARCHIVE_LISTED,
-                                          "fleet", directory])
+        process = await transport.start(host_command("archive", [directory, "all" if only is None else "listed"]))
         if only is not None:  # the names go on stdin, NUL-separated: any name, any number
             await process.write(b"".join(name.encode("utf-8", "surrogateescape") + b"\0" for name in sorted(only)))
         process.close_stdin()

@@ -5,44 +5,22 @@ only this controller's, only of jobs that are not running."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import posixpath
 import re
 from dataclasses import dataclass
 
-from fleet.plan import CONTROLLER_LABEL, JOB_LABEL, RUN_LABEL
 from fleet.contract.describe import TERMINAL
 from fleet.contract.job import JOB_NAME_PATTERN
 from fleet.errors import FleetError, InvalidInput
+from fleet.host import on_host
 from fleet.inventory import Host, Inventory
-from fleet.runtime import hostcommands
+from fleet.plan import CONTROLLER_LABEL, JOB_LABEL, RUN_FILE, RUN_LABEL
 from fleet.runtime.console import Console
 from fleet.runtime.store import JobStore, controller_id
 from fleet.transport import Transport, transport_for
 
-_LIST = f"""
-root=$1
-d_bounded ps -a --filter label={JOB_LABEL} --format \
-  'container\\t{{{{.ID}}}}\\t{{{{.Names}}}}\\t{{{{.Label "{JOB_LABEL}"}}}}\\t{{{{.Label "{RUN_LABEL}"}}}}\\t{{{{.Label "{CONTROLLER_LABEL}"}}}}' \
-  || exit 3
-for dir in "$root"/*/algo-*; do
-  [ -d "$dir" ] || continue
-  {{ head -n 2 -- "$dir/.fleet-run" 2>/dev/null; echo; echo; }} | {{
-    IFS= read -r run; IFS= read -r owner
-    printf 'dir\\t%s\\t%s\\t%s\\n' "$dir" "$run" "$owner"
-  }}
-done
-"""
-
-_REMOVE = """
-for item; do
-  case $item in
-    container:*) d_bounded rm --force "${item#container:}" >/dev/null || echo "failed $item" ;;
-    dir:*) dir=${item#dir:}; rm -rf -- "$dir" || echo "failed $item"; rmdir -- "${dir%/*}" 2>/dev/null ;;
-  esac
-done
-exit 0
-"""
-
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,13 +73,24 @@ def leftovers_to_remove(leftovers: list[Leftover], running: dict[str, str], cont
     return remove, kept
 
 
+def _removals(remove: list[Leftover]) -> list[str]:
+    """gc-remove.sh's arguments: (kind, ref) pairs; a job directory's parent (WORKDIR/NAME)
+    follows it, removed there once empty."""
+    args = []
+    for item in remove:
+        args += [item.kind, item.ref]
+        if item.kind == "dir":
+            args += ["parent", posixpath.dirname(item.ref)]
+    return args
+
+
 def _running_jobs(store: JobStore) -> dict[str, str]:
     running = {}
     for record in store.records():
         if record.get("ProcessingJobStatus") not in TERMINAL:
             name = record["ProcessingJobName"]
             try:
-                running[name] = store.read_run(name).get("RunId", "")
+                running[name] = store.read_run(name).RunId
             except InvalidInput:
                 running[name] = ""
     return running
@@ -118,8 +107,10 @@ async def collect_garbage(inventory: Inventory, store: JobStore, console: Consol
         transport: Transport = transport_for(host, label)
         try:
             await transport.connect()
-            listed = await asyncio.wait_for(transport.run(hostcommands.on_host(host, _LIST, [host.job_root], docker_timeout)),
-                                            docker_timeout + 10)
+            log.debug("%s: listing leftovers", label)
+            listed = await asyncio.wait_for(transport.run(on_host(
+                host, "gc-list", [host.job_root, RUN_FILE, JOB_LABEL, RUN_LABEL, CONTROLLER_LABEL], docker_timeout)),
+                docker_timeout + 10)
             if listed.exit_status != 0:
                 console.notice(f"{label}: cannot list containers: "
                                f"{listed.stderr.decode(errors='replace').strip() or 'docker did not answer'}")
@@ -133,9 +124,9 @@ async def collect_garbage(inventory: Inventory, store: JobStore, console: Consol
                 print(f"{label}: {'would remove' if dry_run else 'removing'} {item.describe()} (job {item.job})")
             if dry_run or not remove:
                 return 0
-            result = await asyncio.wait_for(transport.run(hostcommands.on_host(
-                host, _REMOVE, [f"{item.kind}:{item.ref}" for item in remove], docker_timeout)),
-                docker_timeout * (len(remove) + 1))
+            log.debug("%s: removing %d leftover(s)", label, len(remove))
+            argv = on_host(host, "gc-remove", _removals(remove), docker_timeout)
+            result = await asyncio.wait_for(transport.run(argv), docker_timeout * (len(remove) + 1))
             failed = [line for line in result.stdout.decode(errors="replace").splitlines() if line.startswith("failed")]
             for line in failed:
                 console.notice(f"{label}: could not remove {line.removeprefix('failed ')}")
@@ -143,7 +134,7 @@ async def collect_garbage(inventory: Inventory, store: JobStore, console: Consol
         except FleetError as exc:
             console.notice(exc.message)
             return 1
-        except asyncio.TimeoutError:
+        except TimeoutError:
             console.notice(f"{label}: docker did not answer within the time allowed")
             return 1
         finally:

@@ -1,41 +1,23 @@
 """`fleet check`: the preflight alone, on every host of the inventory in parallel, a row
-per host. (`fleet run` does the same checks in each host's session, before any container
-starts.) What each host reported becomes a row in `check_row`, pure."""
+per host. The host runs fleet/host/check.sh: the very checks (fleet/host/checks.sh) each
+host's session runs before any container starts, each reported as a KEY=VALUE line
+(docker, image, writable, free_kb, gpus). What each host reported becomes a row in
+`check_row`, pure."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from dataclasses import dataclass, field
 
 from fleet.contract.job import ProcessingJob
 from fleet.errors import FleetError
+from fleet.host import on_host
 from fleet.inventory import Host, Inventory
-from fleet.runtime import hostcommands
 from fleet.runtime.console import Console
 from fleet.transport import transport_for
 
-_CHECK = """
-image=$1 need_kb=$2 gpus=$3 root=$4
-out=$(d_bounded version --format '{{.Server.Version}}' 2>&1)
-rc=$?
-if [ $rc -eq 124 ]; then echo "docker=did not answer"; exit 0; fi
-if [ $rc -ne 0 ]; then printf 'docker=%s\\n' "$(printf '%s' "$out" | tail -n 1)"; exit 0; fi
-printf 'docker=ok %s\\n' "$out"
-if [ -n "$image" ]; then
-  if d_bounded image inspect "$image" >/dev/null 2>&1; then echo "image=present"
-  elif err=$(d pull --quiet "$image" 2>&1 >/dev/null); then echo "image=pulled"
-  else printf 'image=%s\\n' "$(printf '%s' "$err" | tail -n 1)"; fi
-fi
-if mkdir -p -- "$root" 2>/dev/null && probe=$(mktemp -p "$root" .fleet-check.XXXXXX 2>/dev/null); then
-  rm -f -- "$probe"; echo "writable=yes"
-else
-  echo "writable=no"
-fi
-printf 'free_kb=%s\\n' "$(free_kb "$root")"
-if [ "$gpus" = 1 ]; then
-  if gpu_runtime; then echo "gpus=ok"; else echo "gpus=missing"; fi
-fi
-"""
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -100,12 +82,13 @@ async def check(inventory: Inventory, job: ProcessingJob | None, console: Consol
         transport = transport_for(host, label)
         try:
             await transport.connect()
-            result = await asyncio.wait_for(transport.run(hostcommands.on_host(
-                host, _CHECK, [image or "", str(need_kb), "1" if host.gpus else "0", host.job_root],
-                docker_timeout)), docker_timeout * 3 + (600 if image else 0))
+            argv = on_host(host, "check", [image or "", host.job_root, str(need_kb), "1" if host.gpus else "0"],
+                           docker_timeout)
+            log.debug("%s: running the checks", label)
+            result = await asyncio.wait_for(transport.run(argv), docker_timeout * 3 + (600 if image else 0))
         except FleetError as exc:
             return CheckRow(label, ssh="FAIL", problems=[exc.message])
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return CheckRow(label, ssh="ok", problems=["the check did not finish"])
         finally:
             await transport.close()

@@ -10,8 +10,9 @@ import contextlib
 from fleet.contract.job import ProcessingJob
 from fleet.data.locations import FileLocation, parse_location
 from fleet.data.sources import InputObject, assignments, check_supported, list_input
-from fleet.data.staging import Destination, Sources, TransferCount, partial_dir, stage_input
+from fleet.data.staging import Destination, Sources, TransferCount, stage_input
 from fleet.data.outputs import OutputCount, Uploader, output_location
+from fleet.host import command as host_command
 from fleet.plan import HostPlan
 from fleet.runtime.console import Console, Progress
 from fleet.transport import Transport
@@ -58,7 +59,7 @@ class JobData:
         sources = Sources(self.s3)
         for index, (item, objects) in enumerate(zip(self.job.inputs, self.inputs), start=1):
             count = self.input_counts[item.InputName]
-            destinations = [Destination(t.label, t, partial_dir(p.job_dir, index)) for p, t in zip(plans, transports)]
+            destinations = [Destination(t.label, t, p.partial_input_dir(index)) for p, t in zip(plans, transports)]
             per_host = assignments(item.S3Input, objects, len(plans))
             label = f"input {item.InputName}"
             with self.progress.track(label, count, f"to {len(plans)} host(s)"):
@@ -98,8 +99,7 @@ class JobData:
         """Regular files whose size or mtime differ from their last upload. With
         `stable_only`, only those unchanged since the previous look (a file being written
         waits for the next pass)."""
-        result = await transport.run(["sh", "-c", 'cd -- "$1" && exec find . -type f -printf "%s %T@ %P\\0"',
-                                      "fleet", directory])
+        result = await transport.run(host_command("changed-files", [directory]))
         now: dict[str, tuple[str, str]] = {}
         for record in result.stdout.split(b"\0"):
             if record:

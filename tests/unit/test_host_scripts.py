@@ -1,23 +1,29 @@
-"""The commands fleet runs on a host: fixed scripts, user values only as positional arguments.
+"""The commands fleet runs on a host (fleet/host): fixed scripts, user values only as
+positional arguments.
 
-The session script is also run here, locally, with a fake `docker` (a small sh script that
+The scripts are also run here, locally, with a fake `docker` (a small sh script that
 records what it was asked): no host and no Docker, but the real shell quoting and parsing.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shlex
+import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from fleet import host as hostscripts
 from fleet.contract.job import parse_job
+from fleet.errors import InvalidInput
+from fleet.host import SessionReport, Status
 from fleet.inventory import Host
-from fleet.plan import plan_cluster
-from fleet.runtime import hostcommands
-from fleet.runtime.hostcommands import SessionReport
+from fleet.plan import CONTROLLER_LABEL, JOB_LABEL, RUN_FILE, RUN_LABEL, plan_cluster
+from fleet.runtime.leftovers import parse_leftovers
+from fleet.runtime.preflight import _parse_report, check_row
 
 IMAGE = "registry.lab/zq-image:1.0"
 RUN = "zq0run"
@@ -154,9 +160,9 @@ def test_partial_line_at_the_end_counts_as_dockers_words():
 
 def test_session_passes_every_user_value_as_a_positional_argument():
     plan = host_plan(environment=HOSTILE_ENV)[0]
-    argv = hostcommands.session(plan, IMAGE, docker_timeout=20)
+    argv = hostscripts.session(plan, IMAGE, docker_timeout=20)
     assert argv[:2] == ["sh", "-c"]
-    assert argv[3] == "fleet"  # $0
+    assert argv[3] == "fleet-session"  # $0
     script, args = argv[2], argv[4:]
     for value in [plan.job_dir, plan.container, IMAGE, plan.message_file, NAME, "zq-",
                   *plan.files, *(c.decode() for c in plan.files.values()), "$(touch", "MARKER"]:
@@ -169,28 +175,65 @@ def test_session_passes_every_user_value_as_a_positional_argument():
 def test_cleanup_passes_every_user_value_as_a_positional_argument():
     plan = host_plan()[0]
     for keep in (True, False):
-        argv = hostcommands.cleanup(plan, keep, 20)
-        assert argv[:2] == ["sh", "-c"] and argv[3] == "fleet"
+        argv = hostscripts.cleanup(plan, keep, 20)
+        assert argv[:2] == ["sh", "-c"] and argv[3] == "fleet-cleanup"
         assert plan.job_dir not in argv[2] and plan.container not in argv[2] and "zq-" not in argv[2]
-        assert argv[4:] == [plan.container, plan.job_dir, "keep" if keep else "remove", RUN]
+        assert argv[4:] == ["20", "1", "docker", plan.container, plan.job_dir, plan.job_parent, plan.run_file,
+                            RUN_LABEL, RUN, "keep" if keep else "remove"]
 
 
 def test_stop_and_kill_name_the_container_after_the_hosts_docker_command():
     plan = host_plan(docker="sudo docker")[0]
-    assert hostcommands.stop(plan) == ["sudo", "docker", "stop", f"{NAME}-algo-1"]
-    assert hostcommands.kill(plan) == ["sudo", "docker", "kill", f"{NAME}-algo-1"]
+    assert hostscripts.stop(plan) == ["sudo", "docker", "stop", f"{NAME}-algo-1"]
+    assert hostscripts.kill(plan) == ["sudo", "docker", "kill", f"{NAME}-algo-1"]
 
 
-def test_the_hosts_docker_command_is_the_only_value_inside_the_script():
+def test_the_hosts_docker_command_travels_as_arguments_too():
     plan = host_plan(docker="sudo -n '/opt/zq docker/docker'")[0]
-    script = hostcommands.session(plan, IMAGE, docker_timeout=7)[2]
-    assert "d() { sudo -n '/opt/zq docker/docker' \"$@\"; }" in script
-    assert "d_bounded() { timeout 7 sudo -n '/opt/zq docker/docker' \"$@\"; }" in script
+    for argv in (hostscripts.session(plan, IMAGE, docker_timeout=7), hostscripts.resume(plan, 0, 7),
+                 hostscripts.cleanup(plan, True, 7), hostscripts.on_host(plan.host, "gc-list", ["/x"], 7)):
+        assert "/opt/zq" not in argv[2]
+        assert argv[4:9] == ["7", "3", "sudo", "-n", "/opt/zq docker/docker"]  # the timeout, the words
+
+
+def test_a_docker_word_with_a_newline_is_refused():
+    plan = host_plan(docker="'zq\ndocker'")[0]
+    with pytest.raises(InvalidInput, match="docker command"):
+        hostscripts.session(plan, IMAGE, docker_timeout=7)
+
+
+def test_every_script_is_fixed_text_from_the_package():
+    for script in ["session", "resume", "cleanup", "check", "gc-list", "gc-remove", "extract", "archive",
+                   "changed-files"]:
+        text = hostscripts.script_text(script)
+        assert text.startswith("# shellcheck shell=sh\n")
+        assert hostscripts.script_text(script) is text  # read once
+    assert hostscripts.command("extract", ["/x/1.partial"]) == \
+        ["sh", "-c", hostscripts.script_text("extract"), "fleet-extract", "/x/1.partial"]
+    with pytest.raises(ValueError):
+        hostscripts.command("session", [])
+
+
+SCRIPTS = sorted(Path(hostscripts.__file__).parent.glob("*.sh"))
+
+
+def test_the_scripts_exit_with_the_statuses_python_knows():
+    """Every Status is an exit (or return) status in the scripts, and every such status of
+    20 and over is a Status: the numbers cannot drift apart."""
+    used = {int(n) for path in SCRIPTS for n in re.findall(r"\b(?:exit|return) (\d+)\b", path.read_text())}
+    assert {s.value for s in Status} <= used
+    assert {n for n in used if n >= 20} == {s.value for s in Status}
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (scripts/setup)")
+def test_the_scripts_pass_shellcheck_as_posix_sh():
+    result = subprocess.run(["shellcheck", "-s", "sh", *map(str, SCRIPTS)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout
 
 
 def test_session_argv_survives_shlex_join_and_split():
     for plan in host_plan(environment=HOSTILE_ENV, count=2):
-        argv = hostcommands.session(plan, IMAGE, docker_timeout=20)
+        argv = hostscripts.session(plan, IMAGE, docker_timeout=20)
         assert shlex.split(shlex.join(argv)) == argv
 
 
@@ -199,7 +242,7 @@ def test_session_argv_survives_shlex_join_and_split():
 FAKE_DOCKER = r"""#!/bin/sh
 printf '%s\n' "$1" >> "$FAKE_DIR/calls"
 case "$1" in
-  image) exit 0 ;;
+  image) [ -n "$FAKE_NO_IMAGE" ] && { echo "Error: No such image: zq" >&2; exit 1; }; exit 0 ;;
   create) printf '%s\0' "$@" > "$FAKE_DIR/create.argv"; echo 0123abcd ;;
   start) exit 0 ;;
   logs) printf 'line from the container\n' ;;
@@ -215,6 +258,9 @@ case "$1" in
       *) echo "${FAKE_RUN:-zq0run}" ;;
     esac ;;
   info) echo "${FAKE_RUNTIMES:-{\"runc\":{}\}}" ;;
+  version) [ -n "$FAKE_DOWN" ] && { echo "Cannot connect to the Docker daemon" >&2; exit 1; }; echo 24.0.7 ;;
+  pull) [ -n "$FAKE_PULL_FAILS" ] && { echo "pull access denied for $3" >&2; exit 1; }; exit 0 ;;
+  ps) printf 'container\tc1\tzq-job-7-algo-1\tzq-job-7\tzq0run\tzq-controller:/x\n' ;;
   *) echo "fake docker: unexpected $*" >&2; exit 99 ;;
 esac
 """
@@ -233,11 +279,12 @@ class FakeHost:
                               environment=environment, gpus=gpus)[0]
         self.env = {**os.environ, "FAKE_DIR": str(tmp_path), "FAKE_MESSAGE_PATH": self.plan.message_file}
 
-    def session(self, stdin: bytes, volume_gb: int = 0, **env: str) -> tuple[subprocess.CompletedProcess, SessionReport]:
-        return self._run(hostcommands.session(self.plan, IMAGE, docker_timeout=10, volume_gb=volume_gb), stdin, env)
+    def session(self, stdin: bytes, volume_gb: int = 0,
+                **env: str) -> tuple[subprocess.CompletedProcess, SessionReport]:
+        return self._run(hostscripts.session(self.plan, IMAGE, docker_timeout=10, volume_gb=volume_gb), stdin, env)
 
     def resume(self, offset: int, stdin: bytes, **env: str) -> tuple[subprocess.CompletedProcess, SessionReport]:
-        return self._run(hostcommands.resume(self.plan, offset, docker_timeout=10), stdin, env)
+        return self._run(hostscripts.resume(self.plan, offset, docker_timeout=10), stdin, env)
 
     def _run(self, argv: list[str], stdin: bytes, env: dict) -> tuple[subprocess.CompletedProcess, SessionReport]:
         # As over SSH: the argv joined once, parsed by the remote shell.
@@ -246,6 +293,11 @@ class FakeHost:
         report = SessionReport()
         report.feed(result.stderr)
         return result, report
+
+    def on_host(self, script: str, args: list[str], **env: str) -> subprocess.CompletedProcess:
+        argv = hostscripts.on_host(self.plan.host, script, args, docker_timeout=10)
+        return subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True, env={**self.env, **env},
+                              cwd=self.dir, timeout=20)
 
     @property
     def calls(self) -> list[str]:
@@ -264,7 +316,7 @@ def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
     assert "start" not in fake.calls
     # Aborting removes what it wrote; prepare again and look before answering.
     job_dir = Path(fake.plan.job_dir)
-    argv = hostcommands.session(fake.plan, IMAGE, docker_timeout=10)
+    argv = hostscripts.session(fake.plan, IMAGE, docker_timeout=10)
     process = subprocess.Popen(["sh", "-c", shlex.join(argv)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, env=fake.env, cwd=tmp_path)
     try:
@@ -336,7 +388,7 @@ def test_cleanup_removes_the_job_dir_unless_kept(tmp_path: Path, keep, kept):
     job_dir = Path(fake.plan.job_dir)
     (job_dir / "output").mkdir(parents=True)
     (job_dir / ".fleet-run").write_text(f"{RUN}\n{CONTROLLER}\n")
-    result = subprocess.run(["sh", "-c", shlex.join(hostcommands.cleanup(fake.plan, keep, 20))],
+    result = subprocess.run(["sh", "-c", shlex.join(hostscripts.cleanup(fake.plan, keep, 20))],
                             env=fake.env, capture_output=True, timeout=20)
     assert result.returncode == 0
     assert job_dir.exists() is kept
@@ -360,7 +412,7 @@ def test_resume_sends_the_log_from_the_offset_on_then_exits_and_cleans(tmp_path:
 def test_resume_refuses_a_container_of_another_run(tmp_path: Path):
     fake = FakeHost(tmp_path)
     result, report = fake.resume(0, b"clean\n", FAKE_RUN="zq9other")
-    assert result.returncode == hostcommands.GONE
+    assert result.returncode == Status.GONE
     assert "not this job run's" in report.errors
     assert result.stdout == b"" and "rm" not in fake.calls and "wait" not in fake.calls
 
@@ -368,14 +420,14 @@ def test_resume_refuses_a_container_of_another_run(tmp_path: Path):
 def test_resume_of_a_gone_container_says_so(tmp_path: Path):
     fake = FakeHost(tmp_path)
     result, report = fake.resume(0, b"", FAKE_GONE="1")
-    assert result.returncode == hostcommands.GONE
+    assert result.returncode == Status.GONE
     assert "No such object" in report.errors
 
 
 def test_resume_of_a_container_never_started_does_not_start_it(tmp_path: Path):
     fake = FakeHost(tmp_path)
     result, report = fake.resume(0, b"", FAKE_STATE="created")
-    assert result.returncode == hostcommands.NOT_STARTED
+    assert result.returncode == Status.NOT_STARTED
     assert "start" not in fake.calls
 
 
@@ -385,7 +437,7 @@ def test_session_never_writes_into_another_runs_job_dir(tmp_path: Path):
     job_dir.mkdir(parents=True)
     (job_dir / ".fleet-run").write_text("zq9other\nelsewhere:/x\n")
     result, report = fake.session(b"abort\n")
-    assert result.returncode == hostcommands.IN_USE
+    assert result.returncode == Status.IN_USE
     assert "zq9other" in report.errors
     assert "create" not in fake.calls
     assert (job_dir / ".fleet-run").read_text() == "zq9other\nelsewhere:/x\n"
@@ -395,7 +447,7 @@ def test_session_never_writes_into_another_runs_job_dir(tmp_path: Path):
 def test_session_refuses_a_workdir_without_the_volume_size_free(tmp_path: Path):
     fake = FakeHost(tmp_path)
     result, report = fake.session(b"abort\n", volume_gb=10 ** 9)  # an exabyte
-    assert result.returncode == hostcommands.NO_SPACE
+    assert result.returncode == Status.NO_SPACE
     assert int(report.errors.splitlines()[-1]) > 0  # the free KiB, for the message
     assert "create" not in fake.calls
 
@@ -403,7 +455,7 @@ def test_session_refuses_a_workdir_without_the_volume_size_free(tmp_path: Path):
 def test_session_on_a_gpu_host_needs_a_gpu_runtime(tmp_path: Path):
     fake = FakeHost(tmp_path, gpus="all")
     result, _ = fake.session(b"abort\n")  # the fake daemon has runc only
-    assert result.returncode == hostcommands.NO_GPU_RUNTIME
+    assert result.returncode == Status.NO_GPU_RUNTIME
     assert "create" not in fake.calls
     result, report = fake.session(b"abort\n", FAKE_RUNTIMES='{"nvidia":{"path":"nvidia-container-runtime"},"runc":{}}')
     assert result.returncode == 0 and report.events == ["written", "prepared"], report.errors
@@ -414,7 +466,7 @@ def test_cleanup_leaves_another_runs_container_and_directory(tmp_path: Path):
     job_dir = Path(fake.plan.job_dir)
     job_dir.mkdir(parents=True)
     (job_dir / ".fleet-run").write_text("zq9other\n")
-    result = subprocess.run(["sh", "-c", shlex.join(hostcommands.cleanup(fake.plan, False, 20))],
+    result = subprocess.run(["sh", "-c", shlex.join(hostscripts.cleanup(fake.plan, False, 20))],
                             env={**fake.env, "FAKE_RUN": "zq9other"}, capture_output=True, timeout=20)
     assert result.returncode == 0
     assert job_dir.is_dir()
@@ -428,3 +480,84 @@ def test_a_resumed_report_drops_what_the_lost_session_half_said():
     assert report.exit_code == 0
     assert report.events == ["prepared", "started", "started", "exited"]
     assert "mess" not in report.errors
+
+
+# -- fleet check and fleet gc, run locally against the fake docker ---------------------------------
+
+def check_args(fake: FakeHost, image: str, need_kb: int, gpus: bool = False) -> list[str]:
+    return [image, fake.plan.workdir, str(need_kb), "1" if gpus else "0"]
+
+
+def test_check_reports_what_the_sessions_checks_found(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    result = fake.on_host("check", check_args(fake, IMAGE, 1))
+    report = _parse_report(result.stdout.decode())
+    assert report["docker"] == "ok 24.0.7" and report["image"] == "present" and report["writable"] == "yes"
+    assert int(report["free_kb"]) > 0 and "gpus" not in report
+    assert check_row("h1", report, need_kb=1, image=IMAGE, gpus=False).ok
+    assert Path(fake.plan.workdir).is_dir() and list(Path(fake.plan.workdir).iterdir()) == []  # no probe left
+
+
+def test_check_pulls_a_missing_image_and_names_every_problem(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    report = _parse_report(fake.on_host("check", check_args(fake, IMAGE, 1), FAKE_NO_IMAGE="1").stdout.decode())
+    assert report["image"] == "pulled"
+    report = _parse_report(fake.on_host("check", check_args(fake, IMAGE, 10 ** 18, gpus=True), FAKE_NO_IMAGE="1",
+                                        FAKE_PULL_FAILS="1").stdout.decode())
+    row = check_row("h1", report, need_kb=10 ** 18, image=IMAGE, gpus=True)
+    assert row.problems[0] == f"image {IMAGE}: pull access denied for {IMAGE}"
+    assert "VolumeSizeInGB needs" in row.problems[1]
+    assert row.problems[2] == "GPUs: no NVIDIA runtime or CDI devices"
+
+
+def test_check_of_a_docker_that_does_not_answer_ends_there(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    report = _parse_report(fake.on_host("check", check_args(fake, "", 0), FAKE_DOWN="1").stdout.decode())
+    assert report == {"docker": "Cannot connect to the Docker daemon"}
+    assert "image" not in fake.calls
+
+
+def test_check_and_session_fail_alike_on_an_unwritable_workdir(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    Path(fake.plan.workdir).write_text("a file, not a directory")
+    report = _parse_report(fake.on_host("check", check_args(fake, "", 0)).stdout.decode())
+    assert report["writable"] == "no"
+    result, report = fake.session(b"abort\n")
+    assert result.returncode == Status.WRITE_FAILED
+    assert "File exists" in report.errors or "Not a directory" in report.errors, report.errors
+
+
+def test_a_session_whose_docker_is_down_says_so(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    result, report = fake.session(b"abort\n", FAKE_DOWN="1")
+    assert result.returncode == Status.DOCKER_FAILED
+    assert report.events == ["written"] and "Cannot connect" in report.errors
+    result, report = fake.session(b"abort\n", FAKE_NO_IMAGE="1", FAKE_PULL_FAILS="1")
+    assert result.returncode == Status.PULL_FAILED and "pull access denied" in report.errors
+
+
+def test_a_multi_word_docker_command_with_spaces_runs(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    spaced = tmp_path / "zq docker dir"
+    spaced.mkdir()
+    (spaced / "docker").symlink_to(fake.docker)
+    fake.plan = host_plan(workdir=str(tmp_path / "work"), docker=f"env ZQ_VIA=env '{spaced}/docker'")[0]
+    result, report = fake.session(b"go\nclean\n")
+    assert report.events == ["written", "prepared", "started", "exited", "cleaned"], report.errors
+    assert fake.run_argv == fake.plan.docker_create
+
+
+def test_gc_lists_containers_and_job_dirs_then_removes_them(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    job_dir = Path(fake.plan.job_dir)
+    (job_dir / "output").mkdir(parents=True)
+    (job_dir / RUN_FILE).write_text(f"{RUN}\n{CONTROLLER}\n")
+    listed = fake.on_host("gc-list", [fake.plan.workdir, RUN_FILE, JOB_LABEL, RUN_LABEL, CONTROLLER_LABEL])
+    assert listed.returncode == 0, listed.stderr
+    found = parse_leftovers(listed.stdout.decode(), fake.plan.workdir)
+    assert [(f.kind, f.ref, f.job, f.run, f.controller) for f in found] == [
+        ("container", "c1", NAME, RUN, "zq-controller:/x"), ("dir", fake.plan.job_dir, NAME, RUN, CONTROLLER)]
+    removed = fake.on_host("gc-remove", ["container", "c1", "dir", fake.plan.job_dir, "parent", fake.plan.job_parent])
+    assert removed.returncode == 0 and removed.stdout == b""
+    assert not Path(fake.plan.job_parent).exists()
+    assert fake.calls[-1] == "rm"

@@ -1,0 +1,220 @@
+"""What fleet runs on a host, as argvs: the session, resume, stop, kill, cleanup, and the
+scripts of `fleet check`, `fleet gc` and the data transfers.
+
+The host-side shell lives in this folder as POSIX sh files (checked by shellcheck), shipped
+as package data. No file is ever copied to a host: each command is ONE
+`sh -c TEXT fleet-SCRIPT ARGS...` (one round trip: each costs ~120 ms or more, sshd forks
+and the login shell starts), TEXT being fixed: the script's shared parts (the docker
+prelude, the checks, the supervision) then the script itself, put together here. Every
+value (paths, names, the image, the docker command's words, file contents, the container's
+argv) travels only as a positional argument: no shell text is ever built from a value. The
+transport then quotes the whole argv once. `$0` names the script (`fleet-session`, ...).
+
+The session is the whole life of the job on the host in one command:
+
+    write the job directory (the workdir checked: writable, VolumeSizeInGB free)
+    → check docker (time-bounded) → pull the image if missing → (GPU runtime)
+    → `docker create` → report `prepared` → (the controller stages the inputs into
+    their partial directories) → wait for `go` on stdin (every host is checked, its
+    container created, its inputs complete, before any starts) → move inputs into place
+    → `docker start` → stream `docker logs --follow` on stdout → `docker wait`
+    → report the exit code and the first 1 KB of /opt/ml/output/message
+    → wait for `clean` or `keep` on stdin → remove the container (and the job directory).
+
+The container is detached: losing the session never kills it. EOF on stdin before `go`
+aborts; EOF later leaves everything in place, for a controller that comes back.
+
+Progress goes on stderr as `fleet:WORD...` lines; docker's own error text around them is
+kept to explain a failure. `fleet check` runs the session's very checks (checks.sh) and
+reports each as a KEY=VALUE line.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import logging
+import posixpath
+from dataclasses import dataclass, field
+from importlib import resources
+
+from fleet.errors import InvalidInput
+from fleet.inventory import Host
+from fleet.plan import RUN_LABEL, HostPlan
+
+log = logging.getLogger(__name__)
+
+
+class Status(enum.IntEnum):
+    """Exit statuses of the session script before the container exists, and of resume.
+    The .sh files use the same numbers (a unit test keeps the two in step)."""
+
+    DOCKER_TIMEOUT = 20
+    DOCKER_MISSING = 21
+    DOCKER_FAILED = 22
+    PULL_FAILED = 23
+    WRITE_FAILED = 24
+    CREATE_FAILED = 25
+    NO_SPACE = 26
+    NO_GPU_RUNTIME = 27
+    IN_USE = 28
+    START_FAILED = 30
+    WAIT_FAILED = 31
+    GONE = 32  # resume: the container is gone, or not this run's
+    NOT_STARTED = 33  # resume: the container was never started
+
+
+GO = b"go\n"
+ABORT = b"abort\n"
+CLEAN = b"clean\n"
+KEEP = b"keep\n"
+
+# Each script's text: these files of this folder, in order (shared functions first).
+# Those starting with "docker" take the host's docker command as their first arguments.
+_PARTS: dict[str, tuple[str, ...]] = {
+    "session": ("docker", "checks", "supervise", "session"),
+    "resume": ("docker", "supervise", "resume"),
+    "cleanup": ("docker", "cleanup"),
+    "check": ("docker", "checks", "check"),
+    "gc-list": ("docker", "gc-list"),
+    "gc-remove": ("docker", "gc-remove"),
+    "extract": ("extract",),
+    "archive": ("archive",),
+    "changed-files": ("changed-files",),
+}
+
+
+@functools.cache
+def script_text(script: str) -> str:
+    """The fixed text `sh -c` runs for `script`, read from the package once."""
+    folder = resources.files(__name__)
+    return "".join(folder.joinpath(f"{part}.sh").read_text(encoding="utf-8") for part in _PARTS[script])
+
+
+def _argv(script: str, args: list[str]) -> list[str]:
+    log.debug("host script %s with %d argument(s)", script, len(args))
+    return ["sh", "-c", script_text(script), f"fleet-{script}", *args]
+
+
+def _docker_args(docker: list[str], docker_timeout: int) -> list[str]:
+    """The first arguments of a script that calls docker (docker.sh reads them)."""
+    if not docker or any(not word or "\n" in word for word in docker):
+        raise InvalidInput(f"the inventory's docker command {docker!r} must be words without newlines")
+    return [str(docker_timeout), str(len(docker)), *docker]
+
+
+def _with_docker(docker: list[str], script: str, args: list[str], docker_timeout: int) -> list[str]:
+    if _PARTS[script][0] != "docker":
+        raise ValueError(f"the host script {script} does not call docker")
+    return _argv(script, [*_docker_args(docker, docker_timeout), *args])
+
+
+def command(script: str, args: list[str]) -> list[str]:
+    """A script that does not call docker (extract, archive, changed-files)."""
+    if _PARTS[script][0] == "docker":
+        raise ValueError(f"the host script {script} calls docker: use on_host")
+    return _argv(script, args)
+
+
+def on_host(host: Host, script: str, args: list[str], docker_timeout: int) -> list[str]:
+    """A script for `host` outside any job (fleet check: "check"; fleet gc: "gc-list",
+    "gc-remove"), given the host's docker command."""
+    return _with_docker(host.docker_command, script, args, docker_timeout)
+
+
+def session(plan: HostPlan, image: str, docker_timeout: int, volume_gb: int = 0) -> list[str]:
+    """The job's whole life on one host (see the module's docstring). The host's workdir
+    must have `volume_gb` GB free (the job's VolumeSizeInGB)."""
+    files = [word for path, content in plan.files.items()
+             for word in (posixpath.join(plan.job_dir, path), content.decode())]
+    inputs = [word for index in range(1, plan.input_count + 1)
+              for word in (plan.partial_input_dir(index), plan.input_dir(index))]
+    args = [plan.workdir, plan.job_parent, plan.job_dir, plan.run_file, plan.inputs_dir, plan.message_file,
+            image, plan.container, plan.run_id, plan.controller,
+            str(volume_gb * 1024 * 1024), "1" if plan.host.gpus else "0",
+            str(len(plan.dirs)), str(len(plan.files)), str(plan.input_count),
+            *(posixpath.join(plan.job_dir, directory) for directory in plan.dirs), *files, *inputs,
+            *plan.docker_create]
+    return _with_docker(plan.docker, "session", args, docker_timeout)
+
+
+def resume(plan: HostPlan, offset: int, docker_timeout: int) -> list[str]:
+    """A session for this run's container, already started: its log from byte `offset` on,
+    its exit, then clean / keep as in `session`."""
+    args = [plan.container, plan.job_dir, plan.job_parent, plan.message_file, RUN_LABEL, plan.run_id, str(offset)]
+    return _with_docker(plan.docker, "resume", args, docker_timeout)
+
+
+def stop(plan: HostPlan) -> list[str]:
+    """SIGINT, then SIGKILL after the grace: the container was created with both."""
+    return [*plan.docker, "stop", plan.container]
+
+
+def kill(plan: HostPlan) -> list[str]:
+    return [*plan.docker, "kill", plan.container]
+
+
+def cleanup(plan: HostPlan, keep: bool, docker_timeout: int) -> list[str]:
+    """Remove this run's container and (unless `keep`) its job directory; idempotent. For
+    hosts whose session did not get to clean up itself."""
+    args = [plan.container, plan.job_dir, plan.job_parent, plan.run_file, RUN_LABEL, plan.run_id,
+            "keep" if keep else "remove"]
+    return _with_docker(plan.docker, "cleanup", args, docker_timeout)
+
+
+@dataclass
+class SessionReport:
+    """What a session has said on stderr so far, parsed as it arrives."""
+
+    events: list[str] = field(default_factory=list)  # written, prepared, started, exited, cleaned
+    exit_code: int | None = None
+    message: bytes | None = None
+    said: bytearray = field(default_factory=bytearray)  # docker's own words, for errors
+    _buffer: bytearray = field(default_factory=bytearray)
+    _message_left: int = 0
+
+    def feed(self, chunk: bytes) -> list[str]:
+        """Take a chunk of stderr; return the events it completed."""
+        self._buffer += chunk
+        new = []
+        while self._buffer:
+            if self._message_left:
+                take = bytes(self._buffer[:self._message_left])
+                del self._buffer[:len(take)]
+                self.message = (self.message or b"") + take
+                self._message_left -= len(take)
+                continue
+            end = self._buffer.find(b"\n")
+            if end < 0:
+                break
+            line = bytes(self._buffer[:end])
+            del self._buffer[:end + 1]
+            if line.startswith(b"fleet:exit-code:"):
+                self.exit_code = _int(line.removeprefix(b"fleet:exit-code:"))
+            elif line.startswith(b"fleet:message:"):
+                self._message_left = _int(line.removeprefix(b"fleet:message:")) or 0
+                self.message = b""
+            elif line in (b"fleet:written", b"fleet:prepared", b"fleet:started", b"fleet:exited",
+                          b"fleet:cleaned"):
+                event = line.decode().removeprefix("fleet:")
+                self.events.append(event)
+                new.append(event)
+            else:
+                self.said += line + b"\n"
+        return new
+
+    def resumed(self) -> None:
+        """A new session command follows a lost one: what the old one half-said is dropped."""
+        self._buffer.clear()
+        self._message_left = 0
+
+    @property
+    def errors(self) -> str:
+        return (self.said + self._buffer).decode(errors="replace").strip()
+
+
+def _int(text: bytes) -> int | None:
+    try:
+        return int(text)
+    except ValueError:
+        return None

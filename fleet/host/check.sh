@@ -1,0 +1,28 @@
+# shellcheck shell=sh
+# `fleet check`: the session's own checks (checks.sh), each result a KEY=VALUE line on
+# stdout for fleet/runtime/preflight.py: docker, image, writable, free_kb, gpus.
+# After docker.sh and checks.sh. Arguments: IMAGE ('' for none) WORKDIR NEED_KB GPUS(1|0)
+image=$1 workdir=$2 need_kb=$3 gpus=$4
+
+last_line() { printf '%s' "$1" | tail -n 1; }
+
+said=$(check_docker)
+case $? in
+  0) printf 'docker=ok %s\n' "$said" ;;
+  20) echo 'docker=did not answer'; exit 0 ;;
+  *) printf 'docker=%s\n' "$(last_line "$said")"; exit 0 ;;
+esac
+if [ -n "$image" ]; then
+  said=$(check_image "$image")
+  case $? in
+    0) printf 'image=%s\n' "$said" ;;
+    20) echo 'image=docker did not answer' ;;
+    *) printf 'image=%s\n' "$(last_line "$said")" ;;
+  esac
+fi
+if check_workdir "$workdir" >/dev/null; then echo 'writable=yes'; else echo 'writable=no'; fi
+printf 'free_kb=%s\n' "$(check_space "$workdir" "$need_kb")"
+if [ "$gpus" = 1 ]; then
+  if check_gpus >/dev/null; then echo 'gpus=ok'; else echo 'gpus=missing'; fi
+fi
+exit 0

@@ -1,0 +1,62 @@
+# shellcheck shell=sh
+# The checks a host passes before a job's container is created, run by the session
+# (session.sh, which stops at the first that fails) and by `fleet check` (check.sh, which
+# reports each one): the very same code. Each prints what explains its result on stdout
+# (docker's words, the free KiB, ...) and returns 0, or the session's exit status for the
+# failure (fleet.host.Status). Needs docker.sh.
+
+# The free KiB of the file system holding $1 (empty when unknown).
+free_kb() { df -Pk -- "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
+
+# check_workdir WORKDIR: it exists (made when missing) and takes new entries.
+check_workdir() {
+  mkdir -p -- "$1" 2>&1 || return 24  # WRITE_FAILED
+  mkdir -- "$1/.fleet-probe.$$" 2>&1 || return 24  # WRITE_FAILED
+  rmdir -- "$1/.fleet-probe.$$"
+  return 0
+}
+
+# check_space WORKDIR NEED_KB: at least NEED_KB KiB free there (an unknown amount passes);
+# prints the free KiB.
+check_space() {
+  free=$(free_kb "$1")
+  printf '%s\n' "$free"
+  if [ -n "$free" ] && [ "$free" -lt "$2" ]; then return 26; fi  # NO_SPACE
+  return 0
+}
+
+# check_docker: docker answers within the time allowed; prints the server's version.
+check_docker() {
+  version=$(d_bounded version --format '{{.Server.Version}}' 2>&1)
+  case $? in
+    0) printf '%s\n' "$version" ;;
+    124) return 20 ;;  # DOCKER_TIMEOUT
+    127) printf '%s\n' "$version"; return 21 ;;  # DOCKER_MISSING
+    *) printf '%s\n' "$version"; return 22 ;;  # DOCKER_FAILED
+  esac
+}
+
+# check_image IMAGE: present, or pulled now; prints `present` or `pulled`.
+check_image() {
+  inspected=$(d_bounded image inspect --format '{{.Id}}' "$1" 2>&1)
+  case $? in
+    0) echo present; return 0 ;;
+    124) return 20 ;;  # DOCKER_TIMEOUT
+    127) printf '%s\n' "$inspected"; return 21 ;;  # DOCKER_MISSING
+  esac
+  case $inspected in
+    *"o such image"*) ;;
+    *) printf '%s\n' "$inspected"; return 22 ;;  # DOCKER_FAILED
+  esac
+  if ! pulled=$(d pull --quiet "$1" 2>&1 >/dev/null); then
+    printf '%s\n' "$pulled"
+    return 23  # PULL_FAILED
+  fi
+  echo pulled
+}
+
+# check_gpus: docker has the NVIDIA runtime, or the host has NVIDIA CDI devices.
+check_gpus() {
+  d_bounded info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"' && return 0
+  grep -qs 'nvidia.com/gpu' /etc/cdi/* /var/run/cdi/* || return 27  # NO_GPU_RUNTIME
+}

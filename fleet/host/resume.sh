@@ -1,0 +1,17 @@
+# shellcheck shell=sh
+# A new session for a container already started (after a lost connection, or by
+# `fleet attach`): the container must be this run's. After docker.sh and supervise.sh.
+# Arguments: NAME JOB_DIR JOB_PARENT MESSAGE RUN_LABEL RUN OFFSET
+name=$1 job_dir=$2 job_parent=$3 message=$4 run_label=$5 run=$6 offset=$7
+if ! state=$(d_bounded inspect --format "{{index .Config.Labels \"$run_label\"}} {{.State.Status}}" "$name" 2>&1)
+then
+  printf '%s\n' "$state" >&2
+  exit 32  # GONE
+fi
+case $state in
+  "$run created") exit 33 ;;  # NOT_STARTED
+  "$run "*) ;;
+  *) printf '%s\n' "the container $name is not this job run's" >&2; exit 32 ;;  # GONE
+esac
+printf 'fleet:started\n' >&2
+supervise "$name" "$job_dir" "$job_parent" "$message" "$offset"
