@@ -17,8 +17,9 @@ import signal
 import socket
 import sys
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import NoReturn
 
 from fleet.contract.describe import TERMINAL, new_record
 from fleet.contract.job import ignored_fields, load_job
@@ -29,12 +30,11 @@ from fleet.plan import ClusterPlan, job_arn, plan_cluster, record_hosts, select_
 from fleet.runtime.console import Console
 from fleet.runtime.store import JobStore, RunOptions, RunRecord, controller_id
 
-
 log = logging.getLogger(__name__)
 
 
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # usage errors exit 2, like invalid input
+    def error(self, message: str) -> NoReturn:  # usage errors exit 2, like invalid input
         self.print_usage(sys.stderr)
         raise InvalidInput(message)
 
@@ -101,7 +101,7 @@ def _dry_run_address(host) -> str:
     if host.transport == "local":
         return "127.0.0.1"
     try:  # a local lookup only: the dry run touches no host
-        return socket.getaddrinfo(host.address, None)[0][4][0]
+        return str(socket.getaddrinfo(host.address, None)[0][4][0])
     except OSError:
         return f"<address of {host.address}>"
 
@@ -237,7 +237,7 @@ def _duration(record: dict) -> str:
     if not start:
         return "-"
     end = record.get("ProcessingEndTime")
-    stop = datetime.fromisoformat(end) if end else datetime.now(timezone.utc)
+    stop = datetime.fromisoformat(end) if end else datetime.now(UTC)
     seconds = int((stop - datetime.fromisoformat(start)).total_seconds())
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 

@@ -23,7 +23,8 @@ async def first_of(*waits: Awaitable[Any]) -> int:
                 if task not in done:
                     task.cancel()
     except BaseExceptionGroup as group_error:
-        raise _single(group_error)  # the one error, unwrapped (its cause kept)
+        error = _single(group_error)
+        raise error from error.__cause__  # the one error, unwrapped, its own cause kept
     return next(index for index, task in enumerate(tasks) if task in done)
 
 
@@ -35,7 +36,8 @@ async def all_of(*works: Awaitable[Any]) -> None:
             for work in works:
                 group.create_task(_awaited(work))
     except BaseExceptionGroup as group_error:
-        raise _single(group_error)
+        error = _single(group_error)
+        raise error from error.__cause__
 
 
 async def on_each(items: Iterable[T], action: Callable[[T], Awaitable[Any]]) -> None:

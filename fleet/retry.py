@@ -43,7 +43,7 @@ class RetryPolicy:
         """The wait after the `failures`-th failure (1-based), before jitter."""
         return min(self.cap, self.first * self.factor ** (failures - 1))
 
-    def start(self) -> "Retrying":
+    def start(self) -> Retrying:
         return Retrying(self)
 
 

@@ -22,12 +22,19 @@ from typing import TypeVar
 
 from fleet.contract.describe import now
 from fleet.contract.message import exit_message
-from fleet.errors import (AlgorithmError, ClientError, FleetError, HostLost, InternalError, JobStopped,
-                          MaxRuntimeExceeded)
+from fleet.errors import (
+    AlgorithmError,
+    ClientError,
+    FleetError,
+    HostLost,
+    InternalError,
+    JobStopped,
+    MaxRuntimeExceeded,
+)
+from fleet.fanout import all_of, first_of, on_each
 from fleet.inventory import Host
 from fleet.plan import HostPlan, algo_names, host_labels, plan_cluster
 from fleet.runtime.console import Console
-from fleet.fanout import all_of, first_of, on_each
 from fleet.runtime.instance import HostOutcome, Instance
 from fleet.runtime.store import JobRecord, RunRecord
 from fleet.runtime.transfers import JobData

@@ -20,14 +20,13 @@ import logging
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from fleet import host as scripts
-from fleet import retry
+from fleet import host as scripts, retry
 from fleet.errors import ClientError, FleetError, HostError, HostLost
+from fleet.fanout import all_of, first_of
 from fleet.host import Status
 from fleet.inventory import Host
 from fleet.plan import HostPlan
 from fleet.runtime.console import Console, HostLines
-from fleet.fanout import all_of, first_of
 from fleet.runtime.store import RunOptions
 from fleet.transport import Transport
 from fleet.transport.base import RemoteProcess, drain

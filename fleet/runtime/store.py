@@ -56,7 +56,7 @@ class RunRecord(BaseModel):
 
     @classmethod
     def new(cls, job: ProcessingJob, hosts: list[Host], options: RunOptions, run_id: str,
-            controller: str) -> "RunRecord":
+            controller: str) -> RunRecord:
         return cls(RunId=run_id, Controller=controller, Hosts=hosts, Options=options,
                    Request=job.model_dump(mode="json", exclude_none=True))
 
@@ -72,7 +72,7 @@ class JobStore:
     def job_dir(self, name: str) -> Path:
         return self.jobs / name
 
-    def create(self, record: dict[str, Any]) -> "JobRecord":
+    def create(self, record: dict[str, Any]) -> JobRecord:
         """Claim the name (atomically: mkdir) and write the first record.
 
         A name that already has a record is SageMaker's ResourceInUse; the old record stays.
@@ -114,7 +114,7 @@ class JobStore:
                 continue
         return sorted(found, key=lambda r: r.get("CreationTime", ""), reverse=True)
 
-    def record(self, name: str) -> "JobRecord":
+    def record(self, name: str) -> JobRecord:
         return JobRecord(self.job_dir(name), self.load(name))
 
     def read_run(self, name: str) -> RunRecord:
@@ -128,7 +128,7 @@ class JobStore:
             raise InvalidInput(f"{path} is not a run record fleet can read: "
                                f"{exc.errors()[0]['msg']}") from exc
 
-    def claim(self, name: str) -> "Ownership":
+    def claim(self, name: str) -> Ownership:
         """Become the one fleet process running `name`; JobOwned if another one is."""
         file = self._locked(name)
         file.seek(0)
@@ -150,7 +150,7 @@ class JobStore:
 
     def _locked(self, name: str):
         """owner.lock, open and flock-ed by this process; JobOwned naming the holder's pid."""
-        file = open(self.job_dir(name) / "owner.lock", "a+")
+        file = open(self.job_dir(name) / "owner.lock", "a+")  # noqa: SIM115 (held while the job runs)
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

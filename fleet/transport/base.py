@@ -8,9 +8,8 @@ so no user value is ever parsed by a shell as code.
 from __future__ import annotations
 
 import abc
-import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 from fleet.fanout import all_of
 from fleet.inventory import Host
