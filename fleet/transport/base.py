@@ -118,6 +118,14 @@ class Transport(abc.ABC):
             process.close()
 
 
+def command_name(argv: Sequence[str]) -> str:
+    """What a log line may say of a command: the script's name ($0) of `sh -c TEXT NAME ...`,
+    else the program. Never the script's text nor the other arguments (paths, values)."""
+    if len(argv) >= 4 and argv[0] == "sh" and argv[1] == "-c":
+        return argv[3]
+    return argv[0] if argv else "?"
+
+
 async def drain(read: Callable, sink: OnBytes | None = None) -> bytes:
     """Read a stream to its end, handing chunks to `sink`; return what it did not take."""
     kept = bytearray()

@@ -3,21 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from typing import Sequence
+from collections.abc import Sequence
 
 from fleet.errors import HostError
-from fleet.transport.base import READ_SIZE, RemoteProcess, Transport
+from fleet.transport.base import READ_SIZE, RemoteProcess, Transport, command_name
 
 log = logging.getLogger(__name__)
-
-
-def command_name(argv: Sequence[str]) -> str:
-    """What a log line may say of a command: the script's name ($0) of `sh -c TEXT NAME ...`,
-    else the program. Never the script's text nor the other arguments (paths, values)."""
-    if len(argv) >= 4 and argv[0] == "sh" and argv[1] == "-c":
-        return argv[3]
-    return argv[0] if argv else "?"
 
 
 class _LocalProcess(RemoteProcess):
@@ -35,10 +28,8 @@ class _LocalProcess(RemoteProcess):
     async def write(self, data: bytes) -> None:
         assert self._process.stdin is not None
         self._process.stdin.write(data)
-        try:
-            await self._process.stdin.drain()
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the command ended; its exit status tells why
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the command ended;
+            await self._process.stdin.drain()  # its exit status tells why
 
     def close_stdin(self) -> None:
         assert self._process.stdin is not None

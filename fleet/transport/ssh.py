@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import socket
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import asyncssh
 
 from fleet.errors import HostError
 from fleet.inventory import Host
-from fleet.transport.base import READ_SIZE, RemoteProcess, Transport
-from fleet.transport.local import command_name
+from fleet.transport.base import READ_SIZE, RemoteProcess, Transport, command_name
 
 log = logging.getLogger(__name__)
 
@@ -86,10 +86,8 @@ class _SSHProcess(RemoteProcess):
         await self._guard(self._process.stdin.drain())
 
     def close_stdin(self) -> None:
-        try:
+        with contextlib.suppress(asyncssh.Error, OSError, BrokenPipeError):
             self._process.stdin.write_eof()
-        except (asyncssh.Error, OSError, BrokenPipeError):
-            pass
 
     async def wait(self) -> int:
         completed = await self._guard(self._process.wait())
@@ -179,7 +177,7 @@ class SSHTransport(Transport):
             raise HostError(self.label, f"cannot resolve {host.address}: {exc.strerror}") from exc
         except ConnectionRefusedError as exc:
             raise HostError(self.label, f"connection refused on port {host.port}") from exc
-        except (asyncio.TimeoutError, TimeoutError) as exc:
+        except TimeoutError as exc:
             raise HostError(self.label, f"no SSH answer within {connect_timeout:g} s") from exc
         except OSError as exc:
             raise HostError(self.label, f"cannot connect: {exc.strerror or exc}") from exc
@@ -216,8 +214,9 @@ class SSHTransport(Transport):
     async def _closes_soon(self) -> bool:
         assert self._conn is not None
         try:
-            await asyncio.wait_for(self._conn.wait_closed(), 2)
-        except (asyncio.TimeoutError, OSError, asyncssh.Error):
+            async with asyncio.timeout(2):
+                await self._conn.wait_closed()
+        except (TimeoutError, OSError, asyncssh.Error):
             return False
         return True
 
@@ -226,10 +225,9 @@ class SSHTransport(Transport):
         if self._conn is not None:
             log.debug("%s: closing the SSH connection", self.label)
             self._conn.close()
-            try:
-                await asyncio.wait_for(self._conn.wait_closed(), 5)
-            except (asyncio.TimeoutError, OSError, asyncssh.Error):
-                pass
+            with contextlib.suppress(TimeoutError, OSError, asyncssh.Error):
+                async with asyncio.timeout(5):
+                    await self._conn.wait_closed()
             self._conn = None
 
     @property
