@@ -13,7 +13,7 @@ import pytest
 from fleet.contract.job import parse_job
 from fleet.inventory import Host
 from fleet.plan import plan_cluster
-from fleet.runtime import hostcommands
+from fleet import host as hostscripts
 
 IMAGE = "registry.lab/team/preprocess:1.4"
 ADDRESSES = ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
@@ -220,7 +220,7 @@ def test_host_command_is_quoted_once_and_losslessly():
     processing_job = job(count=2, environment=HOSTILE,
                          entrypoint=["sh", "-c", "echo \"$0\" '$1'; exit 3"], arguments=["a b", "*", "~"])
     for plan in plans(processing_job):
-        argv = hostcommands.session(plan, IMAGE, docker_timeout=20)
+        argv = hostscripts.session(plan, IMAGE, docker_timeout=20)
         # The transport joins the argv with shlex.join; the remote shell splits it back.
         assert shlex.split(shlex.join(argv)) == argv
         # The docker argv travels whole, word for word, as positional arguments.
