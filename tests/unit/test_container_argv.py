@@ -10,10 +10,10 @@ import shlex
 
 import pytest
 
+from fleet import host as hostscripts
 from fleet.contract.job import parse_job
 from fleet.inventory import Host
 from fleet.plan import plan_cluster
-from fleet import host as hostscripts
 
 IMAGE = "registry.lab/team/preprocess:1.4"
 ADDRESSES = ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
