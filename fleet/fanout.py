@@ -28,16 +28,16 @@ async def first_of(*waits: Awaitable[Any]) -> int:
     return next(index for index, task in enumerate(tasks) if task in done)
 
 
-async def all_of(*works: Awaitable[Any]) -> None:
-    """Await all of `works`; the first to fail cancels the others and its error is raised
-    as it is."""
+async def all_of(*works: Awaitable[T]) -> list[T]:
+    """Await all of `works`; their results, in order. The first to fail cancels the others
+    and its error is raised as it is."""
     try:
         async with asyncio.TaskGroup() as group:
-            for work in works:
-                group.create_task(_awaited(work))
+            tasks = [group.create_task(_awaited(work)) for work in works]
     except BaseExceptionGroup as group_error:
         error = _single(group_error)
         raise error from error.__cause__
+    return [task.result() for task in tasks]
 
 
 async def on_each(items: Iterable[T], action: Callable[[T], Awaitable[Any]]) -> None:

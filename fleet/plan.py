@@ -189,12 +189,12 @@ def plan_cluster(
             Mount(posixpath.join(directory, "config"), CONFIG_DIR, read_only=True),
             Mount(posixpath.join(directory, "output"), OUTPUT_DIR),
         ]
-        for index, item in enumerate(job.inputs, start=1):
+        for index, source in enumerate(job.inputs, start=1):
             dirs.append(f"inputs/{index}")
-            mounts.append(Mount(posixpath.join(directory, "inputs", str(index)), item.S3Input.LocalPath))
-        for index, item in enumerate(job.outputs, start=1):
+            mounts.append(Mount(posixpath.join(directory, "inputs", str(index)), source.S3Input.LocalPath))
+        for index, output in enumerate(job.outputs, start=1):
             dirs.append(f"outputs/{index}")
-            mounts.append(Mount(posixpath.join(directory, "outputs", str(index)), item.S3Output.LocalPath))
+            mounts.append(Mount(posixpath.join(directory, "outputs", str(index)), output.S3Output.LocalPath))
         files = {
             "config/resourceconfig.json": configfiles.encode(configfiles.resource_config(algo, names)),
             "config/processingjobconfig.json": job_config,

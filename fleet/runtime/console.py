@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import BinaryIO, TextIO
 
 
@@ -53,17 +53,18 @@ class Progress:
         self.console = console
         self.live = console.err.isatty()
 
-    @contextlib.contextmanager
-    def track(self, label: str, count, detail: str) -> Iterator[None]:
+    @contextlib.asynccontextmanager
+    async def track(self, label: str, count, detail: str) -> AsyncIterator[None]:
         start = time.monotonic()
-        ticker = asyncio.ensure_future(self._tick(label, count, start)) if self.live else None
+        ticker = asyncio.create_task(self._tick(label, count, start)) if self.live else None
         ok = False
         try:
             yield
             ok = True
         finally:
-            if ticker is not None:
+            if ticker is not None:  # owned here: cancelled and waited for
                 ticker.cancel()
+                await asyncio.wait([ticker])
                 self.console.err.write("\r\x1b[K")
             if ok:
                 self.console.notice(f"{label}: {self._line(count, start)} {detail}")

@@ -6,16 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from typing import TYPE_CHECKING
 
 from fleet.contract.job import ProcessingJob
 from fleet.data.locations import FileLocation, parse_location
+from fleet.data.outputs import OutputCount, Uploader, output_location
 from fleet.data.sources import InputObject, assignments, check_supported, list_input
 from fleet.data.staging import Destination, Sources, TransferCount, stage_input
-from fleet.data.outputs import OutputCount, Uploader, output_location
+from fleet.fanout import all_of
+
+if TYPE_CHECKING:
+    from fleet.data.s3 import S3
 from fleet.host import command as host_command
 from fleet.plan import HostPlan
 from fleet.runtime.console import Console, Progress
 from fleet.transport import Transport
+
+log = logging.getLogger(__name__)
 
 CONTINUOUS_INTERVAL = 2.0  # seconds between looks at a Continuous output; a file unchanged
                            # for one interval is uploaded
@@ -30,7 +38,7 @@ class JobData:
         self.input_counts = {i.InputName: TransferCount() for i in job.inputs}
         self.output_counts = {o.OutputName: OutputCount() for o in job.outputs}
         self._stack = contextlib.AsyncExitStack()
-        self.s3 = None
+        self.s3: S3 | None = None
         self._uploaded: dict[tuple[str, str, str], tuple[str, str]] = {}  # (output, algo, path) → (size, mtime)
         self._last_look: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
 
@@ -52,7 +60,7 @@ class JobData:
 
     async def list_inputs(self) -> None:
         """Every input's objects; ClientError when one matches nothing (before any host is touched)."""
-        self.inputs = list(await asyncio.gather(*(list_input(i.S3Input, self.s3) for i in self.job.inputs)))
+        self.inputs = await all_of(*(list_input(i.S3Input, self.s3) for i in self.job.inputs))
 
     async def stage(self, plans: list[HostPlan], transports: list[Transport]) -> None:
         """Each input onto its hosts, one input after the other."""
@@ -62,7 +70,7 @@ class JobData:
             destinations = [Destination(t.label, t, p.partial_input_dir(index)) for p, t in zip(plans, transports)]
             per_host = assignments(item.S3Input, objects, len(plans))
             label = f"input {item.InputName}"
-            with self.progress.track(label, count, f"to {len(plans)} host(s)"):
+            async with self.progress.track(label, count, f"to {len(plans)} host(s)"):
                 await stage_input(per_host, destinations, sources, count,
                                   replicated=item.S3Input.S3DataDistributionType == "FullyReplicated")
 
@@ -76,14 +84,14 @@ class JobData:
                 continue
             count = self.output_counts[item.OutputName]
             destination = output_location(item.S3Output.S3Uri)
-            with self.progress.track(f"output {item.OutputName}", count, "from the hosts"):
-                await asyncio.gather(*(
+            async with self.progress.track(f"output {item.OutputName}", count, "from the hosts"):
+                await all_of(*(
                     self._upload_one(uploader, p, t, index, item.OutputName, destination, count, continuous, final=True)
                     for p, t in hosts))
 
     async def _upload_one(self, uploader: Uploader, plan: HostPlan, transport: Transport, index: int,
                           name: str, destination, count: OutputCount, continuous: bool, final: bool) -> None:
-        directory = f"{plan.job_dir}/outputs/{index}"
+        directory = plan.output_dir(index)
         if not continuous:
             await uploader.upload_host(transport, plan.algo, directory, destination, name, count)
             return
@@ -121,13 +129,16 @@ class JobData:
         while True:
             await asyncio.sleep(CONTINUOUS_INTERVAL)
             for index, item, destination in outputs:
-                results = await asyncio.gather(*(
-                    self._upload_one(uploader, p, t, index, item.OutputName, destination,
-                                     self.output_counts[item.OutputName], True, final=False)
-                    for p, t in zip(plans, transports)), return_exceptions=True)
-                for result in results:
-                    if isinstance(result, Exception):
-                        self.console.notice(f"output {item.OutputName}: continuous upload: {result}")
+                async def one(plan: HostPlan, transport: Transport, index: int = index, item=item,
+                              destination=destination) -> None:
+                    # A pass that fails is told; the next pass (or the final one) tries again.
+                    try:
+                        await self._upload_one(uploader, plan, transport, index, item.OutputName, destination,
+                                               self.output_counts[item.OutputName], True, final=False)
+                    except Exception as exc:
+                        log.debug("continuous upload of %s from %s", item.OutputName, plan.algo, exc_info=exc)
+                        self.console.notice(f"output {item.OutputName}: continuous upload: {exc}")
+                await all_of(*(one(p, t) for p, t in zip(plans, transports)))
 
     def record(self) -> dict | None:
         if not self.needed:
