@@ -149,9 +149,22 @@ def test_a_symlinked_message_is_not_followed(fleet):
 
 
 def test_nothing_remains_on_any_host_after_each_kind_of_end(fleet, cluster):
-    for script in ("true", "exit 4"):
+    # Each run must really have run its containers to the end it asks for: a fleet that
+    # refused every job would leave nothing behind as well.
+    for script, returncode, status in (("true", 0, "Completed"), ("exit 4", 1, "Failed")):
         job = make_job(script)
-        fleet.run_job(job)
+        run = fleet.run_job(job)
+        assert run.returncode == returncode, run.stderr
+        record = fleet.record(job["ProcessingJobName"])
+        assert record["ProcessingJobStatus"] == status
+        codes = [record["Hosts"][f"algo-{k}"].get("ExitCode") for k in (1, 2, 3)]
+        if status == "Completed":
+            assert "FailureReason" not in record
+            assert codes == [0, 0, 0]
+        else:  # the first to exit fails the job; the others may be stopped before their `exit 4`
+            assert record["FailureReason"].startswith("AlgorithmError: algo-")
+            assert record["FailureReason"].endswith(" exited with code 4. See job logs for more information")
+            assert 4 in codes
         assert cluster.leftovers(job["ProcessingJobName"]) == []
 
 
