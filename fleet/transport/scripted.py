@@ -61,6 +61,7 @@ class ScriptedCommand:
         self._status = -1
         self._failure: BaseException | None = None  # what the handler raised (not a HostError)
         self._refused = False  # the handler raised HostError
+        self._lost_raises = True  # reads raise _lost (else they end)
         self._changed = asyncio.Event()
 
     # -- what the command is ------------------------------------------------------------------
@@ -134,16 +135,18 @@ class ScriptedCommand:
             raise BrokenPipeError(f"{self.label}: the channel of {self.script or self.argv[0]} is gone")
 
     # -- losing the channel ---------------------------------------------------------------------
-    def lose(self, reason: str = "connection lost") -> None:
+    def lose(self, reason: str = "connection lost", *, raising: bool = True) -> None:
         """Lose this command's channel (the connection went away), as SSH does: the controller
         still reads what was written before, then its reads raise HostError ("lost the SSH
-        connection: REASON"); its writes raise HostError; `wait` returns -1 and
-        RemoteProcess.lost is True. On this side, stdin is at EOF and writes raise
-        BrokenPipeError; the handler itself goes on (the host does not know yet) and its
-        return value is ignored. The transport stays connected: `ScriptedTransport.cut`
+        connection: REASON"), or with `raising=False` simply end (b"": the channel closed
+        without the command's end, no exit status); its writes raise HostError; `wait`
+        returns -1 and RemoteProcess.lost is True. On this side, stdin is at EOF and writes
+        raise BrokenPipeError; the handler itself goes on (the host does not know yet) and
+        its return value is ignored. The transport stays connected: `ScriptedTransport.cut`
         loses every command and the connection."""
         if self._lost is None and not self._ended:
             self._lost = HostError(self.label, f"lost the SSH connection: {reason}")
+            self._lost_raises = raising
             self._notify()
 
     @property
@@ -223,7 +226,14 @@ class ScriptedProcess(RemoteProcess):
                 buffer.clear()
                 return chunk
             if command._lost is not None:
-                raise command._lost
+                # Once: the other stream's reader may take what was written before the loss
+                # (a read with data at hand returns at once, as a buffered SSH channel's).
+                await asyncio.sleep(0)
+                if buffer:
+                    continue
+                if command._lost_raises:
+                    raise command._lost
+                return b""
             if command._ended or command._closed:
                 if command._failure is not None:
                     raise command._failure
@@ -231,9 +241,10 @@ class ScriptedProcess(RemoteProcess):
             await command._wait()
 
     async def read_stdout(self) -> bytes:
-        """What the handler wrote on stdout since the last read (at once if there is some);
-        b"" once the handler has ended; HostError once the channel is lost (after what was
-        written before the loss)."""
+        """What the handler wrote on stdout since the last read (at once, without yielding, if
+        there is some); b"" once the handler has ended; once the channel is lost, after what
+        was written before the loss: HostError (or b"", see ScriptedCommand.lose), having
+        yielded once to the other tasks."""
         return await self._read(self.command._stdout)
 
     async def read_stderr(self) -> bytes:
@@ -311,14 +322,15 @@ class ScriptedTransport(Transport):
         self._failures = times
         self._failure_message = message
 
-    def cut(self, reason: str = "connection lost") -> None:
-        """Lose the connection: every command running on it is lost (ScriptedCommand.lose),
-        and the next start() first connects again (as SSHTransport does), which may fail."""
+    def cut(self, reason: str = "connection lost", *, raising: bool = True) -> None:
+        """Lose the connection: every command running on it is lost (ScriptedCommand.lose,
+        `raising` as there), and the next start() or reconnect() first connects again (as
+        SSHTransport does), which may fail (fail_connects)."""
         self.cuts += 1
         self._up = False
         for command in self.commands:
             if not command._ended:
-                command.lose(reason)
+                command.lose(reason, raising=raising)
 
     @property
     def connected(self) -> bool:
