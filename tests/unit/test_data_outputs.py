@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import os
 from pathlib import Path
-from typing import Sequence
 
 import pytest
 
@@ -16,8 +15,9 @@ from fleet.data.locations import S3Location, parse_location
 from fleet.data.outputs import OutputCount, Uploader
 from fleet.errors import ClientError
 from fleet.inventory import Host
-from fleet.transport.base import RemoteProcess, Transport
+from fleet.transport.base import Transport
 from fleet.transport.local import LocalTransport
+from fleet.transport.scripted import ScriptedCommand, ScriptedTransport
 from localcommands import RecordingTransport, reap_commands  # noqa: F401  (reap_commands: autouse fixture)
 
 PART = 64 * 1024  # outputs.PART for these tests: many parts from small files
@@ -249,38 +249,14 @@ async def test_file_destination_creates_nothing_through_a_symlinked_directory(tm
 
 # -- a stream that breaks mid-file -------------------------------------------------------------
 
-class _CutStream(RemoteProcess):
-    """A host's `tar -c` whose channel is lost after `data` (already buffered: reads don't yield)."""
-
-    def __init__(self, data: bytes) -> None:
-        self._chunks = [data]
-
-    async def read_stdout(self) -> bytes:
-        return self._chunks.pop(0) if self._chunks else b""
-
-    async def read_stderr(self) -> bytes:
-        return b""
-
-    async def write(self, data: bytes) -> None:
-        pass
-
-    def close_stdin(self) -> None:
-        pass
-
-    async def wait(self) -> int:
+def _cut_transport(data: bytes) -> ScriptedTransport:
+    """A host whose `tar -c` channel ends after `data` without an exit status (-1): the data is
+    there at once (reads don't yield), then EOF."""
+    async def archive(command: ScriptedCommand) -> int:
+        command.write_stdout(data)
         return -1
-
-    def close(self) -> None:
-        pass
-
-
-class _CutTransport(LocalTransport):
-    def __init__(self, data: bytes) -> None:
-        super().__init__(Host(address="localhost", name="algo-1", transport="local"), "algo-1 (h1, 127.0.0.1)")
-        self.data = data
-
-    async def start(self, argv: Sequence[str]) -> RemoteProcess:
-        return _CutStream(self.data)
+    return ScriptedTransport(Host(address="localhost", name="algo-1", transport="local"), "algo-1 (h1, 127.0.0.1)",
+                             archive)
 
 
 def cut_archive(size: int, sent: int) -> bytes:
@@ -291,7 +267,7 @@ def cut_archive(size: int, sent: int) -> bytes:
 async def test_a_stream_that_breaks_inside_a_multipart_file_aborts_the_upload(tmp_path):
     s3 = FakeS3()
     with pytest.raises(ClientError, match="ended early"):
-        await upload(s3, tmp_path, via=_CutTransport(cut_archive(100 * PART, 2 * PART)))
+        await upload(s3, tmp_path, via=_cut_transport(cut_archive(100 * PART, 2 * PART)))
     assert [(u.aborted, u.completed) for u in s3.uploads] == [(True, False)]
     assert s3.objects == {}
 
@@ -304,7 +280,7 @@ async def test_a_broken_stream_does_not_starve_later_uploads(monkeypatch, host_o
     # so a long-lived Uploader (Continuous outputs) hung after a few broken streams.
     for _ in range(2):  # each breaks with two parts queued, not yet started
         with pytest.raises(ClientError):
-            await uploader.upload_host(_CutTransport(cut_archive(100 * PART, 2 * PART)), "algo-1", "/unused",
+            await uploader.upload_host(_cut_transport(cut_archive(100 * PART, 2 * PART)), "algo-1", "/unused",
                                        S3Location("b", "out/"), "model", OutputCount())
     async with asyncio.timeout(5):  # instant unless the places leaked
         await uploader.upload_host(transport(), "algo-1", str(host_output), S3Location("b", "out/"), "model",
