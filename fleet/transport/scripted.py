@@ -162,11 +162,15 @@ class ScriptedCommand:
     async def run_locally(self) -> int:
         """Run this argv for real, on this machine (LocalTransport), as the handler: stdin is
         passed through, stdout and stderr come back, its exit status is returned. The
-        subprocess is killed (and reaped) if the handler is cancelled or the channel goes."""
+        subprocess is killed (and reaped) if the handler is cancelled (ScriptedTransport.close)
+        or the channel is closed (RemoteProcess.close) or lost."""
         process = await LocalTransport(self.transport.host, self.label).start(self.argv)
 
         async def feed() -> None:
             while True:
+                if self._closed or self._lost is not None:
+                    process.close()  # abandoned: killed, as the local transport's close() does
+                    return
                 unread = bytes(self._stdin[self._stdin_read:])
                 self._stdin_read += len(unread)
                 if unread:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import AsyncIterator, Sequence
+from typing import AsyncIterator
 
 import pytest
 
@@ -18,8 +18,8 @@ from fleet.data.sources import InputObject, list_input, shard
 from fleet.data.staging import Destination, Sources, TransferCount, stage_input
 from fleet.errors import ClientError, HostError
 from fleet.inventory import Host
-from fleet.transport.base import RemoteProcess
-from localcommands import RecordingTransport, reap_commands, tree  # noqa: F401  (reap_commands: autouse fixture)
+from fleet.transport.scripted import ScriptedCommand, ScriptedTransport
+from localcommands import reap_commands, tree  # noqa: F401  (reap_commands: autouse fixture)
 
 
 class FakeSources(Sources):
@@ -39,31 +39,31 @@ class FakeSources(Sources):
             yield data[start:start + self.chunk]
 
 
-class CountingTransport(RecordingTransport):
-    """A LocalTransport that counts the commands started on it (one per lane and attempt)."""
-
-    def __init__(self, label: str) -> None:
-        super().__init__(Host(address="localhost", name=label, transport="local"), label)
-        self.started = 0
-
-    async def start(self, argv: Sequence[str]) -> RemoteProcess:
-        self.started += 1
-        return await super().start(argv)
+TRANSPORTS: list[ScriptedTransport] = []  # closed after each test (close_transports)
 
 
-class FlakyTransport(CountingTransport):
-    """Loses the host on the first `failures` starts."""
+def local_transport(label: str, failures: int = 0) -> ScriptedTransport:
+    """Runs each command for real, on this machine; `started` holds every argv started (one
+    per lane and attempt). The first `failures` starts lose the host (HostError)."""
+    left = [failures]
 
-    def __init__(self, label: str, failures: int) -> None:
-        super().__init__(label)
-        self.failures = failures
+    async def handler(command: ScriptedCommand) -> int:
+        if left[0]:
+            left[0] -= 1
+            raise HostError(command.label, "ssh channel lost")
+        return await command.run_locally()
+    transport = ScriptedTransport(Host(address="localhost", name=label, transport="local"), label, handler)
+    TRANSPORTS.append(transport)
+    return transport
 
-    async def start(self, argv: Sequence[str]) -> RemoteProcess:
-        if self.failures:
-            self.failures -= 1
-            self.started += 1
-            raise HostError(self.label, "ssh channel lost")
-        return await super().start(argv)
+
+@pytest.fixture(autouse=True)
+async def close_transports():
+    """Every local command a test started has ended (killed if needed) before its loop closes."""
+    yield
+    for transport in TRANSPORTS:
+        await transport.close()
+    TRANSPORTS.clear()
 
 
 @pytest.fixture(autouse=True)
@@ -84,7 +84,7 @@ def inputs_dir(tmp_path: Path, host: int) -> Path:
 
 
 def destinations(tmp_path: Path, hosts: int) -> list[Destination]:
-    return [Destination(f"algo-{i} (h{i}, 127.0.0.1)", CountingTransport(f"algo-{i}"),
+    return [Destination(f"algo-{i} (h{i}, 127.0.0.1)", local_transport(f"algo-{i}"),
                         str(inputs_dir(tmp_path, i) / "1.partial"))
             for i in range(1, hosts + 1)]
 
@@ -239,8 +239,8 @@ async def test_destination_whose_tar_fails_is_a_client_error_naming_it_after_ret
         await stage_input([objects] * 3, dests, FakeSources(data), TransferCount(), replicated=True)
     assert dests[1].label in caught.value.message
     assert dests[0].label not in caught.value.message and dests[2].label not in caught.value.message
-    assert dests[1].transport.started == 2 * staging.LANES  # every lane tried TAR_STREAMS.attempts times
-    assert dests[0].transport.started == staging.LANES  # the good ones were not re-sent anything
+    assert len(dests[1].transport.started) == 2 * staging.LANES  # every lane tried TAR_STREAMS.attempts times
+    assert len(dests[0].transport.started) == staging.LANES  # the good ones were not re-sent anything
     for good in (dests[0], dests[2]):
         assert tree(good.directory) == expected(objects, data)
 
@@ -249,12 +249,12 @@ async def test_destination_lost_once_is_retried_and_ends_up_complete(tmp_path):
     data = dataset(small=30, large=1, empty=1)
     objects = input_objects(data)
     dests = destinations(tmp_path, 2)
-    flaky = Destination("algo-3 (h3, 127.0.0.1)", FlakyTransport("algo-3", failures=1),
+    flaky = Destination("algo-3 (h3, 127.0.0.1)", local_transport("algo-3", failures=1),
                         str(inputs_dir(tmp_path, 3) / "1.partial"))
     await stage_input([objects] * 3, dests + [flaky], FakeSources(data), TransferCount(), replicated=True)
     for dest in dests + [flaky]:
         assert tree(dest.directory) == expected(objects, data)
-    assert flaky.transport.started == staging.LANES + 1
+    assert len(flaky.transport.started) == staging.LANES + 1
 
 
 async def test_a_job_directory_that_is_gone_is_not_recreated(tmp_path, monkeypatch):
