@@ -532,8 +532,9 @@ class FakeHost:
     container (and the directory for clean), `fleet:cleaned`.
 
     What happened: `commands` (each command's name: `fleet-session`, `docker stop`, ...,
-    `fleet-resume`), `answers` (the stdin lines the sessions read: go, abort, clean, keep),
-    `resumed_at` (the offset of each resume), `container` (its state: None before
+    `fleet-resume`), `answers` (the stdin lines the sessions read: go, abort, clean, keep;
+    EOF), `resumed_at` (the offset of each resume), `events` (all of these, and `created`,
+    `running`, `cut`, in order; `got` waits for one), `container` (its state: None before
     `docker create`, then created / running / exited / removed), `directory` (the job
     directory: None, written, removed).
 
@@ -556,6 +557,7 @@ class FakeHost:
         self.commands: list[str] = []
         self.answers: list[str] = []
         self.resumed_at: list[int] = []
+        self.events: list[str] = []  # everything above, and created, running, cut, in order
         self.directory: str | None = None
         self._box: _Box | None = None
         self._heard = asyncio.Event()
@@ -581,9 +583,9 @@ class FakeHost:
         return self._box.log() if self._box is not None else b""
 
     async def got(self, name: str) -> None:
-        """Wait until a command of that name (`docker stop`, ...) or that stdin answer (`go`)
-        has come."""
-        while name not in self.commands and name not in self.answers:
+        """Wait until a command of that name (`docker stop`, ...), that stdin answer (`go`) or
+        that event (`created`, `running`, `cut`: the connection was cut) has come."""
+        while name not in self.events:
             heard = self._heard
             await heard.wait()
 
@@ -609,8 +611,11 @@ class FakeHost:
         self.transports.append(transport)
         return transport
 
-    def _heard_of(self, name: str, into: list) -> None:
-        into.append(name)
+    def _heard_of(self, name: str, into: list[str] | None = None) -> None:
+        """Record a happening (in `events`, and `into`) and wake whoever waits for one."""
+        self.events.append(name)
+        if into is not None:
+            into.append(name)
         self._heard.set()
         self._heard = asyncio.Event()
 
@@ -651,7 +656,7 @@ class FakeHost:
             command.write_stderr(self.said)
             return int(failing)
         self._box = _Box(self.spec, name, run)
-        self._heard_of("created", [])
+        self._heard_of("created")
         command.write_stderr(b"fleet:prepared\n")
         answer = (await command.read_stdin_line()).rstrip(b"\n").decode()
         self._heard_of(answer or "EOF", self.answers)
@@ -661,7 +666,7 @@ class FakeHost:
             return 0
         box = self._box
         box.state, box.started_at = "running", asyncio.get_running_loop().time()
-        self._heard_of("running", [])
+        self._heard_of("running")
         command.write_stderr(b"fleet:started\n")
         return await self._supervise(command, box, 0)
 
@@ -716,6 +721,7 @@ class FakeHost:
         self.cut_at = None
         transport.fail_connects(self.refuse_after_cut)
         transport.cut()
+        self._heard_of("cut")
 
     async def _stop(self, command: ScriptedCommand, name: str) -> int:
         box = self._box

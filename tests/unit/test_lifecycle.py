@@ -31,7 +31,7 @@ class Run:
     (cli._run), each host a FakeHost."""
 
     def __init__(self, tmp_path, fakes: list[FakeHost], *, max_runtime: int | None = None,
-                 host_timeout: float = 5, stop_grace: int = 30) -> None:
+                 host_timeout: float = 5, stop_grace: int = 30, keep: bool = False) -> None:
         document = {"ProcessingJobName": NAME,
                     "ProcessingResources": {"ClusterConfig": {
                         "InstanceCount": len(fakes), "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 1}},
@@ -45,7 +45,7 @@ class Run:
         self.store = JobStore(tmp_path)
         self.record = self.store.create(new_record(job, job_arn(job, "us-east-1", "000000000000"),
                                                    record_hosts(self.hosts)))
-        options = RunOptions(stop_grace=stop_grace, docker_timeout=7, host_timeout=host_timeout)
+        options = RunOptions(stop_grace=stop_grace, keep=keep, docker_timeout=7, host_timeout=host_timeout)
         self.run = RunRecord.new(job, self.hosts, options, run_id=RUN_ID, controller="ctl:/fleet")
         self.record.save_run(self.run)
         self.out, self.err = BytesIO(), StringIO()
@@ -363,3 +363,71 @@ async def test_a_job_taken_over_before_its_containers_started_fails_and_cleans_u
                                           "before its containers started")
     for fake in fakes:
         assert fake.commands == ["fleet-cleanup"]
+
+
+async def test_fleet_stop_of_a_job_without_its_fleet_process_stops_it_at_the_hosts(tmp_path):
+    # `fleet stop` when the `fleet run` is gone: a take-over asked to stop at once.
+    fakes = [FakeHost(Container([b"up\n"], runs_for=30, stop_log=b"down\n")) for _ in range(2)]
+    run = Run(tmp_path, fakes)
+    for k, fake in enumerate(fakes, start=1):
+        fake.started_container(container_name(NAME, f"algo-{k}"), RUN_ID, ago=1.0)
+    started = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    run.execution.request_stop()
+    error = await run(take_over=True, started=started)
+    assert error is not None and error.exit_code == 130
+    assert run.described["ProcessingJobStatus"] == "Stopped"
+    assert run.exit_codes() == [130, 130]
+    for k, fake in enumerate(fakes, start=1):
+        assert run.log(k) == b"up\ndown\n"
+        assert fake.resumed_at == [0]
+        assert sorted(fake.commands) == ["docker stop", "fleet-resume"]  # in either order
+        assert fake.answers == ["clean"]
+        assert (fake.container, fake.directory) == ("removed", "removed")
+
+
+async def test_a_stop_reaches_a_host_being_reconnected_to_once_it_is_back(tmp_path):
+    fakes = [FakeHost(Container([b"a\n", b"b\n"], runs_for=30, stop_log=b"stopped\n"),
+                      cut_at=len(b"a\n"), refuse_after_cut=2),
+             FakeHost(Container([b"c\n"], runs_for=30, stop_log=b"stopped\n"))]
+    run = Run(tmp_path, fakes)
+    job = asyncio.create_task(run())
+    await asyncio.gather(*(fake.running() for fake in fakes))
+    await fakes[0].got("cut")
+    run.execution.request_stop()  # while algo-1 is out of reach
+    error = await job
+    assert error is not None and error.exit_code == 130
+    assert run.described["ProcessingJobStatus"] == "Stopped"
+    assert run.exit_codes() == [130, 130]
+    assert run.log(1) == b"a\nstopped\n"
+    assert run.log(2) == b"c\nstopped\n"
+    back = fakes[0]
+    assert "docker stop" in back.commands and "fleet-resume" in back.commands
+    assert back.resumed_at == [len(b"a\n")]
+    assert back.answers == ["go", "clean"]
+    assert (back.container, back.directory) == ("removed", "removed")
+    assert fakes[1].commands == ["fleet-session", "docker stop"]
+
+
+async def test_keep_leaves_the_job_directories_but_no_container(tmp_path):
+    fakes = [FakeHost(Container([b"kept\n"])) for _ in range(2)]
+    run = Run(tmp_path, fakes, keep=True)
+    assert await run() is None
+    assert run.described["ProcessingJobStatus"] == "Completed"
+    for k, fake in enumerate(fakes, start=1):
+        assert run.log(k) == b"kept\n"
+        assert fake.commands == ["fleet-session"]
+        assert fake.answers == ["go", "keep"]
+        assert (fake.container, fake.directory) == ("removed", "written")
+
+
+async def test_a_job_taken_over_past_its_max_runtime_is_stopped_at_once(tmp_path):
+    fakes = [FakeHost(Container([b"late\n"], runs_for=30, stop_log=b"stopped\n"))]
+    run = Run(tmp_path, fakes, max_runtime=1)
+    fakes[0].started_container(container_name(NAME, "algo-1"), RUN_ID, ago=5.0)
+    started = (datetime.now(UTC) - timedelta(seconds=5)).isoformat()
+    error = await run(take_over=True, started=started)
+    assert error is not None and error.exit_code == 124
+    assert run.described["ProcessingJobStatus"] == "Failed"
+    assert run.described["FailureReason"].startswith("MaxRuntimeExceeded: Job exceeded MaxRuntimeInSeconds (1 s)")
+    assert run.log(1) == b"late\nstopped\n"
+    assert sorted(fakes[0].commands) == ["docker stop", "fleet-resume"]
