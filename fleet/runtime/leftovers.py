@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from fleet.contract.describe import TERMINAL
 from fleet.contract.job import JOB_NAME_PATTERN
 from fleet.errors import FleetError, InvalidInput
+from fleet.fanout import all_of
 from fleet.host import on_host
 from fleet.inventory import Host, Inventory
 from fleet.plan import CONTROLLER_LABEL, JOB_LABEL, RUN_FILE, RUN_LABEL
@@ -108,9 +109,9 @@ async def collect_garbage(inventory: Inventory, store: JobStore, console: Consol
         try:
             await transport.connect()
             log.debug("%s: listing leftovers", label)
-            listed = await asyncio.wait_for(transport.run(on_host(
-                host, "gc-list", [host.job_root, RUN_FILE, JOB_LABEL, RUN_LABEL, CONTROLLER_LABEL], docker_timeout)),
-                docker_timeout + 10)
+            async with asyncio.timeout(docker_timeout + 10):
+                listed = await transport.run(on_host(
+                    host, "gc-list", [host.job_root, RUN_FILE, JOB_LABEL, RUN_LABEL, CONTROLLER_LABEL], docker_timeout))
             if listed.exit_status != 0:
                 console.notice(f"{label}: cannot list containers: "
                                f"{listed.stderr.decode(errors='replace').strip() or 'docker did not answer'}")
@@ -126,7 +127,8 @@ async def collect_garbage(inventory: Inventory, store: JobStore, console: Consol
                 return 0
             log.debug("%s: removing %d leftover(s)", label, len(remove))
             argv = on_host(host, "gc-remove", _removals(remove), docker_timeout)
-            result = await asyncio.wait_for(transport.run(argv), docker_timeout * (len(remove) + 1))
+            async with asyncio.timeout(docker_timeout * (len(remove) + 1)):
+                result = await transport.run(argv)
             failed = [line for line in result.stdout.decode(errors="replace").splitlines() if line.startswith("failed")]
             for line in failed:
                 console.notice(f"{label}: could not remove {line.removeprefix('failed ')}")
@@ -140,5 +142,5 @@ async def collect_garbage(inventory: Inventory, store: JobStore, console: Consol
         finally:
             await transport.close()
 
-    failures = sum(await asyncio.gather(*(one(h) for h in inventory.hosts)))
+    failures = sum(await all_of(*(one(h) for h in inventory.hosts)))
     return 0 if failures == 0 else 1

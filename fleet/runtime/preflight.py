@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from fleet.contract.job import ProcessingJob
 from fleet.errors import FleetError
+from fleet.fanout import all_of
 from fleet.host import on_host
 from fleet.inventory import Host, Inventory
 from fleet.runtime.console import Console
@@ -85,7 +86,8 @@ async def check(inventory: Inventory, job: ProcessingJob | None, console: Consol
             argv = on_host(host, "check", [image or "", host.job_root, str(need_kb), "1" if host.gpus else "0"],
                            docker_timeout)
             log.debug("%s: running the checks", label)
-            result = await asyncio.wait_for(transport.run(argv), docker_timeout * 3 + (600 if image else 0))
+            async with asyncio.timeout(docker_timeout * 3 + (600 if image else 0)):
+                result = await transport.run(argv)
         except FleetError as exc:
             return CheckRow(label, ssh="FAIL", problems=[exc.message])
         except TimeoutError:
@@ -95,7 +97,7 @@ async def check(inventory: Inventory, job: ProcessingJob | None, console: Consol
         return check_row(label, _parse_report(result.stdout.decode(errors="replace")),
                          need_kb=need_kb, image=image, gpus=bool(host.gpus))
 
-    rows = await asyncio.gather(*(one(h) for h in inventory.hosts))
+    rows = await all_of(*(one(h) for h in inventory.hosts))
     table = [("HOST", "SSH", "DOCKER", "IMAGE", "DISK", "GPUS", "RESULT")]
     table += [(r.host, r.ssh, r.docker, r.image, r.disk, r.gpus, "ok" if r.ok else "FAIL: " + "; ".join(r.problems))
               for r in rows]
