@@ -10,9 +10,12 @@ handler instead of a host. And a fake host that plays fleet's host scripts' prot
     transport = ScriptedTransport(host, "algo-1 (h1, 10.0.0.1)", handler)
 
 `ScriptedTransport` is the connection: it can be told to refuse connections (`fail_connects`)
-and be cut (`cut`: every running command sees a lost channel, as with SSH). Each `start`
-runs the handler as a task; what the handler writes is what the controller reads, what the
-controller writes is what the handler reads, the handler's return value is the exit status.
+and be cut (`cut`: every running command sees a lost channel, as with SSH), and it records
+every argv started (`started`). Each `start` runs the handler as a task; what the handler
+writes is what the controller reads, what the controller writes is what the handler reads,
+the handler's return value is the exit status. A handler raising HostError at once is a
+channel that could not be opened (start() raises it); `command.lose()` loses one command's
+channel mid-way; `command.run_locally()` runs the argv for real (LocalTransport).
 
 `FakeHost` is a whole host for lifecycle tests: its `transport` answers the commands fleet
 sends a host during a job (fleet.host: the session, resume, `docker stop`, `docker kill`,
@@ -409,7 +412,7 @@ class ScriptedTransport(Transport):
             command._refused = True
             if command._lost is None:
                 command._lost = exc
-        except BaseException as exc:  # a test's handler failing: the controller sees it
+        except Exception as exc:  # a test's handler failing: the controller sees it
             command._status = -1
             command._failure = exc
         finally:
