@@ -4,7 +4,8 @@ outlives the call that started it, whatever ends it (an error, a cancellation)."
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 from fleet.errors import FleetError, HostsFailed
@@ -56,6 +57,28 @@ async def on_each(items: Iterable[T], action: Callable[[T], Awaitable[Any]]) -> 
     await all_of(*(one(index, item) for index, item in enumerate(items)))
     if errors:
         raise HostsFailed.of([errors[index] for index in sorted(errors)])
+
+
+@contextlib.asynccontextmanager
+async def task_group() -> AsyncIterator[asyncio.TaskGroup]:
+    """An `asyncio.TaskGroup` whose error comes out as itself, not in an ExceptionGroup:
+    the first failure (of a task or of the body) cancels the rest and is raised."""
+    try:
+        async with asyncio.TaskGroup() as group:
+            yield group
+    except BaseExceptionGroup as group_error:
+        error = _single(group_error)
+        raise error from error.__cause__
+
+
+async def settled(work: Callable[[], Awaitable[T]]) -> T | FleetError:
+    """`work()`'s result, or the FleetError it raised (to be looked at by whoever awaits it,
+    rather than ending the task group it runs in). `work` is called inside the task, so a
+    task cancelled before it ran leaves no coroutine unawaited."""
+    try:
+        return await work()
+    except FleetError as exc:
+        return exc
 
 
 async def _awaited(work: Awaitable[T]) -> T:

@@ -12,18 +12,20 @@ import asyncio
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
 
 from fleet.data.locations import FileLocation, Location, parse_location, safe_relative_path
 from fleet.data.tarstream import TarReader
-from fleet.errors import ClientError
+from fleet.errors import ClientError, FleetError
+from fleet.fanout import settled, task_group
 from fleet.host import command as host_command
-from fleet.transport.base import Transport, drain
+from fleet.transport.base import RemoteProcess, Transport, drain
 
 if TYPE_CHECKING:  # aiobotocore loads slowly: only jobs that use S3 import it
-    from fleet.data.s3 import S3
+    from fleet.data.s3 import S3, MultipartUpload
 
 log = logging.getLogger(__name__)
 
@@ -54,38 +56,45 @@ class Uploader:
         if only is not None:  # the names go on stdin, NUL-separated: any name, any number
             await process.write(b"".join(name.encode("utf-8", "surrogateescape") + b"\0" for name in sorted(only)))
         process.close_stdin()
-        errors = asyncio.create_task(drain(process.read_stderr))
         try:
-            reader = TarReader(process.read_stdout)
-            while (entry := await reader.next()) is not None:
-                if entry.kind == "dir":
-                    continue
-                where = f"{algo}:{entry.name}"
-                if entry.kind == "symlink":
-                    self.warn(f"output {output_name}: skipped the symlink {where} (symlinks are never followed)")
-                    continue
-                if entry.kind != "file":
-                    self.warn(f"output {output_name}: skipped {where}, not a regular file")
-                    continue
-                relative = safe_relative_path(entry.name, f"output file {where}")
-                previous = count.written_by.get(relative)
-                if previous is not None and previous != algo:
-                    self.warn(f"output {output_name}: {previous} and {algo} both wrote {relative}; "
-                              f"the last upload wins")
-                count.written_by[relative] = algo
-                await self._store(reader, entry.size, destination, relative, where)
-                count.objects += 1
-                count.bytes += entry.size
-            status = await process.wait()
-            said = (await errors).decode(errors="replace").strip()
-            log.debug("output %s on %s: tar ended with status %d", output_name, transport.label, status)
-            if status != 0:
-                raise ClientError(f"reading output {output_name} on {transport.label} failed: {said}")
+            async with task_group() as tasks:
+                errors = tasks.create_task(settled(lambda: drain(process.read_stderr)))
+                try:
+                    await self._read_archive(process, algo, destination, output_name, count)
+                    status = await process.wait()
+                    said = await errors
+                finally:
+                    process.close()
+                    errors.cancel()
         except EOFError as exc:
             raise ClientError(f"reading output {output_name} on {transport.label}: the stream ended early") from exc
-        finally:
-            process.close()
-            errors.cancel()
+        log.debug("output %s on %s: tar ended with status %d", output_name, transport.label, status)
+        if status != 0:
+            text = said.message if isinstance(said, FleetError) else said.decode(errors="replace").strip()
+            raise ClientError(f"reading output {output_name} on {transport.label} failed: {text}")
+
+    async def _read_archive(self, process: RemoteProcess, algo: str, destination: Location, output_name: str,
+                            count: OutputCount) -> None:
+        reader = TarReader(process.read_stdout)
+        while (entry := await reader.next()) is not None:
+            if entry.kind == "dir":
+                continue
+            where = f"{algo}:{entry.name}"
+            if entry.kind == "symlink":
+                self.warn(f"output {output_name}: skipped the symlink {where} (symlinks are never followed)")
+                continue
+            if entry.kind != "file":
+                self.warn(f"output {output_name}: skipped {where}, not a regular file")
+                continue
+            relative = safe_relative_path(entry.name, f"output file {where}")
+            previous = count.written_by.get(relative)
+            if previous is not None and previous != algo:
+                self.warn(f"output {output_name}: {previous} and {algo} both wrote {relative}; "
+                          f"the last upload wins")
+            count.written_by[relative] = algo
+            await self._store(reader, entry.size, destination, relative, where)
+            count.objects += 1
+            count.bytes += entry.size
 
     async def _store(self, reader: TarReader, size: int, destination: Location, relative: str, where: str) -> None:
         if isinstance(destination, FileLocation):
@@ -98,34 +107,29 @@ class Uploader:
             await self.s3.put(target, data)
             return
         upload = await self.s3.multipart(target)
-        tasks: list[asyncio.Task] = []
         try:
-            number, part = 1, bytearray()
-            async for chunk in reader.chunks():
-                part += chunk
-                while len(part) >= PART:
-                    tasks.append(await self._start_part(upload, number, bytes(part[:PART])))
-                    del part[:PART]
-                    number += 1
-            if part or number == 1:
-                tasks.append(await self._start_part(upload, number, bytes(part)))
-            await asyncio.gather(*tasks)
+            async with task_group() as parts:  # the first part to fail cancels the others
+                number, part = 1, bytearray()
+                async for chunk in reader.chunks():
+                    part += chunk
+                    while len(part) >= PART:
+                        await self._start_part(parts, upload, number, bytes(part[:PART]))
+                        del part[:PART]
+                        number += 1
+                if part or number == 1:
+                    await self._start_part(parts, upload, number, bytes(part))
             await upload.complete()
         except BaseException as exc:
             log.debug("uploading %s failed (%s); aborting its multipart upload", target, type(exc).__name__)
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             await upload.abort()
             raise
 
-    async def _start_part(self, upload, number: int, data: bytes) -> asyncio.Task:
+    async def _start_part(self, parts: asyncio.TaskGroup, upload: MultipartUpload, number: int, data: bytes) -> None:
         """Upload a part in the background once a place is free (PARTS_IN_FLIGHT bounds the
         memory); the place is given back however the task ends, even cancelled unstarted."""
         await self._parts.acquire()
-        task = asyncio.create_task(upload.part(number, data))
+        task = parts.create_task(upload.part(number, data))
         task.add_done_callback(lambda _: self._parts.release())
-        return task
 
     async def _to_file(self, reader: TarReader, root: Path, relative: str) -> None:
         """file:///dir outputs: written under the directory, atomically, never through a symlink."""

@@ -18,12 +18,13 @@ import logging
 import os
 import re
 import ssl
-from typing import AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 import aiohttp
 import yarl
-from aiohttp.helpers import get_env_proxy_for_url
 from aiobotocore.session import get_session
+from aiohttp.helpers import get_env_proxy_for_url
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError as BotoClientError, NoCredentialsError
 
@@ -77,11 +78,11 @@ class S3:
 
     def __init__(self, max_connections: int = 32) -> None:
         self.max_connections = max_connections
-        self._context = None
-        self._client = None
-        self._http: aiohttp.ClientSession | None = None
+        self._context: Any = None  # aiobotocore ships no types
+        self._client: Any = None
+        self._session: aiohttp.ClientSession | None = None
 
-    async def __aenter__(self) -> "S3":
+    async def __aenter__(self) -> S3:
         session = get_session()
         region = session.get_config_variable("region") or os.environ.get("AWS_REGION") or "us-east-1"
         config = Config(
@@ -98,7 +99,7 @@ class S3:
         self._presigner = Presigner(self._client, session)
         bundle = os.environ.get("AWS_CA_BUNDLE")
         tls = ssl.create_default_context(cafile=bundle) if bundle else True
-        self._http = aiohttp.ClientSession(
+        self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=self.max_connections, ssl=tls),
             timeout=aiohttp.ClientTimeout(total=None, connect=10, sock_read=60),
             # Not trust_env: it reads ~/.netrc and the proxy variables in a thread on every
@@ -110,9 +111,15 @@ class S3:
                   yarl.URL(self._client.meta.endpoint_url).origin(), self.max_connections)
         return self
 
+    @property
+    def _http(self) -> aiohttp.ClientSession:
+        """Object bodies' HTTP client (from entering the context on)."""
+        assert self._session is not None, "S3 used outside `async with`"
+        return self._session
+
     async def __aexit__(self, *exc) -> None:
-        if self._http is not None:
-            await self._http.close()
+        if self._session is not None:
+            await self._session.close()
         if self._context is not None:
             await self._context.__aexit__(*exc)
 
@@ -202,7 +209,7 @@ class S3:
             except _TRANSIENT as exc:
                 await _another_try(retrying, f"cannot upload {location}", exc)
 
-    async def multipart(self, location: S3Location) -> "MultipartUpload":
+    async def multipart(self, location: S3Location) -> MultipartUpload:
         try:
             response = await self._client.create_multipart_upload(Bucket=location.bucket, Key=location.key)
         except (BotoClientError, BotoCoreError) as exc:

@@ -13,6 +13,7 @@ from pathlib import Path
 from fleet.contract.job import S3InputSpec
 from fleet.data.locations import FileLocation, Location, parse_location, relative_to_prefix, safe_relative_path
 from fleet.errors import ClientError
+from fleet.fanout import all_of
 
 log = logging.getLogger(__name__)
 
@@ -146,4 +147,4 @@ async def _from_manifest(location: Location, s3) -> list[InputObject]:
             obj = await s3.head(prefix.child(relative))
         return InputObject(obj.location, relative, obj.size)
 
-    return list(await asyncio.gather(*(head(r) for r in checked)))
+    return await all_of(*(head(r) for r in checked))

@@ -13,13 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AsyncIterator
+from functools import partial
+from typing import TYPE_CHECKING
 
 from fleet.data import tarstream
 from fleet.data.locations import FileLocation, S3Object
 from fleet.data.sources import InputObject
 from fleet.errors import ClientError, FleetError
+from fleet.fanout import all_of, settled, task_group
 from fleet.host import command as host_command
 from fleet.retry import TAR_STREAMS
 from fleet.transport.base import RemoteProcess, Transport, drain
@@ -69,7 +72,7 @@ class Sources:
 
     async def stream(self, obj: InputObject) -> AsyncIterator[bytes]:
         if isinstance(obj.source, FileLocation):
-            with open(obj.source.path, "rb") as file:
+            with open(obj.source.path, "rb") as file:  # noqa: ASYNC230 (open is instant; reads go to a thread)
                 while chunk := await asyncio.to_thread(file.read, FILE_CHUNK):
                     yield chunk
             return
@@ -82,13 +85,15 @@ class Sources:
 
 
 class _Lane:
-    """One `tar -x` channel per destination, fed the same objects."""
+    """One `tar -x` channel per destination, fed the same objects. Its tasks (each
+    channel's stderr) belong to the sender's task group."""
 
-    def __init__(self, destinations: list[Destination]) -> None:
+    def __init__(self, destinations: list[Destination], tasks: asyncio.TaskGroup) -> None:
         self.destinations = destinations
         self.processes: dict[str, RemoteProcess] = {}
         self.failed: dict[str, FleetError] = {}
-        self._stderr: dict[str, asyncio.Task] = {}
+        self._tasks = tasks
+        self._stderr: dict[str, asyncio.Task[bytes | FleetError]] = {}
 
     async def open(self) -> None:
         async def one(dest: Destination) -> None:
@@ -98,8 +103,8 @@ class _Lane:
                 self.failed[dest.label] = exc
                 return
             self.processes[dest.label] = process
-            self._stderr[dest.label] = asyncio.create_task(drain(process.read_stderr))
-        await asyncio.gather(*(one(d) for d in self.destinations))
+            self._stderr[dest.label] = self._tasks.create_task(settled(lambda: drain(process.read_stderr)))
+        await all_of(*(one(d) for d in self.destinations))
 
     @property
     def live(self) -> list[str]:
@@ -107,15 +112,14 @@ class _Lane:
 
     async def write(self, data: bytes, current: str) -> None:
         """To every live destination; a failing one is set aside (retried later)."""
-        labels = self.live
-        results = await asyncio.gather(*(self.processes[l].write(data) for l in labels), return_exceptions=True)
-        for label, result in zip(labels, results):
-            if isinstance(result, FleetError):
-                error = ClientError(f"cannot write {current} to {label}: {result.message}")
-                error.__cause__ = result  # raised later, by stage_input, once retries are spent
+        async def one(label: str) -> None:
+            try:
+                await self.processes[label].write(data)
+            except FleetError as exc:
+                error = ClientError(f"cannot write {current} to {label}: {exc.message}")
+                error.__cause__ = exc  # raised later, by stage_input, once retries are spent
                 self.failed[label] = error
-            elif isinstance(result, BaseException):
-                raise result
+        await all_of(*(one(label) for label in self.live))
 
     async def close(self) -> None:
         """End the archives and check every `tar -x` finished well."""
@@ -128,28 +132,46 @@ class _Lane:
             try:
                 await drain(process.read_stdout)
                 status = await process.wait()
-                said = (await self._stderr[label]).decode(errors="replace").strip()
+                said = await self._stderr[label]
+                if isinstance(said, FleetError):
+                    raise said
             except FleetError as exc:
                 self.failed[label] = exc
                 return
             if status != 0:
-                self.failed[label] = ClientError(f"tar on {label} failed (status {status}): {said}")
-        await asyncio.gather(*(finish(l) for l in self.live))
+                self.failed[label] = ClientError(
+                    f"tar on {label} failed (status {status}): {said.decode(errors='replace').strip()}")
+        await all_of(*(finish(label) for label in self.live))
 
     def abandon(self) -> None:
         for process in self.processes.values():
             process.close()
         for task in self._stderr.values():
-            task.cancel()
+            task.cancel()  # the group waits for it
 
 
 async def _send(objects: list[InputObject], destinations: list[Destination], sources: Sources,
                 count: TransferCount) -> dict[str, FleetError]:
     """One lane: every object, in order, to every destination. Returns the destinations
     that failed (their error); a source (S3) failure raises."""
-    lane = _Lane(destinations)
+    try:
+        async with task_group() as tasks:
+            lane = _Lane(destinations, tasks)
+            try:
+                return await _feed(lane, objects, sources, count, tasks)
+            finally:
+                lane.abandon()
+    except ClientError as exc:  # the source failed: say where the bytes were going
+        hosts = ", ".join(d.label for d in destinations)
+        raise ClientError(f"{exc.message} (while staging it to {hosts})") from exc
+
+
+async def _feed(lane: _Lane, objects: list[InputObject], sources: Sources, count: TransferCount,
+                tasks: asyncio.TaskGroup) -> dict[str, FleetError]:
     await lane.open()
-    window: deque[tuple[InputObject, asyncio.Task | None]] = deque()
+    # Small objects are read PREFETCH ahead, by tasks of the lane's group; a read's error is
+    # raised where its bytes are needed.
+    window: deque[tuple[InputObject, asyncio.Task[bytes | FleetError] | None]] = deque()
     pending = iter(objects)
 
     def top_up() -> None:
@@ -157,7 +179,7 @@ async def _send(objects: list[InputObject], destinations: list[Destination], sou
             obj = next(pending, None)
             if obj is None:
                 return
-            window.append((obj, asyncio.create_task(sources.read(obj)) if obj.size <= SMALL else None))
+            window.append((obj, tasks.create_task(settled(partial(sources.read, obj))) if obj.size <= SMALL else None))
 
     batch = bytearray()  # small objects, whole, go out together: fewer SSH packets
 
@@ -175,6 +197,8 @@ async def _send(objects: list[InputObject], destinations: list[Destination], sou
                 if not fetched.done():
                     await flush()  # while waiting for the next one, send what is ready
                 data = await fetched
+                if isinstance(data, FleetError):
+                    raise data
                 if len(data) != obj.size:
                     raise ClientError(f"{obj.name}: read {len(data)} bytes, but the object has {obj.size}")
                 batch += tarstream.file_header(obj.relative, obj.size) + data + tarstream.padding(obj.size)
@@ -200,14 +224,10 @@ async def _send(objects: list[InputObject], destinations: list[Destination], sou
         if lane.live:
             await lane.close()
         return dict(lane.failed)
-    except ClientError as exc:  # the source failed: say where the bytes were going
-        hosts = ", ".join(d.label for d in destinations)
-        raise ClientError(f"{exc.message} (while staging it to {hosts})") from exc
     finally:
         for _, task in window:
             if task is not None:
                 task.cancel()
-        lane.abandon()
 
 
 async def stage_input(objects_per_host: list[list[InputObject]], destinations: list[Destination],
@@ -240,7 +260,4 @@ async def stage_input(objects_per_host: list[list[InputObject]], destinations: l
             log.debug("re-sending a lane of %d objects to %s (attempt %d of %s)", len(objects),
                       ", ".join(d.label for d in targets), retrying.failures + 1, retrying.policy.attempts)
 
-    results = await asyncio.gather(*(run(o, t) for o, t in jobs), return_exceptions=True)
-    for result in results:
-        if isinstance(result, BaseException):
-            raise result
+    await all_of(*(run(o, t) for o, t in jobs))
