@@ -31,7 +31,7 @@ from fleet.errors import (
     JobStopped,
     MaxRuntimeExceeded,
 )
-from fleet.fanout import all_of, first_of, on_each
+from fleet.fanout import all_of, first_of, on_each, task_group
 from fleet.inventory import Host
 from fleet.plan import HostPlan, algo_names, host_labels, plan_cluster
 from fleet.runtime.console import Console
@@ -88,25 +88,22 @@ class JobExecution:
         outcomes: list[HostOutcome] = []
         error: FleetError | None = None
         try:
-            async with asyncio.TaskGroup() as tasks, contextlib.AsyncExitStack() as instances:
+            async with task_group() as tasks, contextlib.AsyncExitStack() as instances:
                 # Leaving the stack closes every instance (its session's reader ends) before
                 # the group waits for its tasks.
                 for instance in self.instances:
                     await instances.enter_async_context(instance)
                 try:
                     outcomes = await self._run(tasks, started, take_over)
-                except FleetError as exc:
-                    error = exc
-                except Exception as exc:  # a bug of fleet's: the job still ends Failed, hosts cleaned
-                    log.debug("the job failed unexpectedly", exc_info=exc)
-                    error = InternalError(exc)
                 finally:
                     if self._data_ready is not None:
                         self._data_ready.cancel()
                     await self._clean_up()
-        except BaseExceptionGroup as group:  # a task of the job failed: a bug of fleet's
-            log.debug("a task of the job failed", exc_info=group)
-            error = error or InternalError(group.exceptions[0])
+        except FleetError as exc:
+            error = exc
+        except Exception as exc:  # a bug of fleet's: the job still ends Failed, hosts cleaned
+            log.debug("the job failed unexpectedly", exc_info=exc)
+            error = InternalError(exc)
         finally:
             await self.data.close()
         return self._finish(outcomes, self._ending or error)
@@ -165,7 +162,8 @@ class JobExecution:
 
     async def _data_opened(self) -> None:
         assert self._data_ready is not None
-        error = await asyncio.shield(self._data_ready)
+        await asyncio.wait([self._data_ready])  # a waiter cancelled (a stop) leaves S3 be
+        error = self._data_ready.result()
         if error is not None:
             raise error
 
@@ -224,7 +222,7 @@ class JobExecution:
             elapsed = (datetime.now(UTC) - datetime.fromisoformat(started)).total_seconds()
             deadline = loop.time() + self.job.max_runtime - elapsed
         outcomes: dict[str, HostOutcome] = {}
-        async with asyncio.TaskGroup() as group:
+        async with task_group() as group:
             watchers = [group.create_task(self._watch(instance, outcomes), name=f"{instance.algo} exit")
                         for instance in self.instances]
             helpers = [group.create_task(self._stop_early(deadline), name="stopper"),
