@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from fleet.errors import HostError
+from fleet.fanout import all_of, task_group
 from fleet.host import Status
 from fleet.inventory import Host
 from fleet.plan import RUN_LABEL
@@ -189,16 +190,17 @@ class ScriptedCommand:
                 with contextlib.suppress(BrokenPipeError):  # nobody reads: keep draining
                     write(chunk)
 
-        feeder = asyncio.create_task(feed())
         try:
-            await asyncio.gather(pump(process.read_stdout, self.write_stdout),
+            async with task_group() as tasks:
+                feeder = tasks.create_task(feed())
+                try:
+                    await all_of(pump(process.read_stdout, self.write_stdout),
                                  pump(process.read_stderr, self.write_stderr))
-            return await process.wait()
+                    return await process.wait()
+                finally:
+                    feeder.cancel()
         finally:
-            feeder.cancel()
             process.close()  # kills it if it still runs
-            with contextlib.suppress(BaseException):
-                await asyncio.gather(feeder, return_exceptions=True)
             await asyncio.shield(_reap(process))
 
     # -- the machinery -----------------------------------------------------------------------------
@@ -372,7 +374,8 @@ class ScriptedTransport(Transport):
         tasks = [task for task in self._tasks if not task.done()]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if tasks:
+            await asyncio.wait(tasks)
 
     @property
     def peer_address(self) -> str:
