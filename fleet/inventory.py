@@ -136,7 +136,7 @@ def parse_inventory(document: Any, source: str) -> Inventory:
     try:
         inventory = Inventory.model_validate({"hosts": merged})
     except ValidationError as exc:
-        raise InvalidInput(describe_validation_error(source, exc)) from None
+        raise InvalidInput(describe_validation_error(source, exc)) from exc
     for i, host in enumerate(inventory.hosts):
         if host.identity_file and host.transport == "ssh":
             path = Path(host.identity_file).expanduser()

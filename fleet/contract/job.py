@@ -286,18 +286,18 @@ def read_document(path: Path, what: str, *, yaml_only: bool = False) -> Any:
     """Read a JSON file, or YAML when the name ends in .yaml or .yml (or `yaml_only`)."""
     try:
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InvalidInput(f"{path}: no such {what} file") from None
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"{path}: no such {what} file") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{path}: cannot read {what}: {exc}") from None
+        raise InvalidInput(f"{path}: cannot read {what}: {exc}") from exc
     try:
         if yaml_only or path.suffix.lower() in (".yaml", ".yml"):
             return yaml.safe_load(text)
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise InvalidInput(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+        raise InvalidInput(f"{path}: malformed JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
     except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: malformed YAML: {exc}") from None
+        raise InvalidInput(f"{path}: malformed YAML: {exc}") from exc
 
 
 def parse_job(document: Any, source: str, name: str | None = None) -> ProcessingJob:
@@ -309,7 +309,7 @@ def parse_job(document: Any, source: str, name: str | None = None) -> Processing
     try:
         return ProcessingJob.model_validate(document)
     except ValidationError as exc:
-        raise InvalidInput(describe_validation_error(source, exc)) from None
+        raise InvalidInput(describe_validation_error(source, exc)) from exc
 
 
 def load_job(path: Path, name: str | None = None) -> ProcessingJob:

@@ -26,7 +26,7 @@ def exit_message(messages: list[tuple[str, bytes]]) -> str | None:
             if not cut_inside_a_character:
                 raise ClientError(
                     f"the ExitMessage of {algo} (/opt/ml/output/message) is not UTF-8 "
-                    f"(byte {exc.start})") from None
+                    f"(byte {exc.start})") from exc
         present = True
         joined += head
     if not present:

@@ -153,11 +153,11 @@ class JobStore:
         file = open(self.job_dir(name) / "owner.lock", "a+")  # noqa: SIM115 (held while the job runs)
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError as exc:
             file.seek(0)
             pid = file.read().strip()
             file.close()
-            raise JobOwned(name, int(pid) if pid.isdigit() else None) from None  # not a failure: a finding
+            raise JobOwned(name, int(pid) if pid.isdigit() else None) from exc
         return file
 
 
