@@ -112,7 +112,7 @@ def cluster(tmp_path_factory) -> Cluster:
         pytest.skip("the test bed needs root, dockerd and sshd (run scripts/setup)")
     inventory = tmp_path_factory.mktemp("cluster") / "hosts.yaml"
     # One test bed per machine: another test session or benchmark using it is waited for.
-    lock = open(CLUSTER_LOCK, "w")
+    lock = open(CLUSTER_LOCK, "w")  # noqa: SIM115 (held for the whole session)
     fcntl.flock(lock, fcntl.LOCK_EX)
     subprocess.run([str(LOCAL_CLUSTER), "up", "--hosts", "3", "--inventory", str(inventory)],
                    check=True, timeout=300, stdout=subprocess.DEVNULL)
@@ -232,7 +232,7 @@ def registry(cluster, tmp_path_factory):
         "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
         "http": {"addr": "10.251.7.1:5000"}}))
     process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=open(root / "registry.log", "wb"))
+                               stderr=open(root / "registry.log", "wb"))  # noqa: SIM115 (the registry's)
     try:
         import socket
         import time

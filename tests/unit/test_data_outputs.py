@@ -18,6 +18,7 @@ from fleet.inventory import Host
 from fleet.transport.base import Transport
 from fleet.transport.local import LocalTransport
 from fleet.transport.scripted import ScriptedCommand, ScriptedTransport
+
 from localcommands import RecordingTransport, reap_commands  # noqa: F401  (reap_commands: autouse fixture)
 
 PART = 64 * 1024  # outputs.PART for these tests: many parts from small files
@@ -27,7 +28,7 @@ def small_parts(monkeypatch):
 
 
 class FakeUpload:
-    def __init__(self, s3: "FakeS3", location: S3Location) -> None:
+    def __init__(self, s3: FakeS3, location: S3Location) -> None:
         self.s3 = s3
         self.location = location
         self.parts: dict[int, bytes] = {}

@@ -5,9 +5,9 @@ destination directory ends up holding is the contract."""
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import AsyncIterator
 
 import pytest
 
@@ -19,6 +19,7 @@ from fleet.data.staging import Destination, Sources, TransferCount, stage_input
 from fleet.errors import ClientError, HostError
 from fleet.inventory import Host
 from fleet.transport.scripted import ScriptedCommand, ScriptedTransport
+
 from localcommands import reap_commands, tree  # noqa: F401  (reap_commands: autouse fixture)
 
 
