@@ -44,11 +44,23 @@ def _describe(exc: Exception) -> str:
         return f"{error.get('Code', 'error')}: {error.get('Message') or exc}"
     # An aiohttp error may name the URL it was sending: never its query (a presigned URL's
     # signature, credential and token are there).
-    return re.sub(r"(https?://[^\s?]*)\?[^\s'\"]*", r"\1?...", str(exc)) or type(exc).__name__
+    said = re.sub(r"(https?://[^\s?]*)\?[^\s'\"]*", r"\1?...", str(exc))
+    if isinstance(exc, _Transient):
+        return said
+    return f"{type(exc).__name__} ({said})" if said else type(exc).__name__
 
 
 class _Transient(Exception):
     """A failure worth another try: a 5xx, a throttle, a short read."""
+
+
+class _Redacted(Exception):
+    """What an HTTP client error said, without any URL's query: the cause kept on a
+    ClientError in its place (a traceback under --debug shows no signature or token)."""
+
+
+def _cause(exc: Exception) -> Exception:
+    return exc if isinstance(exc, (BotoClientError, _Transient)) else _Redacted(_describe(exc))
 
 
 _TRANSIENT = (aiohttp.ClientError, OSError, asyncio.TimeoutError, _Transient)
@@ -58,7 +70,7 @@ async def _another_try(retrying: Retrying, what: str, exc: Exception) -> None:
     """After a transient failure: back off (S3_REQUESTS) and return, or raise
     ClientError(`what`) once its attempts are spent."""
     if not await retrying.pause():
-        raise ClientError(f"{what}: {_describe(exc)}") from exc
+        raise ClientError(f"{what}: {_describe(exc)}") from _cause(exc)
     log.debug("%s: %s; trying again (attempt %d of %s)", what, _describe(exc), retrying.failures + 1,
               retrying.policy.attempts)
 
