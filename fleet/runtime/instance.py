@@ -34,6 +34,8 @@ from fleet.transport.base import RemoteProcess, drain
 log = logging.getLogger(__name__)
 
 CLEANUP_MARGIN = 10  # seconds a cleanup may take beyond --docker-timeout
+CLEANUP_DOCKER_SILENT = 3  # cleanup.sh: docker did not answer in time (all left for fleet gc)
+STOP_MARGIN = 10  # seconds a stop may take beyond the grace and --docker-timeout
 
 
 @dataclass
@@ -69,6 +71,7 @@ class Instance:
         self._log: BinaryIO | None = None
         self._lines: HostLines | None = None
         self._volume_kb = 0
+        self._given_up = False  # give_up(): no more reconnects
 
     @property
     def label(self) -> str:
@@ -151,13 +154,14 @@ class Instance:
                     lost: FleetError = HostError(self.label, "the SSH connection closed")
                 except FleetError as exc:
                     lost = exc
-                if not (self.has("started") and not self.has("exited") and self.options.host_timeout > 0):
-                    self._lost = lost
+                if self._given_up or not (self.has("started") and not self.has("exited")
+                                          and self.options.host_timeout > 0):
+                    self._lost = self._lost if self._given_up else lost
                     return
                 self._process = await self._reconnect(lost)
                 self.report.resumed()
         except FleetError as exc:
-            self._lost = exc
+            self._lost = self._lost if self._given_up else exc
         finally:
             self._ended.set()
 
@@ -271,14 +275,42 @@ class Instance:
         raise HostError(self.label, f"lost track of the container (status {self._status}): {self.report.errors}")
 
     # -- stop, kill, cleanup ----------------------------------------------------------------
+    @property
+    def stop_bound(self) -> float:
+        """How long a stop may take on this host before it is given up: the grace SIGINT
+        gives the container, plus docker's own time to answer, plus a margin."""
+        return self.options.stop_grace + self.options.docker_timeout + STOP_MARGIN
+
     async def stop(self, kill: asyncio.Event) -> None:
-        """Stop the container: `docker stop` (SIGINT, then SIGKILL after the grace: it was
-        created so), or `docker kill` once `kill` is set. A host being reconnected to gets
-        the command once it is back. Returns once the command ran or the container's end
-        was seen."""
+        """Stop the container and wait for its end: `docker stop` (SIGINT, then SIGKILL
+        after the grace: it was created so), or `docker kill` once `kill` is set. A host
+        being reconnected to gets the command once it is back. Bounded (`stop_bound`): a
+        host whose docker does not answer (or that stays out of reach) is given up, its
+        container left for `fleet gc`, and the job ends all the same."""
         plan = self._plan()
-        if await first_of(self._until("exited"), self._until_ran(scripts.stop(plan)), kill.wait()) == 2:
-            await first_of(self._until("exited"), self._until_ran(scripts.kill(plan)))
+        try:
+            async with asyncio.timeout(self.stop_bound):
+                which = await first_of(self._until("exited"), self._until_ran(scripts.stop(plan)), kill.wait())
+                if which == 2:
+                    which = await first_of(self._until("exited"), self._until_ran(scripts.kill(plan)))
+                if which != 0:  # the command ran: the session reports the container's end
+                    await self._until("exited")
+        except TimeoutError:
+            self.give_up(HostError(self.label, f"the container {plan.container} did not stop within "
+                                               f"{self.stop_bound:g} s (docker there not answering, or the host "
+                                               f"out of reach); it may remain: `fleet gc` removes it"))
+
+    def give_up(self, reason: FleetError) -> None:
+        """Stop supervising this host: its session ends now with `reason` (no reconnect)."""
+        if self._ended.is_set():
+            return
+        self._console.notice(reason.message)
+        self._lost = reason
+        self._given_up = True
+        if self._process is not None:
+            self._process.close()
+        if self._reader is not None:
+            self._reader.cancel()  # its `finally` marks the session ended
 
     async def _until_ran(self, argv: list[str]) -> None:
         """Run argv on the host, again after each failure to reach it (at the reconnects'
@@ -325,6 +357,10 @@ class Instance:
         except TimeoutError as exc:
             raise HostError(self.label, f"cleanup did not finish within {bound} s; "
                                         f"container {plan.container} may remain") from exc
+        if result.exit_status == CLEANUP_DOCKER_SILENT:
+            raise HostError(self.label, f"docker did not answer within {self.options.docker_timeout} s; "
+                                        f"container {plan.container} and {plan.job_dir} may remain: "
+                                        f"`fleet gc` removes them")
         if result.exit_status != 0:
             raise HostError(self.label, f"could not remove the job directory {plan.job_dir}: "
                                         f"{result.stderr.decode(errors='replace').strip()}")

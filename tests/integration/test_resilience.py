@@ -9,6 +9,7 @@ twice, outputs) and, through the `fleet` fixture, that nothing is left on any ho
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import time
@@ -236,6 +237,33 @@ def test_a_host_out_of_reach_past_host_timeout_fails_the_job_and_gc_clears_it(fl
     dry = fleet("gc", "--inventory", str(cluster.inventory), "--dry-run")
     assert dry.returncode == 0, dry.stderr
     assert f"h2 (10.251.7.12): would remove container {name}-algo-2 (job {name})" in dry.stdout
+    assert cluster.hosts[1].containers(name) != []
+    gc = fleet("gc", "--inventory", str(cluster.inventory))
+    assert gc.returncode == 0, gc.stderr
+    assert f"removing container {name}-algo-2" in gc.stdout
+    assert cluster.leftovers(name) == []
+
+
+def test_a_docker_frozen_at_stop_time_is_given_up_and_the_job_still_ends(fleet, cluster):
+    # algo-2's dockerd is frozen (SIGSTOP) when the stop comes: `docker stop` there never
+    # answers. The stop is bounded (grace 2 + docker timeout 3 + margin 10 s): algo-2 is given
+    # up, named, left for fleet gc; the others stop; the job ends Stopped.
+    name, process = _start_long(fleet, cluster, "--stop-grace", "2", "--docker-timeout", "3")
+    pid = int((cluster.hosts[1].dir / "dockerd.pid").read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert process.returncode == 130, err
+    assert f"algo-2 (h2, 10.251.7.12): the container {name}-algo-2 did not stop within 15 s" in err
+    assert "cleanup incomplete: algo-2 (h2, 10.251.7.12): docker did not answer within 3 s" in err
+    assert fleet.record(name)["ProcessingJobStatus"] == "Stopped"
+    for k in (1, 3):
+        assert f"got SIGINT on algo-{k}" in fleet.log(name, f"algo-{k}")
+    assert cluster.hosts[0].containers(name) == [] and cluster.hosts[2].containers(name) == []
+    # docker answers again: what the job left on algo-2 is fleet gc's
     assert cluster.hosts[1].containers(name) != []
     gc = fleet("gc", "--inventory", str(cluster.inventory))
     assert gc.returncode == 0, gc.stderr
