@@ -34,8 +34,10 @@ class Host(BaseModel):
     user: str | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     identity_file: str | None = None
-    known_hosts: str = "~/.ssh/known_hosts"
-    host_key_checking: Literal["strict", "accept-new", "off"] = "strict"
+    # None: not set; the SSH config decides (UserKnownHostsFile, StrictHostKeyChecking),
+    # else OpenSSH's defaults (~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts, strict).
+    known_hosts: str | None = None
+    host_key_checking: Literal["strict", "accept-new", "off"] | None = None
     workdir: str | None = None
     docker: str = "docker"
     docker_args: list[str] = []

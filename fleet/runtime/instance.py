@@ -93,11 +93,17 @@ class Instance:
     def address(self, controller: str | None) -> str:
         """Where the other hosts reach this one: the inventory's `ip`; else the address its
         SSH connection reached; for the local host, `controller` (this machine's address on
-        the way to the SSH hosts), else 127.0.0.1."""
+        the way to the SSH hosts), else 127.0.0.1. None known (a host behind a jump host
+        or a ProxyCommand that did not tell it): HostError, before anything starts."""
         if self.host.ip:
             return self.host.ip
         if self.host.transport == "local" and controller:
             return controller
+        if not self.transport.peer_address:
+            raise HostError(self.label, (
+                "no address the other hosts can reach it at (it is reached through a jump host "
+                "or a ProxyCommand, and its SSH config HostName is no IP address): set its `ip` "
+                "in the inventory"))
         return self.transport.peer_address
 
     def planned(self, plan: HostPlan, log_file: BinaryIO) -> None:

@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import getpass
+import ipaddress
 import logging
+import os
 import shlex
 import socket
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import asyncssh
+from asyncssh.config import SSHClientConfig
 
 from fleet.errors import HostError
 from fleet.inventory import Host
@@ -22,32 +28,181 @@ log = logging.getLogger(__name__)
 PREFERRED_CIPHERS = ["aes128-gcm@openssh.com", "aes256-gcm@openssh.com",
                      "chacha20-poly1305@openssh.com", "aes128-ctr", "aes256-ctr"]
 
+# A connection that stops answering (a link down) is given up after about
+# KEEPALIVE_INTERVAL * KEEPALIVE_COUNT seconds of silence; the supervisor then reconnects.
+KEEPALIVE_INTERVAL = 3
+KEEPALIVE_COUNT = 3
 
-def _known_hosts_data(path: Path) -> bytes:
+
+# Where neither the inventory nor ~/.ssh/config names them: OpenSSH's defaults.
+USER_CONFIG = "~/.ssh/config"
+DEFAULT_USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+DEFAULT_GLOBAL_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+# OpenSSH's StrictHostKeyChecking values; `ask` (its default) is strict: fleet cannot ask.
+STRICT_HOST_KEY_CHECKING = {"yes": "strict", "ask": "strict", "accept-new": "accept-new",
+                            "no": "off", "off": "off"}
+MAX_JUMPS = 8  # jump hosts behind jump hosts (their own ProxyJump): a loop ends here
+
+
+class SSHConfig(SSHClientConfig):
+    """~/.ssh/config for one destination, as asyncssh reads it, plus what asyncssh skips:
+    StrictHostKeyChecking, and %-tokens in the known-hosts files."""
+
+    _handlers = {**SSHClientConfig._handlers,
+                 "stricthostkeychecking": ("StrictHostKeyChecking", SSHClientConfig._set_string)}
+    _percent_expand = {*SSHClientConfig._percent_expand, "UserKnownHostsFile", "GlobalKnownHostsFile"}
+
+
+def config_paths() -> list[Path]:
+    """The user's SSH config, as asyncssh and `ssh` find it (HOME at the time of the call)."""
+    path = Path(USER_CONFIG).expanduser()
+    return [path] if os.access(path, os.R_OK) else []
+
+
+def load_config(name: str, *, user: str | None = None, port: int | None = None,
+                paths: Sequence[Path] | None = None) -> SSHConfig:
+    """The SSH config's settings for destination `name` (`Host` and `Match` blocks applied)."""
+    config = SSHConfig.load(None, list(config_paths() if paths is None else paths), False, False, False,
+                            getpass.getuser(), user or (), name, port or ())
+    assert isinstance(config, SSHConfig)
+    return config
+
+
+@dataclass(frozen=True)
+class HostKeys:
+    """How a host's key is checked: the inventory's values, else the SSH config's, else
+    OpenSSH's defaults."""
+
+    checking: str  # strict | accept-new | off
+    files: tuple[Path, ...]  # the known-hosts files trusted: the user's, then the global ones
+    record: Path | None  # where accept-new writes a new host's key (the first user file)
+
+    def trusted(self) -> asyncssh.SSHKnownHosts:
+        """The keys of every readable file. An object, not bytes: asyncssh reads empty
+        known-hosts data as "use ~/.ssh/known_hosts"."""
+        return asyncssh.import_known_hosts(b"".join(_read(path) + b"\n" for path in self.files).decode())
+
+
+def _read(path: Path) -> bytes:
     try:
         return path.read_bytes()
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError, PermissionError):
         return b""
+
+
+def host_keys(config: SSHClientConfig, known_hosts: str | None = None,
+              host_key_checking: str | None = None) -> HostKeys:
+    """The inventory's `known_hosts` and `host_key_checking` where given, as `ssh -o
+    UserKnownHostsFile=... -o StrictHostKeyChecking=...`; the rest from the SSH config."""
+    checking = host_key_checking
+    if checking is None:
+        value = config.get("StrictHostKeyChecking")
+        checking = STRICT_HOST_KEY_CHECKING.get(str(value).lower(), "strict") if value else "strict"
+    user_files: list[str]
+    if known_hosts is not None:
+        user_files = [known_hosts]
+    else:
+        configured = config.get("UserKnownHostsFile")  # [] for `none`
+        user_files = list(DEFAULT_USER_KNOWN_HOSTS if configured is None else cast(list[str], configured))
+    configured = config.get("GlobalKnownHostsFile")
+    global_files = list(DEFAULT_GLOBAL_KNOWN_HOSTS if configured is None else cast(list[str], configured))
+    files = tuple(Path(name).expanduser() for name in [*user_files, *global_files])
+    return HostKeys(checking, files, Path(user_files[0]).expanduser() if user_files else None)
+
+
+@dataclass(frozen=True)
+class ConnectionPlan:
+    """How one SSH connection is made: asyncssh's options and what fleet does around them."""
+
+    options: dict[str, Any]  # for asyncssh.connect, but known_hosts, client_factory and tunnel
+    host_keys: HostKeys
+    hostname: str  # where the connection finally goes: the config's HostName, else the name
+    jump: str | None  # the config's ProxyJump: user@host:port,... (fleet opens these itself)
+    proxied: bool  # through a jump host or a ProxyCommand: the socket's peer is not the host
+
+
+def connection_plan(name: str, config: SSHClientConfig, *, timeout: float, user: str | None = None,
+                    port: int | None = None, identity_file: str | None = None,
+                    known_hosts: str | None = None, host_key_checking: str | None = None) -> ConnectionPlan:
+    """The connection to `name`, from the inventory's values (None: not set) and the SSH
+    config's settings for it. Pure: tested without a network."""
+    options: dict[str, Any] = {
+        "connect_timeout": timeout,
+        "encryption_algs": PREFERRED_CIPHERS,
+        "keepalive_interval": KEEPALIVE_INTERVAL,
+        "keepalive_count_max": KEEPALIVE_COUNT,
+        # Whatever the SSH config says: fleet's channels carry tar streams and docker's
+        # output, which a TTY would mangle (RequestTTY force), and the hosts get neither
+        # the user's agent (ForwardAgent) nor their X display (ForwardX11Trusted).
+        "agent_forwarding": False,
+        "x11_forwarding": False,
+        "request_pty": False,
+    }
+    if port is not None:
+        options["port"] = port
+    if user:
+        options["username"] = user
+    if identity_file:
+        options["client_keys"] = [str(Path(identity_file).expanduser())]
+    proxy_command = config.get("ProxyCommand")
+    jump = None if proxy_command else cast("str | None", config.get("ProxyJump"))
+    return ConnectionPlan(options, host_keys(config, known_hosts, host_key_checking),
+                          cast(str, config.get("Hostname", name)), jump, bool(jump or proxy_command))
+
+
+def host_plan(host: Host, config: SSHClientConfig, timeout: float | None = None) -> ConnectionPlan:
+    """The connection to an inventory host: its values win over the SSH config's."""
+    return connection_plan(
+        host.address, config, timeout=min(host.connect_timeout, timeout) if timeout else host.connect_timeout,
+        user=host.user, port=host.port, identity_file=host.identity_file,
+        known_hosts=host.known_hosts, host_key_checking=host.host_key_checking)
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+# host_key_checking off is said once per run, in one line naming the hosts: the names noted
+# while connections are being made, said when the first of them is made (or fails).
+_unchecked_noted: set[str] = set()
+_unchecked_pending: list[str] = []
+
+
+def _note_unchecked(name: str) -> None:
+    if name not in _unchecked_noted:
+        _unchecked_noted.add(name)
+        _unchecked_pending.append(name)
+
+
+def _say_unchecked() -> None:
+    if _unchecked_pending:
+        # WARNING: printed without --debug (Python's last-resort handler, on stderr)
+        log.warning("fleet: warning: host keys are not checked (host_key_checking: off) for %s: "
+                    "anyone on the network path can pose as %s", ", ".join(_unchecked_pending),
+                    "it" if len(_unchecked_pending) == 1 else "them")
+        _unchecked_pending.clear()
 
 
 class _AcceptNewClient(asyncssh.SSHClient):
     """host_key_checking: accept-new. A host with no known key is trusted and recorded;
     a host whose known key differs is refused, as OpenSSH's StrictHostKeyChecking=accept-new."""
 
-    def __init__(self, known_hosts: Path, host: Host) -> None:
-        self._known_hosts = known_hosts
-        self._host = host
+    def __init__(self, keys: HostKeys) -> None:
+        self._keys = keys
 
     def validate_host_public_key(self, host: str, addr: str, port: int, key: asyncssh.SSHKey) -> bool:
-        data = _known_hosts_data(self._known_hosts)
-        if data:
-            known = asyncssh.match_known_hosts(asyncssh.import_known_hosts(data.decode()),
-                                               host, addr, port if port != 22 else None)
-            if known[0]:  # the host has keys, none of them this one
-                return False
+        known = asyncssh.match_known_hosts(self._keys.trusted(), host, addr, port if port != 22 else None)
+        if known[0]:  # the host has keys, none of them this one
+            return False
+        if self._keys.record is None:  # UserKnownHostsFile none: trusted, written nowhere
+            return True
         name = host if port == 22 else f"[{host}]:{port}"
-        self._known_hosts.parent.mkdir(parents=True, exist_ok=True)
-        with open(self._known_hosts, "a") as file:
+        self._keys.record.parent.mkdir(parents=True, exist_ok=True)
+        with open(self._keys.record, "a") as file:
             file.write(f"{name} {key.export_public_key().decode().strip()}\n")
         return True
 
@@ -107,18 +262,14 @@ class _SSHProcess(RemoteProcess):
         self._process.close()
 
 
-# A connection that stops answering (a link down) is given up after about
-# KEEPALIVE_INTERVAL * KEEPALIVE_COUNT seconds of silence; the supervisor then reconnects.
-KEEPALIVE_INTERVAL = 3
-KEEPALIVE_COUNT = 3
-
-
 class SSHTransport(Transport):
     def __init__(self, host: Host, label: str) -> None:
         super().__init__(host, label)
         self._conn: asyncssh.SSHClientConnection | None = None
         self._connecting = asyncio.Lock()
         self._closed = False
+        self._reached = ""  # the IP address the connection reached ("" when unknown)
+        self._proxied = False  # through a jump host or a ProxyCommand
 
     @property
     def connected(self) -> bool:
@@ -140,51 +291,134 @@ class SSHTransport(Transport):
 
     async def connect(self, timeout: float | None = None) -> None:
         host = self.host
-        known_hosts_path = Path(host.known_hosts).expanduser()
-        connect_timeout = min(host.connect_timeout, timeout) if timeout else host.connect_timeout
-        options: dict = {
-            "port": host.port,
-            "connect_timeout": connect_timeout,
-            "encryption_algs": PREFERRED_CIPHERS,
-            "keepalive_interval": KEEPALIVE_INTERVAL,
-            "keepalive_count_max": KEEPALIVE_COUNT,
-        }
-        if host.user:
-            options["username"] = host.user
-        if host.identity_file:
-            options["client_keys"] = [str(Path(host.identity_file).expanduser())]
-        if host.host_key_checking == "off":
+        config = self._config(host.address, host.user, host.port)
+        plan = host_plan(host, config, timeout)
+        log.debug("%s: connecting to %s (%s) port %d as %s (timeout %g s, host keys: %s%s)", self.label,
+                  host.address, plan.hostname, host.port, config.get("User", host.ssh_user),
+                  plan.options["connect_timeout"], plan.host_keys.checking,
+                  f", through {plan.jump}" if plan.jump else "")
+        if plan.host_keys.checking == "off":
+            _note_unchecked(self.label)
+        jump = None
+        try:
+            if plan.jump:
+                jump = await self._jump(plan.jump, plan.options["connect_timeout"], MAX_JUMPS)
+            conn = await self._dial(host.address, plan, config, jump, "")
+        except BaseException:
+            if jump is not None:
+                jump.abort()
+            raise
+        finally:
+            _say_unchecked()
+        if jump is not None:
+            conn.set_tunnel(jump)  # closing the connection closes its jump hosts'
+        self._conn = conn
+        self._proxied = plan.proxied
+        self._reached = await self._reached_address(conn, plan, ask=not host.ip)
+        log.debug("%s: connected (%s, cipher %s)", self.label, self._reached or "address unknown",
+                  conn.get_extra_info("send_cipher"))
+
+    async def _jump(self, spec: str, timeout: float, depth: int) -> asyncssh.SSHClientConnection:
+        """The connection to the last jump host of a ProxyJump (`[user@]host[:port],...`),
+        each jump host reached as `ssh` reaches it: its own settings in the SSH config
+        (its own ProxyJump included), not the inventory host's."""
+        if depth == 0:
+            raise HostError(self.label, f"more than {MAX_JUMPS} jump hosts (a ProxyJump loop?)")
+        conn: asyncssh.SSHClientConnection | None = None
+        try:
+            for hop in spec.split(","):
+                user, _, name = hop.rpartition("@")
+                name, _, port = name.partition(":") if not name.startswith("[") else name[1:].partition("]:")
+                config = self._config(name, user or None, int(port) if port else None)
+                plan = connection_plan(name, config, timeout=timeout, user=user or None,
+                                       port=int(port) if port else None)
+                if plan.host_keys.checking == "off":
+                    _note_unchecked(f"{self.label}'s jump host {name}")
+                tunnel = conn
+                if tunnel is None and plan.jump:
+                    tunnel = await self._jump(plan.jump, timeout, depth - 1)
+                try:
+                    conn = await self._dial(name, plan, config, tunnel, f"jump host {name}: ")
+                except BaseException:
+                    if tunnel is not None and tunnel is not conn:
+                        tunnel.abort()
+                    raise
+                if tunnel is not None:
+                    conn.set_tunnel(tunnel)
+        except ValueError as exc:  # a port that is not a number
+            raise HostError(self.label, f"ProxyJump {spec!r} in the SSH config: {exc}") from exc
+        except BaseException:
+            if conn is not None:
+                conn.abort()
+            raise
+        assert conn is not None
+        return conn
+
+    def _config(self, name: str, user: str | None, port: int | None) -> SSHConfig:
+        try:
+            return load_config(name, user=user, port=port)
+        except (ValueError, OSError) as exc:  # asyncssh's ConfigParseError is a ValueError
+            raise HostError(self.label, f"the SSH config ({USER_CONFIG}): {exc}") from exc
+
+    async def _dial(self, name: str, plan: ConnectionPlan, config: SSHClientConfig,
+                    tunnel: asyncssh.SSHClientConnection | None, what: str) -> asyncssh.SSHClientConnection:
+        """One SSH connection, through `tunnel` if given (None: straight, never the config's
+        ProxyJump, which fleet opened itself); every failure a HostError naming the host."""
+        keys = plan.host_keys
+        options = dict(plan.options)
+        if keys.checking == "off":
             options["known_hosts"] = None
         else:
-            options["known_hosts"] = _known_hosts_data(known_hosts_path)
-            if host.host_key_checking == "accept-new":
-                options["client_factory"] = lambda: _AcceptNewClient(known_hosts_path, host)
-        log.debug("%s: connecting to %s port %d as %s (timeout %g s, host keys: %s)", self.label, host.address,
-                  host.port, host.ssh_user, connect_timeout, host.host_key_checking)
+            options["known_hosts"] = keys.trusted()
+            if keys.checking == "accept-new":
+                options["client_factory"] = lambda: _AcceptNewClient(keys)
+        port = options.get("port") or config.get("Port", 22)
+        user = options.get("username") or config.get("User", self.host.ssh_user)
         try:
-            self._conn = await asyncssh.connect(host.address, **options)
+            return await asyncssh.connect(name, tunnel=tunnel, config=config_paths(), **options)
         except asyncssh.HostKeyNotVerifiable as exc:
+            files = ", ".join(str(path) for path in keys.files if path.exists()) or "no known-hosts file"
             raise HostError(self.label, (
-                f"SSH host key not verified ({exc.reason}): the host is not in {known_hosts_path} "
+                f"{what}SSH host key not verified ({exc.reason}): the host is not in {files} "
                 f"or its key changed; check the key, or set host_key_checking in the inventory"
             )) from exc
         except asyncssh.PermissionDenied as exc:
+            keys_tried = plan.options.get("client_keys")
             raise HostError(self.label, (
-                f"SSH login refused for user {host.ssh_user}"
-                + (f" with key {host.identity_file}" if host.identity_file else "")
+                f"{what}SSH login refused for user {user}" + (f" with key {keys_tried[0]}" if keys_tried else "")
             )) from exc
         except socket.gaierror as exc:
-            raise HostError(self.label, f"cannot resolve {host.address}: {exc.strerror}") from exc
+            raise HostError(self.label, f"{what}cannot resolve {plan.hostname}: {exc.strerror}") from exc
         except ConnectionRefusedError as exc:
-            raise HostError(self.label, f"connection refused on port {host.port}") from exc
+            raise HostError(self.label, f"{what}connection refused on port {port}") from exc
         except TimeoutError as exc:
-            raise HostError(self.label, f"no SSH answer within {connect_timeout:g} s") from exc
+            raise HostError(self.label, f"{what}no SSH answer within {plan.options['connect_timeout']:g} s") from exc
         except OSError as exc:
-            raise HostError(self.label, f"cannot connect: {exc.strerror or exc}") from exc
+            raise HostError(self.label, f"{what}cannot connect: {exc.strerror or exc}") from exc
         except asyncssh.Error as exc:
-            raise HostError(self.label, f"SSH failed: {exc.reason}") from exc
-        log.debug("%s: connected (%s, cipher %s)", self.label, self.peer_address,
-                  self._conn.get_extra_info("send_cipher"))
+            raise HostError(self.label, f"{what}SSH failed: {exc.reason}") from exc
+
+    async def _reached_address(self, conn: asyncssh.SSHClientConnection, plan: ConnectionPlan,
+                               ask: bool) -> str:
+        """The IP address the connection finally reached ("" when unknown). Through a jump
+        host or a ProxyCommand the socket's peer is not the host: the config's HostName
+        when it is an address, else the host's own word (sshd's SSH_CONNECTION: client
+        address and port, server address and port)."""
+        if not plan.proxied:
+            peer = conn.get_extra_info("peername")
+            return str(peer[0]) if peer and peer[0] else ""
+        if _is_ip(plan.hostname):
+            return plan.hostname
+        if not ask:  # the inventory's ip is used: no round trip for nothing
+            return ""
+        try:
+            result = await conn.run(shlex.join(["printenv", "SSH_CONNECTION"]), request_pty=False,
+                                    x11_forwarding=False, timeout=plan.options["connect_timeout"])
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            log.debug("%s: SSH_CONNECTION not read: %s", self.label, exc)
+            return ""
+        fields = str(result.stdout or "").split()
+        return fields[2] if len(fields) == 4 and _is_ip(fields[2]) else ""
 
     async def start(self, argv: Sequence[str]) -> RemoteProcess:
         command = shlex.join(argv)  # the one place an argv becomes a remote command line
@@ -195,7 +429,8 @@ class SSHTransport(Transport):
             if self._conn is None:
                 raise HostError(self.label, "not connected")
             try:
-                process = await self._conn.create_process(command, encoding=None)
+                process = await self._conn.create_process(command, encoding=None, request_pty=False,
+                                                          x11_forwarding=False)
             except (asyncssh.Error, OSError) as exc:
                 # A connection that was closing (a keepalive gave up on it) refuses channels:
                 # once it has closed, connect again and try once more.
@@ -232,14 +467,18 @@ class SSHTransport(Transport):
 
     @property
     def local_address(self) -> str | None:
-        if self._conn is None:
+        """This machine's address towards the host; None through a jump host or a
+        ProxyCommand (the host may not reach back)."""
+        if self._conn is None or self._proxied:
             return None
         sock = self._conn.get_extra_info("sockname")
-        return sock[0] if sock else None
+        return sock[0] if sock and sock[0] else None
 
     @property
     def peer_address(self) -> str:
+        """The IP address the connection reached; "" when not known (a jump host or a
+        ProxyCommand, and neither the config's HostName nor the host told it). Before
+        connecting: the inventory's ip or address."""
         if self._conn is None:
             return self.host.ip or self.host.address
-        peer = self._conn.get_extra_info("peername")
-        return peer[0] if peer else self.host.address
+        return self.host.ip or self._reached

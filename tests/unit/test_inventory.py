@@ -59,7 +59,7 @@ def test_built_in_defaults_when_nothing_is_given():
     host = parse_inventory({"hosts": [{"address": "a.lab"}]}, SOURCE).hosts[0]
     assert host.transport == "ssh"
     assert host.port == 22
-    assert host.host_key_checking == "strict"
+    assert host.host_key_checking is None  # the SSH config decides, else strict
     assert host.docker_command == ["docker"]
     assert host.docker_args == []
     assert host.gpus is None
