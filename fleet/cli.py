@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import os
+import posixpath
 import shlex
 import signal
 import socket
@@ -26,7 +27,7 @@ from fleet.contract.job import ignored_fields, load_job
 from fleet.errors import FleetError, InvalidInput, JobStopped
 from fleet.home import fleet_home
 from fleet.inventory import load_inventory
-from fleet.plan import ClusterPlan, job_arn, plan_cluster, record_hosts, select_hosts
+from fleet.plan import PRIVATE_DIR, ClusterPlan, job_arn, plan_cluster, record_hosts, select_hosts
 from fleet.runtime.console import Console
 from fleet.runtime.store import JobStore, RunOptions, RunRecord, controller_id
 
@@ -112,14 +113,23 @@ def _print_plan(plan: ClusterPlan) -> None:
         host = hp.host
         where = "this machine" if host.transport == "local" else f"ssh {host.ssh_user}@{host.address}:{host.port}"
         print(f"\n{hp.algo}: {host.label} ({where}), reached by the other hosts at {hp.address}")
-        print(f"  job directory: {hp.job_dir}")
-        for directory in hp.dirs:
-            print(f"  mkdir  {directory}/")
+        print(f"  job directory: {hp.job_dir} (0711; its {PRIVATE_DIR}/ 0700: the SSH user's alone)")
+        for directory, mode in hp.tree:
+            print(f"  mkdir  {PRIVATE_DIR}/{directory}/ ({mode})")
         for path, content in hp.files.items():
-            print(f"  write  {path} ({len(content)} bytes)")
+            print(f"  write  {PRIVATE_DIR}/{path} ({len(content)} bytes)")
+        if plan.job.Environment:
+            # Values are often secrets: a terminal line (and a scrollback, a CI log) never shows them.
+            print(f"  write  {posixpath.relpath(hp.env_file, hp.job_dir)} (0600, removed once the container "
+                  f"is created): {_masked(plan.job.Environment)}")
         print(f"  resourceconfig.json: {json.dumps(json.loads(hp.files['config/resourceconfig.json']))}")
         print(f"  docker: {shlex.join(hp.docker + hp.docker_create)}")
         print(f"  docker: {shlex.join(hp.docker + ['start', hp.container])}   (once every host is ready)")
+
+
+def _masked(environment: dict[str, str]) -> str:
+    """The Environment for a terminal: its keys, each value `***` (`describe --json` has them)."""
+    return " ".join(f"{key}=***" for key in environment)
 
 
 async def _run(args: argparse.Namespace, console: Console) -> int:
@@ -271,6 +281,8 @@ def _describe(args: argparse.Namespace) -> int:
     for key in ("FailureReason", "ExitMessage", "CreationTime", "ProcessingStartTime", "ProcessingEndTime"):
         if key in record:
             print(f"  {key}: {record[key]}")
+    if record.get("Environment"):
+        print(f"  Environment: {_masked(record['Environment'])}")
     for algo, host in record.get("Hosts", {}).items():
         code = host.get("ExitCode")
         print(f"  {algo}: {host.get('Name')} ({host.get('Address')})"

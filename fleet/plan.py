@@ -7,12 +7,27 @@ This module is the one place that knows the job's names: algo-1..N, how a host i
 messages, the job's ARN, container names and labels, and the layout of a job directory on
 a host. Everything else asks it.
 
-    WORKDIR/NAME/algo-k/          job_dir (removed when the job ends, unless --keep)
-        .fleet-run                run_file: the run id, then the controller
-        config/                   config_dir → /opt/ml/config (read-only)
-        output/                   → /opt/ml/output; output/message is the ExitMessage
-        inputs/N[.partial]        ProcessingInputs[N-1]: staged as N.partial, renamed on go
-        outputs/N/                ProcessingOutputs[N-1]
+    WORKDIR/NAME/                 job_parent (0755, the SSH user's; removed with its last algo-k)
+      algo-k/                     job_dir, 0711 (removed when the job ends, unless --keep)
+        .fleet-run                run_file (0644): the run id, then the controller
+        ml/                       private_dir, 0700: every mount source, the env file
+          env                     env_file (0600): the Environment, from create's start to its end
+          config/                 → /opt/ml/config (read-only), 0755; its files 0644
+          output/                 → /opt/ml/output, 0777; output/message is the ExitMessage
+          inputs/                 0755
+            N/, N.partial/        ProcessingInputs[N-1], 0777: staged as N.partial, renamed on go
+          outputs/                0755
+            N/                    ProcessingOutputs[N-1], 0777
+
+Other local users of a host must neither read the job (processingjobconfig.json holds the
+Environment) nor write into it (a directory planted in inputs/ would make `tar -x` write
+wherever its links point). Permissions keep them out, not secret names: any path fleet uses
+shows up in some process's argv (`docker create --volume`, `tar -C`). The mount sources are
+0777, for whatever USER the image runs as, yet unreachable for other users: `ml/` is 0700
+(a bind mount does not need its source's ancestors to be traversable by the container's
+user). `algo-k/` stays 0711 so that another SSH user's `fleet gc` can read `.fleet-run` and
+leave the directory alone. The session creates every directory with a plain `mkdir` (never
+`-p`), so one that exists already (planted) is refused, naming it.
 """
 
 from __future__ import annotations
@@ -21,7 +36,7 @@ import posixpath
 from dataclasses import dataclass, field
 
 from fleet.contract import configfiles
-from fleet.contract.container import Mount, docker_create_argv
+from fleet.contract.container import Mount, docker_create_argv, env_file_content
 from fleet.contract.job import ProcessingJob
 from fleet.errors import InvalidInput
 from fleet.inventory import Host, Inventory
@@ -34,6 +49,7 @@ HOST_LABEL = "fleet.host"
 RUN_LABEL = "fleet.run"  # one run of a job (its record's RunId)
 CONTROLLER_LABEL = "fleet.controller"  # machine:FLEET_HOME of the fleet that ran it
 RUN_FILE = ".fleet-run"  # in each job directory: the run id, then the controller
+PRIVATE_DIR = "ml"  # in each job directory: the mount sources, only the SSH user may enter
 
 
 @dataclass(frozen=True)
@@ -44,13 +60,15 @@ class HostPlan:
     host: Host
     address: str  # where the other hosts reach this one (--add-host)
     job_dir: str  # on the host; removed when the job ends unless --keep
-    files: dict[str, bytes]  # path relative to job_dir → content
-    dirs: list[str]  # paths relative to job_dir, created empty (mount sources)
+    files: dict[str, bytes]  # path relative to private_dir → content (sent on the session's stdin)
+    dirs: list[str]  # paths relative to private_dir, created empty (mount sources)
     mounts: list[Mount]
     container: str
     docker_create: list[str]  # after the host's docker command; then `docker start CONTAINER`
     run_id: str = ""  # this run of the job: labels its containers, marks its job directories
     controller: str = ""  # the controller (machine and FLEET_HOME) that runs it
+    # env_file's content (secrets: sent on the session's stdin, never printed nor in a repr)
+    environment: bytes = field(default=b"", repr=False)
 
     @property
     def label(self) -> str:
@@ -76,12 +94,23 @@ class HostPlan:
         return posixpath.join(self.job_dir, RUN_FILE)
 
     @property
+    def private_dir(self) -> str:
+        """JOB_DIR/ml (0700): the mount sources and the env file, out of other users' reach."""
+        return private_dir(self.job_dir)
+
+    @property
+    def env_file(self) -> str:
+        """Where the session writes `environment` (0600) for `docker create --env-file`;
+        removed once the container is created."""
+        return posixpath.join(self.private_dir, "env")
+
+    @property
     def message_file(self) -> str:
-        return posixpath.join(self.job_dir, "output", "message")
+        return posixpath.join(self.private_dir, "output", "message")
 
     @property
     def inputs_dir(self) -> str:
-        return posixpath.join(self.job_dir, "inputs")
+        return posixpath.join(self.private_dir, "inputs")
 
     @property
     def input_count(self) -> int:
@@ -96,9 +125,24 @@ class HostPlan:
         """Where that input is staged; it takes input_dir's name on `go`."""
         return self.input_dir(index) + ".partial"
 
+    @property
+    def tree(self) -> list[tuple[str, str]]:
+        """Every directory the session makes inside private_dir, parents first, with its
+        mode: the mount sources 0777 (any USER of the image writes them), the rest 0755."""
+        made = [("config", "0755"), ("output", "0777")]
+        inputs = [directory for directory in self.dirs if posixpath.dirname(directory) == "inputs"]
+        outputs = [directory for directory in self.dirs if posixpath.dirname(directory) == "outputs"]
+        if inputs:
+            made.append(("inputs", "0755"))
+            made += [(path, "0777") for directory in inputs for path in (directory, directory + ".partial")]
+        if outputs:
+            made.append(("outputs", "0755"))
+            made += [(directory, "0777") for directory in outputs]
+        return made
+
     def output_dir(self, index: int) -> str:
         """Where ProcessingOutputs[index - 1] is mounted from."""
-        return posixpath.join(self.job_dir, "outputs", str(index))
+        return posixpath.join(self.private_dir, "outputs", str(index))
 
     @property
     def docker(self) -> list[str]:
@@ -161,6 +205,10 @@ def job_dir(host: Host, job_name: str, algo: str) -> str:
     return posixpath.join(host.job_root, job_name, algo)
 
 
+def private_dir(directory: str) -> str:
+    return posixpath.join(directory, PRIVATE_DIR)
+
+
 def plan_cluster(
     job: ProcessingJob,
     hosts: list[Host],
@@ -181,20 +229,22 @@ def plan_cluster(
     peers = list(zip(names, addresses))
     arn = job_arn(job, region, account)
     job_config = configfiles.encode(configfiles.processing_job_config(job, arn))
+    environment = env_file_content(job.Environment)
     plans = []
     for algo, host, address in zip(names, hosts, addresses):
         directory = job_dir(host, job.ProcessingJobName, algo)
+        private = private_dir(directory)
         dirs = ["config", "output"]
         mounts = [
-            Mount(posixpath.join(directory, "config"), CONFIG_DIR, read_only=True),
-            Mount(posixpath.join(directory, "output"), OUTPUT_DIR),
+            Mount(posixpath.join(private, "config"), CONFIG_DIR, read_only=True),
+            Mount(posixpath.join(private, "output"), OUTPUT_DIR),
         ]
         for index, source in enumerate(job.inputs, start=1):
             dirs.append(f"inputs/{index}")
-            mounts.append(Mount(posixpath.join(directory, "inputs", str(index)), source.S3Input.LocalPath))
+            mounts.append(Mount(posixpath.join(private, "inputs", str(index)), source.S3Input.LocalPath))
         for index, output in enumerate(job.outputs, start=1):
             dirs.append(f"outputs/{index}")
-            mounts.append(Mount(posixpath.join(directory, "outputs", str(index)), output.S3Output.LocalPath))
+            mounts.append(Mount(posixpath.join(private, "outputs", str(index)), output.S3Output.LocalPath))
         files = {
             "config/resourceconfig.json": configfiles.encode(configfiles.resource_config(algo, names)),
             "config/processingjobconfig.json": job_config,
@@ -212,9 +262,11 @@ def plan_cluster(
             mounts=mounts,
             container=container,
             docker_create=docker_create_argv(job, name=container, algo=algo, peers=peers, mounts=mounts,
-                                             stop_grace=stop_grace, labels=labels, gpus=host.gpus,
+                                             stop_grace=stop_grace, labels=labels,
+                                             env_file=posixpath.join(private, "env"), gpus=host.gpus,
                                              docker_args=host.docker_args),
             run_id=run_id,
             controller=controller,
+            environment=environment,
         ))
     return ClusterPlan(job=job, arn=arn, hosts=plans, stop_grace=stop_grace)

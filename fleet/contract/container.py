@@ -1,13 +1,20 @@
 """The `docker create` argv of one host: entrypoint rules, environment, mounts, GPUs, names.
 
 Pure: the same job, host and addresses give the same argv, which `--dry-run` prints.
+
+The Environment's values (often secrets) are never in the argv: every process's argv is
+readable by every local user (/proc/PID/cmdline). They travel to the host on the session's
+stdin, become an env file there (`env_file_content`, 0600, removed right after `docker
+create`), and the argv says `--env-file PATH`. Docker keeps them in the container's config,
+which only users of the docker socket can read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleet.contract.job import ProcessingJob
+from fleet.contract.job import ProcessingJob, env_value_problem
+from fleet.errors import InvalidInput
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,19 @@ def entrypoint_and_command(job: ProcessingJob) -> tuple[str | None, list[str]]:
     return entrypoint[0], entrypoint[1:] + arguments
 
 
+def env_file_content(environment: dict[str, str] | None) -> bytes:
+    """Docker's env file for `environment`: one `KEY=VALUE` line each, VALUE verbatim (docker
+    reads everything after the first `=` as it is: no quoting, no escapes; it cannot hold a
+    newline, which the request's validation refuses)."""
+    lines = []
+    for key, value in (environment or {}).items():
+        problem = env_value_problem(value)
+        if problem:
+            raise InvalidInput(f"Environment: the value of {key} {problem}")
+        lines.append(f"{key}={value}\n")
+    return "".join(lines).encode()
+
+
 def docker_create_argv(
     job: ProcessingJob,
     *,
@@ -56,6 +76,7 @@ def docker_create_argv(
     mounts: list[Mount],
     stop_grace: int,
     labels: dict[str, str],
+    env_file: str,
     gpus: str | int | list[int | str] | None = None,
     docker_args: list[str] | tuple[str, ...] = (),
 ) -> list[str]:
@@ -63,6 +84,9 @@ def docker_create_argv(
 
     The container is created while the host is prepared (so a bad option fails before any
     container starts anywhere) and started detached once every host is ready.
+
+    `env_file` is where the host has the Environment as an env file (`env_file_content`)
+    when `docker create` runs: the argv never holds a value of it.
 
     `name` is the container's name, `labels` its labels (empty values are left out), `gpus`
     and `docker_args` the host's inventory values. `peers` is (algo name, address) for every
@@ -86,8 +110,8 @@ def docker_create_argv(
             argv += ["--add-host", f"{peer}:{address}"]
     for mount in mounts:
         argv += ["--volume", mount.volume_arg()]
-    for key, value in (job.Environment or {}).items():
-        argv += ["--env", f"{key}={value}"]
+    if job.Environment:
+        argv += ["--env-file", env_file]
     gpus_value = gpus_arg(gpus)
     if gpus_value is not None:
         argv += ["--gpus", gpus_value]

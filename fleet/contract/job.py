@@ -30,6 +30,24 @@ KmsKeyIdStr = Annotated[str, Field(max_length=2048, pattern=KMS_PATTERN)]
 ContainerWord = Annotated[str, Field(max_length=256)]
 
 
+def env_value_problem(value: str) -> str | None:
+    """Why an Environment value cannot reach the container, or None. The API allows any
+    characters, but fleet hands the values to docker through an env file (never through a
+    command line, which every local user can read) and docker's env file is one `KEY=VALUE`
+    per line: a newline cannot be written there, a carriage return ending the value is
+    dropped by docker's line reader, and a NUL cannot be in any process's environment."""
+    if "\n" in value:
+        reason = "contains a newline"
+    elif value.endswith("\r"):
+        reason = "ends with a carriage return"
+    elif "\0" in value:
+        reason = "contains a NUL character"
+    else:
+        return None
+    return (f"{reason}, which docker's env file cannot carry (fleet never puts Environment "
+            f"values on a command line, where every local user could read them)")
+
+
 class _Shape(BaseModel):
     """A structure of the API: unknown keys are errors, as the API's validation makes them."""
 
@@ -198,6 +216,9 @@ class ProcessingJob(_Shape):
                 raise ValueError(f"key {key!r} must match [a-zA-Z_][a-zA-Z0-9_]* (at most 256)")
             if len(value) > 256:
                 raise ValueError(f"value of {key} is {len(value)} characters; at most 256")
+            problem = env_value_problem(value)
+            if problem:
+                raise ValueError(f"the value of {key} {problem}")
         return env
 
     @field_validator("ProcessingInputs")

@@ -6,13 +6,16 @@ as package data. No file is ever copied to a host: each command is ONE
 `sh -c TEXT fleet-SCRIPT ARGS...` (one round trip: each costs ~120 ms or more, sshd forks
 and the login shell starts), TEXT being fixed: the script's shared parts (the docker
 prelude, the checks, the supervision) then the script itself, put together here. Every
-value (paths, names, the image, the docker command's words, file contents, the container's
-argv) travels only as a positional argument: no shell text is ever built from a value. The
+value (paths, names, the image, the docker command's words, the container's argv) travels
+only as a positional argument, file contents and the Environment only on stdin: no shell
+text is ever built from a value. The
 transport then quotes the whole argv once. `$0` names the script (`fleet-session`, ...).
 
 The session is the whole life of the job on the host in one command:
 
-    write the job directory (the workdir checked: writable, VolumeSizeInGB free)
+    read the config files and the env file from stdin (their contents, secrets among them,
+    are never in an argv: /proc/PID/cmdline is world-readable)
+    → write the job directory (the workdir checked: writable, VolumeSizeInGB free)
     → check docker (time-bounded) → pull the image if missing → (GPU runtime)
     → `docker create` → report `prepared` → (the controller stages the inputs into
     their partial directories) → wait for `go` on stdin (every host is checked, its
@@ -124,18 +127,27 @@ def on_host(host: Host, script: str, args: list[str], docker_timeout: int) -> li
 
 def session(plan: HostPlan, image: str, docker_timeout: int, volume_gb: int = 0) -> list[str]:
     """The job's whole life on one host (see the module's docstring). The host's workdir
-    must have `volume_gb` GB free (the job's VolumeSizeInGB)."""
-    files = [word for path, content in plan.files.items()
-             for word in (posixpath.join(plan.job_dir, path), content.decode())]
+    must have `volume_gb` GB free (the job's VolumeSizeInGB). Its stdin must start with
+    `session_input(plan)`."""
     inputs = [word for index in range(1, plan.input_count + 1)
               for word in (plan.partial_input_dir(index), plan.input_dir(index))]
-    args = [plan.workdir, plan.job_parent, plan.job_dir, plan.run_file, plan.inputs_dir, plan.message_file,
-            image, plan.container, plan.run_id, plan.controller,
+    args = [plan.workdir, plan.job_parent, plan.job_dir, plan.run_file, plan.private_dir, plan.env_file,
+            plan.message_file, image, plan.container, plan.run_id, plan.controller,
             str(volume_gb * 1024 * 1024), "1" if plan.host.gpus else "0",
-            str(len(plan.dirs)), str(len(plan.files)), str(plan.input_count),
-            *(posixpath.join(plan.job_dir, directory) for directory in plan.dirs), *files, *inputs,
+            str(len(plan.tree)), str(len(plan.files)), str(plan.input_count),
+            *(word for directory, mode in plan.tree for word in (mode, directory)),
+            *(posixpath.join(plan.private_dir, path) for path in plan.files), *inputs,
             *plan.docker_create]
     return _with_docker(plan.docker, "session", args, docker_timeout)
+
+
+def session_input(plan: HostPlan) -> bytes:
+    """What the session reads on stdin before anything else: the config files' contents and
+    the env file's (processingjobconfig.json holds the Environment too), which must not be
+    in an argv: every local user of the host can read those (/proc/PID/cmdline). A line of
+    byte counts (each file of `plan.files` in order, then the env file), then the bytes."""
+    pieces = [*plan.files.values(), plan.environment]
+    return " ".join(str(len(piece)) for piece in pieces).encode() + b"\n" + b"".join(pieces)
 
 
 def resume(plan: HostPlan, offset: int, docker_timeout: int) -> list[str]:

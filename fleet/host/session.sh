@@ -1,14 +1,19 @@
 # shellcheck shell=sh
 # The job's whole life on one host (see fleet/host/__init__.py), after docker.sh,
 # checks.sh and supervise.sh. Arguments, every path from fleet.plan.HostPlan:
-#   WORKDIR JOB_PARENT JOB_DIR RUN_FILE INPUTS_DIR MESSAGE IMAGE NAME RUN CONTROLLER
-#   NEED_KB GPUS(1|0) NDIRS NFILES NINPUTS
-#   then NDIRS directories to make, NFILES (path, content) pairs to write,
+#   WORKDIR JOB_PARENT JOB_DIR RUN_FILE PRIVATE_DIR ENV_FILE MESSAGE IMAGE NAME
+#   RUN CONTROLLER NEED_KB GPUS(1|0) NDIRS NFILES NINPUTS
+#   then NDIRS (mode, directory) pairs to make in PRIVATE_DIR, NFILES paths to write,
 #   NINPUTS (partial, final) directory pairs, and the `docker create` argv.
-workdir=$1 job_parent=$2 job_dir=$3 run_file=$4 inputs_dir=$5 message=$6 image=$7 name=$8 run=$9
+# Stdin first brings what no other local user may see (argvs are public: /proc/PID/cmdline):
+# a line of byte counts, one per file then one for the env file, then those bytes; then,
+# as always, go / abort and clean / keep.
+workdir=$1 job_parent=$2 job_dir=$3 run_file=$4 private_dir=$5 env_file=$6 message=$7 image=$8 name=$9
 shift 9
-controller=$1 need_kb=$2 gpus=$3 ndirs=$4 nfiles=$5 ninputs=$6
-shift 6
+run=$1 controller=$2 need_kb=$3 gpus=$4 ndirs=$5 nfiles=$6 ninputs=$7
+shift 7
+# Whatever is not given a mode here is the SSH user's alone (the env file: 0600).
+umask 077
 
 # fail STATUS WORDS: what a check said (if anything) on stderr, then exit STATUS.
 fail() {
@@ -16,31 +21,70 @@ fail() {
   exit "$1"
 }
 
+# shared_dir DIR: DIR can be changed by other users (group- or world-writable, not sticky):
+# they could rename fleet's directories in it and put their own in their place.
+shared_dir() {
+  [ -n "$(find "$1" -prune \( -perm -0002 -o -perm -0020 \) ! -perm -1000 2>/dev/null)" ]
+}
+
 # The job directory first: the controller streams the inputs in (`written`) while docker is
 # checked, the image pulled and the container created.
 said=$(check_workdir "$workdir") || fail "$?" "$said"
 said=$(check_space "$workdir" "$need_kb") || fail "$?" "$said"
-mkdir -p -- "$job_parent" || exit 24  # WRITE_FAILED
-# The job directory is this run's alone: another job of the same name (another controller,
-# or leftovers) is never written into, nor removed.
-if ! mkdir -- "$job_dir" 2>/dev/null; then
-  owner=$(head -n 1 -- "$run_file" 2>/dev/null)
-  if [ "$owner" != "$run" ]; then printf '%s\n' "${owner:-unknown}" >&2; exit 28; fi  # IN_USE
+if shared_dir "$workdir"; then
+  fail 24 "the workdir $workdir is writable by other users: make it 0755 (or sticky, as /tmp)"  # WRITE_FAILED
 fi
-printf '%s\n' "$run" "$controller" > "$run_file" || exit 24  # WRITE_FAILED
-# Mount sources are 0777, for any user in the container; -p for their parents (inputs,
-# outputs), which nothing in the container writes to.
+# WORKDIR/NAME: made here, or made before by this same user and private to it.
+if ! mkdir -m 0755 -- "$job_parent" 2>/dev/null; then
+  if [ -L "$job_parent" ] || [ ! -d "$job_parent" ] || [ ! -O "$job_parent" ] || shared_dir "$job_parent"; then
+    fail 24 "$job_parent exists and is not a directory of $(id -un) that only it can change"  # WRITE_FAILED
+  fi
+fi
+# The job directory is this run's alone, made afresh: another job of the same name (another
+# controller, or leftovers) is never written into, nor removed.
+if ! said=$(mkdir -m 0711 -- "$job_dir" 2>&1); then
+  if [ -e "$job_dir" ] || [ -L "$job_dir" ]; then
+    owner=$(head -n 1 -- "$run_file" 2>/dev/null)
+    if [ "$owner" != "$run" ]; then printf '%s\n' "${owner:-unknown}" >&2; exit 28; fi  # IN_USE
+    fail 24 "$job_dir exists already"  # WRITE_FAILED
+  fi
+  fail 24 "$said"  # WRITE_FAILED
+fi
+{ printf '%s\n' "$run" "$controller" > "$run_file" && chmod 0644 -- "$run_file"; } || exit 24  # WRITE_FAILED
+said=$(mkdir -m 0700 -- "$private_dir" 2>&1) || fail 24 "$said"  # WRITE_FAILED
+
+# The files' bytes, from stdin: all at once into one private file (`head -c` may read ahead
+# from a pipe; nothing else comes before `prepared`), then cut into pieces.
+IFS=' ' read -r lengths || fail 24 "the job's files did not arrive on stdin"  # WRITE_FAILED
+total=0 count=0
+for n in $lengths; do
+  case $n in ''|*[!0-9]*) fail 24 "the job's files are announced as '$lengths'" ;; esac  # WRITE_FAILED
+  total=$((total + n)) count=$((count + 1))
+done
+[ "$count" -eq $((nfiles + 1)) ] || fail 24 "$count pieces for $nfiles file(s) and the env file"  # WRITE_FAILED
+stash=$private_dir/.stdin
+head -c "$total" > "$stash" || exit 24  # WRITE_FAILED
+[ "$(($(wc -c < "$stash")))" -eq "$total" ] || fail 24 "the job's files were cut short on stdin"  # WRITE_FAILED
+rest="$lengths " offset=0
+# take DEST: the next piece into DEST.
+take() {
+  n=${rest%% *} rest=${rest#* }
+  tail -c +$((offset + 1)) -- "$stash" | head -c "$n" > "$1" || return 1
+  offset=$((offset + n))
+}
+
+# Every directory with a plain mkdir: one that exists already was not made by this session
+# (planted), and is refused, named by mkdir's error.
 while [ "$ndirs" -gt 0 ]; do
-  # shellcheck disable=SC2174 # -m for the deepest directory only, on purpose (above)
-  mkdir -p -m 0777 -- "$1" || exit 24  # WRITE_FAILED
-  shift; ndirs=$((ndirs - 1))
+  said=$(mkdir -m "$1" -- "$private_dir/$2" 2>&1) || fail 24 "$said"  # WRITE_FAILED
+  shift 2; ndirs=$((ndirs - 1))
 done
 while [ "$nfiles" -gt 0 ]; do
-  printf '%s' "$2" > "$1" || exit 24  # WRITE_FAILED
-  shift 2; nfiles=$((nfiles - 1))
+  { take "$1" && chmod 0644 -- "$1"; } || exit 24  # WRITE_FAILED (the container's user reads them)
+  shift; nfiles=$((nfiles - 1))
 done
-# shellcheck disable=SC2174 # -p: it may exist already (a mount source's parent)
-mkdir -p -m 0777 -- "$inputs_dir" || exit 24  # WRITE_FAILED
+take "$env_file" || exit 24  # WRITE_FAILED
+rm -f -- "$stash"
 printf 'fleet:written\n' >&2
 
 said=$(check_docker) || fail "$?" "$said"
@@ -55,7 +99,9 @@ docker_create() {
   shift $((2 * ninputs))
   d "$@"
 }
-docker_create "$@" >/dev/null || exit 25  # CREATE_FAILED
+# Docker keeps the environment in the container's config: the env file goes at once.
+if ! docker_create "$@" >/dev/null; then rm -f -- "$env_file"; exit 25; fi  # CREATE_FAILED
+rm -f -- "$env_file"
 printf 'fleet:prepared\n' >&2
 IFS= read -r go || go=abort
 if [ "$go" != go ]; then

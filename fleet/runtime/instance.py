@@ -120,11 +120,17 @@ class Instance:
     # -- the session ------------------------------------------------------------------------
     async def open(self, tasks: asyncio.TaskGroup, image: str, volume_gb: int) -> None:
         """Start the session command (check, write, create; then wait for go). Its reader
-        is a task of `tasks`, the job's."""
+        is a task of `tasks`, the job's. The config files and the Environment go on its
+        stdin (never in an argv: every local user of the host could read them there)."""
         self._volume_kb = volume_gb * 1024 * 1024
+        plan = self._plan()
         self._process = await self.transport.start(
-            scripts.session(self._plan(), image, self.options.docker_timeout, volume_gb))
+            scripts.session(plan, image, self.options.docker_timeout, volume_gb))
         self._reader = tasks.create_task(self._read(), name=f"{self.algo} session")
+        try:
+            await self._process.write(scripts.session_input(plan))
+        except FleetError as exc:  # the session's end tells why (never log the bytes: secrets)
+            log.debug("%s: could not send the job's files: %s", self.algo, exc.message)
 
     def resume(self, tasks: asyncio.TaskGroup, offset: int) -> None:
         """Take over this run's started container: its log from byte `offset` on (what the

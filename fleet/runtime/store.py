@@ -6,6 +6,10 @@
                        `fleet stop` when its `fleet run` is gone): the request, the hosts,
                        their addresses, the options, the run's id
     owner.lock         flock-ed by the fleet process running the job, and holding its pid
+
+The records hold the Environment (often secrets: describe.json and run.json have the request)
+and the containers' logs: FLEET_HOME and every directory in it are 0700, every file 0600,
+whatever the umask; a store made by an older fleet is tightened as it is written to.
 """
 
 from __future__ import annotations
@@ -79,9 +83,14 @@ class JobStore:
         """
         name = record["ProcessingJobName"]
         try:
-            self.jobs.mkdir(parents=True, exist_ok=True)
-            self.job_dir(name).mkdir()
-            (self.job_dir(name) / "logs").mkdir()
+            self.home.mkdir(mode=PRIVATE_DIR_MODE, parents=True, exist_ok=True)
+            _private(self.home)
+            self.jobs.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+            _private(self.jobs)
+            self.job_dir(name).mkdir(mode=PRIVATE_DIR_MODE)
+            _private(self.job_dir(name))
+            (self.job_dir(name) / "logs").mkdir(mode=PRIVATE_DIR_MODE)
+            _private(self.job_dir(name) / "logs")
         except FileExistsError as exc:
             raise ResourceInUse(
                 f"a job named {name} already exists ({self.job_dir(name)}); "
@@ -130,6 +139,8 @@ class JobStore:
 
     def claim(self, name: str) -> Ownership:
         """Become the one fleet process running `name`; JobOwned if another one is."""
+        for directory in (self.home, self.jobs, self.job_dir(name)):  # a store of an older fleet
+            _private(directory)
         file = self._locked(name)
         file.seek(0)
         file.truncate()
@@ -150,7 +161,7 @@ class JobStore:
 
     def _locked(self, name: str):
         """owner.lock, open and flock-ed by this process; JobOwned naming the holder's pid."""
-        file = open(self.job_dir(name) / "owner.lock", "a+")  # noqa: SIM115 (held while the job runs)
+        file = os.fdopen(_open_private(self.job_dir(name) / "owner.lock", os.O_RDWR | os.O_APPEND), "a+")
         try:
             fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
@@ -181,9 +192,31 @@ class Ownership:
         self._file.close()
 
 
+PRIVATE_DIR_MODE = 0o700
+PRIVATE_FILE_MODE = 0o600
+
+
+def _private(directory: Path) -> None:
+    """0700, also for a directory made before (mkdir's mode is subject to the umask)."""
+    os.chmod(directory, PRIVATE_DIR_MODE)
+
+
+def _open_private(path: Path, flags: int) -> int:
+    """Open (create) `path` as a file only its owner can read, whatever the umask, and
+    tighten one made before; the descriptor."""
+    fd = os.open(path, flags | os.O_CREAT, PRIVATE_FILE_MODE)
+    try:
+        os.fchmod(fd, PRIVATE_FILE_MODE)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _write_atomically(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    with os.fdopen(_open_private(tmp, os.O_WRONLY | os.O_TRUNC), "wb") as file:
+        file.write((json.dumps(data, indent=2) + "\n").encode())
     os.replace(tmp, path)
 
 
@@ -205,6 +238,7 @@ class JobRecord:
         self.save()
 
     def save(self) -> None:
+        _private(self.directory)
         _write_atomically(self.directory / "describe.json", self.data)
 
     def save_run(self, run: RunRecord) -> None:
@@ -218,4 +252,6 @@ class JobRecord:
             return 0
 
     def open_log(self, algo: str) -> BinaryIO:
-        return open(self.directory / "logs" / f"{algo}.log", "ab", buffering=0)
+        _private(self.directory / "logs")
+        return os.fdopen(_open_private(self.directory / "logs" / f"{algo}.log", os.O_WRONLY | os.O_APPEND), "ab",
+                         buffering=0)

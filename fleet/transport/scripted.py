@@ -112,6 +112,14 @@ class ScriptedCommand:
                 return bytes(unread)
             await self._wait()
 
+    async def read_stdin_bytes(self, count: int) -> bytes:
+        """The next `count` bytes of stdin (fewer only at EOF), as `head -c COUNT` reads them."""
+        while len(self._stdin) - self._stdin_read < count and not self.stdin_closed:
+            await self._wait()
+        taken = bytes(self._stdin[self._stdin_read:self._stdin_read + count])
+        self._stdin_read += len(taken)
+        return taken
+
     async def read_stdin(self) -> bytes:
         """The rest of stdin, up to EOF."""
         while not self.stdin_closed:
@@ -521,7 +529,9 @@ class FakeHost:
     `transport(host, label)` is the JobExecution's transport factory for this host (one
     ScriptedTransport per call, kept in `transports`). It answers:
 
-        fleet-session   as session.sh: `fleet:written`, `fleet:prepared` (or exit
+        fleet-session   as session.sh: reads the job's files from stdin (a line of byte
+                        counts, then the bytes: `received_files`), `fleet:written`,
+                        `fleet:prepared` (or exit
                         `fail_preparation` having said `said`); wait for go (anything else,
                         or EOF: remove the container and the job directory, exit 0); start
                         the container, `fleet:started`, then supervise (below)
@@ -565,6 +575,7 @@ class FakeHost:
         self.resumed_at: list[int] = []
         self.events: list[str] = []  # everything above, and created, running, cut, in order
         self.directory: str | None = None
+        self.received_files: list[bytes] = []  # what the session read first: each file, then the env file
         self._box: _Box | None = None
         self._heard = asyncio.Event()
 
@@ -650,11 +661,19 @@ class FakeHost:
         return 127
 
     async def _session(self, command: ScriptedCommand, args: list[str]) -> int:
-        name, run = args[7], args[8]
+        name, run = args[8], args[9]
         failing = self.fail_preparation
         if failing in (Status.WRITE_FAILED, Status.NO_SPACE, Status.IN_USE):
             command.write_stderr(self.said)
             return int(failing)
+        # The job's files and env file come first on stdin: a line of byte counts, the bytes.
+        header = await command.read_stdin_line()
+        counts = [int(word) for word in header.split()]
+        received = await command.read_stdin_bytes(sum(counts))
+        if not header.endswith(b"\n") or len(received) < sum(counts):
+            command.write_stderr(b"the job's files were cut short on stdin\n")
+            return int(Status.WRITE_FAILED)
+        self.received_files = [received[sum(counts[:i]):sum(counts[:i + 1])] for i in range(len(counts))]
         self.directory = "written"
         command.write_stderr(b"fleet:written\n")
         await asyncio.sleep(0)

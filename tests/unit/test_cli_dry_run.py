@@ -111,10 +111,10 @@ def test_dry_run_prints_the_files_each_host_gets(tmp_path, home, inventory, caps
     hosts = sections(capsys.readouterr().out)
     for algo, text in hosts.items():
         assert f"job directory: /srv/fleet/Dry-Run-Job/{algo}" in text
-        assert "write  config/resourceconfig.json" in text
-        assert "write  config/processingjobconfig.json" in text
+        assert "write  ml/config/resourceconfig.json" in text
+        assert "write  ml/config/processingjobconfig.json" in text
         for directory in ("config", "output", "inputs/1", "outputs/1"):
-            assert f"mkdir  {directory}/" in text
+            assert f"mkdir  ml/{directory}/" in text
         shown = text.split("resourceconfig.json: ", 1)[1].split("\n  docker: ", 1)[0]
         assert json.loads(shown) == {"current_host": algo, "hosts": ["algo-1", "algo-2"]}
 
@@ -133,7 +133,7 @@ def test_dry_run_prints_the_exact_docker_command_of_each_host(tmp_path, home, in
     assert words[:3] == ["sudo", "docker", "create"]
     assert words[-7:] == ["--entrypoint", "python3", "registry.lab/prep:1.4",
                           "-v", "/processing_script.py", "data-format", "csv"]
-    assert "GREETING=hello world; $(touch /tmp/x)" in words
+    assert words[words.index("--env-file") + 1] == "/srv/fleet/Dry-Run-Job/algo-2/ml/env"
     assert '"device=0,1"' in words
 
 
@@ -221,3 +221,28 @@ def test_usage_errors_are_exit_2(home, capsys, argv):
 def test_invalid_input_leaves_fleet_home_untouched(tmp_path, home, inventory, capsys):
     assert main(["run", "--inventory", str(inventory), str(write_job(tmp_path, request(count=9)))]) == 2
     assert not home.exists() or list(home.rglob("*")) == []
+
+
+# -- Environment values are secrets: never on a terminal line -------------------------------------
+
+def test_dry_run_prints_environment_keys_with_values_masked(tmp_path, home, inventory, capsys):
+    document = request()
+    document["Environment"] = {"GREETING": "hello world; $(touch /tmp/x)", "ZQ_TOKEN": "zq-s3cr3t"}
+    assert dry_run(write_job(tmp_path, document), inventory) == 0
+    out = capsys.readouterr().out
+    assert "zq-s3cr3t" not in out and "hello world" not in out
+    for text in sections(out).values():
+        assert "write  ml/env (0600, removed once the container is created): GREETING=*** ZQ_TOKEN=***" in text
+
+
+def test_describe_masks_environment_values_and_describe_json_keeps_them(tmp_path, home, capsys):
+    from fleet.runtime.store import JobStore
+    record = {"ProcessingJobName": "zq-described", "ProcessingJobStatus": "Completed",
+              "CreationTime": "2024-01-01T00:00:00+00:00", "Environment": {"ZQ_TOKEN": "zq-s3cr3t", "MODE": "x"},
+              "Hosts": {}}
+    JobStore(home).create(record)
+    assert main(["describe", "zq-described"]) == 0
+    out = capsys.readouterr().out
+    assert "Environment: ZQ_TOKEN=*** MODE=***" in out and "zq-s3cr3t" not in out
+    assert main(["describe", "zq-described", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["Environment"] == {"ZQ_TOKEN": "zq-s3cr3t", "MODE": "x"}

@@ -11,7 +11,9 @@ import shlex
 import pytest
 
 from fleet import host as hostscripts
+from fleet.contract.container import env_file_content
 from fleet.contract.job import parse_job
+from fleet.errors import InvalidInput
 from fleet.inventory import Host
 from fleet.plan import plan_cluster
 
@@ -194,26 +196,50 @@ HOSTILE = {
     "BACKQUOTES": "`touch /tmp/y`",
     "QUOTES": "it's \"quoted\"",
     "SEMICOLON": "a; rm -rf /",
-    "NEWLINE": "line one\nline two",
+    "PADDED": "  # not a comment\t ",
+    "CARRIAGE": "a\rb",
     "DOLLAR": "$HOME ${PATH}",
     "EQUALS": "a=b=c",
     "EMPTY": "",
 }
 
 
-def test_environment_values_reach_docker_verbatim_as_one_word_each():
-    argv = docker_create(job(environment=HOSTILE))
-    assert values_of(argv, "--env") == [f"{key}={value}" for key, value in HOSTILE.items()]
+def test_environment_reaches_docker_as_an_env_file_never_as_argv_words():
+    """Every local user reads every process's argv (/proc/PID/cmdline): the values (often
+    secrets) are in the env file the session writes, at the path the plan chose."""
+    plan = plans(job(environment=HOSTILE))[0]
+    argv = plan.docker_create
+    assert values_of(argv, "--env-file") == [plan.env_file]
+    assert plan.env_file.startswith(plan.private_dir + "/")
+    assert "--env" not in argv
+    assert not any(value and value in word for value in HOSTILE.values() for word in argv)
+
+
+def test_the_env_file_has_one_key_equals_value_line_each_value_verbatim():
+    assert env_file_content(HOSTILE) == "".join(f"{key}={value}\n" for key, value in HOSTILE.items()).encode()
+    assert plans(job(environment=HOSTILE))[0].environment == env_file_content(HOSTILE)
+    assert env_file_content(None) == b""
+
+
+@pytest.mark.parametrize("value, problem", [
+    ("line one\nline two", "contains a newline"), ("ends with\r", "ends with a carriage return"),
+    ("nul\0byte", "contains a NUL character")])
+def test_a_value_the_env_file_cannot_carry_is_refused_naming_its_key(value, problem):
+    with pytest.raises(InvalidInput, match=f"Environment.*value of ZQ_KEY {problem}"):
+        job(environment={"OK": "fine", "ZQ_KEY": value})
+    with pytest.raises(InvalidInput, match=f"value of ZQ_KEY {problem}"):
+        env_file_content({"ZQ_KEY": value})
 
 
 def test_environment_is_given_before_the_image():
-    argv = docker_create(job(environment={"A": "1"}, arguments=["--env", "NOT_AN_ENV=1"]))
-    assert argv.index("--env") < argv.index(IMAGE)
-    assert after_image(argv) == ["--env", "NOT_AN_ENV=1"]
+    argv = docker_create(job(environment={"A": "1"}, arguments=["--env-file", "/etc/shadow"]))
+    assert argv.index("--env-file") < argv.index(IMAGE)
+    assert after_image(argv) == ["--env-file", "/etc/shadow"]
 
 
 def test_no_environment_gives_no_env_option():
-    assert "--env" not in docker_create(job())
+    argv = docker_create(job())
+    assert "--env" not in argv and "--env-file" not in argv
 
 
 def test_host_command_is_quoted_once_and_losslessly():

@@ -34,7 +34,8 @@ HOSTILE_ENV = {
     "BACKQUOTES": "`touch MARKER`",
     "QUOTES": "it's \"quoted\"",
     "SEMICOLON": "a; touch MARKER",
-    "NEWLINE": "one\ntwo",
+    "EQUALS": "a=b=c",
+    "PADDED": "  # not a comment\t ",
 }
 
 
@@ -167,9 +168,25 @@ def test_session_passes_every_user_value_as_a_positional_argument():
     for value in [plan.job_dir, plan.container, IMAGE, plan.message_file, NAME, "zq-",
                   *plan.files, *(c.decode() for c in plan.files.values()), "$(touch", "MARKER"]:
         assert value not in script
-    for value in [plan.job_dir, plan.container, IMAGE, plan.message_file]:
+    for value in [plan.job_dir, plan.container, IMAGE, plan.message_file, plan.env_file]:
         assert value in args
     assert args[-len(plan.docker_create):] == plan.docker_create
+
+
+SECRET = "zq-s3cr3t-value"
+
+
+def test_no_environment_value_nor_file_content_is_in_the_session_argv():
+    """Every local user of a host reads every process's argv (/proc/PID/cmdline): the
+    Environment (in processingjobconfig.json too) goes on the session's stdin."""
+    plan = host_plan(environment={"SECRET": SECRET, **HOSTILE_ENV})[0]
+    argv = hostscripts.session(plan, IMAGE, docker_timeout=20)
+    assert not any(SECRET in word for word in argv)
+    assert not any(content.decode() in word for content in plan.files.values() for word in argv)
+    assert not any(value in word for value in HOSTILE_ENV.values() for word in argv)
+    assert plan.docker_create[plan.docker_create.index("--env-file") + 1] == plan.env_file
+    stdin = hostscripts.session_input(plan)
+    assert SECRET.encode() in stdin and b"SECRET=" + SECRET.encode() + b"\n" in plan.environment
 
 
 def test_cleanup_passes_every_user_value_as_a_positional_argument():
@@ -243,7 +260,16 @@ FAKE_DOCKER = r"""#!/bin/sh
 printf '%s\n' "$1" >> "$FAKE_DIR/calls"
 case "$1" in
   image) [ -n "$FAKE_NO_IMAGE" ] && { echo "Error: No such image: zq" >&2; exit 1; }; exit 0 ;;
-  create) printf '%s\0' "$@" > "$FAKE_DIR/create.argv"; echo 0123abcd ;;
+  create)
+    printf '%s\0' "$@" > "$FAKE_DIR/create.argv"
+    previous=
+    for word in "$@"; do
+      if [ "$previous" = --env-file ]; then
+        cp "$word" "$FAKE_DIR/create.env"; stat -c %a "$word" > "$FAKE_DIR/create.env.mode"
+      fi
+      previous=$word
+    done
+    echo 0123abcd ;;
   start) exit 0 ;;
   logs) printf 'line from the container\n' ;;
   wait)
@@ -279,9 +305,12 @@ class FakeHost:
                               environment=environment, gpus=gpus)[0]
         self.env = {**os.environ, "FAKE_DIR": str(tmp_path), "FAKE_MESSAGE_PATH": self.plan.message_file}
 
-    def session(self, stdin: bytes, volume_gb: int = 0,
+    def session(self, stdin: bytes, volume_gb: int = 0, files: bytes | None = None,
                 **env: str) -> tuple[subprocess.CompletedProcess, SessionReport]:
-        return self._run(hostscripts.session(self.plan, IMAGE, docker_timeout=10, volume_gb=volume_gb), stdin, env)
+        """The session with `stdin` after the job's files (`files`: other bytes instead)."""
+        first = hostscripts.session_input(self.plan) if files is None else files
+        return self._run(hostscripts.session(self.plan, IMAGE, docker_timeout=10, volume_gb=volume_gb),
+                         first + stdin, env)
 
     def resume(self, offset: int, stdin: bytes, **env: str) -> tuple[subprocess.CompletedProcess, SessionReport]:
         return self._run(hostscripts.resume(self.plan, offset, docker_timeout=10), stdin, env)
@@ -298,6 +327,11 @@ class FakeHost:
         argv = hostscripts.on_host(self.plan.host, script, args, docker_timeout=10)
         return subprocess.run(["sh", "-c", shlex.join(argv)], capture_output=True, env={**self.env, **env},
                               cwd=self.dir, timeout=20)
+
+    def clean_up(self) -> None:
+        """What the controller's cleanup does after a session that did not: each run makes
+        its job directory afresh."""
+        shutil.rmtree(self.plan.job_parent, ignore_errors=True)
 
     @property
     def calls(self) -> list[str]:
@@ -319,17 +353,20 @@ def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
     argv = hostscripts.session(fake.plan, IMAGE, docker_timeout=10)
     process = subprocess.Popen(["sh", "-c", shlex.join(argv)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, env=fake.env, cwd=tmp_path)
+    private = Path(fake.plan.private_dir)
     try:
+        process.stdin.write(hostscripts.session_input(fake.plan))
+        process.stdin.flush()
         assert process.stderr.readline() == b"fleet:written\n"  # inputs may stream in from now
-        for directory in [*fake.plan.dirs, "inputs"]:
-            assert (job_dir / directory).is_dir()
+        for directory in [*fake.plan.dirs, "inputs", "outputs", "inputs/1.partial"]:
+            assert (private / directory).is_dir()
         assert process.stderr.readline() == b"fleet:prepared\n"
         for directory in fake.plan.dirs:
-            assert (job_dir / directory).is_dir()
+            assert (private / directory).is_dir()
         for path, content in fake.plan.files.items():
-            assert (job_dir / path).read_bytes() == content
+            assert (private / path).read_bytes() == content
         assert sorted(str(p.relative_to(job_dir)) for p in job_dir.rglob("*") if p.is_file()) == \
-            sorted([*fake.plan.files, ".fleet-run"])
+            sorted([*(f"ml/{path}" for path in fake.plan.files), ".fleet-run"])  # the env file is gone
         assert (job_dir / ".fleet-run").read_text() == f"{RUN}\n{CONTROLLER}\n"
     finally:
         process.communicate(b"abort\n", timeout=20)
@@ -367,7 +404,8 @@ def test_clean_removes_the_job_dir_and_keep_keeps_it(tmp_path: Path):
     fake = FakeHost(tmp_path)
     _, report = fake.session(b"go\nkeep\n")
     assert report.events[-1] == "cleaned"
-    assert Path(fake.plan.job_dir, "config", "resourceconfig.json").is_file()
+    assert Path(fake.plan.private_dir, "config", "resourceconfig.json").is_file()
+    fake.clean_up()
     _, report = fake.session(b"go\nclean\n")
     assert report.events[-1] == "cleaned"
     assert not Path(fake.plan.job_dir).exists()
@@ -386,7 +424,7 @@ def test_message_symlink_planted_by_the_container_is_not_followed(tmp_path: Path
 def test_cleanup_removes_the_job_dir_unless_kept(tmp_path: Path, keep, kept):
     fake = FakeHost(tmp_path)
     job_dir = Path(fake.plan.job_dir)
-    (job_dir / "output").mkdir(parents=True)
+    Path(fake.plan.message_file).parent.mkdir(parents=True)
     (job_dir / ".fleet-run").write_text(f"{RUN}\n{CONTROLLER}\n")
     result = subprocess.run(["sh", "-c", shlex.join(hostscripts.cleanup(fake.plan, keep, 20))],
                             env=fake.env, capture_output=True, timeout=20)
@@ -457,6 +495,7 @@ def test_session_on_a_gpu_host_needs_a_gpu_runtime(tmp_path: Path):
     result, _ = fake.session(b"abort\n")  # the fake daemon has runc only
     assert result.returncode == Status.NO_GPU_RUNTIME
     assert "create" not in fake.calls
+    fake.clean_up()
     result, report = fake.session(b"abort\n", FAKE_RUNTIMES='{"nvidia":{"path":"nvidia-container-runtime"},"runc":{}}')
     assert result.returncode == 0 and report.events == ["written", "prepared"], report.errors
 
@@ -532,6 +571,7 @@ def test_a_session_whose_docker_is_down_says_so(tmp_path: Path):
     result, report = fake.session(b"abort\n", FAKE_DOWN="1")
     assert result.returncode == Status.DOCKER_FAILED
     assert report.events == ["written"] and "Cannot connect" in report.errors
+    fake.clean_up()
     result, report = fake.session(b"abort\n", FAKE_NO_IMAGE="1", FAKE_PULL_FAILS="1")
     assert result.returncode == Status.PULL_FAILED and "pull access denied" in report.errors
 
@@ -561,3 +601,89 @@ def test_gc_lists_containers_and_job_dirs_then_removes_them(tmp_path: Path):
     assert removed.returncode == 0 and removed.stdout == b""
     assert not Path(fake.plan.job_parent).exists()
     assert fake.calls[-1] == "rm"
+
+
+# -- secrets and other local users ------------------------------------------------------------------
+
+def mode(path: Path | str) -> int:
+    return os.lstat(path).st_mode & 0o7777
+
+
+def test_the_env_file_is_private_holds_each_value_verbatim_and_goes_after_create(tmp_path: Path):
+    environment = {"SECRET": SECRET, **HOSTILE_ENV}
+    fake = FakeHost(tmp_path, environment=environment)
+    _, report = fake.session(b"go\nclean\n")
+    assert report.events[-1] == "cleaned", report.errors
+    assert (tmp_path / "create.env").read_text() == "".join(f"{k}={v}\n" for k, v in environment.items())
+    assert (tmp_path / "create.env.mode").read_text().strip() == "600"
+    assert fake.run_argv == fake.plan.docker_create and "--env" not in fake.run_argv
+
+
+def test_the_env_file_goes_when_create_fails_too(tmp_path: Path):
+    fake = FakeHost(tmp_path, environment={"SECRET": SECRET})
+    failing = tmp_path / "bin" / "docker"
+    failing.write_text(FAKE_DOCKER.replace("echo 0123abcd ;;", "exit 1 ;;"))
+    result, _ = fake.session(b"abort\n")
+    assert result.returncode == Status.CREATE_FAILED
+    assert (tmp_path / "create.env").read_text() == f"SECRET={SECRET}\n"
+    assert not Path(fake.plan.env_file).exists()
+
+
+def test_only_the_ssh_user_can_enter_the_job_directorys_mount_sources(tmp_path: Path):
+    fake = FakeHost(tmp_path, environment={"SECRET": SECRET})
+    _, report = fake.session(b"go\nkeep\n")
+    assert report.events[-1] == "cleaned", report.errors
+    private = Path(fake.plan.private_dir)
+    assert mode(fake.plan.job_parent) == 0o755
+    assert mode(fake.plan.job_dir) == 0o711  # others: the run file by name, nothing else
+    assert mode(fake.plan.run_file) == 0o644
+    assert mode(private) == 0o700
+    expected = {"config": 0o755, "output": 0o777, "inputs": 0o755, "inputs/1": 0o777, "outputs": 0o755,
+                "outputs/1": 0o777}
+    assert {str(p.relative_to(private)): mode(p) for p in private.rglob("*") if p.is_dir()} == expected
+    for path in fake.plan.files:
+        assert mode(private / path) == 0o644  # the container's USER may be anyone
+    assert sorted(p.name for p in Path(fake.plan.job_dir).iterdir()) == [".fleet-run", "ml"]
+
+
+def test_a_job_directory_that_exists_already_is_never_used(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    planted = Path(fake.plan.job_dir)
+    (planted / "ml" / "inputs" / "1.partial").mkdir(parents=True)
+    result, report = fake.session(b"go\nclean\n")
+    assert result.returncode == Status.IN_USE and report.errors == "unknown"
+    assert "create" not in fake.calls and not (planted / ".fleet-run").exists()
+    (planted / ".fleet-run").write_text(f"{RUN}\n{CONTROLLER}\n")  # even one naming this run
+    result, report = fake.session(b"go\nclean\n")
+    assert result.returncode == Status.WRITE_FAILED and f"{planted} exists already" in report.errors
+
+
+@pytest.mark.parametrize("which", ["workdir", "job_parent"])
+def test_a_directory_other_users_can_change_is_refused(tmp_path: Path, which):
+    fake = FakeHost(tmp_path)
+    shared = Path(fake.plan.workdir if which == "workdir" else fake.plan.job_parent)
+    shared.mkdir(parents=True)
+    shared.chmod(0o777)
+    result, report = fake.session(b"go\nclean\n")
+    assert result.returncode == Status.WRITE_FAILED and str(shared) in report.errors
+    assert not Path(fake.plan.job_dir).exists() and "create" not in fake.calls
+    if which == "workdir":  # sticky, as /tmp: others cannot rename what fleet makes there
+        shared.chmod(0o1777)
+        _, report = fake.session(b"go\nclean\n")
+        assert report.events[-1] == "cleaned", report.errors
+
+
+def test_job_files_cut_short_on_stdin_write_nothing_and_start_nothing(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    whole = hostscripts.session_input(fake.plan)
+    result, report = fake.session(b"", files=whole[:-10])
+    assert result.returncode == Status.WRITE_FAILED and "cut short" in report.errors
+    assert "create" not in fake.calls and not Path(fake.plan.private_dir, "config").exists()
+
+
+def test_session_input_is_a_line_of_byte_counts_then_the_files_then_the_env_file():
+    plan = host_plan(environment={"SECRET": SECRET})[0]
+    header, _, rest = hostscripts.session_input(plan).partition(b"\n")
+    pieces = [*plan.files.values(), plan.environment]
+    assert header.split() == [str(len(piece)).encode() for piece in pieces]
+    assert rest == b"".join(pieces)

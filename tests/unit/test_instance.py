@@ -148,7 +148,7 @@ async def test_a_host_out_of_reach_past_host_timeout_is_lost():
 async def test_a_connection_lost_before_the_container_started_is_not_resumed(raising):
     async def first(command: ScriptedCommand) -> int:
         command.write_stderr(b"fleet:prepared\n")
-        await command.read_stdin_line()
+        await command.read_stdin()  # the job's files, then nothing until the channel goes
         return 0
 
     session = Session(scripted(first))

@@ -86,24 +86,41 @@ def test_every_input_and_output_local_path_is_mounted():
 def test_config_is_mounted_read_only_and_output_read_write():
     for hp in plan(job(), inventory("a", "b")).hosts:
         by_target = {m.target: m for m in hp.mounts}
-        assert by_target["/opt/ml/config"] == Mount(f"{hp.job_dir}/config", "/opt/ml/config", read_only=True)
-        assert by_target["/opt/ml/output"] == Mount(f"{hp.job_dir}/output", "/opt/ml/output", read_only=False)
+        assert by_target["/opt/ml/config"] == Mount(f"{hp.job_dir}/ml/config", "/opt/ml/config", read_only=True)
+        assert by_target["/opt/ml/output"] == Mount(f"{hp.job_dir}/ml/output", "/opt/ml/output", read_only=False)
 
 
-def test_every_mount_source_is_a_distinct_directory_of_the_job_dir():
+def test_every_mount_source_is_a_distinct_directory_of_the_private_dir():
     for hp in plan(job(), inventory("a", "b")).hosts:
+        assert hp.private_dir == f"{hp.job_dir}/ml"
         sources = [m.source for m in hp.mounts]
         assert len(set(sources)) == len(sources)
-        relative = [s.removeprefix(hp.job_dir + "/") for s in sources]
-        assert all(s.startswith(hp.job_dir + "/") for s in sources)
+        relative = [s.removeprefix(hp.private_dir + "/") for s in sources]
+        assert all(s.startswith(hp.private_dir + "/") for s in sources)
         assert sorted(relative) == sorted(hp.dirs)
+
+
+def test_the_session_makes_every_directory_parents_first_mount_sources_0777():
+    hp = plan(job(count=1), inventory("a")).hosts[0]
+    assert hp.tree == [("config", "0755"), ("output", "0777"), ("inputs", "0755"),
+                       ("inputs/1", "0777"), ("inputs/1.partial", "0777"), ("inputs/2", "0777"),
+                       ("inputs/2.partial", "0777"), ("outputs", "0755"), ("outputs/1", "0777"),
+                       ("outputs/2", "0777")]
+    assert [hp.partial_input_dir(i) for i in (1, 2)] == [f"{hp.private_dir}/inputs/{i}.partial" for i in (1, 2)]
+    assert [hp.output_dir(i) for i in (1, 2)] == [f"{hp.private_dir}/outputs/{i}" for i in (1, 2)]
+
+
+def test_the_env_file_is_in_the_private_dir_and_its_content_in_no_repr():
+    hp = plan(job(count=1), inventory("a")).hosts[0]
+    assert hp.env_file == f"{hp.private_dir}/env"
+    assert "environment" not in repr(hp)
 
 
 def test_mounts_reach_docker_as_volumes():
     for hp in plan(job(), inventory("a", "b")).hosts:
         volumes = [hp.docker_create[i + 1] for i, w in enumerate(hp.docker_create) if w == "--volume"]
-        assert f"{hp.job_dir}/config:/opt/ml/config:ro" in volumes
-        assert f"{hp.job_dir}/output:/opt/ml/output" in volumes
+        assert f"{hp.private_dir}/config:/opt/ml/config:ro" in volumes
+        assert f"{hp.private_dir}/output:/opt/ml/output" in volumes
         assert sorted(v.split(":")[1] for v in volumes) == sorted(
             ["/opt/ml/config", "/opt/ml/output", *INPUTS, *OUTPUTS])
 
@@ -117,7 +134,7 @@ def test_job_dir_is_workdir_slash_name_slash_algo_k():
 
 def test_message_file_is_under_the_output_mount():
     for hp in plan(job(), inventory("a", "b")).hosts:
-        assert hp.message_file == f"{hp.job_dir}/output/message"
+        assert hp.message_file == f"{hp.private_dir}/output/message"
 
 
 # -- files --------------------------------------------------------------------------------------
@@ -133,7 +150,7 @@ def test_config_files_land_in_the_directory_mounted_at_opt_ml_config():
     for hp in plan(job(), inventory("a", "b")).hosts:
         config_source = next(m.source for m in hp.mounts if m.target == "/opt/ml/config")
         for path in hp.files:
-            assert f"{hp.job_dir}/{path}".startswith(config_source + "/")
+            assert f"{hp.private_dir}/{path}".startswith(config_source + "/")
 
 
 def test_plan_carries_the_arn_and_name():

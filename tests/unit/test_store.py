@@ -89,3 +89,44 @@ def test_stop_of_an_ended_job_says_so(tmp_path: Path, monkeypatch, capsys):
     assert main(["stop", "done"]) == 0
     assert "already Completed; nothing to stop" in capsys.readouterr().err
     assert main(["stop", "nosuch"]) == 2
+
+
+def mode(path: Path) -> int:
+    return path.stat().st_mode & 0o777
+
+
+def test_only_the_owner_can_read_the_store_whatever_the_umask(tmp_path: Path):
+    """describe.json and run.json hold the Environment (secrets), the logs what the job said."""
+    home = tmp_path / "home"
+    old = os.umask(0o002)
+    try:
+        store = JobStore(home)
+        job = store.create(record("zq-secret", "2026-01-01T00:00:00+00:00", Environment={"K": "zq-s3cr3t"}))
+        job.save_run(RunRecord(RunId="r1", Controller="c", Request={}, Hosts=[Host(address="h1")]))
+        store.claim("zq-secret").release()
+        job.open_log("algo-1").close()
+    finally:
+        os.umask(old)
+    directory = home / "jobs" / "zq-secret"
+    assert [mode(d) for d in (home, home / "jobs", directory, directory / "logs")] == [0o700] * 4
+    for name in ("describe.json", "run.json", "owner.lock", "logs/algo-1.log"):
+        assert mode(directory / name) == 0o600, name
+
+
+def test_a_store_made_before_is_tightened_as_it_is_written_to(tmp_path: Path):
+    home = tmp_path / "home"
+    directory = home / "jobs" / "zq-old"
+    (directory / "logs").mkdir(parents=True)
+    for path in (home, home / "jobs", directory, directory / "logs"):
+        path.chmod(0o755)
+    for name in ("describe.json", "owner.lock", "logs/algo-1.log"):
+        (directory / name).write_text(json.dumps(record("zq-old", "2026-01-01T00:00:00+00:00")))
+        (directory / name).chmod(0o644)
+    store = JobStore(home)
+    store.claim("zq-old").release()
+    job = store.record("zq-old")
+    job.update(ProcessingJobStatus="Failed")
+    job.open_log("algo-1").close()
+    assert [mode(d) for d in (home, home / "jobs", directory, directory / "logs")] == [0o700] * 4
+    for name in ("describe.json", "owner.lock", "logs/algo-1.log"):
+        assert mode(directory / name) == 0o600, name
