@@ -24,6 +24,7 @@ from typing import NoReturn
 
 from fleet.contract.describe import TERMINAL, new_record
 from fleet.contract.job import ignored_fields, load_job
+from fleet.data.sources import check_job_data
 from fleet.errors import FleetError, InvalidInput, JobStopped
 from fleet.home import fleet_home
 from fleet.inventory import load_inventory
@@ -40,14 +41,47 @@ class _Parser(argparse.ArgumentParser):
         raise InvalidInput(message)
 
 
+EPILOG = """\
+exit codes of `fleet run` and `fleet attach`:
+  0    Completed: every container exited 0
+  1    Failed: a container exited non-zero (AlgorithmError), a host or the job could not
+       run (ClientError), or a host stayed out of reach (InternalServerError)
+  2    invalid input or usage: nothing was started, no record was written
+  124  Failed with MaxRuntimeExceeded: StoppingCondition.MaxRuntimeInSeconds elapsed
+  130  Stopped (Ctrl-C, SIGTERM, fleet stop)
+`fleet stop`: 0 once the job no longer runs. `fleet check`, `fleet gc`: 0 when every host
+passed (was cleaned), else 1. A usage error, or `fleet` alone: 2.
+
+environment:
+  FLEET_HOME   where the records and logs are kept: $FLEET_HOME/jobs/NAME/ (default ~/.fleet)
+  FLEET_DEBUG  1: as --debug
+  AWS_REGION or AWS_DEFAULT_REGION, FLEET_ACCOUNT_ID: the job's ARN; S3 is reached through
+               the standard AWS chain (AWS_ENDPOINT_URL, AWS_PROFILE, ~/.aws)
+"""
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("fleet")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown (not installed)"
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="fleet", description="Run SageMaker Processing jobs on your own hosts.")
+    parser = _Parser(prog="fleet", description="Run SageMaker Processing jobs on your own hosts.",
+                     epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"fleet {_version()}")
     parser.add_argument("--debug", action="store_true",
                         help="debug logs on stderr, and the traceback of an unexpected error "
                              "(also FLEET_DEBUG=1)")
-    verbs = parser.add_subparsers(dest="verb", required=True, parser_class=_Parser)
+    # Not required: `fleet` alone prints the whole help (main), not a one-line usage error.
+    verbs = parser.add_subparsers(dest="verb", parser_class=_Parser)
 
-    run = verbs.add_parser("run", help="run a CreateProcessingJob request on the inventory's hosts")
+    run = verbs.add_parser("run", help="run a CreateProcessingJob request on the inventory's hosts",
+                           description="Run a CreateProcessingJob request on the inventory's hosts: "
+                                       "the first InstanceCount hosts become algo-1..algo-N.",
+                           epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("job", type=Path, help="the request: JSON, or YAML when named .yaml/.yml")
     run.add_argument("--inventory", "-i", type=Path, help="hosts.yaml (default: this machine alone)")
     run.add_argument("--name", help="override ProcessingJobName")
@@ -133,9 +167,13 @@ def _masked(environment: dict[str, str]) -> str:
 
 
 async def _run(args: argparse.Namespace, console: Console) -> int:
+    # Everything that can be refused without touching a host is refused here, before the
+    # record exists, in both modes (exit 2).
     job = load_job(args.job, args.name)
+    check_job_data(job, str(args.job))
     inventory = load_inventory(args.inventory)
-    hosts = select_hosts(job, inventory)
+    hosts = select_hosts(job, inventory,
+                         str(args.inventory) if args.inventory else "this machine alone (no --inventory)")
     if args.stop_grace < 0 or args.docker_timeout < 1 or args.host_timeout <= 0:
         raise InvalidInput("--stop-grace must be >= 0, --docker-timeout >= 1 and --host-timeout > 0")
     for notice in ignored_fields(job):
@@ -341,7 +379,14 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     args = None
     try:
-        args = _parser().parse_args(argv)
+        parser = _parser()
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help, --version: printed; exit 0
+            return exc.code if isinstance(exc.code, int) else 0
+        if args.verb is None:  # `fleet` alone: the whole help, as a usage error
+            parser.print_help(sys.stderr)
+            return InvalidInput.exit_code
         if _debugging(args):
             _log_debug()
         if args.verb in ("run", "attach", "stop", "gc", "check"):

@@ -19,6 +19,7 @@ from fleet.errors import InvalidInput
 from fleet.home import fleet_home
 
 DEFAULT_SSH_WORKDIR = "/var/lib/fleet"
+HOST_KEY_CHECKING = ("strict", "accept-new", "off")
 
 
 class Host(BaseModel):
@@ -42,6 +43,18 @@ class Host(BaseModel):
     docker: str = "docker"
     docker_args: list[str] = []
     connect_timeout: Annotated[float, Field(gt=0)] = 15.0
+
+    @field_validator("host_key_checking", mode="before")
+    @classmethod
+    def _host_key_checking(cls, value: Any) -> Any:
+        # YAML reads an unquoted off/no/false as false and on/yes/true as true: the README's
+        # `host_key_checking: off` must mean off, and true means checking (OpenSSH's "yes").
+        if isinstance(value, bool):
+            return "strict" if value else "off"
+        if value is not None and value not in HOST_KEY_CHECKING:
+            raise ValueError(f"must be strict, accept-new or off (unquoted on/yes/true: strict; "
+                             f"off/no/false: off); got {value!r}")
+        return value
 
     @field_validator("gpus")
     @classmethod
@@ -135,14 +148,24 @@ def parse_inventory(document: Any, source: str) -> Inventory:
         if not isinstance(host, dict):
             raise InvalidInput(f"{source}: hosts[{i}]: must be a mapping with at least `address`")
         merged.append({**defaults, **host})
+    def written_at(loc: tuple) -> tuple:
+        """Where a merged host's value was written: `defaults.KEY` unless the host has its own."""
+        if len(loc) >= 3 and loc[0] == "hosts" and isinstance(loc[1], int) and loc[2] in defaults \
+                and loc[2] not in hosts[loc[1]]:
+            return ("defaults", *loc[2:])
+        return loc
+
     try:
         inventory = Inventory.model_validate({"hosts": merged})
     except ValidationError as exc:
-        raise InvalidInput(describe_validation_error(source, exc)) from exc
+        raise InvalidInput(describe_validation_error(source, exc, relocate=written_at)) from exc
     for i, host in enumerate(inventory.hosts):
         if host.identity_file and host.transport == "ssh":
             path = Path(host.identity_file).expanduser()
             if not path.is_file():
+                if written_at(("hosts", i, "identity_file")) == ("defaults", "identity_file"):
+                    raise InvalidInput(f"{source}: defaults.identity_file {path} does not exist "
+                                       f"(first needed by {host.label})")
                 raise InvalidInput(f"{source}: hosts[{i}] ({host.label}): identity_file {path} does not exist")
     return inventory
 

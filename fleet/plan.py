@@ -162,13 +162,15 @@ class ClusterPlan:
         return self.job.ProcessingJobName
 
 
-def select_hosts(job: ProcessingJob, inventory: Inventory) -> list[Host]:
-    """The first InstanceCount hosts, in inventory order; refused when there are too few."""
+def select_hosts(job: ProcessingJob, inventory: Inventory, where: str | None = None) -> list[Host]:
+    """The first InstanceCount hosts, in inventory order; refused when there are too few.
+    `where` says, for that message, where the inventory came from (its file, or that fleet
+    runs on this machine alone)."""
     wanted = job.instance_count
     if wanted > len(inventory.hosts):
         raise InvalidInput(
             f"ProcessingResources.ClusterConfig.InstanceCount is {wanted} but the inventory "
-            f"has {len(inventory.hosts)} host(s)")
+            f"has {len(inventory.hosts)} host(s)" + (f": {where}" if where else ""))
     return list(inventory.hosts[:wanted])
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import posixpath
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -25,7 +26,18 @@ KMS_PATTERN = r"^[a-zA-Z0-9:/_-]*$"
 ROLE_ARN_PATTERN = r"^arn:aws[a-z\-]*:iam::\d{12}:role/?[a-zA-Z_0-9+=,.@\-_/]+$"
 PROCESSING_ROOT = "/opt/ml/processing/"
 
-S3UriStr = Annotated[str, Field(max_length=1024, pattern=S3_URI_PATTERN)]
+# What a message says instead of the pattern: the forms fleet reads (fleet/data/locations.py).
+S3_URI_FORMS = ("s3://bucket/prefix, https://bucket.s3.region.amazonaws.com/prefix, "
+                "https://s3.region.amazonaws.com/bucket/prefix, or (fleet's extension) file:///absolute/path")
+
+
+def _check_s3_uri(value: str) -> str:
+    if not re.fullmatch(S3_URI_PATTERN, value):
+        raise ValueError(f"must be {S3_URI_FORMS}; got {value!r}")
+    return value
+
+
+S3UriStr = Annotated[str, Field(max_length=1024), AfterValidator(_check_s3_uri)]
 KmsKeyIdStr = Annotated[str, Field(max_length=2048, pattern=KMS_PATTERN)]
 ContainerWord = Annotated[str, Field(max_length=256)]
 
@@ -138,11 +150,84 @@ class OutputConfigSpec(_Shape):
         return outputs
 
 
+InstanceCountInt = Annotated[int, Field(ge=1, le=100, strict=True)]
+InstanceTypeStr = Annotated[str, Field(pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9-]+$")]
+
+
+class InstancePreference(_Shape):
+    InstanceType: InstanceTypeStr
+    InstanceCount: InstanceCountInt | None = None
+
+
 class ClusterConfigSpec(_Shape):
-    InstanceCount: Annotated[int, Field(ge=1, le=100, strict=True)]
-    InstanceType: Annotated[str, Field(pattern=r"^ml\.[a-z0-9-]+\.[a-z0-9-]+$")]
+    """The newest API (botocore's service model, newer than api-shapes.md): InstanceType and
+    InstanceCount are optional, InstancePreferences (1..5 candidate types, in priority order)
+    is the alternative to InstanceType. The count rules are the API's own."""
+
+    InstanceCount: InstanceCountInt | None = None
+    InstanceType: InstanceTypeStr | None = None
     VolumeSizeInGB: Annotated[int, Field(ge=1, le=16384, strict=True)]
     VolumeKmsKeyId: KmsKeyIdStr | None = None
+    InstancePreferences: Annotated[list[InstancePreference], Field(min_length=1, max_length=5)] | None = None
+    # In the request's shape too, but read-only: DescribeProcessingJob returns them and
+    # CreateProcessingJob refuses them (the model's documentation says so); refused below.
+    SelectedInstanceType: Any = None
+    SelectedInstanceCount: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_count(cls, data: Any) -> Any:
+        # "The default value is 1" (the model's InstanceCount), unless the preferences carry the count.
+        if isinstance(data, dict) and data.get("InstanceCount") is None and not data.get("InstancePreferences"):
+            return {**data, "InstanceCount": 1}
+        return data
+
+    @field_validator("SelectedInstanceType", "SelectedInstanceCount")
+    @classmethod
+    def _read_only(cls, value: Any) -> Any:
+        if value is None:
+            return value
+        raise ValueError("read-only (DescribeProcessingJob returns it once SageMaker picked from "
+                         "InstancePreferences); CreateProcessingJob does not accept it")
+
+    @model_validator(mode="after")
+    def _instance_rules(self) -> ClusterConfigSpec:
+        preferences = self.InstancePreferences or []
+        if not preferences:
+            if self.InstanceType is None:
+                raise ValueError("one of InstanceType or InstancePreferences is required")
+            return self
+        if self.InstanceType is not None:
+            raise ValueError("InstancePreferences is mutually exclusive with InstanceType; give one of them")
+        types = [p.InstanceType for p in preferences]
+        twice = sorted({t for t in types if types.count(t) > 1})
+        if twice:
+            raise ValueError(f"InstancePreferences: {twice[0]} appears twice; each instance type at most once")
+        counted = [p.InstanceCount is not None for p in preferences]
+        if any(counted) and not all(counted):
+            raise ValueError("InstancePreferences: set InstanceCount on every preference or on none")
+        if all(counted) and self.InstanceCount is not None:
+            raise ValueError("InstanceCount is set both in ClusterConfig and in InstancePreferences; "
+                             "give it in one place")
+        if not any(counted) and self.InstanceCount is None:
+            raise ValueError("InstanceCount is required: in ClusterConfig (for every preference) "
+                             "or on each of InstancePreferences")
+        return self
+
+    @property
+    def count(self) -> int:
+        """The hosts fleet runs on: InstanceCount, or the first preference's (on-prem, the
+        first choice always has the capacity)."""
+        if self.InstanceCount is not None:
+            return self.InstanceCount
+        first = (self.InstancePreferences or [])[0].InstanceCount
+        assert first is not None  # _instance_rules
+        return first
+
+    @property
+    def instance_type(self) -> str:
+        """InstanceType, or the first of InstancePreferences."""
+        return self.InstanceType or (self.InstancePreferences or [])[0].InstanceType
 
 
 class ResourcesSpec(_Shape):
@@ -250,7 +335,11 @@ class ProcessingJob(_Shape):
 
     @property
     def instance_count(self) -> int:
-        return self.ProcessingResources.ClusterConfig.InstanceCount
+        return self.ProcessingResources.ClusterConfig.count
+
+    @property
+    def instance_type(self) -> str:
+        return self.ProcessingResources.ClusterConfig.instance_type
 
     @property
     def max_runtime(self) -> int:
@@ -284,22 +373,31 @@ def ignored_fields(job: ProcessingJob) -> list[str]:
     cluster = job.ProcessingResources.ClusterConfig
     if cluster.VolumeKmsKeyId:
         notices.append("ProcessingResources.ClusterConfig.VolumeKmsKeyId: ignored (no KMS on-prem)")
-    notices.append(f"ProcessingResources.ClusterConfig.InstanceType: ignored "
-                   f"({cluster.InstanceType}; the inventory's hosts run the job)")
+    if cluster.InstancePreferences:
+        types = ", ".join(p.InstanceType for p in cluster.InstancePreferences)
+        notices.append(f"ProcessingResources.ClusterConfig.InstancePreferences: ignored ({types}; the "
+                       f"inventory's first {cluster.count} host(s) run the job)")
+    else:
+        notices.append(f"ProcessingResources.ClusterConfig.InstanceType: ignored "
+                       f"({cluster.InstanceType}; the inventory's hosts run the job)")
     return notices
 
 
-def describe_validation_error(source: str, error: ValidationError) -> str:
-    """One line per problem, each naming the file and the field path."""
-    lines = []
+def describe_validation_error(source: str, error: ValidationError,
+                              relocate: Callable[[tuple], tuple] | None = None) -> str:
+    """One line per problem, each naming the file and the field path (`relocate` maps a
+    path of the validated document to where the user wrote the value); the same line once."""
+    lines: list[str] = []
     for problem in error.errors():
         path = ""
-        for part in problem["loc"]:
+        for part in relocate(tuple(problem["loc"])) if relocate else problem["loc"]:
             path += f"[{part}]" if isinstance(part, int) else (f".{part}" if path else str(part))
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] == "extra_forbidden":
             message = "unknown field"
-        lines.append(f"{source}: {path or '(top level)'}: {message}")
+        line = f"{source}: {path or '(top level)'}: {message}"
+        if line not in lines:
+            lines.append(line)
     return "\n".join(lines)
 
 

@@ -8,6 +8,7 @@ import re
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit
 
+from fleet.contract.job import S3_URI_FORMS
 from fleet.errors import ClientError
 
 # https://BUCKET.s3.REGION.amazonaws.com/KEY, https://BUCKET.s3.amazonaws.com/KEY,
@@ -76,9 +77,8 @@ def parse_location(uri: str) -> Location:
             bucket, _, key = path.partition("/")
             if bucket:
                 return S3Location(bucket, key)
-        raise ClientError(f"{uri}: not an S3 URL fleet understands (s3://bucket/key, "
-                          f"https://bucket.s3.region.amazonaws.com/key or https://s3.region.amazonaws.com/bucket/key)")
-    raise ClientError(f"{uri}: an S3Uri must start with s3://, https:// or (fleet's extension) file://")
+        raise ClientError(f"{uri}: not an S3 URL fleet understands; an S3Uri is {S3_URI_FORMS}")
+    raise ClientError(f"{uri}: an S3Uri must start with s3://, https:// or file://: {S3_URI_FORMS}")
 
 
 def safe_relative_path(relative: str, what: str) -> str:
@@ -91,9 +91,8 @@ def safe_relative_path(relative: str, what: str) -> str:
 
 
 def relative_to_prefix(key: str, prefix: str) -> str:
-    """Where an object listed under a prefix goes: its key relative to the prefix (a leading
-    '/' dropped). A prefix naming one object exactly places it under its own name."""
-    relative = key[len(prefix):]
-    if not prefix.endswith("/") and relative.startswith("/"):
-        relative = relative[1:]  # prefix "data/in" and key "data/in/a": "a"; "data/in//a" stays refused
-    return relative or key.rsplit("/", 1)[-1]
+    """Where an object listed under a prefix goes, as SageMaker places it: the part of its key
+    after the prefix's last '/'. Prefix "data/in/": "data/in/a" → "a". Prefix "data/in" (ending
+    mid-name): "data/input.csv" → "input.csv", "data/in/a" → "in/a". A prefix naming one
+    object places it under its own name; "data/in//a" keeps its empty component (refused)."""
+    return key[prefix.rfind("/") + 1:]

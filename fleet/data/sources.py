@@ -10,9 +10,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.contract.job import S3InputSpec
+from fleet.contract.job import ProcessingJob, S3InputSpec, S3OutputSpec
 from fleet.data.locations import FileLocation, Location, parse_location, relative_to_prefix, safe_relative_path
-from fleet.errors import ClientError
+from fleet.errors import ClientError, InvalidInput
 from fleet.fanout import all_of
 
 log = logging.getLogger(__name__)
@@ -44,12 +44,44 @@ def assignments(spec: S3InputSpec, objects: list[InputObject], hosts: int) -> li
     return [list(objects) for _ in range(hosts)]
 
 
+# Values of the API that fleet does not support yet: (field, value) → why.
+_UNSUPPORTED = {
+    ("S3InputMode", "Pipe"): "is not supported by fleet yet; use File",
+    ("S3CompressionType", "Gzip"): "(Pipe mode only) is not supported by fleet yet; use None",
+}
+
+
+def _unsupported(spec: S3InputSpec) -> tuple[str, str, str] | None:
+    for (field, value), why in _UNSUPPORTED.items():
+        if getattr(spec, field) == value:
+            return field, value, why
+    return None
+
+
 def check_supported(spec: S3InputSpec, input_name: str) -> None:
-    if spec.S3InputMode == "Pipe":
-        raise ClientError(f"input {input_name}: S3InputMode Pipe is not supported by fleet yet; use File")
-    if spec.S3CompressionType == "Gzip":
-        raise ClientError(f"input {input_name}: S3CompressionType Gzip (Pipe mode only) is not supported "
-                          f"by fleet yet")
+    problem = _unsupported(spec)
+    if problem:
+        field, value, why = problem
+        raise ClientError(f"input {input_name}: {field} {value} {why}")
+
+
+def check_job_data(job: ProcessingJob, source: str) -> None:
+    """What fleet cannot do with the job's data, found without any I/O: refused before
+    anything is recorded or any host is touched (InvalidInput, exit 2, naming the file and the
+    field). An unsupported mode, or an S3Uri (https) that names no S3 bucket fleet can read."""
+    fields: list[tuple[str, S3InputSpec | S3OutputSpec]] = [
+        (f"ProcessingInputs[{i}].S3Input", item.S3Input) for i, item in enumerate(job.inputs)]
+    fields += [(f"ProcessingOutputConfig.Outputs[{i}].S3Output", item.S3Output)
+               for i, item in enumerate(job.outputs)]
+    for path, spec in fields:
+        problem = _unsupported(spec) if isinstance(spec, S3InputSpec) else None
+        if problem:
+            field, value, why = problem
+            raise InvalidInput(f"{source}: {path}.{field}: {value} {why}")
+        try:
+            parse_location(spec.S3Uri)
+        except ClientError as exc:
+            raise InvalidInput(f"{source}: {path}.S3Uri: {exc.message}") from exc
 
 
 def _no_objects(uri: str) -> ClientError:
@@ -58,11 +90,24 @@ def _no_objects(uri: str) -> ClientError:
                        f"controller's credentials may list it")
 
 
-def _deduplicated(objects: list[InputObject]) -> list[InputObject]:
-    seen: dict[str, InputObject] = {}
+def _without_collisions(objects: list[InputObject]) -> list[InputObject]:
+    """Each object at its own path: one listed twice (a manifest may repeat an entry) is placed
+    once; two objects at one path, or one at a path another needs as a directory, are
+    refused naming both (before any host is touched)."""
+    placed: dict[str, InputObject] = {}
     for obj in objects:
-        seen.setdefault(obj.relative, obj)
-    return list(seen.values())
+        other = placed.setdefault(obj.relative, obj)
+        if other.source != obj.source:
+            raise ClientError(f"{other.name} and {obj.name} collide under LocalPath: both would land at "
+                              f"{obj.relative!r}; refused")
+    for relative, obj in placed.items():
+        parts = relative.split("/")
+        for depth in range(1, len(parts)):
+            parent = placed.get("/".join(parts[:depth]))
+            if parent is not None:
+                raise ClientError(f"{parent.name} and {obj.name} collide under LocalPath: {parent.relative!r} "
+                                  f"would be both a file and a directory; refused")
+    return list(placed.values())
 
 
 async def list_input(spec: S3InputSpec, s3) -> list[InputObject]:
@@ -80,7 +125,7 @@ async def list_input(spec: S3InputSpec, s3) -> list[InputObject]:
                    for o in await s3.list(location) if not (o.location.key.endswith("/") and o.size == 0)]
     if not objects:
         raise _no_objects(spec.S3Uri)
-    unique = _deduplicated(objects)
+    unique = _without_collisions(objects)
     log.debug("input %s (%s): %d objects, %d bytes%s", location, spec.S3DataType, len(unique),
               sum(o.size for o in unique),
               f" ({len(objects) - len(unique)} duplicate paths dropped)" if len(unique) < len(objects) else "")

@@ -223,6 +223,74 @@ def test_invalid_input_leaves_fleet_home_untouched(tmp_path, home, inventory, ca
     assert not home.exists() or list(home.rglob("*")) == []
 
 
+# -- refused before anything is recorded, in both modes (exit 2) ----------------------------------
+
+def with_input(**fields) -> dict:
+    document = request()
+    document["ProcessingInputs"][0]["S3Input"].update(fields)
+    return document
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"S3InputMode": "Pipe"}, "S3InputMode: Pipe is not supported"),
+    ({"S3CompressionType": "Gzip"}, "S3CompressionType: Gzip"),
+    ({"S3Uri": "https://example.com/datasets/raw/"}, "not an S3 URL"),
+])
+@pytest.mark.parametrize("mode", [["--dry-run"], []])
+def test_what_fleet_cannot_do_is_refused_before_anything_is_recorded(tmp_path, home, inventory, capsys,
+                                                                      fields, words, mode):
+    job = write_job(tmp_path, with_input(**fields))
+    code = main(["run", *mode, "--inventory", str(inventory), str(job)])
+    assert_refused(capsys, code, str(job), "ProcessingInputs[0].S3Input.", words)
+    assert not home.exists() or list(home.rglob("*")) == []
+
+
+def test_instance_count_above_the_inventory_names_the_inventory_file(tmp_path, home, inventory, capsys):
+    job = write_job(tmp_path, request(count=5))
+    assert_refused(capsys, dry_run(job, inventory), "InstanceCount is 5 but the inventory has 3 host(s)",
+                   str(inventory))
+
+
+def test_instance_count_above_one_without_inventory_says_this_machine_alone(tmp_path, home, capsys):
+    job = write_job(tmp_path, request(count=2))
+    code = main(["run", "--dry-run", str(job)])
+    assert_refused(capsys, code, "InstanceCount is 2", "this machine alone (no --inventory)")
+
+
+def test_instance_preferences_of_sdk_v3_run(tmp_path, home, inventory, capsys):
+    document = request()
+    document["ProcessingResources"]["ClusterConfig"] = {
+        "InstanceCount": 2, "VolumeSizeInGB": 30,
+        "InstancePreferences": [{"InstanceType": "ml.g5.xlarge"}, {"InstanceType": "ml.g4dn.xlarge"}]}
+    assert dry_run(write_job(tmp_path, document), inventory) == 0
+    captured = capsys.readouterr()
+    assert list(sections(captured.out)) == ["algo-1", "algo-2"]
+    assert "InstancePreferences: ignored" in captured.err
+
+
+# -- usage, --version, --help ----------------------------------------------------------------------
+
+def test_fleet_alone_prints_the_help_and_exits_2(home, capsys):
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert "usage: fleet" in err and "run" in err and "exit codes" in err
+
+
+def test_version_prints_the_package_version(home, capsys):
+    from importlib.metadata import version
+    assert main(["--version"]) == 0
+    assert capsys.readouterr().out.strip() == f"fleet {version('fleet')}"
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["run", "--help"]])
+def test_help_names_the_exit_codes_and_fleet_home(home, capsys, argv):
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    for code in ("0 ", "1 ", "2 ", "124", "130"):
+        assert f"\n  {code}" in out
+    assert "FLEET_HOME" in out
+
+
 # -- Environment values are secrets: never on a terminal line -------------------------------------
 
 def test_dry_run_prints_environment_keys_with_values_masked(tmp_path, home, inventory, capsys):

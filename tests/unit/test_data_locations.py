@@ -143,9 +143,9 @@ def test_a_path_that_could_land_outside_local_path_is_refused_naming_it(relative
 
 @pytest.mark.parametrize("key, prefix, relative", [
     ("in/a.csv", "in/", "a.csv"),
-    ("in/a.csv", "in", "a.csv"),
+    ("in/a.csv", "in", "in/a.csv"),
     ("in/sub/deep/a.csv", "in/", "sub/deep/a.csv"),
-    ("in/sub/deep/a.csv", "in/sub", "deep/a.csv"),
+    ("in/sub/deep/a.csv", "in/sub", "sub/deep/a.csv"),
     ("in/a.csv", "", "in/a.csv"),
     ("a.csv", "", "a.csv"),
 ])
@@ -162,3 +162,28 @@ def test_a_prefix_naming_one_object_exactly_places_it_under_its_own_name(key):
 def test_an_empty_component_after_the_prefix_is_kept_so_that_it_is_refused(key, prefix):
     with pytest.raises(ClientError, match="would land outside"):
         safe_relative_path(relative_to_prefix(key, prefix), f"S3 key s3://b/{key}")
+
+
+# -- where SageMaker puts an object: its key after the prefix's last '/' -------------------------
+
+@pytest.mark.parametrize("key, prefix, relative", [
+    ("data/input.csv", "data/in", "input.csv"),    # a prefix ending mid-name keeps the whole name
+    ("data/in/a", "data/in", "in/a"),              # ... and the directory it names
+    ("data/in/a", "data/in/", "a"),
+    ("data/in/sub/a", "data/in/s", "sub/a"),
+    ("in/sub/train.csv.bak", "in/sub/train.csv", "train.csv.bak"),
+    ("input.csv", "in", "input.csv"),              # a prefix without '/': the key itself
+])
+def test_a_prefix_ending_mid_name_keeps_the_rest_of_the_name(key, prefix, relative):
+    assert relative_to_prefix(key, prefix) == relative
+
+
+# -- messages: the forms fleet takes --------------------------------------------------------------
+
+@pytest.mark.parametrize("uri", ["https://example.com/bucket/key", "gs://bucket/k"])
+def test_an_uri_fleet_cannot_read_names_every_form_it_takes(uri):
+    with pytest.raises(ClientError) as caught:
+        parse_location(uri)
+    for form in ("s3://bucket/prefix", "https://bucket.s3.region.amazonaws.com/prefix",
+                 "https://s3.region.amazonaws.com/bucket/prefix", "file:///absolute/path"):
+        assert form in caught.value.message

@@ -11,10 +11,10 @@ from collections import Counter
 
 import pytest
 
-from fleet.contract.job import S3InputSpec
+from fleet.contract.job import ProcessingJob, S3InputSpec, parse_job
 from fleet.data.locations import S3Location, S3Object
-from fleet.data.sources import InputObject, assignments, check_supported, list_input, shard
-from fleet.errors import ClientError
+from fleet.data.sources import InputObject, assignments, check_job_data, check_supported, list_input, shard
+from fleet.errors import ClientError, InvalidInput
 
 LOCAL_PATH = "/opt/ml/processing/input/data"
 
@@ -60,7 +60,7 @@ def obj(key: str, size: int = 1) -> InputObject:
 
 # -- S3Prefix ----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("uri", ["s3://b/in/", "s3://b/in",
+@pytest.mark.parametrize("uri", ["s3://b/in/",
                                  "https://b.s3.us-east-1.amazonaws.com/in/",
                                  "https://s3.us-east-1.amazonaws.com/b/in/"])
 async def test_s3_prefix_places_every_object_at_its_key_relative_to_the_prefix(uri):
@@ -312,3 +312,71 @@ async def test_a_manifest_in_s3_may_not_point_at_the_controllers_files():
     spec = S3InputSpec(S3Uri="s3://b/manifest.json", LocalPath="/opt/ml/processing/in", S3DataType="ManifestFile")
     with pytest.raises(ClientError, match="prefix file:///etc/ is on the controller; refused"):
         await list_input(spec, _S3())
+
+
+# -- SageMaker's placement under a prefix without a trailing '/'; collisions --------------------
+
+async def test_s3_prefix_ending_mid_name_keeps_the_whole_file_name():
+    s3 = FakeS3({"b/data/input.csv": b"i", "b/data/in/a.csv": b"a", "b/data/other.csv": b"o"})
+    objects = await list_input(spec("s3://b/data/in"), s3)
+    assert placed(objects) == {"input.csv": "s3://b/data/input.csv", "in/a.csv": "s3://b/data/in/a.csv"}
+
+
+async def test_an_object_and_a_directory_of_the_same_name_are_refused_naming_both_keys():
+    s3 = FakeS3({"b/data/in": b"file", "b/data/in/a.csv": b"a"})
+    with pytest.raises(ClientError, match="collide") as caught:
+        await list_input(spec("s3://b/data/in"), s3)
+    assert "s3://b/data/in and s3://b/data/in/a.csv" in caught.value.message
+
+
+async def test_manifest_entries_that_collide_are_refused_naming_both():
+    s3 = FakeS3({"b/m.json": manifest({"prefix": "s3://data/p/"}, "a", "a/b.csv"),
+                 "data/p/a": b"a", "data/p/a/b.csv": b"b"})
+    with pytest.raises(ClientError, match="collide") as caught:
+        await list_input(spec("s3://b/m.json", "ManifestFile"), s3)
+    assert "s3://data/p/a" in caught.value.message and "s3://data/p/a/b.csv" in caught.value.message
+
+
+async def test_a_manifest_entry_listed_twice_is_placed_once():
+    s3 = FakeS3({"b/m.json": manifest({"prefix": "s3://data/p/"}, "a.csv", "a.csv"), "data/p/a.csv": b"a"})
+    assert placed(await list_input(spec("s3://b/m.json", "ManifestFile"), s3)) == {"a.csv": "s3://data/p/a.csv"}
+
+
+# -- what fleet cannot do is refused before anything is recorded (exit 2, naming file and field) --
+
+def job_with(**s3_input) -> ProcessingJob:
+    fields = {"S3Uri": "s3://b/in/", "LocalPath": LOCAL_PATH, "S3DataType": "S3Prefix", **s3_input}
+    return parse_job({"ProcessingJobName": "j",
+                      "ProcessingResources": {"ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge",
+                                                                "VolumeSizeInGB": 1}},
+                      "AppSpecification": {"ImageUri": "img"},
+                      "ProcessingInputs": [{"InputName": "raw", "S3Input": fields}],
+                      "ProcessingOutputConfig": {"Outputs": [{"OutputName": "out", "S3Output": {
+                          "S3Uri": "s3://b/out/", "LocalPath": "/opt/ml/processing/out",
+                          "S3UploadMode": "EndOfJob"}}]}}, "job.json")
+
+
+@pytest.mark.parametrize("fields, words", [
+    ({"S3InputMode": "Pipe"}, "ProcessingInputs[0].S3Input.S3InputMode: Pipe is not supported"),
+    ({"S3CompressionType": "Gzip"}, "ProcessingInputs[0].S3Input.S3CompressionType: Gzip"),
+    ({"S3Uri": "https://example.com/bucket/in/"}, "ProcessingInputs[0].S3Input.S3Uri: https://example.com/bucket/in/"),
+    ({"S3Uri": "https://s3.us-east-1.amazonaws.com/"}, "ProcessingInputs[0].S3Input.S3Uri"),
+])
+def test_what_fleet_cannot_do_is_invalid_input_naming_the_file_and_field(fields, words):
+    with pytest.raises(InvalidInput) as caught:
+        check_job_data(job_with(**fields), "job.json")
+    assert caught.value.exit_code == 2
+    assert caught.value.message.startswith("job.json: ")
+    assert words in caught.value.message
+
+
+def test_an_output_uri_fleet_cannot_read_is_invalid_input():
+    job = job_with()
+    document = job.model_dump(exclude_none=True)
+    document["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"] = "https://example.com/out/"
+    with pytest.raises(InvalidInput, match=r"ProcessingOutputConfig\.Outputs\[0\]\.S3Output\.S3Uri"):
+        check_job_data(parse_job(document, "job.json"), "job.json")
+
+
+def test_a_job_fleet_can_run_passes_the_data_check():
+    assert check_job_data(job_with(S3Uri="https://b.s3.us-east-1.amazonaws.com/in/"), "job.json") is None

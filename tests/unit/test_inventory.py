@@ -202,8 +202,9 @@ def test_host_key_checking_modes_are_accepted(mode):
     assert host.host_key_checking == mode
 
 
-@pytest.mark.parametrize("mode", ["yes", "no", "Strict", "", False])
+@pytest.mark.parametrize("mode", ["yes", "no", "Strict", "", "false", 0])
 def test_other_host_key_checking_values_are_refused(mode):
+    # Quoted words other than the three modes are refused; YAML's unquoted booleans are not (below).
     assert "hosts[0].host_key_checking" in refused({"hosts": [{"address": "a", "host_key_checking": mode}]})
 
 
@@ -240,3 +241,48 @@ def test_workdir_of_a_local_host_may_start_with_tilde():
     host = parse_inventory({"hosts": [{"address": "l", "transport": "local", "workdir": "~/fleet"}]},
                            SOURCE).hosts[0]
     assert not host.job_root.startswith("~")
+
+
+# -- host_key_checking as YAML reads it; messages name where a value was written ----------------
+
+def test_unquoted_off_as_the_readme_shows_it_turns_checking_off(tmp_path: Path):
+    # YAML reads an unquoted `off` as the boolean false.
+    inventory = load_inventory(write(tmp_path, "defaults:\n  host_key_checking: off\nhosts:\n  - address: a.lab\n"))
+    assert inventory.hosts[0].host_key_checking == "off"
+
+
+@pytest.mark.parametrize("word, mode", [("off", "off"), ("no", "off"), ("false", "off"),
+                                        ("on", "strict"), ("yes", "strict"), ("true", "strict"),
+                                        ("'off'", "off"), ("accept-new", "accept-new")])
+def test_yaml_booleans_for_host_key_checking_mean_off_and_strict(tmp_path: Path, word, mode):
+    inventory = load_inventory(write(tmp_path, f"hosts:\n  - address: a.lab\n    host_key_checking: {word}\n"))
+    assert inventory.hosts[0].host_key_checking == mode
+
+
+def test_a_bad_value_in_defaults_is_named_as_defaults_once():
+    message = refused({"defaults": {"host_key_checking": "maybe"},
+                       "hosts": [{"address": "a"}, {"address": "b"}, {"address": "c"}]})
+    assert f"{SOURCE}: defaults.host_key_checking:" in message
+    assert "hosts[" not in message
+    assert message.count("defaults.host_key_checking") == 1
+    assert "strict, accept-new or off" in message
+
+
+def test_a_bad_value_on_a_host_is_named_as_that_host():
+    message = refused({"defaults": {"host_key_checking": "strict"},
+                       "hosts": [{"address": "a"}, {"address": "b"}, {"address": "c", "host_key_checking": "maybe"}]})
+    assert f"{SOURCE}: hosts[2].host_key_checking:" in message
+    assert "defaults" not in message
+
+
+def test_a_bad_port_in_defaults_is_named_as_defaults():
+    message = refused({"defaults": {"port": 0}, "hosts": [{"address": "a"}, {"address": "b", "port": 22}]})
+    assert f"{SOURCE}: defaults.port:" in message
+    assert "hosts[" not in message
+
+
+def test_a_missing_identity_file_from_defaults_is_named_as_defaults(tmp_path: Path):
+    missing = tmp_path / "no-such-key"
+    message = refused({"defaults": {"identity_file": str(missing)}, "hosts": [{"address": "a"}, {"address": "b"}]})
+    assert f"defaults.identity_file {missing} does not exist" in message
+    assert "hosts[" not in message

@@ -539,3 +539,89 @@ def test_instance_type_notice_is_always_given_and_names_the_type():
     assert len(notices) == 1
     assert notices[0].startswith("ProcessingResources.ClusterConfig.InstanceType: ignored")
     assert "ml.m5.xlarge" in notices[0]
+
+
+# -- the newest API: ClusterConfig.InstancePreferences (botocore's service model) -----------------
+
+def with_preferences(*preferences: dict, **fields) -> dict:
+    document = request()
+    cluster = document["ProcessingResources"]["ClusterConfig"]
+    del cluster["InstanceType"]
+    cluster.pop("InstanceCount")
+    cluster.update(fields)
+    cluster["InstancePreferences"] = list(preferences)
+    return document
+
+
+def test_instance_preferences_without_instance_type_are_accepted_with_one_count_for_the_job():
+    # What SDK v3's instance_preferences= sends: no InstanceType, ClusterConfig.InstanceCount for all.
+    job = parse_job(with_preferences({"InstanceType": "ml.g5.xlarge"}, {"InstanceType": "ml.g4dn.xlarge"},
+                                     InstanceCount=3), SOURCE)
+    assert job.instance_count == 3
+    assert job.instance_type == "ml.g5.xlarge"
+
+
+def test_instance_preferences_with_a_count_each_run_on_the_first_preferences_count():
+    job = parse_job(with_preferences({"InstanceType": "ml.g5.xlarge", "InstanceCount": 2},
+                                     {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 4}), SOURCE)
+    assert job.instance_count == 2
+
+
+def test_instance_preferences_are_ignored_with_a_notice_naming_them():
+    job = parse_job(with_preferences({"InstanceType": "ml.g5.xlarge"}, {"InstanceType": "ml.g4dn.xlarge"},
+                                     InstanceCount=2), SOURCE)
+    notices = ignored_fields(job)
+    assert len(notices) == 1
+    assert notices[0].startswith("ProcessingResources.ClusterConfig.InstancePreferences: ignored")
+    assert "ml.g5.xlarge" in notices[0] and "ml.g4dn.xlarge" in notices[0]
+
+
+@pytest.mark.parametrize("preferences, fields, words", [
+    ([{"InstanceType": "ml.g5.xlarge"}], {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1},
+     "mutually exclusive with InstanceType"),
+    ([{"InstanceType": "ml.g5.xlarge", "InstanceCount": 2}], {"InstanceCount": 2}, "both"),
+    ([{"InstanceType": "ml.g5.xlarge", "InstanceCount": 2}, {"InstanceType": "ml.g4dn.xlarge"}], {},
+     "every preference or on none"),
+    ([{"InstanceType": "ml.g5.xlarge"}], {}, "InstanceCount"),
+    ([{"InstanceType": "ml.g5.xlarge"}, {"InstanceType": "ml.g5.xlarge"}], {"InstanceCount": 1},
+     "appears twice"),
+    ([], {"InstanceCount": 1}, "at least 1"),
+    ([{"InstanceType": f"ml.m5.{n}xlarge"} for n in range(2, 8)], {"InstanceCount": 1}, "at most 5"),
+    ([{"InstanceCount": 1}], {}, "InstanceType"),
+    ([{"InstanceType": "ml.g5.xlarge", "InstanceCount": 0}], {}, "InstanceCount"),
+])
+def test_instance_preferences_follow_the_api_rules(preferences, fields, words):
+    message = refused(with_preferences(*preferences, **fields))
+    assert "ProcessingResources.ClusterConfig" in message
+    assert words in message
+
+
+def test_instance_count_defaults_to_1_as_the_api_documents():
+    document = request()
+    del document["ProcessingResources"]["ClusterConfig"]["InstanceCount"]
+    assert parse_job(document, SOURCE).instance_count == 1
+
+
+def test_neither_instance_type_nor_instance_preferences_is_refused():
+    document = request()
+    del document["ProcessingResources"]["ClusterConfig"]["InstanceType"]
+    assert "one of InstanceType or InstancePreferences" in refused(document)
+
+
+@pytest.mark.parametrize("field, value", [("SelectedInstanceType", "ml.g5.xlarge"), ("SelectedInstanceCount", 2)])
+def test_read_only_selected_instance_fields_are_refused_saying_why(field, value):
+    message = refused(with_cluster(**{field: value}))
+    assert f"ProcessingResources.ClusterConfig.{field}: read-only" in message
+
+
+# -- messages: S3Uri says which forms are allowed, not a regex ------------------------------------
+
+@pytest.mark.parametrize("uri", ["ftp://bucket/raw", "bucket/raw", "file://relative/path", "S3://bucket/x"])
+def test_a_bad_s3_uri_names_the_allowed_forms_not_a_regex(uri):
+    message = refused(request(ProcessingInputs=[s3_input(S3Uri=uri)]))
+    assert "ProcessingInputs[0].S3Input.S3Uri" in message
+    assert "pattern" not in message and "(https|s3)" not in message
+    for form in ("s3://bucket/prefix", "https://bucket.s3.region.amazonaws.com/", "https://s3.region.amazonaws.com/bucket/",
+                 "file:///"):
+        assert form in message
+    assert repr(uri) in message
