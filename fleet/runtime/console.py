@@ -1,13 +1,69 @@
-"""What the user sees while a job runs: `[algo-k] line` for logs, `fleet: ...` notices."""
+"""What the user sees while a job runs: `[algo-k] line` for logs, `fleet: ...` notices.
+
+Container bytes are the container's to choose, and a hostile or broken one can print
+anything: escape sequences that clear the screen, retitle the window, set the clipboard
+(OSC 52), or a CR that overwrites the line before it; and a line that never ends. So what
+reaches the terminal from a container, or quotes one (file names, docker's words), is
+made visible (`visible`): after decoding UTF-8 (undecodable bytes become `\\xNN`), every C0
+control but TAB, DEL, and every C1 control (U+0080..U+009F, the 8-bit CSI 0x9b among them)
+is shown as `\\xNN`. A CR right before a newline (CRLF line ends) is dropped, any other is
+shown. This is done always, not only when stdout or stderr is a terminal: fleet's output
+is often a file (a Slurm job's output, `| tee`) that is later `cat`-ed or `tail -f`-ed in
+a terminal, where the escapes would act all the same; and the same bytes on a terminal and
+in a file are easier to trust and to grep. Nothing is lost: the raw bytes are in the stored
+log (`$FLEET_HOME/jobs/NAME/logs/algo-k.log`, written by the instance, not from here), and
+`fleet logs NAME --host algo-k` prints them raw, on purpose. A backslash the container
+printed is left alone, so `\\x1b` on the console may also be those four characters: the
+stored log tells them apart.
+
+A line is printed when it ends, and at most LINE_LIMIT bytes of it: a longer one is
+printed cut (marked `[line cut at 64 KiB]`), the rest is counted, not kept, and when its
+newline comes a line says how many bytes were not shown. Each chunk costs time in the
+event loop proportional to its own size, and a host's pending line is at most LINE_LIMIT
+bytes, whatever the container prints.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import sys
 import time
 from collections.abc import AsyncIterator
 from typing import BinaryIO, TextIO
+
+LINE_LIMIT = 64 * 1024  # bytes of one line printed; the rest is counted, not kept
+CUT_MARK = " [line cut at 64 KiB]"
+
+# C0 controls but TAB (0x09); LF (0x0a) too: it never is inside a line, but a notice's
+# text is split on it first. DEL, and the C1 controls.
+_CONTROLS = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f]")
+_CONTROL_BYTES = re.compile(b"[\x00-\x08\x0a-\x1f\x7f]")  # for ASCII-only lines (no C1 there)
+
+
+def _escape(match: re.Match[str]) -> str:
+    return f"\\x{ord(match[0]):02x}"
+
+
+def _escape_byte(match: re.Match[bytes]) -> bytes:
+    return b"\\x%02x" % match[0][0]
+
+
+def visible(text: str) -> str:
+    """`text` with its control characters shown as `\\xNN` (see the module's docstring)."""
+    return _CONTROLS.sub(_escape, text)
+
+
+def visible_line(raw: bytes, ended: bool = True) -> bytes:
+    """One line of container output (without its newline) as it is printed: decoded as
+    UTF-8 (undecodable bytes as `\\xNN`), a CR at its end dropped (unless it did not
+    end: cut), controls made visible; UTF-8 again."""
+    if ended and raw.endswith(b"\r"):
+        raw = raw[:-1]
+    if raw.isascii():
+        return _CONTROL_BYTES.sub(_escape_byte, raw)
+    return visible(raw.decode("utf-8", "backslashreplace")).encode()
 
 
 class Console:
@@ -16,33 +72,95 @@ class Console:
         self.err = err or sys.stderr
 
     def notice(self, message: str) -> None:
-        for line in message.splitlines() or [""]:
-            print(f"fleet: {line}", file=self.err, flush=True)
+        """`fleet: ...`, a line per line of `message`, its controls made visible: notices
+        quote what the hosts and containers said (file names, docker's words)."""
+        lines = message.split("\n")
+        if len(lines) > 1 and not lines[-1]:
+            lines.pop()
+        for line in lines:
+            print("fleet: " + visible(line.removesuffix("\r")), file=self.err, flush=True)
 
     def host_lines(self, algo: str) -> HostLines:
         return HostLines(self.out, f"[{algo}] ".encode())
 
 
 class HostLines:
-    """Turns one host's output chunks into prefixed lines; a partial line waits for its end."""
+    """Turns one host's output chunks into prefixed, visible lines (`visible_line`); a
+    partial line waits for its end, up to `limit` bytes: then it is printed cut, and the
+    rest of it is counted until its newline (or the stream's end), then said. Time per
+    chunk is linear in the chunk; memory is at most `limit` bytes."""
 
-    def __init__(self, out: BinaryIO, prefix: bytes) -> None:
+    def __init__(self, out: BinaryIO, prefix: bytes, limit: int = LINE_LIMIT) -> None:
         self.out = out
         self.prefix = prefix
-        self.partial = b""
+        self.limit = limit
+        self.partial = bytearray()  # the line so far, at most `limit` bytes
+        self.dropped: int | None = None  # bytes of a cut line not shown so far; None: not cutting
 
     def feed(self, chunk: bytes) -> None:
-        lines = (self.partial + chunk).split(b"\n")
-        self.partial = lines.pop()
-        if lines:
-            self.out.write(b"".join(self.prefix + line + b"\n" for line in lines))
-            self.out.flush()
+        printed: list[bytes] = []
+        pos, size = 0, len(chunk)
+        while pos < size:
+            newline = chunk.find(b"\n", pos)
+            end = size if newline < 0 else newline
+            if self.dropped is not None:
+                self.dropped += end - pos
+            elif not self.partial and newline >= 0 and end - pos <= self.limit:
+                printed.append(self.prefix + visible_line(chunk[pos:end]) + b"\n")  # a whole line: no copy kept
+                pos = newline + 1
+                continue
+            else:
+                take = min(end - pos, self.limit - len(self.partial))
+                self.partial += chunk[pos:pos + take]
+                if take < end - pos:  # the line goes on past the limit: print what there is, cut
+                    printed.append(self._cut(end - pos - take))
+            if newline < 0:
+                break
+            printed.append(self._ended())
+            pos = newline + 1
+        self._write(printed)
 
     def flush(self) -> None:
-        if self.partial:
-            self.out.write(self.prefix + self.partial + b"\n")
+        """The stream ended (or stops for now): print its unfinished line, if any."""
+        if self.partial or self.dropped is not None:
+            self._write([self._ended()])
+
+    def _cut(self, beyond: int) -> bytes:
+        keep = _whole_characters(self.partial)
+        line = self.prefix + visible_line(bytes(self.partial[:keep]), ended=False) + CUT_MARK.encode() + b"\n"
+        self.dropped = len(self.partial) - keep + beyond
+        self.partial.clear()
+        return line
+
+    def _ended(self) -> bytes:
+        """The current line ended: it, or what was not shown of it."""
+        if self.dropped is not None:
+            said = f"[line cut: {self.dropped:,} more bytes not shown; the stored log has them]\n"
+            line = self.prefix + said.encode()
+            self.dropped = None
+            return line
+        line = self.prefix + visible_line(bytes(self.partial)) + b"\n"
+        self.partial.clear()
+        return line
+
+    def _write(self, printed: list[bytes]) -> None:
+        if printed:
+            self.out.write(b"".join(printed))
             self.out.flush()
-            self.partial = b""
+
+
+def _whole_characters(data: bytearray) -> int:
+    """How many bytes of `data` to print so that it does not end inside a UTF-8 character
+    (at most 3 fewer; bytes that are not UTF-8 are left to the decoder)."""
+    size = len(data)
+    for back in range(1, min(4, size) + 1):
+        byte = data[size - back]
+        if byte < 0x80:
+            return size
+        if byte >= 0xC0:  # a lead byte: the character needs 2, 3 or 4 bytes
+            need = 2 if byte < 0xE0 else 3 if byte < 0xF0 else 4
+            return size if back >= need else size - back
+    return size
 
 
 class Progress:
