@@ -166,11 +166,13 @@ def kill(plan: HostPlan) -> list[str]:
     return [*plan.docker, "kill", plan.container]
 
 
-def cleanup(plan: HostPlan, keep: bool, docker_timeout: int) -> list[str]:
+def cleanup(plan: HostPlan, keep: bool, docker_timeout: int, *, started: bool = True) -> list[str]:
     """Remove this run's container and (unless `keep`) its job directory; idempotent. For
-    hosts whose session did not get to clean up itself."""
+    hosts whose session did not get to clean up itself. When docker does not answer in time
+    and the container was `started` (it may run on), everything stays for `fleet gc`
+    (status 3)."""
     args = [plan.container, plan.job_dir, plan.job_parent, plan.run_file, RUN_LABEL, plan.run_id,
-            "keep" if keep else "remove"]
+            "keep" if keep else "remove", "started" if started else "unstarted"]
     return _with_docker(plan.docker, "cleanup", args, docker_timeout)
 
 

@@ -1,14 +1,18 @@
 # shellcheck shell=sh
 # Remove the container and (unless kept) the job directory, but only this run's; for hosts
 # whose session did not get to clean up itself. Idempotent. After docker.sh.
-# Arguments: NAME JOB_DIR JOB_PARENT RUN_FILE RUN_LABEL RUN keep|remove
-name=$1 job_dir=$2 job_parent=$3 run_file=$4 run_label=$5 run=$6 keep=$7
+# Arguments: NAME JOB_DIR JOB_PARENT RUN_FILE RUN_LABEL RUN keep|remove started|unstarted
+name=$1 job_dir=$2 job_parent=$3 run_file=$4 run_label=$5 run=$6 keep=$7 started=$8
+# silent: docker did not answer in time (124). A container that was started may run on:
+# then everything stays, for `fleet gc` (status 3); one never started runs nothing.
+silent() {
+  [ "$1" -eq 124 ] && [ "$started" = started ] && exit 3
+}
 owner=$(d_bounded inspect --format "{{index .Config.Labels \"$run_label\"}}" "$name" 2>/dev/null)
-# 124: docker did not answer in time. The container may run on: everything stays, for `fleet gc`.
-if [ $? -eq 124 ]; then exit 3; fi
+silent $?
 if [ "$owner" = "$run" ]; then
   d_bounded rm --force "$name" >/dev/null 2>&1
-  if [ $? -eq 124 ]; then exit 3; fi
+  silent $?
 fi
 if [ "$keep" != keep ]; then
   if [ -d "$job_dir" ]; then

@@ -365,7 +365,8 @@ class Instance:
                 log.debug("%s: the session did not clean up within %s s", self.algo, bound)
         try:
             async with asyncio.timeout(bound):
-                result = await self.transport.run(scripts.cleanup(plan, keep, self.options.docker_timeout))
+                result = await self.transport.run(
+                    scripts.cleanup(plan, keep, self.options.docker_timeout, started=self.has("started")))
         except TimeoutError as exc:
             raise HostError(self.label, f"cleanup did not finish within {bound} s; "
                                         f"container {plan.container} may remain") from exc

@@ -196,7 +196,7 @@ def test_cleanup_passes_every_user_value_as_a_positional_argument():
         assert argv[:2] == ["sh", "-c"] and argv[3] == "fleet-cleanup"
         assert plan.job_dir not in argv[2] and plan.container not in argv[2] and "zq-" not in argv[2]
         assert argv[4:] == ["20", "1", "docker", plan.container, plan.job_dir, plan.job_parent, plan.run_file,
-                            RUN_LABEL, RUN, "keep" if keep else "remove"]
+                            RUN_LABEL, RUN, "keep" if keep else "remove", "started"]
 
 
 def test_stop_and_kill_name_the_container_after_the_hosts_docker_command():
@@ -258,6 +258,7 @@ def test_session_argv_survives_shlex_join_and_split():
 
 FAKE_DOCKER = r"""#!/bin/sh
 printf '%s\n' "$1" >> "$FAKE_DIR/calls"
+if [ -n "$FAKE_HANG" ]; then sleep 5; fi  # a docker daemon that does not answer
 case "$1" in
   image) [ -n "$FAKE_NO_IMAGE" ] && { echo "Error: No such image: zq" >&2; exit 1; }; exit 0 ;;
   create)
@@ -431,6 +432,20 @@ def test_cleanup_removes_the_job_dir_unless_kept(tmp_path: Path, keep, kept):
     assert result.returncode == 0
     assert job_dir.exists() is kept
     assert "rm" in fake.calls
+
+
+@pytest.mark.parametrize("started, status, kept", [(True, 3, True), (False, 0, False)])
+def test_cleanup_with_a_silent_docker_leaves_a_started_container_and_its_dir_for_gc(
+        tmp_path: Path, started, status, kept):
+    fake = FakeHost(tmp_path)
+    job_dir = Path(fake.plan.job_dir)
+    Path(fake.plan.message_file).parent.mkdir(parents=True)
+    (job_dir / ".fleet-run").write_text(f"{RUN}\n{CONTROLLER}\n")
+    argv = hostscripts.cleanup(fake.plan, False, 1, started=started)
+    result = subprocess.run(["sh", "-c", shlex.join(argv)], env={**fake.env, "FAKE_HANG": "1"},
+                            capture_output=True, timeout=20)
+    assert result.returncode == status
+    assert job_dir.exists() is kept
 
 
 # -- resuming a session; runs and their job directories --------------------------------------------
