@@ -61,8 +61,8 @@ def processing_job_config(job: ProcessingJob, arn: str) -> dict[str, Any]:
         },
         "ProcessingResources": {
             "ClusterConfig": {
-                "InstanceCount": cluster.InstanceCount,
-                "InstanceType": cluster.InstanceType,
+                "InstanceCount": job.instance_count,  # the count and type the job runs with
+                "InstanceType": job.instance_type,  # (InstancePreferences: the first)
                 "VolumeSizeInGB": cluster.VolumeSizeInGB,
                 "VolumeKmsKeyId": cluster.VolumeKmsKeyId,
             }

@@ -202,3 +202,17 @@ def test_config_files_are_utf8_json_ending_in_a_newline():
     encoded = configfiles.encode({"Environment": {"K": "é"}})
     assert encoded.endswith(b"\n")
     assert json.loads(encoded.decode("utf-8")) == {"Environment": {"K": "é"}}
+
+
+def test_processingjobconfig_names_the_instance_type_and_count_the_job_runs_with():
+    # InstancePreferences (SDK v3) instead of InstanceType, a count on each preference: the
+    # container reads the first preference's type and count, never null.
+    document = request()
+    document["ProcessingResources"] = {"ClusterConfig": {"VolumeSizeInGB": 30, "InstancePreferences": [
+        {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1}, {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 2}]}}
+    job = parse_job(document, "job.json")
+    host = Host(address="h1", ip="10.0.0.1", user="u", workdir="/w")
+    plan = plan_cluster(job, [host], ["10.0.0.1"], stop_grace=30, region=REGION, account=ACCOUNT)
+    cluster = json.loads(plan.hosts[0].files["config/processingjobconfig.json"])["ProcessingResources"]["ClusterConfig"]
+    assert cluster["InstanceType"] == "ml.g5.xlarge"
+    assert cluster["InstanceCount"] == 1
