@@ -359,6 +359,8 @@ async def _asynchronous(args: argparse.Namespace, console: Console) -> int:
         return await leftovers.collect_garbage(inventory, JobStore(fleet_home()), console,
                                               dry_run=args.dry_run, docker_timeout=args.docker_timeout)
     job = load_job(args.job) if args.job else None
+    if job is not None:
+        check_job_data(job, str(args.job))  # what `fleet run` would refuse, refused here too
     return await preflight.check(inventory, job, console, docker_timeout=args.docker_timeout)
 
 
