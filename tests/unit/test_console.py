@@ -131,6 +131,13 @@ def test_control_characters_in_a_line_are_shown_not_acted_on(raw, shown):
     assert printed(raw + b"\n") == b"[algo-1] " + shown + b"\n"
 
 
+def test_many_lines_in_one_chunk_are_each_shown_so():
+    chunk = b"a\r\nb\x1b[0m\r\n" + "naïve".encode() + b"\r\nbad \xff byte\ttab\r\n\r\nlast"
+    assert printed(b"first ", chunk, flush=True) == (
+        "[algo-1] first a\n[algo-1] b\\x1b[0m\n[algo-1] naïve\n[algo-1] bad \\xff byte\ttab\n"
+        "[algo-1] \n[algo-1] last\n").encode()
+
+
 def test_control_characters_in_an_unfinished_or_cut_line_are_shown():
     assert printed(b"\x1b[31mred", flush=True) == b"[algo-1] \\x1b[31mred\n"
     lines, out = host(limit=8)
