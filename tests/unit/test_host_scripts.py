@@ -259,6 +259,8 @@ def test_session_argv_survives_shlex_join_and_split():
 FAKE_DOCKER = r"""#!/bin/sh
 printf '%s\n' "$1" >> "$FAKE_DIR/calls"
 if [ -n "$FAKE_HANG" ]; then sleep 5; fi  # a docker daemon that does not answer
+# a daemon that is down: every command that needs it says so
+if [ -n "$FAKE_DOWN" ]; then echo "Cannot connect to the Docker daemon" >&2; exit 1; fi
 case "$1" in
   image) [ -n "$FAKE_NO_IMAGE" ] && { echo "Error: No such image: zq" >&2; exit 1; }; exit 0 ;;
   create)
@@ -285,7 +287,7 @@ case "$1" in
       *) echo "${FAKE_RUN:-zq0run}" ;;
     esac ;;
   info) echo "${FAKE_RUNTIMES:-{\"runc\":{}\}}" ;;
-  version) [ -n "$FAKE_DOWN" ] && { echo "Cannot connect to the Docker daemon" >&2; exit 1; }; echo 24.0.7 ;;
+  version) echo 24.0.7 ;;
   pull) [ -n "$FAKE_PULL_FAILS" ] && { echo "pull access denied for $3" >&2; exit 1; }; exit 0 ;;
   ps) printf 'container\tc1\tzq-job-7-algo-1\tzq-job-7\tzq0run\tzq-controller:/x\n' ;;
   *) echo "fake docker: unexpected $*" >&2; exit 99 ;;
