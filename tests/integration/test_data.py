@@ -273,3 +273,42 @@ def test_s3_going_away_mid_transfer_fails_the_job_cleanly(fleet, s3, bucket, clu
     assert record["FailureReason"].startswith(f"ClientError: cannot read s3://{bucket}/slow/part-")
     assert "must not run" not in out
     assert "Traceback" not in err
+
+
+# A container that swaps each directory it wrote for a symlink to a host directory, and back,
+# over and over, so that between the host's listing of its output (a directory) and the
+# archive (a symlink) some path leads into the host. The host's directory holds a file of the
+# name the container wrote; the container mounts nothing of it, it only knows the path.
+SWAPPER = (
+    'o=/opt/ml/processing/output; n=40; i=0; '
+    'while [ $i -lt $n ]; do mkdir -p $o/d$i; echo mine-$i > $o/d$i/secret.txt; i=$((i+1)); done; '
+    'end=$(( $(date +%s) + 20 )); swaps=0; '
+    'while [ $(date +%s) -lt $end ]; do i=0; while [ $i -lt $n ]; do '
+    '  if [ -L $o/d$i ]; then rm $o/d$i; mv $o/.r$i $o/d$i; else mv $o/d$i $o/.r$i; ln -s {secret} $o/d$i; fi; '
+    '  i=$((i+1)); swaps=$((swaps+1)); done; done; '
+    'i=0; while [ $i -lt $n ]; do if [ -L $o/d$i ]; then rm $o/d$i; mv $o/.r$i $o/d$i; fi; i=$((i+1)); done; '
+    'echo "swapped $swaps times"')
+
+
+def test_a_container_swapping_a_listed_directory_for_a_symlink_never_uploads_a_host_file(fleet, s3, bucket,
+                                                                                          tmp_path):
+    secret_dir = tmp_path / "host-secret"  # on the test host (the hosts share this machine's files)
+    secret_dir.mkdir()
+    token = f"HOST-SECRET-{os.urandom(8).hex()}"
+    (secret_dir / "secret.txt").write_text(token)
+    script = SWAPPER.format(secret=secret_dir)
+    chunks = [script[i:i + 200] for i in range(0, len(script), 200)]  # a word is at most 256 characters
+    job = make_job(count=1, ProcessingOutputConfig={"Outputs": [_output(f"s3://{bucket}/swap", mode="Continuous")]})
+    job["AppSpecification"]["ContainerEntrypoint"] = ["sh", "-c", 'for p; do s="$s$p"; done; eval "$s"', "swapper",
+                                                      *chunks]
+    run = _run(fleet, s3, job)
+    assert run.returncode == 0, run.stderr
+    swaps = int(_lines(run.stdout, "algo-1")[-1].split()[1])
+    assert swaps > 400, run.stdout  # the container did race the uploads
+    keys = s3.keys(bucket, "swap/")
+    bodies = {key: s3.get(bucket, key) for key in keys}
+    assert not [key for key, body in bodies.items() if token.encode() in body], run.stderr
+    # What the container wrote does arrive: its directories are back in place when it exits.
+    for i in range(40):
+        assert bodies[f"swap/d{i}/secret.txt"] == f"mine-{i}\n".encode()
+    assert "Traceback" not in run.stderr
