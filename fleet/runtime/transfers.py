@@ -14,6 +14,7 @@ from fleet.data.locations import FileLocation, parse_location
 from fleet.data.outputs import OutputCount, Uploader, output_location
 from fleet.data.sources import InputObject, assignments, check_supported, list_input
 from fleet.data.staging import Destination, Sources, TransferCount, stage_input
+from fleet.errors import ClientError
 from fleet.fanout import all_of
 
 if TYPE_CHECKING:
@@ -97,10 +98,14 @@ class JobData:
             return
         changed = await self._changed_files(transport, plan.algo, directory, name, stable_only=not final)
         if changed:
-            await uploader.upload_host(transport, plan.algo, directory, destination, name, count,
-                                       only=set(changed))
-            for path, stamp in changed.items():
-                self._uploaded[(name, plan.algo, path)] = stamp
+            # The host's tar walks the whole tree, leaving out the files listed but not wanted;
+            # the uploader takes only the wanted ones from its stream: a path listed a moment
+            # ago may lead through a symlink now (the container runs), and is never opened.
+            unwanted = self._last_look[(name, plan.algo)].keys() - changed.keys()
+            uploaded = await uploader.upload_host(transport, plan.algo, directory, destination, name, count,
+                                                  only=set(changed), leave_out=unwanted)
+            for path in uploaded:  # a file not in the stream is looked at again next pass
+                self._uploaded[(name, plan.algo, path)] = changed[path]
 
     async def _changed_files(self, transport: Transport, algo: str, directory: str, name: str,
                              stable_only: bool) -> dict[str, tuple[str, str]]:
@@ -111,7 +116,11 @@ class JobData:
         now: dict[str, tuple[str, str]] = {}
         for record in result.stdout.split(b"\0"):
             if record:
-                size, mtime, path = record.decode("utf-8", "surrogateescape").split(" ", 2)
+                fields = record.decode("utf-8", "surrogateescape").split(" ", 2)
+                if len(fields) != 3 or not fields[2]:
+                    raise ClientError(f"listing output {name} on {transport.label}: an unreadable line "
+                                      f"{record[:80]!r}")
+                size, mtime, path = fields
                 now[path] = (size, mtime)
         previous = self._last_look.get((name, algo), {})
         self._last_look[(name, algo)] = now

@@ -5,7 +5,10 @@ relative to LocalPath (a fake S3 records what arrives) or to a file:// directory
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
+import shutil
+import signal
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ from fleet.data import outputs, tarstream
 from fleet.data.locations import S3Location, parse_location
 from fleet.data.outputs import OutputCount, Uploader
 from fleet.errors import ClientError
+from fleet.host import command as host_command
 from fleet.inventory import Host
 from fleet.transport.base import Transport
 from fleet.transport.local import LocalTransport
@@ -287,3 +291,226 @@ async def test_a_broken_stream_does_not_starve_later_uploads(monkeypatch, host_o
         await uploader.upload_host(transport(), "algo-1", str(host_output), S3Location("b", "out/"), "model",
                                    OutputCount(), only={"sub/big.bin"})
     assert s3.objects == {"s3://b/out/sub/big.bin": REGULAR["sub/big.bin"]}
+
+
+# -- a container that swaps what was listed (Continuous outputs) --------------------------------
+
+async def listing(root: Path) -> set[str]:
+    """The host's changed-files listing of `root`, as JobData reads it."""
+    result = await transport().run(host_command("changed-files", [str(root)]))
+    return {r.decode("utf-8", "surrogateescape").split(" ", 2)[2] for r in result.stdout.split(b"\0") if r}
+
+
+@pytest.fixture
+def host_secret(tmp_path) -> Path:
+    """A host directory the container cannot see: it only knows the path."""
+    secret = tmp_path / "host-secret"
+    secret.mkdir()
+    (secret / "model.bin").write_bytes(b"HOST SECRET")
+    (secret / "deeper").mkdir()
+    (secret / "deeper" / "model.bin").write_bytes(b"HOST SECRET, DEEPER")
+    return secret
+
+
+@pytest.mark.parametrize("destination", ["s3", "file"])
+async def test_a_directory_swapped_for_a_symlink_after_the_listing_sends_nothing_of_the_host(
+        tmp_path, host_secret, destination):
+    root = tmp_path / "out"
+    for relative in ("a/model.bin", "b/deeper/model.bin", "kept.txt"):
+        (root / relative).parent.mkdir(parents=True, exist_ok=True)
+        (root / relative).write_bytes(b"the container's own")
+    listed = await listing(root)
+    assert listed == {"a/model.bin", "b/deeper/model.bin", "kept.txt"}
+    # Between the listing and the archive, the container swaps `a` and `b` for symlinks.
+    shutil.rmtree(root / "a")
+    (root / "a").symlink_to(host_secret, target_is_directory=True)
+    shutil.rmtree(root / "b")
+    (root / "b").symlink_to(host_secret, target_is_directory=True)
+    s3 = FakeS3()
+    target = tmp_path / "collected"
+    target.mkdir()
+    warnings, count = await upload(s3 if destination == "s3" else None, root,
+                                   "s3://b/out/" if destination == "s3" else f"file://{target}", only=listed)
+    stored = list(s3.objects.values()) + [p.read_bytes() for p in target.rglob("*") if p.is_file()]
+    assert not any(b"HOST SECRET" in data for data in stored)
+    assert stored == [b"the container's own"]  # kept.txt alone
+    assert (count.objects, warnings) == (1, [])
+
+
+async def test_a_listed_file_swapped_for_a_symlink_is_skipped_with_a_warning(tmp_path, host_secret):
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "model.bin").write_bytes(b"the container's own")
+    listed = await listing(root)
+    (root / "model.bin").unlink()
+    (root / "model.bin").symlink_to(host_secret / "model.bin")
+    s3 = FakeS3()
+    warnings, _ = await upload(s3, root, only=listed)
+    assert s3.objects == {}
+    assert warnings == ["output model: skipped the symlink algo-1:model.bin (symlinks are never followed)"]
+
+
+async def test_a_file_that_appeared_after_the_listing_waits_for_the_next_pass(tmp_path):
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "listed.txt").write_bytes(b"listed")
+    listed = await listing(root)
+    (root / "new.txt").write_bytes(b"new")
+    s3 = FakeS3()
+    uploaded = await Uploader(s3, lambda w: None).upload_host(transport(), "algo-1", str(root),
+                                                              parse_location("s3://b/out/"), "model", OutputCount(),
+                                                              only=listed)
+    assert s3.objects == {"s3://b/out/listed.txt": b"listed"}
+    assert uploaded == {"listed.txt"}
+
+
+AWKWARD = ["sp", "sp ", " lead", "tab\t", "new\nline", "star*", "q?", "[ab]", "back\\slash", "-rf", "é", "日本",
+           "bad\udcff", "bad\udcff.txt", "d/sp", "d/sp ", "d", "x" * 200]
+
+
+async def archived_names(root: Path, leave_out: set[str]) -> list[str]:
+    """What the host's `archive ... except` sends, leaving out `leave_out`."""
+    process = await transport().start(host_command("archive", [str(root), "except"]))
+    await process.write(outputs._exclusions(leave_out))
+    process.close_stdin()
+    reader = tarstream.TarReader(process.read_stdout)
+    names = []
+    while (entry := await reader.next()) is not None:
+        names.append(entry.name)
+    assert await process.wait() == 0
+    return names
+
+
+@pytest.mark.parametrize("wanted", AWKWARD)
+async def test_the_host_leaves_out_the_unwanted_files_and_never_a_wanted_one(tmp_path, wanted):
+    root = tmp_path / "out"
+    (root / "d").mkdir(parents=True)
+    for name in AWKWARD:
+        if name != "d":
+            (root / os.fsencode(name).decode("utf-8", "surrogateescape")).write_bytes(b"x")
+    files = set(AWKWARD) - {"d"}
+    sent = await archived_names(root, files - {wanted})
+    if wanted != "d":
+        assert wanted in sent
+    # Left out: every unwanted name tar's exclusion file can say exactly (one a line, no trailing
+    # whitespace); the others are sent and skipped by the controller.
+    unsayable = {n for n in files if "\n" in n or n[-1].isspace() or not n[-1].isascii()}
+    assert set(sent) - {".", "d"} <= {wanted} | unsayable
+
+
+async def test_only_the_wanted_awkward_names_are_uploaded(tmp_path):
+    root = tmp_path / "out"
+    (root / "d").mkdir(parents=True)
+    for name in AWKWARD:
+        if name != "d" and "\udcff" not in name:
+            (root / name).write_bytes(name.encode())
+    files = set(await listing(root))
+    for wanted in files:
+        s3 = FakeS3()
+        await Uploader(s3, lambda w: None).upload_host(transport(), "algo-1", str(root), parse_location("s3://b/o/"),
+                                                       "model", OutputCount(), only={wanted},
+                                                       leave_out=files - {wanted})
+        assert s3.objects == {f"s3://b/o/{wanted}": wanted.encode()}
+
+
+def _answering(data: bytes, status: int) -> ScriptedTransport:
+    async def archive(command: ScriptedCommand) -> int:
+        command.write_stdout(data)
+        return status
+    return ScriptedTransport(Host(address="localhost", name="algo-1", transport="local"), "algo-1 (h1, 127.0.0.1)",
+                             archive)
+
+
+def _one_file_archive() -> bytes:
+    return tarstream.file_header("a.txt", 2) + b"ok" + tarstream.padding(2) + tarstream.END_OF_ARCHIVE
+
+
+async def test_a_file_changed_as_tar_read_it_fails_an_end_of_job_upload_only():
+    # GNU tar exits 1 when a file changed while it read it: a running container's (Continuous)
+    # files do, and are uploaded again once settled; an exited container's never do.
+    s3 = FakeS3()
+    uploader = Uploader(s3, lambda w: None)
+    assert await uploader.upload_host(_answering(_one_file_archive(), 1), "algo-1", "/unused",
+                                      S3Location("b", "out/"), "model", OutputCount(), only={"a.txt"}) == {"a.txt"}
+    with pytest.raises(ClientError, match="reading output model on algo-1"):
+        await uploader.upload_host(_answering(_one_file_archive(), 1), "algo-1", "/unused",
+                                   S3Location("b", "out/"), "model", OutputCount())
+    with pytest.raises(ClientError, match="reading output model on algo-1"):
+        await uploader.upload_host(_answering(_one_file_archive(), 2), "algo-1", "/unused",
+                                   S3Location("b", "out/"), "model", OutputCount(), only={"a.txt"})
+
+
+# -- a hostile tar stream ----------------------------------------------------------------------
+
+@contextlib.contextmanager
+def tarstream_alarm(seconds: float):
+    """A reader looping without awaiting blocks the event loop (no asyncio timeout fires): the
+    alarm's handler interrupts it, so a hang fails the test."""
+    def interrupt(signum, frame):
+        raise TimeoutError("the reader hung (the event loop was blocked)")
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def _ustar(size_field: bytes, kind: bytes = b"0") -> bytes:
+    head = b"f.bin".ljust(100, b"\0") + b"0000644\0" * 3 + size_field + b"00000000000\0"
+    tail = kind + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247
+    return head + b"%06o\0 " % (sum(head) + 8 * 0x20 + sum(tail)) + tail
+
+
+HOSTILE = {
+    "negative-size": _ustar(b"-0000000005\0") + b"x" * 1024,
+    "pax-record-of-length-0": _ustar(b"%011o\0" % 10, b"x") + b"0 path=x\n".ljust(512, b"\0") + b"\0" * 1024,
+    "pax-header-over-1-mib": (_ustar(b"%011o\0" % (2 << 20), b"x") + b"%d path=" % (2 << 20) + b"n" * ((2 << 20) - 14)
+                              + b"\n" + _one_file_archive()),
+    "bad-checksum": _one_file_archive()[:3] + b"X" + _one_file_archive()[4:],
+    "not-tar": b"<html>" + b"\0" * 2000,
+}
+
+
+@pytest.mark.parametrize("data", HOSTILE.values(), ids=HOSTILE.keys())
+async def test_a_hostile_tar_stream_is_a_client_error_naming_the_output_and_the_host(data):
+    s3 = FakeS3()
+    with tarstream_alarm(5), pytest.raises(ClientError) as caught:
+        async with asyncio.timeout(5):
+            await Uploader(s3, lambda w: None).upload_host(_answering(data, 0), "algo-1", "/unused",
+                                                           S3Location("b", "out/"), "model", OutputCount())
+    assert caught.value.message.startswith("reading output model on algo-1 (h1, 127.0.0.1): ")
+    assert s3.objects == {}
+
+
+# -- names the destination cannot take ---------------------------------------------------------
+
+@pytest.mark.parametrize("destination", ["s3", "file"])
+async def test_a_file_name_that_is_not_utf_8_fails_the_output_naming_it_with_escapes(tmp_path, destination):
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / os.fsdecode(b"caf\xe9.csv")).write_bytes(b"latin-1 name")
+    target = tmp_path / "collected"
+    target.mkdir()
+    with pytest.raises(ClientError) as caught:
+        await upload(FakeS3() if destination == "s3" else None, root,
+                     "s3://b/out/" if destination == "s3" else f"file://{target}")
+    assert "algo-1:caf\\xe9.csv" in caught.value.message and "not UTF-8" in caught.value.message
+    assert caught.value.message.isascii() and "\udce9" not in caught.value.message
+    assert list(target.iterdir()) == []
+
+
+async def test_a_file_destination_path_too_long_for_the_filesystem_fails_the_output_naming_it(tmp_path):
+    host = tmp_path / "h"
+    relative = "/".join(["d" * 200] * 18) + "/model.bin"  # ~3.6 KB: fine below the host's short root
+    (host / relative).parent.mkdir(parents=True)
+    (host / relative).write_bytes(b"deep")
+    target = tmp_path / ("t" * 250) / ("t" * 250)
+    target.mkdir(parents=True)
+    assert len(f"{target}/{relative}") > 4096
+    with pytest.raises(ClientError) as caught:
+        await upload(None, host, f"file://{target}")
+    assert caught.value.message.startswith(f"cannot write output file {target}/{relative[:100]}")
+    assert "name too long" in caught.value.message
+    assert not any(p.is_file() for p in target.rglob("*"))

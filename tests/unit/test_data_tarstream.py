@@ -4,15 +4,28 @@ parsed exactly by TarReader, however the bytes are chunked on the way."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import os
+import signal
 import subprocess
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from fleet.data.tarstream import BLOCK, END_OF_ARCHIVE, TarEntry, TarReader, file_header, padding
+from fleet.data import tarstream
+from fleet.data.tarstream import (
+    BLOCK,
+    END_OF_ARCHIVE,
+    TarEndedEarly,
+    TarEntry,
+    TarReader,
+    TarStreamError,
+    file_header,
+    padding,
+)
 
 from localcommands import tree
 
@@ -255,3 +268,164 @@ def test_file_header_is_the_one_tarfile_writes(name, size):
     info.size, info.mode, info.mtime = size, 0o644, 0
     assert file_header(name, size) == info.tobuf(format=tarfile.PAX_FORMAT, encoding="utf-8",
                                                            errors="surrogateescape")
+
+
+# -- a hostile stream --------------------------------------------------------------------------
+# The stream comes from a host, and through it from a container: whatever it holds, the reader
+# raises TarStreamError, never loops, never buffers more than a header's cap, never fails in
+# another way. A reader that loops without awaiting blocks the event loop, which no asyncio
+# timeout can interrupt: `bounded` also sets an alarm, whose handler interrupts pure Python.
+
+@contextlib.contextmanager
+def alarm(seconds: float):
+    def interrupt(signum, frame):
+        raise TimeoutError("the reader hung (the event loop was blocked)")
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+async def bounded(data: bytes, chunk: int = 7000) -> list[tuple[TarEntry, bytes]]:
+    with alarm(5):
+        async with asyncio.timeout(5):
+            return await read_archive(data, chunk)
+
+
+def header(name: bytes = b"f.bin", size: bytes | int = 0, kind: bytes = b"0", checksum: int | None = None) -> bytes:
+    """A ustar header block with any size field (12 bytes, or a number as octal) and the
+    right checksum unless one is given."""
+    field = size if isinstance(size, bytes) else b"%011o\0" % size
+    assert len(field) == 12
+    head = (name.ljust(100, b"\0") + b"0000644\0" + b"0000000\0" + b"0000000\0" + field + b"00000000000\0")
+    tail = kind + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247
+    if checksum is None:
+        checksum = sum(head) + 8 * 0x20 + sum(tail)
+    return head + b"%06o\0 " % checksum + tail
+
+
+def extended(kind: bytes, data: bytes) -> bytes:
+    """A pax (`x`) or GNU long name (`L`) header and its data."""
+    return header(b"././@PaxHeader", len(data), kind) + data + padding(len(data))
+
+
+def record(text: bytes) -> bytes:
+    """A well-formed pax record: its length counts itself."""
+    length = len(text) + 3
+    while len(b"%d %s\n" % (length, text)) != length:
+        length += 1
+    return b"%d %s\n" % (length, text)
+
+
+def then_a_file(body: bytes = b"data") -> bytes:
+    return header(b"f.bin", len(body)) + body + padding(len(body)) + END_OF_ARCHIVE
+
+
+def test_the_hostile_stream_helpers_make_a_stream_the_reader_reads():
+    data = extended(b"x", record(b"path=named by pax")) + then_a_file()
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        assert [(m.name, m.size) for m in tar.getmembers()] == [("named by pax", 4)]
+
+
+async def test_helpers_stream_is_read_by_the_tar_reader():
+    found = await bounded(extended(b"x", record(b"path=named by pax")) + then_a_file())
+    assert [(e.name, e.kind, e.size, d) for e, d in found] == [("named by pax", "file", 4, b"data")]
+
+
+@pytest.mark.parametrize("data", [
+    extended(b"x", record(b"size=-5")) + then_a_file(),
+    header(size=b"-0000000005\0") + b"\0" * 1024,  # octal, with a sign Python's int() takes
+    header(size=b"\xff" * 12) + b"x" * 512 + END_OF_ARCHIVE,  # base-256: -1
+    header(size=b"\xff" + b"\0" * 10 + b"\x05") + b"\0" * 1024,  # base-256, negative
+], ids=["pax", "octal", "base-256-minus-one", "base-256"])
+async def test_a_negative_size_is_refused_instead_of_looping_forever(data):
+    with pytest.raises(TarStreamError, match="size '?-"):
+        await bounded(data)
+
+
+@pytest.mark.parametrize("data", [
+    extended(b"x", record(b"size=%d" % 2 ** 63)) + then_a_file(),
+    extended(b"x", record(b"size=" + b"9" * 5000)) + then_a_file(),  # int() of it raises ValueError
+    header(size=b"\x80" + b"\x7f" + b"\xff" * 10) + then_a_file(),  # base-256, over off_t
+], ids=["pax-2**63", "pax-5000-digits", "base-256"])
+async def test_a_size_beyond_off_t_is_refused(data):
+    with pytest.raises(TarStreamError, match="size"):
+        await bounded(data)
+
+
+@pytest.mark.parametrize("value", [b"+5", b" 5", b"5x", b"", b"\xd9\xa3", b"1_0"])
+async def test_a_pax_size_that_is_not_decimal_digits_is_refused(value):
+    with pytest.raises(TarStreamError, match="size"):
+        await bounded(extended(b"x", record(b"size=" + value)) + then_a_file())
+
+
+@pytest.mark.parametrize("records", [
+    b"0 path=x\n",  # a length of 0 never moved on
+    b"00 path=x\n",
+    b"3 path=x\n",  # shorter than its own text
+    b"99 path=x\n",  # longer than the header's data
+    b"11 path=x\n6 k=v\n",  # one too many: does not end at a newline
+    b"8 path=x\n",  # one too few
+    b"path=x\n",  # no length
+    b"-9 path=x\n",
+    b"9 pathx\n\n",  # no '='
+    b"5 =x\n",  # no key
+    b"7 \xff\xfe=x\n",  # a key that is not UTF-8
+], ids=["zero", "zeros", "too-short", "past-the-end", "no-newline", "cut-short", "no-length", "negative",
+        "no-equals", "no-key", "key-not-utf-8"])
+async def test_a_malformed_pax_record_is_refused(records):
+    with pytest.raises(TarStreamError, match="extended header record"):
+        await bounded(extended(b"x", records) + then_a_file())
+
+
+@pytest.mark.parametrize("kind", [b"x", b"g", b"L", b"K"], ids=["pax", "pax-global", "gnu-long-name",
+                                                                "gnu-long-link"])
+async def test_an_extended_header_over_1_mib_is_refused_before_it_is_read(kind):
+    big = record(b"path=" + b"n" * (tarstream.MAX_HEADER_DATA + 10)) if kind in b"xg" else b"n" * (2 << 20)
+    data = extended(kind, big) + then_a_file()
+    served = 0
+
+    async def read() -> bytes:  # 64 KiB a read, counted
+        nonlocal served
+        chunk = data[served:served + 65536]
+        served += len(chunk)
+        return chunk
+    with alarm(5), pytest.raises(TarStreamError, match="extended header of"):
+        await TarReader(read).next()
+    assert served <= 65536  # only its header block's chunk: the data was never buffered
+
+
+async def test_an_extended_header_up_to_the_cap_is_read():
+    name = "n" * 4000 + "/" + "é" * 100
+    found = await bounded(extended(b"x", record(f"path={name}".encode())) + then_a_file())
+    assert [e.name for e, _ in found] == [name]
+
+
+@pytest.mark.parametrize("change", [1, -1, 0o200])
+async def test_a_header_with_a_wrong_checksum_is_refused(change):
+    good = header(b"f.bin", 4)
+    data = header(b"f.bin", 4, checksum=int(good[148:154], 8) + change) + b"data" + padding(4) + END_OF_ARCHIVE
+    with pytest.raises(TarStreamError, match="checksum"):
+        await bounded(data)
+
+
+async def test_a_flipped_byte_in_a_header_is_refused():
+    data = bytearray(then_a_file())
+    data[3] ^= 0x01  # inside the name
+    with pytest.raises(TarStreamError, match="checksum"):
+        await bounded(bytes(data))
+
+
+async def test_a_header_that_is_not_a_tar_header_is_refused():
+    with pytest.raises(TarStreamError):
+        await bounded(b"<html>" + b"x" * 1000 + END_OF_ARCHIVE)
+
+
+@pytest.mark.parametrize("cut", [100, FIRST_CONTENT + 700, NEXT_HEADER + 100])
+async def test_a_truncated_stream_is_a_tar_stream_error_too(cut):
+    with pytest.raises(TarEndedEarly, match="ended early"):
+        await bounded(truncated_archive(cut), 513)
+    assert issubclass(TarEndedEarly, TarStreamError) and issubclass(TarEndedEarly, EOFError)
