@@ -152,8 +152,10 @@ def test_pipe_mode_is_refused_as_not_supported_yet(fleet, s3, bucket):
     s3.put(bucket, "p/x", b"x")
     job = make_job("true", ProcessingInputs=[_input(f"s3://{bucket}/p/", S3InputMode="Pipe")])
     run = _run(fleet, s3, job)
-    assert run.returncode == 1
-    assert "Pipe is not supported by fleet yet" in fleet.record(job["ProcessingJobName"])["FailureReason"]
+    # Refused before anything is recorded or touched: invalid input, exit 2, no record.
+    assert run.returncode == 2, run.stderr
+    assert "ProcessingInputs[0].S3Input.S3InputMode: Pipe is not supported by fleet yet" in run.stderr
+    assert not (fleet.home / "jobs" / job["ProcessingJobName"]).exists()
 
 
 def test_https_path_style_uris_name_the_same_objects(fleet, s3, bucket):
