@@ -19,6 +19,6 @@ if [ "$keep" != keep ]; then
     [ "$(head -n 1 -- "$run_file" 2>/dev/null)" = "$run" ] || exit 0
     rm -rf -- "$job_dir" || exit 1
   fi
-  rmdir -- "$job_parent" 2>/dev/null
+  if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi  # never another user's
 fi
 exit 0

@@ -108,7 +108,7 @@ printf 'fleet:prepared\n' >&2
 IFS= read -r go || go=abort
 if [ "$go" != go ]; then
   d_bounded rm --force "$name" >/dev/null
-  rm -rf -- "$job_dir"; rmdir -- "$job_parent" 2>/dev/null
+  rm -rf -- "$job_dir"; if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
   exit 0
 fi
 # Inputs were staged into their partial directories: complete now, they take their final

@@ -29,7 +29,7 @@ supervise() {
   IFS= read -r after || exit 0
   d_bounded rm --force "$name" >/dev/null
   if [ "$after" = clean ]; then
-    rm -rf -- "$job_dir" && rmdir -- "$job_parent" 2>/dev/null
+    rm -rf -- "$job_dir" && if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
   fi
   printf 'fleet:cleaned\n' >&2
 }

@@ -147,8 +147,13 @@ HOSTILE = ["$(touch /tmp/fleet-pwned-env)", "`touch /tmp/fleet-pwned-tick`", "it
            "a; touch /tmp/fleet-pwned-semi", "line one\nline two", "--entrypoint"]
 
 
+# An Environment value cannot hold a newline (docker's env file, which keeps the values off
+# every command line, cannot carry one: refused as invalid input); a tab instead.
+HOSTILE_ENV = [value.replace("\n", "\t") for value in HOSTILE]
+
+
 def test_environment_values_and_arguments_reach_the_container_verbatim(fleet, tmp_path):
-    job = make_job(count=2, Environment={f"V{i}": v for i, v in enumerate(HOSTILE)})
+    job = make_job(count=2, Environment={f"V{i}": v for i, v in enumerate(HOSTILE_ENV)})
     job["AppSpecification"]["ContainerEntrypoint"] = [
         "sh", "-c", 'for i in 0 1 2 3 4 5; do eval "printf \'%s|\' \\"\\$V$i\\""; done; echo; printf "<%s>" "$@"; echo', "sh"]
     job["AppSpecification"]["ContainerArguments"] = HOSTILE
@@ -156,7 +161,7 @@ def test_environment_values_and_arguments_reach_the_container_verbatim(fleet, tm
     assert run.returncode == 0, run.stderr
     for k in (1, 2):
         text = "\n".join(_lines(run.stdout, f"algo-{k}"))
-        assert text == "|".join(HOSTILE) + "|\n" + "".join(f"<{v}>" for v in HOSTILE)
+        assert text == "|".join(HOSTILE_ENV) + "|\n" + "".join(f"<{v}>" for v in HOSTILE)
     import glob
     assert glob.glob("/tmp/fleet-pwned-*") == []
 

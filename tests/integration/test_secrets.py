@@ -1,0 +1,249 @@
+"""Secrets and the other users of the same machines (issue points 7 and 8).
+
+Every local user can read every process's argv (/proc/PID/cmdline): the Environment (in
+processingjobconfig.json too) must never be in one, on the hosts or on the controller. The
+job's files must be out of other users' reach, and nothing another user planted may be
+written through. The test hosts share this machine's kernel and file system: one scan of
+/proc covers the controller and every host, and the hosts' job directories are paths here.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import IMAGE, make_job, wait_running
+
+OTHER_UID = 1000  # another local user of the machine (and the container USER of one test)
+
+
+def _lines(out: str, algo: str) -> list[str]:
+    prefix = f"[{algo}] "
+    return [line.removeprefix(prefix) for line in out.splitlines() if line.startswith(prefix)]
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.lstat(path).st_mode)
+
+
+def _as_other_user(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups", *argv],
+                          capture_output=True, text=True, timeout=30)
+
+
+def _cmdlines_holding(value: bytes) -> list[str]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if value in cmdline:
+            found.append(f"{proc.name}: {cmdline[:200]!r}")
+    return found
+
+
+@pytest.fixture
+def open_workdir(cluster, tmp_path):
+    """(workdir, inventory): the test hosts with a workdir every local user can reach, as a
+    host's /var/lib/fleet (the test bed's own is under a 0700 directory). Whatever a job
+    leaves there fails the test."""
+    workdir = Path(f"/var/tmp/zq-open-work-{secrets.token_hex(4)}")
+    workdir.mkdir(mode=0o755)
+    doc = cluster.inventory_doc()
+    for entry in doc["hosts"]:
+        entry["workdir"] = str(workdir)
+    try:
+        yield workdir, cluster.write_inventory(tmp_path / "open.yaml", doc)
+        assert list(workdir.iterdir()) == [], "a job left things behind"
+    finally:
+        shutil.rmtree(workdir)
+
+
+def test_an_environment_value_is_in_no_process_argv_and_no_file_others_can_read(fleet, cluster, open_workdir):
+    workdir, inventory = open_workdir
+    secret = f"zq-{secrets.token_hex(16)}"
+    job = make_job('echo "seen:$SECRET"; sleep 6', count=3, Environment={"SECRET": secret, "PLAIN": "x"})
+    process = fleet.start("run", "--inventory", str(inventory), str(fleet.write_job(job)))
+    try:
+        wait_running(cluster, job["ProcessingJobName"])
+        # While every container runs: no argv on the machine holds the value.
+        assert _cmdlines_holding(secret.encode()) == []
+        for k in (1, 2, 3):  # the hosts share this file system: one workdir for all
+            job_dir = workdir / job["ProcessingJobName"] / f"algo-{k}"
+            private = job_dir / "ml"
+            config = private / "config" / "processingjobconfig.json"
+            assert secret in config.read_text()  # the container's copy...
+            assert _mode(job_dir) == 0o711 and _mode(private) == 0o700
+            assert _mode(config) == 0o644  # ...for any USER of the image, in a directory others cannot enter
+            assert not (private / "env").exists()  # the env file went once the container was created
+            refused = _as_other_user("cat", str(config))
+            assert refused.returncode != 0 and "Permission denied" in refused.stderr
+            assert _as_other_user("ls", str(job_dir)).returncode != 0  # 0711: not even listed
+        # The controller's records: FLEET_HOME 0700, the files holding the request 0600.
+        home = fleet.home
+        records = home / "jobs" / job["ProcessingJobName"]
+        assert _mode(home) == 0o700 and _mode(records) == 0o700
+        for name in ("describe.json", "run.json", "owner.lock"):
+            assert _mode(records / name) == 0o600, name
+        assert secret in (records / "run.json").read_text()
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    for k in (1, 2, 3):
+        assert _lines(stdout, f"algo-{k}") == [f"seen:{secret}"]
+    for algo in ("algo-1", "algo-2", "algo-3"):
+        assert _mode(fleet.home / "jobs" / job["ProcessingJobName"] / "logs" / f"{algo}.log") == 0o600
+    # On a terminal the values are ***; `describe --json` has them, as DescribeProcessingJob.
+    described = fleet("describe", job["ProcessingJobName"])
+    assert "SECRET=*** PLAIN=***" in described.stdout and secret not in described.stdout
+    assert secret in fleet("describe", job["ProcessingJobName"], "--json").stdout
+    dry = fleet("run", "--dry-run", "--inventory", str(cluster.inventory), str(fleet.write_job(
+        {**job, "ProcessingJobName": job["ProcessingJobName"] + "-dry"})))
+    assert dry.returncode == 0, dry.stderr
+    assert "SECRET=***" in dry.stdout and secret not in dry.stdout + dry.stderr
+
+
+# Keys and values of the API's maximum size; values with what a shell or an env file could
+# misread (no newline: refused, docker's env file cannot carry one).
+def _big_environment() -> dict[str, str]:
+    tricky = "a=b #c $(x) `y` 'q' \"d\" \t;|&<> \\ "
+    return {f"K{i:03d}_" + "A" * 251: (f"{i:03d}" + tricky * 10)[:256] for i in range(100)}
+
+
+def test_a_hundred_largest_variables_and_arguments_reach_the_container(fleet):
+    """Before: the job rode in one remote command of ~148 KiB, and exec failed with
+    "Argument list too long" (one argument is at most 128 KiB)."""
+    environment = _big_environment()
+    arguments = [(f"{i:03d}" + "arg with spaces $(x) " * 20)[:256] for i in range(100)]
+    job = make_job(count=2, Environment=environment)
+    job["AppSpecification"]["ContainerEntrypoint"] = [
+        "sh", "-c", 'env | sed -n "/^K[0-9][0-9][0-9]_/p"; printf "<%s>\\n" "$@"', "sh"]
+    job["AppSpecification"]["ContainerArguments"] = arguments
+    assert all(len(key) == 256 and len(value) == 256 for key, value in environment.items())
+    run = fleet.run_job(job, timeout=180)
+    assert run.returncode == 0, run.stderr
+    for algo in ("algo-1", "algo-2"):
+        lines = _lines(run.stdout, algo)
+        assert sorted(line for line in lines if not line.startswith("<")) == \
+            sorted(f"{key}={value}" for key, value in environment.items())
+        assert [line for line in lines if line.startswith("<")] == [f"<{a}>" for a in arguments]
+
+
+@pytest.fixture
+def user_1000_image(cluster):
+    """fleet-test:busybox with USER 1000, on every test host."""
+    tag = "fleet-test:user1000"
+    for host in cluster.hosts:
+        name = f"zq-build-{secrets.token_hex(4)}"
+        host.docker("create", "--name", name, IMAGE)
+        try:
+            host.docker("commit", "--change", "USER 1000", name, tag)
+        finally:
+            host.docker("rm", "--force", name)
+    yield tag
+    for host in cluster.hosts:
+        host.docker("image", "rm", "--force", tag, check=False)
+
+
+def test_a_container_running_as_user_1000_reads_its_inputs_and_writes_its_outputs(fleet, tmp_path,
+                                                                                     user_1000_image):
+    source = tmp_path / "source"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "data.txt").write_text("input data\n")
+    target = tmp_path / "target"
+    script = ('sed -n /^Uid/p /proc/self/status;cd /opt/ml;cat processing/input/sub/data.txt;h=$(hostname);'
+              'cat config/resourceconfig.json >/dev/null&&echo config;'
+              'echo "from $h" >processing/output/$h.txt&&echo wrote;echo "done as 1000" >output/message')
+    assert len(script) <= 256  # the API's limit for a ContainerEntrypoint word
+    job = make_job(script, count=2, ProcessingInputs=[{"InputName": "data", "S3Input": {
+        "S3Uri": f"file://{source}", "LocalPath": "/opt/ml/processing/input", "S3DataType": "S3Prefix"}}],
+        ProcessingOutputConfig={"Outputs": [{"OutputName": "out", "S3Output": {
+            "S3Uri": f"file://{target}", "LocalPath": "/opt/ml/processing/output", "S3UploadMode": "EndOfJob"}}]})
+    job["AppSpecification"]["ImageUri"] = user_1000_image
+    run = fleet.run_job(job)
+    assert run.returncode == 0, run.stdout + run.stderr
+    for algo in ("algo-1", "algo-2"):
+        uid, *rest = _lines(run.stdout, algo)
+        assert uid.split()[1:] == ["1000"] * 4 and rest == ["input data", "config", "wrote"]
+        assert (target / f"{algo}.txt").read_text() == f"from {algo}\n"
+    assert fleet.record(job["ProcessingJobName"])["ExitMessage"].startswith("done as 1000")
+
+
+def test_a_partial_input_planted_by_another_user_is_never_written_through(fleet, open_workdir, tmp_path):
+    """Reproduces the attack: another local user watches for the job's inputs directory and
+    plants `1.partial/a -> victim` before the inputs are staged; `tar -x` of an input with
+    `a/owned.txt` then wrote into victim/. Now the inputs live in a directory only the SSH
+    user can enter, and the session makes 1.partial itself with a plain mkdir."""
+    source = tmp_path / "source"
+    (source / "a").mkdir(parents=True)
+    (source / "a" / "owned.txt").write_text("written through the planted link\n")
+    victim = tmp_path / "victim"  # root's, out of the other user's reach: fleet's tar could write it
+    victim.mkdir()
+    job = make_job("ls /opt/ml/processing/input/a", count=1, ProcessingInputs=[{
+        "InputName": "data", "S3Input": {"S3Uri": f"file://{source}", "LocalPath": "/opt/ml/processing/input",
+                                         "S3DataType": "S3Prefix"}}])
+    workdir, inventory = open_workdir
+    job_dir = workdir / job["ProcessingJobName"] / "algo-1"
+    planted: list[str] = []
+    done = threading.Event()
+
+    def plant() -> None:  # as the other user, as fast as it can, in either layout
+        while not done.is_set():
+            for inputs in (job_dir / "inputs", job_dir / "ml" / "inputs"):
+                partial = inputs / "1.partial"
+                if _as_other_user("sh", "-c", 'mkdir "$1" && ln -s "$2" "$1/a"', "sh", str(partial),
+                                  str(victim)).returncode == 0:
+                    planted.append(str(partial))
+                    return
+            time.sleep(0.005)
+
+    planter = threading.Thread(target=plant)
+    planter.start()
+    try:
+        run = fleet.run_job(job, inventory=inventory)
+    finally:
+        done.set()
+        planter.join()
+    assert list(victim.iterdir()) == [], f"written through {planted}"
+    assert planted == []
+    assert run.returncode == 0, run.stderr
+    assert _lines(run.stdout, "algo-1") == ["owned.txt"]
+
+
+def test_a_job_parent_another_user_made_in_a_shared_workdir_is_refused_naming_it(fleet, cluster, tmp_path):
+    """A sticky, world-writable workdir (as /tmp): another user made WORKDIR/NAME first."""
+    workdir = Path(f"/var/tmp/zq-shared-work-{secrets.token_hex(4)}")  # reachable by the other user
+    workdir.mkdir()
+    try:
+        workdir.chmod(0o1777)
+        job = make_job("echo should not run", count=1)
+        parent = workdir / job["ProcessingJobName"]
+        made = _as_other_user("mkdir", "-m", "0777", str(parent))
+        assert made.returncode == 0, made.stderr
+        doc = cluster.inventory_doc()
+        for entry in doc["hosts"]:
+            entry["workdir"] = str(workdir)
+        inventory = cluster.write_inventory(tmp_path / "shared.yaml", doc)
+        run = fleet.run_job(job, inventory=inventory)
+        listed = list(parent.iterdir())
+    finally:
+        shutil.rmtree(workdir)
+    assert run.returncode == 1
+    assert str(parent) in run.stderr, run.stderr
+    assert "should not run" not in run.stdout
+    assert listed == []
+    assert cluster.hosts[0].containers(job["ProcessingJobName"]) == []
