@@ -14,8 +14,6 @@ import secrets
 import shutil
 import stat
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -183,11 +181,27 @@ def test_a_container_running_as_user_1000_reads_its_inputs_and_writes_its_output
     assert fleet.record(job["ProcessingJobName"])["ExitMessage"].startswith("done as 1000")
 
 
-def test_a_partial_input_planted_by_another_user_is_never_written_through(fleet, open_workdir, tmp_path):
-    """Reproduces the attack: another local user watches for the job's inputs directory and
-    plants `1.partial/a -> victim` before the inputs are staged; `tar -x` of an input with
-    `a/owned.txt` then wrote into victim/. Now the inputs live in a directory only the SSH
-    user can enter, and the session makes 1.partial itself with a plain mkdir."""
+@pytest.fixture
+def shared_workdir(cluster, tmp_path):
+    """(workdir, inventory): a sticky, world-writable workdir (as /tmp) on the test hosts."""
+    workdir = Path(f"/var/tmp/zq-shared-work-{secrets.token_hex(4)}")  # reachable by the other user
+    workdir.mkdir()
+    workdir.chmod(0o1777)
+    doc = cluster.inventory_doc()
+    for entry in doc["hosts"]:
+        entry["workdir"] = str(workdir)
+    try:
+        yield workdir, cluster.write_inventory(tmp_path / "shared.yaml", doc)
+    finally:
+        shutil.rmtree(workdir)
+
+
+def test_a_partial_input_planted_by_another_user_is_never_written_through(fleet, shared_workdir, tmp_path):
+    """Reproduces the attack: another local user makes WORKDIR/NAME first (a shared workdir),
+    waits for fleet's algo-1/inputs, swaps algo-1 for its own with `inputs/1.partial/a ->
+    victim`; `tar -x` of an input holding `a/owned.txt` then wrote into victim/. Now a
+    WORKDIR/NAME that is not the SSH user's alone is refused, and nothing is written."""
+    workdir, inventory = shared_workdir
     source = tmp_path / "source"
     (source / "a").mkdir(parents=True)
     (source / "a" / "owned.txt").write_text("written through the planted link\n")
@@ -196,54 +210,35 @@ def test_a_partial_input_planted_by_another_user_is_never_written_through(fleet,
     job = make_job("ls /opt/ml/processing/input/a", count=1, ProcessingInputs=[{
         "InputName": "data", "S3Input": {"S3Uri": f"file://{source}", "LocalPath": "/opt/ml/processing/input",
                                          "S3DataType": "S3Prefix"}}])
-    workdir, inventory = open_workdir
-    job_dir = workdir / job["ProcessingJobName"] / "algo-1"
-    planted: list[str] = []
-    done = threading.Event()
-
-    def plant() -> None:  # as the other user, as fast as it can, in either layout
-        while not done.is_set():
-            for inputs in (job_dir / "inputs", job_dir / "ml" / "inputs"):
-                partial = inputs / "1.partial"
-                if _as_other_user("sh", "-c", 'mkdir "$1" && ln -s "$2" "$1/a"', "sh", str(partial),
-                                  str(victim)).returncode == 0:
-                    planted.append(str(partial))
-                    return
-            time.sleep(0.005)
-
-    planter = threading.Thread(target=plant)
-    planter.start()
+    parent = workdir / job["ProcessingJobName"]
+    assert _as_other_user("mkdir", "-m", "0777", str(parent)).returncode == 0
+    swap = ('while [ ! -d "$1/algo-1/inputs" ] && [ ! -d "$1/algo-1/ml/inputs" ]; do sleep 0.005; done; '
+            'mv "$1/algo-1" "$1/stolen" && mkdir -p "$1/algo-1/inputs/1.partial" "$1/algo-1/ml/inputs/1.partial" && '
+            'ln -s "$2" "$1/algo-1/inputs/1.partial/a" && ln -s "$2" "$1/algo-1/ml/inputs/1.partial/a" && echo swapped')
+    attacker = subprocess.Popen(["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups",
+                                 "sh", "-c", swap, "sh", str(parent), str(victim)],  # killed below
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         run = fleet.run_job(job, inventory=inventory)
     finally:
-        done.set()
-        planter.join()
-    assert list(victim.iterdir()) == [], f"written through {planted}"
-    assert planted == []
-    assert run.returncode == 0, run.stderr
-    assert _lines(run.stdout, "algo-1") == ["owned.txt"]
+        attacker.kill()
+        swapped, _ = attacker.communicate()
+    assert list(victim.iterdir()) == [], f"written through the planted link ({swapped.strip()})"
+    assert run.returncode == 1 and str(parent) in run.stderr, run.stderr
+    assert swapped == ""  # fleet never made algo-1 in a directory the other user controls
 
 
-def test_a_job_parent_another_user_made_in_a_shared_workdir_is_refused_naming_it(fleet, cluster, tmp_path):
-    """A sticky, world-writable workdir (as /tmp): another user made WORKDIR/NAME first."""
-    workdir = Path(f"/var/tmp/zq-shared-work-{secrets.token_hex(4)}")  # reachable by the other user
-    workdir.mkdir()
-    try:
-        workdir.chmod(0o1777)
-        job = make_job("echo should not run", count=1)
-        parent = workdir / job["ProcessingJobName"]
-        made = _as_other_user("mkdir", "-m", "0777", str(parent))
-        assert made.returncode == 0, made.stderr
-        doc = cluster.inventory_doc()
-        for entry in doc["hosts"]:
-            entry["workdir"] = str(workdir)
-        inventory = cluster.write_inventory(tmp_path / "shared.yaml", doc)
-        run = fleet.run_job(job, inventory=inventory)
-        listed = list(parent.iterdir())
-    finally:
-        shutil.rmtree(workdir)
+def test_a_job_parent_another_user_made_in_a_shared_workdir_is_refused_naming_it(fleet, cluster, shared_workdir):
+    """A sticky, world-writable workdir (as /tmp): another user made WORKDIR/NAME first. It
+    is refused, named, and left as it was (never removed)."""
+    workdir, inventory = shared_workdir
+    job = make_job("echo should not run", count=1)
+    parent = workdir / job["ProcessingJobName"]
+    made = _as_other_user("mkdir", "-m", "0777", str(parent))
+    assert made.returncode == 0, made.stderr
+    run = fleet.run_job(job, inventory=inventory)
     assert run.returncode == 1
     assert str(parent) in run.stderr, run.stderr
     assert "should not run" not in run.stdout
-    assert listed == []
+    assert parent.is_dir() and list(parent.iterdir()) == []
     assert cluster.hosts[0].containers(job["ProcessingJobName"]) == []
