@@ -1,10 +1,12 @@
 """Shared by the unit tests that run real local commands (LocalTransport) in place of a host:
-a transport that remembers what it started, the fixture that reaps it, and a directory's
-files as a dict."""
+a transport that remembers what it started, the fixture that reaps it, a directory's files
+as a dict, and an alarm for code that could hang the event loop."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -46,3 +48,18 @@ def tree(root: str | Path) -> dict[str, bytes]:
             path = Path(directory, name)
             found[path.relative_to(root).as_posix()] = path.read_bytes()
     return found
+
+
+@contextlib.contextmanager
+def alarm(seconds: float):
+    """A reader looping without awaiting blocks the event loop (no asyncio timeout fires): the
+    alarm's handler interrupts it, so a hang fails the test."""
+    def interrupt(signum, frame):
+        raise TimeoutError("the reader hung (the event loop was blocked)")
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

@@ -5,10 +5,8 @@ relative to LocalPath (a fake S3 records what arrives) or to a file:// directory
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
-import signal
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,7 @@ from fleet.transport.base import Transport
 from fleet.transport.local import LocalTransport
 from fleet.transport.scripted import ScriptedCommand, ScriptedTransport
 
-from localcommands import RecordingTransport, reap_commands  # noqa: F401  (reap_commands: autouse fixture)
+from localcommands import RecordingTransport, alarm, reap_commands  # noqa: F401  (reap_commands: autouse fixture)
 
 PART = 64 * 1024  # outputs.PART for these tests: many parts from small files
 @pytest.fixture(autouse=True)
@@ -442,21 +440,6 @@ async def test_a_file_changed_as_tar_read_it_fails_an_end_of_job_upload_only():
 
 # -- a hostile tar stream ----------------------------------------------------------------------
 
-@contextlib.contextmanager
-def tarstream_alarm(seconds: float):
-    """A reader looping without awaiting blocks the event loop (no asyncio timeout fires): the
-    alarm's handler interrupts it, so a hang fails the test."""
-    def interrupt(signum, frame):
-        raise TimeoutError("the reader hung (the event loop was blocked)")
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
-
 def _ustar(size_field: bytes, kind: bytes = b"0") -> bytes:
     head = b"f.bin".ljust(100, b"\0") + b"0000644\0" * 3 + size_field + b"00000000000\0"
     tail = kind + b"\0" * 100 + b"ustar\x0000" + b"\0" * 247
@@ -476,7 +459,7 @@ HOSTILE = {
 @pytest.mark.parametrize("data", HOSTILE.values(), ids=HOSTILE.keys())
 async def test_a_hostile_tar_stream_is_a_client_error_naming_the_output_and_the_host(data):
     s3 = FakeS3()
-    with tarstream_alarm(5), pytest.raises(ClientError) as caught:
+    with alarm(5), pytest.raises(ClientError) as caught:
         async with asyncio.timeout(5):
             await Uploader(s3, lambda w: None).upload_host(_answering(data, 0), "algo-1", "/unused",
                                                            S3Location("b", "out/"), "model", OutputCount())

@@ -5,10 +5,8 @@ parsed exactly by TarReader, however the bytes are chunked on the way."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import os
-import signal
 import subprocess
 import tarfile
 from pathlib import Path
@@ -27,7 +25,7 @@ from fleet.data.tarstream import (
     padding,
 )
 
-from localcommands import tree
+from localcommands import alarm, tree
 
 C_LOCALE = {**os.environ, "LC_ALL": "C", "LANG": "C"}  # what a non-interactive SSH session often has
 
@@ -275,19 +273,6 @@ def test_file_header_is_the_one_tarfile_writes(name, size):
 # raises TarStreamError, never loops, never buffers more than a header's cap, never fails in
 # another way. A reader that loops without awaiting blocks the event loop, which no asyncio
 # timeout can interrupt: `bounded` also sets an alarm, whose handler interrupts pure Python.
-
-@contextlib.contextmanager
-def alarm(seconds: float):
-    def interrupt(signum, frame):
-        raise TimeoutError("the reader hung (the event loop was blocked)")
-    previous = signal.signal(signal.SIGALRM, interrupt)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-
 
 async def bounded(data: bytes, chunk: int = 7000) -> list[tuple[TarEntry, bytes]]:
     with alarm(5):
