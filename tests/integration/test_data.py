@@ -261,7 +261,7 @@ def test_s3_going_away_mid_transfer_fails_the_job_cleanly(fleet, s3, bucket, clu
     process = fleet.start("run", "--inventory", str(cluster.inventory), str(fleet.write_job(job)),
                           env=fleet.env(**s3.env))
     try:
-        partial = cluster.hosts[0].workdir / job["ProcessingJobName"] / "algo-1" / "inputs" / "1.partial"
+        partial = cluster.hosts[0].workdir / job["ProcessingJobName"] / "algo-1" / "ml" / "inputs" / "1.partial"
         for _ in range(600):
             if partial.exists() and any(partial.iterdir()):
                 break

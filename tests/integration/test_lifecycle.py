@@ -175,7 +175,7 @@ def test_keep_leaves_the_job_directories_but_no_container(fleet, cluster):
     name = job["ProcessingJobName"]
     for k, host in enumerate(cluster.hosts, start=1):
         assert host.containers(name) == []
-        assert (host.workdir / name / f"algo-{k}" / "output" / "data").read_text() == "kept\n"
+        assert (host.workdir / name / f"algo-{k}" / "ml" / "output" / "data").read_text() == "kept\n"
         import shutil
         shutil.rmtree(host.workdir / name)
 

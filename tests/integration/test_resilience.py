@@ -360,7 +360,7 @@ def test_a_job_name_another_fleet_runs_on_the_hosts_is_refused_and_left_alone(fl
         assert clash.returncode == 1
         assert "belongs to another run of a job named" in clash.stderr
         assert len(_containers(cluster, name)) == 3  # the first job's containers are untouched
-        assert all((h.workdir / name / f"algo-{k}" / "config").is_dir() for k, h in enumerate(cluster.hosts, 1))
+        assert all((h.workdir / name / f"algo-{k}" / "ml" / "config").is_dir() for k, h in enumerate(cluster.hosts, 1))
     finally:
         process.send_signal(signal.SIGINT)
         process.communicate(timeout=60)
