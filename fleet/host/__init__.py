@@ -178,7 +178,10 @@ def cleanup(plan: HostPlan, keep: bool, docker_timeout: int, *, started: bool = 
 
 @dataclass
 class SessionReport:
-    """What a session has said on stderr so far, parsed as it arrives."""
+    """What a session has said on stderr so far, parsed as it arrives. The host is less
+    trusted than the controller: whatever it sends, memory stays bounded (a line is cut at
+    LINE_LIMIT, docker's words keep their last SAID_LIMIT bytes, a message its first
+    MESSAGE_LIMIT, the events listed EVENTS_LIMIT)."""
 
     events: list[str] = field(default_factory=list)  # written, prepared, started, exited, cleaned
     exit_code: int | None = None
@@ -195,27 +198,38 @@ class SessionReport:
             if self._message_left:
                 take = bytes(self._buffer[:self._message_left])
                 del self._buffer[:len(take)]
-                self.message = (self.message or b"") + take
+                self.message = ((self.message or b"") + take)[:MESSAGE_LIMIT]
                 self._message_left -= len(take)
                 continue
             end = self._buffer.find(b"\n")
             if end < 0:
+                if len(self._buffer) > LINE_LIMIT:  # a line without end: docker's words, cut
+                    self._say(bytes(self._buffer[:LINE_LIMIT]) + b" [cut]\n")
+                    self._buffer.clear()
                 break
             line = bytes(self._buffer[:end])
             del self._buffer[:end + 1]
             if line.startswith(b"fleet:exit-code:"):
                 self.exit_code = _int(line.removeprefix(b"fleet:exit-code:"))
             elif line.startswith(b"fleet:message:"):
-                self._message_left = _int(line.removeprefix(b"fleet:message:")) or 0
+                # The script sends at most MESSAGE_LIMIT bytes; a bigger or negative count is
+                # read (up to the limit) and never trusted beyond it.
+                self._message_left = min(max(_int(line.removeprefix(b"fleet:message:")) or 0, 0), MESSAGE_LIMIT)
                 self.message = b""
             elif line in (b"fleet:written", b"fleet:prepared", b"fleet:started", b"fleet:exited",
                           b"fleet:cleaned"):
                 event = line.decode().removeprefix("fleet:")
-                self.events.append(event)
+                if len(self.events) < EVENTS_LIMIT:
+                    self.events.append(event)
                 new.append(event)
             else:
-                self.said += line + b"\n"
+                self._say(line[:LINE_LIMIT] + b"\n")
         return new
+
+    def _say(self, words: bytes) -> None:
+        self.said += words
+        if len(self.said) > SAID_LIMIT:
+            del self.said[:len(self.said) - SAID_LIMIT]
 
     def resumed(self) -> None:
         """A new session command follows a lost one: what the old one half-said is dropped."""
@@ -225,6 +239,12 @@ class SessionReport:
     @property
     def errors(self) -> str:
         return (self.said + self._buffer).decode(errors="replace").strip()
+
+
+LINE_LIMIT = 65536  # bytes of one stderr line kept
+SAID_LIMIT = 65536  # bytes of docker's words kept (the last ones: errors come at the end)
+MESSAGE_LIMIT = 1024  # /opt/ml/output/message: the script sends its first 1 KB
+EVENTS_LIMIT = 100  # a session says a handful (resumed sessions say `started` again)
 
 
 def _int(text: bytes) -> int | None:

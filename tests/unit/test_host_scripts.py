@@ -704,3 +704,22 @@ def test_session_input_is_a_line_of_byte_counts_then_the_files_then_the_env_file
     pieces = [*plan.files.values(), plan.environment]
     assert header.split() == [str(len(piece)).encode() for piece in pieces]
     assert rest == b"".join(pieces)
+
+
+# -- a hostile host's stderr: memory stays bounded --------------------------------------------------
+
+def test_a_hostile_hosts_stderr_is_kept_bounded():
+    from fleet.host import EVENTS_LIMIT, LINE_LIMIT, MESSAGE_LIMIT, SAID_LIMIT
+    report = SessionReport()
+    for _ in range(64):  # 64 MiB without a newline, in 1 MiB chunks
+        report.feed(b"x" * 2**20)
+        assert len(report._buffer) <= 2**20 + LINE_LIMIT and len(report.said) <= SAID_LIMIT
+    for _ in range(1000):  # many lines of words, and the same event again and again
+        report.feed(b"w" * 1000 + b"\nfleet:written\n")
+    assert len(report.said) <= SAID_LIMIT and report.events == ["written"] * EVENTS_LIMIT
+    # a message count far above what the script sends, then negative: never more than 1 KB kept
+    report.feed(b"fleet:message:999999999\n" + b"m" * 5000 + b"\n")
+    assert report.message == b"m" * MESSAGE_LIMIT
+    report.feed(b"fleet:message:-5\nfleet:exited\n")
+    assert report.message == b""
+    assert report.feed(b"fleet:cleaned\n") == ["cleaned"]  # still told, though no longer listed
