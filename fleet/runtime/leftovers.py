@@ -103,44 +103,44 @@ async def collect_garbage(inventory: Inventory, store: JobStore, console: Consol
     running = _running_jobs(store)
     controller = controller_id(store.home)
 
+    async def sweep(host: Host, label: str, transport: Transport) -> int:
+        log.debug("%s: listing leftovers", label)
+        async with asyncio.timeout(docker_timeout + 10):
+            listed = await transport.run(on_host(
+                host, "gc-list", [host.job_root, RUN_FILE, JOB_LABEL, RUN_LABEL, CONTROLLER_LABEL], docker_timeout))
+        if listed.exit_status != 0:
+            console.notice(f"{label}: cannot list containers: "
+                           f"{listed.stderr.decode(errors='replace').strip() or 'docker did not answer'}")
+            return 1
+        remove, kept = leftovers_to_remove(
+            parse_leftovers(listed.stdout.decode(errors="replace"), host.job_root), running, controller)
+        for item, why in kept:
+            if why != "its job is running":
+                console.notice(f"{label}: left alone: {item.describe()} ({why})")
+        for item in remove:
+            print(f"{label}: {'would remove' if dry_run else 'removing'} {item.describe()} (job {item.job})")
+        if dry_run or not remove:
+            return 0
+        log.debug("%s: removing %d leftover(s)", label, len(remove))
+        argv = on_host(host, "gc-remove", _removals(remove), docker_timeout)
+        async with asyncio.timeout(docker_timeout * (len(remove) + 1)):
+            result = await transport.run(argv)
+        failed = [line for line in result.stdout.decode(errors="replace").splitlines() if line.startswith("failed")]
+        for line in failed:
+            console.notice(f"{label}: could not remove {line.removeprefix('failed ')}")
+        return 1 if failed else 0
+
     async def one(host: Host) -> int:
         label = host.title
-        transport: Transport = transport_for(host, label)
         try:
-            await transport.connect()
-            log.debug("%s: listing leftovers", label)
-            async with asyncio.timeout(docker_timeout + 10):
-                listed = await transport.run(on_host(
-                    host, "gc-list", [host.job_root, RUN_FILE, JOB_LABEL, RUN_LABEL, CONTROLLER_LABEL], docker_timeout))
-            if listed.exit_status != 0:
-                console.notice(f"{label}: cannot list containers: "
-                               f"{listed.stderr.decode(errors='replace').strip() or 'docker did not answer'}")
-                return 1
-            remove, kept = leftovers_to_remove(
-                parse_leftovers(listed.stdout.decode(errors="replace"), host.job_root), running, controller)
-            for item, why in kept:
-                if why != "its job is running":
-                    console.notice(f"{label}: left alone: {item.describe()} ({why})")
-            for item in remove:
-                print(f"{label}: {'would remove' if dry_run else 'removing'} {item.describe()} (job {item.job})")
-            if dry_run or not remove:
-                return 0
-            log.debug("%s: removing %d leftover(s)", label, len(remove))
-            argv = on_host(host, "gc-remove", _removals(remove), docker_timeout)
-            async with asyncio.timeout(docker_timeout * (len(remove) + 1)):
-                result = await transport.run(argv)
-            failed = [line for line in result.stdout.decode(errors="replace").splitlines() if line.startswith("failed")]
-            for line in failed:
-                console.notice(f"{label}: could not remove {line.removeprefix('failed ')}")
-            return 1 if failed else 0
+            async with transport_for(host, label) as transport:
+                return await sweep(host, label, transport)
         except FleetError as exc:
             console.notice(exc.message)
             return 1
         except TimeoutError:
             console.notice(f"{label}: docker did not answer within the time allowed")
             return 1
-        finally:
-            await transport.close()
 
     failures = sum(await all_of(*(one(h) for h in inventory.hosts)))
     return 0 if failures == 0 else 1

@@ -80,20 +80,17 @@ async def check(inventory: Inventory, job: ProcessingJob | None, console: Consol
 
     async def one(host: Host) -> CheckRow:
         label = host.title
-        transport = transport_for(host, label)
         try:
-            await transport.connect()
-            argv = on_host(host, "check", [image or "", host.job_root, str(need_kb), "1" if host.gpus else "0"],
-                           docker_timeout)
-            log.debug("%s: running the checks", label)
-            async with asyncio.timeout(docker_timeout * 3 + (600 if image else 0)):
-                result = await transport.run(argv)
+            async with transport_for(host, label) as transport:
+                argv = on_host(host, "check", [image or "", host.job_root, str(need_kb), "1" if host.gpus else "0"],
+                               docker_timeout)
+                log.debug("%s: running the checks", label)
+                async with asyncio.timeout(docker_timeout * 3 + (600 if image else 0)):
+                    result = await transport.run(argv)
         except FleetError as exc:
             return CheckRow(label, ssh="FAIL", problems=[exc.message])
         except TimeoutError:
             return CheckRow(label, ssh="ok", problems=["the check did not finish"])
-        finally:
-            await transport.close()
         return check_row(label, _parse_report(result.stdout.decode(errors="replace")),
                          need_kb=need_kb, image=image, gpus=bool(host.gpus))
 

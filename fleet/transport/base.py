@@ -70,7 +70,11 @@ class Transport(abc.ABC):
         self.label = label  # e.g. "algo-2 (gpu-02, 10.0.0.12)": names the host in errors
 
     async def __aenter__(self) -> Transport:
-        await self.connect()
+        try:
+            await self.connect()
+        except BaseException:
+            await self.close()  # whatever a failed connect left open (a jump host's connection)
+            raise
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
