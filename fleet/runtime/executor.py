@@ -269,9 +269,10 @@ class JobExecution:
                     assert self._ending is not None
                     self.console.notice(f"{self._ending.failure_reason}; stopping the other hosts")
         except TimeoutError:
-            self._end(MaxRuntimeExceeded(f"Job exceeded MaxRuntimeInSeconds ({self.job.max_runtime} s); "
-                                         f"the containers were stopped"))
-            self.console.notice(self._ending.failure_reason if self._ending else "MaxRuntimeExceeded")
+            exceeded = MaxRuntimeExceeded(f"Job exceeded MaxRuntimeInSeconds ({self.job.max_runtime} s); "
+                                          f"the containers were stopped")
+            self._end(exceeded)
+            self.console.notice(exceeded.failure_reason)
         running = [instance for instance in self.instances if not instance.has("exited")]
         await all_of(*(instance.stop(self.kill_requested) for instance in running))
 
