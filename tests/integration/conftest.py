@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from registries import auth_registry, controller_docker, fake_ecr  # noqa: F401  (fixtures: registries, ECR)
 
 from s3server import bucket, s3  # noqa: F401  (fixtures: a real S3 server, SeaweedFS)
 
@@ -88,6 +89,8 @@ class Cluster:
     hosts: list[TestHost]
     key: Path
     known_hosts: Path
+    controller_docker_host: str = ""  # the controller's own dockerd (root netns): unix://...
+    ecr_host: str = ""  # the fake ECR registry host; resolves to 10.251.7.1 (/etc/hosts)
 
     def inventory_doc(self) -> dict:
         return yaml.safe_load(self.inventory.read_text())
@@ -123,7 +126,8 @@ def cluster(tmp_path_factory) -> Cluster:
     hosts = [TestHost(env[f"FLEET_H{i}_NAME"], env[f"FLEET_H{i}_ADDR"], env[f"FLEET_H{i}_DOCKER_HOST"],
                       Path(env[f"FLEET_H{i}_WORKDIR"]), state / f"h{i}") for i in (1, 2, 3)]
     try:
-        yield Cluster(state, inventory, hosts, Path(env["FLEET_SSH_KEY"]), Path(env["FLEET_KNOWN_HOSTS"]))
+        yield Cluster(state, inventory, hosts, Path(env["FLEET_SSH_KEY"]), Path(env["FLEET_KNOWN_HOSTS"]),
+                      env["FLEET_CONTROLLER_DOCKER_HOST"], env["FLEET_ECR_HOST"])
     finally:
         subprocess.run([str(LOCAL_CLUSTER), "down"], timeout=300, stdout=subprocess.DEVNULL)
         lock.close()
