@@ -38,6 +38,7 @@ import enum
 import functools
 import logging
 import posixpath
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
@@ -65,6 +66,7 @@ class Status(enum.IntEnum):
     WAIT_FAILED = 31
     GONE = 32  # resume: the container is gone, or not this run's
     NOT_STARTED = 33  # resume: the container was never started
+    LOAD_FAILED = 34  # load: docker load failed, or gave no image of the pushed ID
 
 
 GO = b"go\n"
@@ -81,6 +83,8 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "check": ("docker", "checks", "check"),
     "gc-list": ("docker", "gc-list"),
     "gc-remove": ("docker", "gc-remove"),
+    "image-have": ("docker", "image-have"),
+    "load": ("docker", "load"),
     "extract": ("extract",),
     "archive": ("archive",),
     "changed-files": ("changed-files",),
@@ -123,6 +127,19 @@ def on_host(host: Host, script: str, args: list[str], docker_timeout: int) -> li
     """A script for `host` outside any job (fleet check: "check"; fleet gc: "gc-list",
     "gc-remove"), given the host's docker command."""
     return _with_docker(host.docker_command, script, args, docker_timeout)
+
+
+def image_have(docker: list[str], image_id: str, layers: Sequence[str], docker_timeout: int) -> list[str]:
+    """What a host has of the image `image_id` (layers: its RootFS diff IDs, in order), on
+    stdout: `present`, or `layers K` (the longest prefix of `layers` some image of the host
+    starts with). `docker` is the host's docker command."""
+    return _with_docker(docker, "image-have", [image_id, *layers], docker_timeout)
+
+
+def image_load(docker: list[str], image_id: str, docker_timeout: int) -> list[str]:
+    """`docker load` of the archive the controller writes on stdin, then a check that the
+    image `image_id` is there: `fleet:loaded` on stderr, else LOAD_FAILED and docker's words."""
+    return _with_docker(docker, "load", [image_id], docker_timeout)
 
 
 def session(plan: HostPlan, image: str, docker_timeout: int, volume_gb: int = 0) -> list[str]:

@@ -1,0 +1,1 @@
+"""Container images: how a job's image gets onto its hosts."""

@@ -1,0 +1,387 @@
+"""Images onto hosts without a registry: from the controller's Docker engine (or a `docker
+save` archive) over each host's SSH connection into its `docker load`.
+
+Only what a host lacks moves. `host_has` asks a host (fleet/host/image-have.sh) whether it
+has the image, else how many of its layers (a prefix: `docker load` skips a layer whose
+chain exists). The image is read once and written to every host at once, as the inputs are
+(fleet.data.staging): each chunk goes to all the hosts that need it, waiting for each
+channel's flow control (the slowest host sets the pace, memory stays a chunk per host).
+
+    every host lacks the whole image   `docker save REF` streamed live to all of them
+    some host has some layers          `docker save REF` into a private spool file, indexed
+                                       (fleet.image.archive), then read once: each entry to
+                                       the hosts that lack it
+    an archive file (--image-archive)  as the spool file
+
+Each host runs `fleet-load ID` (fleet/host/load.sh): `docker load` from stdin, then a check
+that the image of that ID is there. The stream starts with a guard (fleet.image.archive): a
+push cut anywhere fails to load and leaves no image behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet.data.tarstream import END_OF_ARCHIVE
+from fleet.errors import ClientError, FleetError, HostError
+from fleet.fanout import all_of, settled, task_group
+from fleet.host import Status, image_have, image_load
+from fleet.image.archive import GUARD, ImageArchive, open_archive
+from fleet.image.local import LocalImage
+from fleet.transport.base import RemoteProcess, Transport
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1024 * 1024  # bytes read from `docker save` at once
+WORDS_LIMIT = 8192  # bytes of a command's stderr kept (its last ones: errors come at the end)
+# A write that makes no progress for this long: the host stopped reading (its `docker load`
+# hangs while SSH keepalives still answer). A lost connection ends sooner, by the keepalives.
+WRITE_STALL = 300.0
+# dockerd 20.10 writes the whole image to a temporary folder before `docker save` sends its
+# first byte, and `docker load` applies the layers after its last: both are allowed
+# docker_timeout plus the image's size at this slow rate.
+SLOW_RATE = 10 * 1000 * 1000  # bytes per second
+
+
+@dataclass(frozen=True)
+class DockerSource:
+    """An image of the controller's Docker engine (fleet.image.local.inspect_local)."""
+
+    reference: str  # as the user gave it: `docker save` writes it as the loaded image's tag
+    image: LocalImage
+
+
+Source = DockerSource | ImageArchive  # an ImageArchive: an indexed `docker save` file
+
+
+def source_for(reference: str, image: LocalImage, archive: str | Path | None) -> Source:
+    """What push_image reads: the archive file if one is given (indexed here: its headers,
+    not its layers), else the controller's docker image `reference` (described by `image`)."""
+    if archive is None:
+        return DockerSource(reference, image)
+    indexed = open_archive(Path(archive))
+    if indexed.image.id != image.id:
+        raise ClientError(f"the image archive {archive} changed: it now holds {indexed.image.id}, not {image.id}")
+    return indexed
+
+
+@dataclass
+class PushTarget:
+    label: str  # "algo-2 (h2, 10.0.0.12)"
+    transport: Transport
+    docker: list[str]  # the host's docker command words
+    have: int  # layers of the image the host has (host_has)
+
+
+@dataclass
+class PushCount:
+    """What moved, for the progress line and the record."""
+
+    read: int = 0  # bytes read from the source (once)
+    sent: dict[str, int] = field(default_factory=dict)  # bytes written per host label
+    total: int = 0  # bytes to send to all hosts (estimated for a live `docker save`)
+
+
+async def host_has(transport: Transport, docker: list[str], image: LocalImage, docker_timeout: int) -> int | None:
+    """What the host has of `image`: None when it has the image (by ID), else how many of
+    its first layers. HostError when the host or its docker does not answer."""
+    argv = image_have(docker, image.id, image.layers, docker_timeout)
+    label = transport.label
+    try:
+        async with asyncio.timeout(3 * docker_timeout + 30):  # three bounded docker calls
+            result = await transport.run(argv)
+    except TimeoutError:
+        raise HostError(label, f"docker did not answer within {docker_timeout} s (looking for the image "
+                               f"{image.id})") from None
+    said = result.stderr[-WORDS_LIMIT:].decode(errors="replace").strip()
+    if result.exit_status != 0:
+        raise _docker_error(label, result.exit_status, said, docker_timeout, f"looking for the image {image.id}")
+    answer = result.stdout[:100].decode(errors="replace").strip()
+    if answer == "present":
+        return None
+    word, _, number = answer.partition(" ")
+    if word == "layers" and number.isdigit() and int(number) <= len(image.layers):
+        return int(number)
+    raise HostError(label, f"looking for the image {image.id} gave {answer!r}")
+
+
+async def push_image(source: Source, targets: list[PushTarget], count: PushCount, *, docker_timeout: int,
+                     spool_dir: Path) -> dict[str, FleetError]:
+    """Load the image of `source` into every target's docker. Returns the targets that
+    failed (label → error naming the host and the image: ClientError with docker's words
+    for a failed load, HostError for a lost or stalled host); the others have the image,
+    checked by its ID. A source that fails (`docker save` on the controller, an archive
+    that changed) raises ClientError or InvalidInput; every load is then cut and fails."""
+    if not targets:
+        return {}
+    image = source.image
+    name = source.reference if isinstance(source, DockerSource) else f"{image.id} (from {source.path})"
+    count.sent = {t.label: 0 for t in targets}
+    if isinstance(source, ImageArchive):
+        return await _push_archive(source, targets, count, name, docker_timeout)
+    if all(t.have == 0 for t in targets):
+        count.total = (image.size + len(GUARD) + len(END_OF_ARCHIVE)) * len(targets)  # about: tar headers
+        async with task_group() as tasks:
+            loads = _Loads(targets, image, name, count, tasks, docker_timeout)
+            save = _DockerSave(source, docker_timeout)
+            try:
+                await loads.open()
+                if not loads.live:
+                    return dict(loads.failed)
+                await save.start(tasks)
+                await loads.write(GUARD, tuple(loads.live))
+                while loads.live and (chunk := await save.read()):
+                    count.read += len(chunk)
+                    await loads.write(chunk, tuple(loads.live))
+                return await loads.finish(_allowance(docker_timeout, image.size))
+            finally:
+                loads.abandon()
+                await save.close()
+    with _spool(spool_dir) as folder:
+        saved = folder / "image.tar"
+        await _save_to(source, saved, docker_timeout)
+        archive = await asyncio.to_thread(open_archive, saved)
+        if archive.image.id != image.id:
+            raise ClientError(f"the controller's docker saved {source.reference} as the image {archive.image.id}, "
+                              f"not {image.id}: it changed meanwhile; run again")
+        return await _push_archive(archive, targets, count, name, docker_timeout)
+
+
+async def _push_archive(archive: ImageArchive, targets: list[PushTarget], count: PushCount, name: str,
+                        docker_timeout: int) -> dict[str, FleetError]:
+    """Each target its filtered stream, in one pass over the file."""
+    count.total = sum(archive.bytes_for(t.have) for t in targets)
+    haves = {t.label: t.have for t in targets}
+    async with task_group() as tasks:
+        loads = _Loads(targets, archive.image, name, count, tasks, docker_timeout)
+        try:
+            await loads.open()
+            if loads.live:
+                pieces = archive.pieces(haves)
+                try:
+                    async for chunk, labels in pieces:
+                        count.read += len(chunk)
+                        await loads.write(chunk, labels)
+                        if not loads.live:
+                            break
+                finally:
+                    await pieces.aclose()
+                return await loads.finish(_allowance(docker_timeout, max(archive.bytes_for(h) for h in haves.values())))
+            return dict(loads.failed)
+        finally:
+            loads.abandon()
+
+
+def _allowance(docker_timeout: int, size: int) -> float:
+    return docker_timeout + size / SLOW_RATE
+
+
+class _Loads:
+    """One `fleet-load` command per target, fed the same stream (each its part). Its tasks
+    (each command's stderr) belong to the caller's task group."""
+
+    def __init__(self, targets: list[PushTarget], image: LocalImage, name: str, count: PushCount,
+                 tasks: asyncio.TaskGroup, docker_timeout: int) -> None:
+        self.targets = {t.label: t for t in targets}
+        self.image = image
+        self.name = name
+        self.count = count
+        self.docker_timeout = docker_timeout
+        self.processes: dict[str, RemoteProcess] = {}
+        self.failed: dict[str, FleetError] = {}
+        self._tasks = tasks
+        self._stderr: dict[str, asyncio.Task[bytes | FleetError]] = {}
+
+    async def open(self) -> None:
+        async def one(target: PushTarget) -> None:
+            try:
+                argv = image_load(target.docker, self.image.id, self.docker_timeout)
+                process = await target.transport.start(argv)
+            except FleetError as exc:
+                self.failed[target.label] = exc
+                return
+            self.processes[target.label] = process
+            self._stderr[target.label] = self._tasks.create_task(settled(lambda: _last_words(process.read_stderr)))
+        await all_of(*(one(t) for t in self.targets.values()))
+
+    @property
+    def live(self) -> list[str]:
+        return [label for label in self.processes if label not in self.failed]
+
+    async def write(self, data: bytes, labels: tuple[str, ...]) -> None:
+        """To each of `labels` still live; one that fails or stalls is set aside (its
+        command closed: its load fails)."""
+        async def one(label: str) -> None:
+            try:
+                async with asyncio.timeout(WRITE_STALL):
+                    await self.processes[label].write(data)
+            except TimeoutError:
+                self._fail(label, HostError(label, f"stopped reading the image {self.name} for {WRITE_STALL:.0f} s"))
+                return
+            except FleetError as exc:
+                self._fail(label, HostError(label, f"lost while pushing the image {self.name}: {exc.message}"))
+                return
+            self.count.sent[label] = self.count.sent.get(label, 0) + len(data)
+        live = set(self.live)
+        await all_of(*(one(label) for label in labels if label in live))
+
+    def _fail(self, label: str, error: FleetError) -> None:
+        log.debug("push to %s failed: %s", label, error.message)
+        self.failed[label] = error
+        self.processes[label].close()
+
+    async def finish(self, allowance: float) -> dict[str, FleetError]:
+        """End every stream and check each load, `allowance` seconds at most."""
+        for label in self.live:
+            self.processes[label].close_stdin()
+
+        async def one(label: str) -> None:
+            process = self.processes[label]
+            try:
+                async with asyncio.timeout(allowance):
+                    await _last_words(process.read_stdout)
+                    status = await process.wait()
+                    said = await self._stderr[label]
+            except TimeoutError:
+                self._fail(label, HostError(label, f"docker load of the image {self.name} did not end "
+                                                   f"within {allowance:.0f} s"))
+                return
+            except FleetError as exc:
+                self._fail(label, HostError(label, f"lost while loading the image {self.name}: {exc.message}"))
+                return
+            if isinstance(said, FleetError) or process.lost:
+                why = said.message if isinstance(said, FleetError) else "the connection was lost"
+                self._fail(label, HostError(label, f"lost while loading the image {self.name}: {why}"))
+                return
+            words = said.decode(errors="replace").strip()
+            if status == 0 and "fleet:loaded" in words.splitlines():
+                log.debug("%s: loaded the image %s", label, self.name)
+                return
+            words = "\n".join(line for line in words.splitlines() if line != "fleet:loaded")
+            if status == Status.LOAD_FAILED:
+                self._fail(label, ClientError(f"{label}: docker load of the image {self.name} failed: {words}"))
+            else:
+                self._fail(label, _docker_error(label, status, words, self.docker_timeout,
+                                                f"loading the image {self.name}"))
+        await all_of(*(one(label) for label in self.live))
+        return dict(self.failed)
+
+    def abandon(self) -> None:
+        for process in self.processes.values():
+            process.close()
+        for task in self._stderr.values():
+            task.cancel()  # the group waits for it
+
+
+def _docker_error(label: str, status: int, said: str, docker_timeout: int, doing: str) -> FleetError:
+    if status == Status.DOCKER_TIMEOUT:
+        return HostError(label, f"docker did not answer within {docker_timeout} s ({doing})")
+    if status == Status.DOCKER_MISSING:
+        return HostError(label, f"docker command not found ({doing}): {said}")
+    if status == Status.DOCKER_FAILED:
+        return HostError(label, f"docker is not answering ({doing}): {said}")
+    if status < 0:
+        return HostError(label, f"the connection was lost ({doing})")
+    return ClientError(f"{label}: {doing} failed (status {status}): {said}")
+
+
+async def _last_words(read: object) -> bytes:
+    """A stream to its end, keeping its last WORDS_LIMIT bytes."""
+    kept = bytearray()
+    while chunk := await read():  # type: ignore[operator]
+        kept += chunk
+        if len(kept) > WORDS_LIMIT:
+            del kept[:len(kept) - WORDS_LIMIT]
+    return bytes(kept)
+
+
+# -- the controller's docker save ---------------------------------------------------------------
+
+class _DockerSave:
+    """`docker save REF` on the controller, read chunk by chunk. ClientError if it fails or
+    stalls: the first byte is allowed _allowance(the image's size), as dockerd 20.10 exports
+    the whole image to a folder first; each next one docker_timeout. Its stderr is read by
+    a task of the caller's group."""
+
+    def __init__(self, source: DockerSource, docker_timeout: int) -> None:
+        self.source = source
+        self.docker_timeout = docker_timeout
+        self._process: asyncio.subprocess.Process | None = None
+        self._words: asyncio.Task[bytes] | None = None
+        self._wait = _allowance(docker_timeout, source.image.size)
+
+    async def start(self, tasks: asyncio.TaskGroup) -> None:
+        docker = shutil.which("docker")
+        if docker is None:
+            raise ClientError(f"cannot save the image {self.source.reference}: no docker command on this machine")
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                docker, "save", "--", self.source.reference, stdin=asyncio.subprocess.DEVNULL,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            raise ClientError(f"cannot run {docker} save: {exc.strerror or exc}") from exc
+        stderr = self._process.stderr
+        assert stderr is not None
+        self._words = tasks.create_task(_last_words(lambda: stderr.read(65536)))
+
+    async def read(self) -> bytes:
+        """The next chunk; b"" at the end (the exit status checked)."""
+        assert self._process is not None and self._process.stdout is not None and self._words is not None
+        try:
+            async with asyncio.timeout(self._wait):
+                chunk = await self._process.stdout.read(CHUNK)
+        except TimeoutError:
+            raise ClientError(f"docker save {self.source.reference} on the controller sent nothing for "
+                              f"{self._wait:.0f} s") from None
+        self._wait = self.docker_timeout
+        if chunk:
+            return chunk
+        try:
+            async with asyncio.timeout(self.docker_timeout):
+                status = await self._process.wait()
+                said = (await self._words).decode(errors="replace").strip()
+        except TimeoutError:
+            raise ClientError(f"docker save {self.source.reference} on the controller did not end") from None
+        if status != 0:
+            raise ClientError(f"docker save {self.source.reference} on the controller failed: {said}")
+        return b""
+
+    async def close(self) -> None:
+        """Kill it if it still runs, and reap it."""
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.shield(self._process.wait())
+
+
+async def _save_to(source: DockerSource, path: Path, docker_timeout: int) -> None:
+    """`docker save REF` into `path` (a new file of a private folder)."""
+    async with task_group() as tasks:
+        save = _DockerSave(source, docker_timeout)
+        try:
+            await save.start(tasks)
+            with open(path, "xb") as file:  # noqa: ASYNC230 (opening is instant; writes go to a thread)
+                while chunk := await save.read():
+                    await asyncio.to_thread(file.write, chunk)
+        finally:
+            await save.close()
+
+
+@contextlib.contextmanager
+def _spool(spool_dir: Path) -> Iterator[Path]:
+    """A private folder (0700) under `spool_dir`, removed afterwards."""
+    spool_dir.mkdir(parents=True, exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="image-", dir=spool_dir))  # mkdtemp: 0700
+    try:
+        os.chmod(folder, 0o700)
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
