@@ -27,6 +27,7 @@ from fleet.contract.job import ignored_fields, load_job
 from fleet.data.sources import check_job_data
 from fleet.errors import FleetError, InvalidInput, JobStopped
 from fleet.home import fleet_home
+from fleet.image.reference import parse_reference
 from fleet.inventory import load_inventory
 from fleet.plan import PRIVATE_DIR, ClusterPlan, job_arn, plan_cluster, record_hosts, select_hosts
 from fleet.runtime.console import Console
@@ -87,6 +88,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--name", help="override ProcessingJobName")
     run.add_argument("--dry-run", action="store_true", help="print what would happen; touch nothing")
     run.add_argument("--keep", action="store_true", help="keep the job directories on the hosts")
+    run.add_argument("--push-image", action="store_true",
+                     help="every host that lacks the image gets it from the controller's Docker over SSH "
+                          "(what it lacks only), whatever the inventory's image_source")
+    run.add_argument("--image-archive", type=Path, metavar="FILE",
+                     help="the image as a `docker save` (or OCI) archive, pushed to the hosts that lack it "
+                          "(for a controller without Docker)")
     run.add_argument("--stop-grace", type=int, default=30, metavar="SECONDS",
                      help="time between SIGINT and SIGKILL when stopping (default 30)")
     run.add_argument("--docker-timeout", type=int, default=20, metavar="SECONDS",
@@ -176,6 +183,14 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
                          str(args.inventory) if args.inventory else "this machine alone (no --inventory)")
     if args.stop_grace < 0 or args.docker_timeout < 1 or args.host_timeout <= 0:
         raise InvalidInput("--stop-grace must be >= 0, --docker-timeout >= 1 and --host-timeout > 0")
+    parse_reference(job.AppSpecification.ImageUri)
+    archive = None
+    if args.image_archive is not None:
+        from fleet.image.archive import open_archive
+        archive = str(args.image_archive.resolve())
+        image = (await asyncio.to_thread(open_archive, Path(archive))).image
+        console.notice(f"--image-archive {args.image_archive}: image {image.id} "
+                       f"({image.size / 1e6:.1f} MB, {len(image.layers)} layers)")
     for notice in ignored_fields(job):
         console.notice(notice)
     region, account = _region_and_account()
@@ -192,7 +207,9 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     ownership = store.claim(job.ProcessingJobName)
     try:
         options = RunOptions(stop_grace=args.stop_grace, keep=args.keep, docker_timeout=args.docker_timeout,
-                             host_timeout=args.host_timeout, region=region, account=account)
+                             host_timeout=args.host_timeout, region=region, account=account,
+                             push_image=args.push_image, image_archive=archive,
+                             insecure_registries=tuple(inventory.insecure_registries))
         # What another fleet process needs to take the job over if this one dies.
         run = RunRecord.new(job, hosts, options, run_id=uuid.uuid4().hex[:16],
                             controller=controller_id(store.home))

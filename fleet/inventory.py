@@ -42,6 +42,10 @@ class Host(BaseModel):
     workdir: str | None = None
     docker: str = "docker"
     docker_args: list[str] = []
+    # How the host gets the job's image: `pull` from its registry (credentials lent by the
+    # controller), `push` from the controller's Docker (or --image-archive) over SSH, or
+    # `auto`: push when the controller has the image and the host lacks it, else pull.
+    image_source: Literal["auto", "pull", "push"] = "auto"
     connect_timeout: Annotated[float, Field(gt=0)] = 15.0
 
     @field_validator("host_key_checking", mode="before")
@@ -120,6 +124,9 @@ class Inventory(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     hosts: Annotated[list[Host], Field(min_length=1)]
+    # Registries the controller reaches over plain HTTP to resolve a tag (as dockerd's option
+    # of that name; those on loopback always): host or host:port.
+    insecure_registries: list[Annotated[str, Field(pattern=r"^[A-Za-z0-9.\-\[\]:]+$")]] = []
 
     @model_validator(mode="after")
     def _distinct(self) -> Inventory:
@@ -134,9 +141,10 @@ def parse_inventory(document: Any, source: str) -> Inventory:
     """Validate a hosts.yaml document: apply `defaults`, then check every host."""
     if not isinstance(document, dict):
         raise InvalidInput(f"{source}: must be a mapping with `hosts:` (and optional `defaults:`)")
-    unknown = sorted(set(document) - {"defaults", "hosts"})
+    unknown = sorted(set(document) - {"defaults", "hosts", "insecure_registries"})
     if unknown:
-        raise InvalidInput(f"{source}: {unknown[0]}: unknown field (expected `defaults` and `hosts`)")
+        raise InvalidInput(f"{source}: {unknown[0]}: unknown field "
+                           f"(expected `defaults`, `hosts` and `insecure_registries`)")
     defaults = document.get("defaults") or {}
     hosts = document.get("hosts")
     if not isinstance(defaults, dict):
@@ -156,7 +164,8 @@ def parse_inventory(document: Any, source: str) -> Inventory:
         return loc
 
     try:
-        inventory = Inventory.model_validate({"hosts": merged})
+        inventory = Inventory.model_validate({"hosts": merged, "insecure_registries":
+                                              document.get("insecure_registries") or []})
     except ValidationError as exc:
         raise InvalidInput(describe_validation_error(source, exc, relocate=written_at)) from exc
     for i, host in enumerate(inventory.hosts):

@@ -36,7 +36,7 @@ import posixpath
 from dataclasses import dataclass, field
 
 from fleet.contract import configfiles
-from fleet.contract.container import Mount, docker_create_argv, env_file_content
+from fleet.contract.container import Mount, docker_create_argv, entrypoint_and_command, env_file_content
 from fleet.contract.job import ProcessingJob
 from fleet.errors import InvalidInput
 from fleet.inventory import Host, Inventory
@@ -65,6 +65,9 @@ class HostPlan:
     mounts: list[Mount]
     container: str
     docker_create: list[str]  # after the host's docker command; then `docker start CONTAINER`
+    # docker_create[image_at] is the ImageUri: the session puts there the ID of the image the
+    # host has for it (pinned, pulled or pushed), so every host creates from exact bytes
+    image_at: int = -1
     run_id: str = ""  # this run of the job: labels its containers, marks its job directories
     controller: str = ""  # the controller (machine and FLEET_HOME) that runs it
     # env_file's content (secrets: sent on the session's stdin, never printed nor in a repr)
@@ -254,6 +257,9 @@ def plan_cluster(
         container = container_name(job.ProcessingJobName, algo)
         labels = {JOB_LABEL: job.ProcessingJobName, HOST_LABEL: algo, RUN_LABEL: run_id,
                   CONTROLLER_LABEL: controller}
+        create = docker_create_argv(job, name=container, algo=algo, peers=peers, mounts=mounts,
+                                    stop_grace=stop_grace, labels=labels, env_file=posixpath.join(private, "env"),
+                                    gpus=host.gpus, docker_args=host.docker_args)
         plans.append(HostPlan(
             algo=algo,
             host=host,
@@ -263,10 +269,8 @@ def plan_cluster(
             dirs=dirs,
             mounts=mounts,
             container=container,
-            docker_create=docker_create_argv(job, name=container, algo=algo, peers=peers, mounts=mounts,
-                                             stop_grace=stop_grace, labels=labels,
-                                             env_file=posixpath.join(private, "env"), gpus=host.gpus,
-                                             docker_args=host.docker_args),
+            docker_create=create,
+            image_at=len(create) - len(entrypoint_and_command(job)[1]) - 1,
             run_id=run_id,
             controller=controller,
             environment=environment,

@@ -16,7 +16,9 @@ The session is the whole life of the job on the host in one command:
     read the config files and the env file from stdin (their contents, secrets among them,
     are never in an argv: /proc/PID/cmdline is world-readable)
     → write the job directory (the workdir checked: writable, VolumeSizeInGB free)
-    → check docker (time-bounded) → pull the image if missing → (GPU runtime)
+    → (the controller says how the host gets the image: it is here, or pushed now; or pull
+    NAME@DIGEST with registry credentials on stdin, for that pull only) → check docker
+    (time-bounded) → pull the image if missing → (GPU runtime)
     → `docker create` → report `prepared` → (the controller stages the inputs into
     their partial directories) → wait for `go` on stdin (every host is checked, its
     container created, its inputs complete, before any starts) → move inputs into place
@@ -142,14 +144,14 @@ def image_load(docker: list[str], image_id: str, docker_timeout: int) -> list[st
     return _with_docker(docker, "load", [image_id], docker_timeout)
 
 
-def session(plan: HostPlan, image: str, docker_timeout: int, volume_gb: int = 0) -> list[str]:
+def session(plan: HostPlan, docker_timeout: int, volume_gb: int = 0) -> list[str]:
     """The job's whole life on one host (see the module's docstring). The host's workdir
     must have `volume_gb` GB free (the job's VolumeSizeInGB). Its stdin must start with
-    `session_input(plan)`."""
+    `session_input(plan)`; once it says `written`, `image_use` or `image_pull` follows."""
     inputs = [word for index in range(1, plan.input_count + 1)
               for word in (plan.partial_input_dir(index), plan.input_dir(index))]
     args = [plan.workdir, plan.job_parent, plan.job_dir, plan.run_file, plan.private_dir, plan.env_file,
-            plan.message_file, image, plan.container, plan.run_id, plan.controller,
+            plan.message_file, str(plan.image_at), plan.container, plan.run_id, plan.controller,
             str(volume_gb * 1024 * 1024), "1" if plan.host.gpus else "0",
             str(len(plan.tree)), str(len(plan.files)), str(plan.input_count),
             *(word for directory, mode in plan.tree for word in (mode, directory)),
@@ -165,6 +167,17 @@ def session_input(plan: HostPlan) -> bytes:
     byte counts (each file of `plan.files` in order, then the env file), then the bytes."""
     pieces = [*plan.files.values(), plan.environment]
     return " ".join(str(len(piece)) for piece in pieces).encode() + b"\n" + b"".join(pieces)
+
+
+def image_use(image_id: str) -> bytes:
+    """The session's image step: the host has the image (present, or pushed): this ID."""
+    return f"use {image_id} 0\n".encode()
+
+
+def image_pull(reference: str, docker_config: bytes) -> bytes:
+    """The session's image step: pull `reference` unless the host has it, with these
+    registry credentials (a Docker client config; empty for none) for that pull only."""
+    return f"pull {reference} {len(docker_config)}\n".encode() + docker_config
 
 
 def resume(plan: HostPlan, offset: int, docker_timeout: int) -> list[str]:
@@ -201,6 +214,7 @@ class SessionReport:
     MESSAGE_LIMIT, the events listed EVENTS_LIMIT)."""
 
     events: list[str] = field(default_factory=list)  # written, prepared, started, exited, cleaned
+    image: str | None = None  # the ID of the image the container is created from
     exit_code: int | None = None
     message: bytes | None = None
     said: bytearray = field(default_factory=bytearray)  # docker's own words, for errors
@@ -228,6 +242,8 @@ class SessionReport:
             del self._buffer[:end + 1]
             if line.startswith(b"fleet:exit-code:"):
                 self.exit_code = _int(line.removeprefix(b"fleet:exit-code:"))
+            elif line.startswith(b"fleet:image "):
+                self.image = line.removeprefix(b"fleet:image ")[:100].decode(errors="replace")
             elif line.startswith(b"fleet:message:"):
                 # The script sends at most MESSAGE_LIMIT bytes; a bigger or negative count is
                 # read (up to the limit) and never trusted beyond it.

@@ -2,6 +2,7 @@
 # `fleet check`: the session's own checks (checks.sh), each result a KEY=VALUE line on
 # stdout for fleet/runtime/preflight.py: docker, image, writable, free_kb, gpus.
 # After docker.sh and checks.sh. Arguments: IMAGE ('' for none) WORKDIR NEED_KB GPUS(1|0)
+# The image is looked at, never pulled: `image=present ID` or `image=missing`.
 image=$1 workdir=$2 need_kb=$3 gpus=$4
 
 last_line() { printf '%s' "$1" | tail -n 1; }
@@ -13,9 +14,10 @@ case $? in
   *) printf 'docker=%s\n' "$(last_line "$said")"; exit 0 ;;
 esac
 if [ -n "$image" ]; then
-  said=$(check_image "$image")
+  said=$(image_id "$image")
   case $? in
-    0) printf 'image=%s\n' "$said" ;;
+    0) printf 'image=present %s\n' "$said" ;;
+    1) echo 'image=missing' ;;
     20) echo 'image=docker did not answer' ;;
     *) printf 'image=%s\n' "$(last_line "$said")" ;;
   esac

@@ -36,23 +36,43 @@ check_docker() {
   esac
 }
 
-# check_image IMAGE: present, or pulled now; prints `present` or `pulled`.
-check_image() {
+# image_id IMAGE: the ID of the host's image IMAGE (a name, NAME@DIGEST or an ID), printed;
+# status 1 when the host has none, docker's statuses (20, 21, 22) when docker fails.
+image_id() {
   inspected=$(d_bounded image inspect --format '{{.Id}}' "$1" 2>&1)
   case $? in
-    0) echo present; return 0 ;;
+    0) printf '%s\n' "$inspected"; return 0 ;;
     124) return 20 ;;  # DOCKER_TIMEOUT
     127) printf '%s\n' "$inspected"; return 21 ;;  # DOCKER_MISSING
   esac
   case $inspected in
-    *"o such image"*) ;;
+    *"o such image"*) return 1 ;;
     *) printf '%s\n' "$inspected"; return 22 ;;  # DOCKER_FAILED
   esac
-  if ! pulled=$(d pull --quiet "$1" 2>&1 >/dev/null); then
+}
+
+# check_image IMAGE [CONFIG_DIR]: present, or pulled now (with the registry credentials of
+# the Docker client config in CONFIG_DIR, if given); prints `present ID` or `pulled ID`.
+check_image() {
+  said=$(image_id "$1")
+  status=$?
+  case $status in
+    0) printf 'present %s\n' "$said"; return 0 ;;
+    1) ;;
+    *) printf '%s\n' "$said"; return "$status" ;;
+  esac
+  if [ -n "${2:-}" ]; then
+    pulled=$(d --config "$2" pull --quiet "$1" 2>&1 >/dev/null)
+  else
+    pulled=$(d pull --quiet "$1" 2>&1 >/dev/null)
+  fi
+  status=$?
+  if [ "$status" -ne 0 ]; then
     printf '%s\n' "$pulled"
     return 23  # PULL_FAILED
   fi
-  echo pulled
+  said=$(image_id "$1") || { printf 'pulled, then: %s\n' "$said"; return 23; }  # PULL_FAILED
+  printf 'pulled %s\n' "$said"
 }
 
 # check_gpus: docker has the NVIDIA runtime, or the host has NVIDIA CDI devices.

@@ -1,14 +1,16 @@
 # shellcheck shell=sh
 # The job's whole life on one host (see fleet/host/__init__.py), after docker.sh,
 # checks.sh and supervise.sh. Arguments, every path from fleet.plan.HostPlan:
-#   WORKDIR JOB_PARENT JOB_DIR RUN_FILE PRIVATE_DIR ENV_FILE MESSAGE IMAGE NAME
+#   WORKDIR JOB_PARENT JOB_DIR RUN_FILE PRIVATE_DIR ENV_FILE MESSAGE IMAGE_AT NAME
 #   RUN CONTROLLER NEED_KB GPUS(1|0) NDIRS NFILES NINPUTS
 #   then NDIRS (mode, directory) pairs to make in PRIVATE_DIR, NFILES paths to write,
-#   NINPUTS (partial, final) directory pairs, and the `docker create` argv.
+#   NINPUTS (partial, final) directory pairs, and the `docker create` argv, whose word
+#   IMAGE_AT (from 0) the ID of the image the host has for the job replaces.
 # Stdin first brings what no other local user may see (argvs are public: /proc/PID/cmdline):
 # a line of byte counts, one per file then one for the env file, then those bytes; then,
-# as always, go / abort and clean / keep.
-workdir=$1 job_parent=$2 job_dir=$3 run_file=$4 private_dir=$5 env_file=$6 message=$7 image=$8 name=$9
+# once the files are written, how this host gets the image (see below); then, as always,
+# go / abort and clean / keep.
+workdir=$1 job_parent=$2 job_dir=$3 run_file=$4 private_dir=$5 env_file=$6 message=$7 image_at=$8 name=$9
 shift 9
 run=$1 controller=$2 need_kb=$3 gpus=$4 ndirs=$5 nfiles=$6 ninputs=$7
 shift 7
@@ -87,18 +89,62 @@ take "$env_file" || exit 24  # WRITE_FAILED
 rm -f -- "$stash"
 printf 'fleet:written\n' >&2
 
+# The image, as the controller says once the files are written (it may first push it here):
+#   use ID 0    the host has it (present, or just pushed): ID
+#   pull REF N  REF (NAME@DIGEST when the controller pinned it) unless the host has it, with
+#               the N bytes that follow: a Docker client config holding the registry's
+#               credentials (ECR's token, the controller's docker login), for this pull only:
+#               in a directory only this user reads, removed as soon as the pull ends.
 # check_image's first docker call is the check that docker answers (time-bounded; its
 # statuses are check_docker's): one docker round trip fewer per host than check_docker
 # first (fleet check runs check_docker too, to show the server's version).
-said=$(check_image "$image") || fail "$?" "$said"
+IFS=' ' read -r verb ref n || verb=abort
+case $verb:$n in
+  use:0 | pull:0) auth_dir= ;;
+  pull:*[!0-9]* | pull:) fail 23 "the controller's pull was announced as '$n' bytes" ;;  # PULL_FAILED
+  pull:*)
+    auth_dir=$private_dir/.docker
+    # A signal (the connection gone, a stop) first removes the credentials, then kills.
+    forget_credentials() { rm -rf -- "$auth_dir"; trap - HUP INT TERM; kill -s "$1" "$$"; }
+    trap 'forget_credentials HUP' HUP
+    trap 'forget_credentials INT' INT
+    trap 'forget_credentials TERM' TERM
+    mkdir -m 0700 -- "$auth_dir" || fail 24 "cannot make $auth_dir"  # WRITE_FAILED
+    head -c "$n" > "$auth_dir/config.json" || { rm -rf -- "$auth_dir"; exit 24; }  # WRITE_FAILED
+    ;;
+  *)  # abort (or the controller gone): nothing was created yet
+    rm -rf -- "$job_dir"; if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
+    exit 0 ;;
+esac
+if [ "$verb" = use ]; then
+  said=$(image_id "$ref")
+  status=$?
+  if [ "$status" -eq 1 ]; then fail 23 "the image $ref is not on this host"; fi  # PULL_FAILED
+  [ "$status" -eq 0 ] || fail "$status" "$said"
+  image=$said
+else
+  said=$(check_image "$ref" "$auth_dir")
+  status=$?
+  if [ -n "$auth_dir" ]; then rm -rf -- "$auth_dir"; trap - HUP INT TERM; fi
+  [ "$status" -eq 0 ] || fail "$status" "$said"
+  image=${said#* }
+fi
+printf 'fleet:image %s\n' "$image" >&2
 if [ "$gpus" = 1 ]; then
   said=$(check_gpus) || fail "$?" "$said"
 fi
 
 # docker_create PAIRS... ARGV...: `docker create` with the argv after the input pairs (which
-# stay in the script's own arguments, for `go`).
+# stay in the script's own arguments, for `go`), its word IMAGE_AT replaced by the image's ID.
 docker_create() {
   shift $((2 * ninputs))
+  i=0 count=$#
+  while [ "$i" -lt "$count" ]; do
+    word=$1
+    shift
+    if [ "$i" -eq "$image_at" ]; then set -- "$@" "$image"; else set -- "$@" "$word"; fi
+    i=$((i + 1))
+  done
   d "$@"
 }
 # Docker keeps the environment in the container's config: the env file goes at once.

@@ -32,6 +32,8 @@ from fleet.errors import (
     MaxRuntimeExceeded,
 )
 from fleet.fanout import all_of, first_of, on_each, task_group
+from fleet.home import fleet_home
+from fleet.image.supply import ImageSupply, Target
 from fleet.inventory import Host
 from fleet.plan import HostPlan, algo_names, host_labels, plan_cluster
 from fleet.runtime.console import Console
@@ -185,9 +187,19 @@ class JobExecution:
         Any failure: every session is told to abort, and nothing starts anywhere."""
         image = self.job.AppSpecification.ImageUri
         volume = self.job.ProcessingResources.ClusterConfig.VolumeSizeInGB
+        options = self.options
+        supply = ImageSupply(image, self.console, docker_timeout=options.docker_timeout,
+                             push_image=options.push_image, archive=options.image_archive,
+                             insecure=frozenset(options.insecure_registries), spool_dir=fleet_home())
+        targets = [Target(i.algo, i.label, i.host, i.transport) for i in self.instances]
 
         async def prepare(instance: Instance) -> None:
-            await instance.open(tasks, image, volume)
+            await instance.open(tasks, volume)
+            if await instance.written():  # the image step: present, pushed, or pull (credentials)
+                step = await supply.instruction(instance.algo)
+                if step.startswith(b"pull "):
+                    instance.pulled_as = step.split(b" ", 2)[1].decode()
+                await instance.image_step(step)
             await instance.prepared(image)
 
         async def stage() -> None:
@@ -201,10 +213,15 @@ class JobExecution:
                 await self.data.stage(*self._planned())
 
         try:
-            await all_of(on_each(self.instances, prepare), stage())
+            await all_of(on_each(self.instances, prepare), stage(), supply.deliver(targets))
+            images = {instance.algo: instance.report.image for instance in self.instances}
+            supply.check_same(images)
         except BaseException:
             await all_of(*(instance.abort() for instance in self.instances))
             raise
+        digest, delivered = supply.record(images)
+        self.record.update(AppSpecification={**self.record.data.get("AppSpecification", {}), "ImageDigest": digest},
+                           Image=delivered)
 
     async def _supervise(self, started: str | None) -> list[HostOutcome]:
         """Start every host's container (unless they were `started` already, at that ISO

@@ -72,6 +72,7 @@ class Instance:
         self._lines: HostLines | None = None
         self._volume_kb = 0
         self._given_up = False  # give_up(): no more reconnects
+        self.pulled_as: str | None = None  # the reference the host was told to pull (NAME@DIGEST)
 
     @property
     def label(self) -> str:
@@ -118,14 +119,14 @@ class Instance:
         return self.plan
 
     # -- the session ------------------------------------------------------------------------
-    async def open(self, tasks: asyncio.TaskGroup, image: str, volume_gb: int) -> None:
+    async def open(self, tasks: asyncio.TaskGroup, volume_gb: int) -> None:
         """Start the session command (check, write, create; then wait for go). Its reader
         is a task of `tasks`, the job's. The config files and the Environment go on its
         stdin (never in an argv: every local user of the host could read them there)."""
         self._volume_kb = volume_gb * 1024 * 1024
         plan = self._plan()
         self._process = await self.transport.start(
-            scripts.session(plan, image, self.options.docker_timeout, volume_gb))
+            scripts.session(plan, self.options.docker_timeout, volume_gb))
         self._reader = tasks.create_task(self._read(), name=f"{self.algo} session")
         try:
             await self._process.write(scripts.session_input(plan))
@@ -213,6 +214,11 @@ class Instance:
         session ended first (`prepared` tells why)."""
         return await self._until("written")
 
+    async def image_step(self, step: bytes) -> None:
+        """Tell the session, once written, how it gets the image (fleet.image.supply); never
+        logged (a pull's registry credentials ride along)."""
+        await self._send(step, "the image step")
+
     async def prepared(self, image: str) -> None:
         """Wait until the host is checked, its job directory written and its container
         created; raise what went wrong."""
@@ -232,7 +238,8 @@ class Instance:
         if status == Status.DOCKER_FAILED:
             return HostError(label, f"docker is not answering: {said}")
         if status == Status.PULL_FAILED:
-            return ClientError(f"{label}: cannot pull image {image}: {said}")
+            how = f" (as {self.pulled_as})" if self.pulled_as and self.pulled_as != image else ""
+            return ClientError(f"{label}: cannot pull image {image}{how}: {said}")
         if status == Status.CREATE_FAILED:
             return ClientError(f"{label}: docker could not create the container: {said}")
         if status == Status.NO_SPACE:
@@ -258,12 +265,12 @@ class Instance:
     async def abort(self) -> None:
         await self._send(scripts.ABORT)
 
-    async def _send(self, line: bytes) -> None:
+    async def _send(self, line: bytes, what: str | None = None) -> None:
         if self._process is not None and not self._ended.is_set():
             try:
                 await self._process.write(line)
-            except FleetError as exc:
-                log.debug("%s: could not send %r: %s", self.algo, line, exc.message)  # its end tells
+            except FleetError as exc:  # its end tells
+                log.debug("%s: could not send %s: %s", self.algo, what or repr(line), exc.message)
 
     async def exited(self) -> tuple[int, bytes | None]:
         """Wait for the container to exit: (exit code, first 1 KB of its message, if any)."""

@@ -2,7 +2,8 @@
 per host. The host runs fleet/host/check.sh: the very checks (fleet/host/checks.sh) each
 host's session runs before any container starts, each reported as a KEY=VALUE line
 (docker, image, writable, free_kb, gpus). What each host reported becomes a row in
-`check_row`, pure."""
+`check_row`, pure. The image is never pulled here: the IMAGE column says `present (ID)`,
+`will be pulled (auth: ECR | docker config | none, the digest)` or `will be pushed (bytes)`."""
 
 from __future__ import annotations
 
@@ -14,6 +15,11 @@ from fleet.contract.job import ProcessingJob
 from fleet.errors import FleetError
 from fleet.fanout import all_of
 from fleet.host import on_host
+from fleet.image import registry
+from fleet.image.credentials import credentials_for
+from fleet.image.local import LocalImage, inspect_local
+from fleet.image.push import host_has
+from fleet.image.reference import parse_reference
 from fleet.inventory import Host, Inventory
 from fleet.runtime.console import Console
 from fleet.transport import transport_for
@@ -36,7 +42,42 @@ class CheckRow:
         return not self.problems
 
 
-def check_row(host: str, report: dict[str, str], *, need_kb: int, image: str | None, gpus: bool) -> CheckRow:
+@dataclass(frozen=True)
+class ImageView:
+    """What the controller knows of the job's image, for the IMAGE column: the host gets it
+    pushed (the controller has it: `local_size` bytes, `local_layers` layers), or pulled
+    (with `auth`; `digest`: the registry's, when resolved)."""
+
+    local_id: str | None = None
+    local_size: int = 0
+    local_layers: int = 0
+    auth: str = "none"
+    digest: str | None = None
+    problem: str | None = None  # what the controller could not learn (credentials refused, ...)
+
+
+def image_cell(report: str, source: str, view: ImageView, have: int | None = None) -> tuple[str, str | None]:
+    """(the IMAGE cell, a problem or None) for a host that reported `image=present ID` /
+    `image=missing`, its image_source, and (pushes) the layers it already has."""
+    if report.startswith("present "):
+        return f"present ({report.removeprefix('present ')[:19]})", None
+    if report != "missing":
+        return "FAIL", report
+    if source != "pull" and view.local_id is not None:
+        if have:
+            return f"will be pushed ({view.local_layers - have} of {view.local_layers} layers, " \
+                   f"at most {view.local_size / 1e6:.1f} MB)", None
+        return f"will be pushed ({view.local_size / 1e6:.1f} MB)", None
+    if source == "push":
+        return "FAIL", "image_source is push, but the controller's Docker has no such image"
+    if view.problem:
+        return "FAIL", view.problem
+    pinned = f", {view.digest[:19]}" if view.digest else ""
+    return f"will be pulled (auth: {view.auth}{pinned})", None
+
+
+def check_row(host: str, report: dict[str, str], *, need_kb: int, image: str | None, gpus: bool,
+              source: str = "pull", view: ImageView | None = None, have: int | None = None) -> CheckRow:
     """What one host's check script said → a row, with every problem named."""
     row = CheckRow(host, ssh="ok")
     docker = report.get("docker", "no answer")
@@ -45,10 +86,9 @@ def check_row(host: str, report: dict[str, str], *, need_kb: int, image: str | N
         row.problems.append(f"docker: {docker}")
         return row
     if image:
-        row.image = report.get("image", "?")
-        if row.image not in ("present", "pulled"):
-            row.problems.append(f"image {image}: {row.image}")
-            row.image = "FAIL"
+        row.image, problem = image_cell(report.get("image", "?"), source, view or ImageView(), have)
+        if problem:
+            row.problems.append(f"image {image}: {problem}")
     free = report.get("free_kb", "")
     if report.get("writable") != "yes":
         row.problems.append("workdir not writable")
@@ -66,6 +106,32 @@ def check_row(host: str, report: dict[str, str], *, need_kb: int, image: str | N
     return row
 
 
+async def _image_view(image: str, inventory: Inventory, docker_timeout: int) -> tuple[ImageView, LocalImage | None]:
+    """What the controller has for the image (pushed) and how hosts would pull it."""
+    try:
+        reference = parse_reference(image)
+    except FleetError as exc:
+        return ImageView(problem=exc.message), None
+    local = None
+    if any(host.image_source != "pull" for host in inventory.hosts):
+        local = await inspect_local(image, timeout=float(docker_timeout))
+    auth, digest, problem = "none", None, None
+    if any(host.image_source == "pull" for host in inventory.hosts) or local is None:
+        try:
+            credentials = await credentials_for(reference)
+            auth = credentials.source
+            try:
+                digest = (await registry.resolve(reference, credentials,
+                                                 frozenset(inventory.insecure_registries))).digest
+            except registry.Unreachable as exc:
+                log.debug("cannot resolve %s: %s", image, exc)
+        except FleetError as exc:
+            problem = exc.message
+    view = ImageView(local.id if local else None, local.size if local else 0, len(local.layers) if local else 0,
+                     auth, digest, problem)
+    return view, local
+
+
 def _parse_report(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
@@ -78,21 +144,27 @@ async def check(inventory: Inventory, job: ProcessingJob | None, console: Consol
     if job is not None and job.instance_count > len(inventory.hosts):
         console.notice(f"the job asks for {job.instance_count} hosts; the inventory has {len(inventory.hosts)}")
 
+    view, local = await _image_view(image, inventory, docker_timeout) if image else (ImageView(), None)
+
     async def one(host: Host) -> CheckRow:
         label = host.title
+        have = None
         try:
             async with transport_for(host, label) as transport:
                 argv = on_host(host, "check", [image or "", host.job_root, str(need_kb), "1" if host.gpus else "0"],
                                docker_timeout)
                 log.debug("%s: running the checks", label)
-                async with asyncio.timeout(docker_timeout * 3 + (600 if image else 0)):
+                async with asyncio.timeout(docker_timeout * 3):
                     result = await transport.run(argv)
+                    report = _parse_report(result.stdout.decode(errors="replace"))
+                    if local is not None and report.get("image") == "missing" and host.image_source != "pull":
+                        have = await host_has(transport, host.docker_command, local, docker_timeout)
         except FleetError as exc:
             return CheckRow(label, ssh="FAIL", problems=[exc.message])
         except TimeoutError:
             return CheckRow(label, ssh="ok", problems=["the check did not finish"])
-        return check_row(label, _parse_report(result.stdout.decode(errors="replace")),
-                         need_kb=need_kb, image=image, gpus=bool(host.gpus))
+        return check_row(label, report, need_kb=need_kb, image=image, gpus=bool(host.gpus),
+                         source=host.image_source, view=view, have=have)
 
     rows = await all_of(*(one(h) for h in inventory.hosts))
     table = [("HOST", "SSH", "DOCKER", "IMAGE", "DISK", "GPUS", "RESULT")]

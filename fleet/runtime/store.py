@@ -41,6 +41,9 @@ class RunOptions(BaseModel):
     host_timeout: float = 120
     region: str = "us-east-1"
     account: str = "000000000000"
+    push_image: bool = False  # --push-image: every host gets the image from the controller
+    image_archive: str | None = None  # --image-archive FILE: the image, for a controller without Docker
+    insecure_registries: tuple[str, ...] = ()  # the inventory's
 
 
 class RunRecord(BaseModel):

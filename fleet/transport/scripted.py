@@ -523,6 +523,9 @@ class _Box:
                 await self.changed.wait()
 
 
+FAKE_IMAGE_ID = "sha256:" + "f" * 64
+
+
 class FakeHost:
     """A host that answers fleet's job commands as fleet/host's scripts do, for one Container.
 
@@ -576,6 +579,9 @@ class FakeHost:
         self.events: list[str] = []  # everything above, and created, running, cut, in order
         self.directory: str | None = None
         self.received_files: list[bytes] = []  # what the session read first: each file, then the env file
+        self.image_id = FAKE_IMAGE_ID  # the ID of the image this host has for the job
+        self.image_step: tuple[str, str] | None = None  # how the controller said to get it (verb, reference)
+        self.received_auth = b""  # the registry credentials that came with a pull
         self._box: _Box | None = None
         self._heard = asyncio.Event()
 
@@ -676,6 +682,17 @@ class FakeHost:
         self.received_files = [received[sum(counts[:i]):sum(counts[:i + 1])] for i in range(len(counts))]
         self.directory = "written"
         command.write_stderr(b"fleet:written\n")
+        # Then how to get the image: `use ID 0` or `pull REF N` and N bytes of credentials.
+        verb, _, rest = (await command.read_stdin_line()).rstrip(b"\n").decode().partition(" ")
+        reference, _, count = rest.partition(" ")
+        if verb not in ("use", "pull") or not count.isdigit():
+            self._heard_of(verb or "EOF", self.answers)
+            self.directory = "removed"
+            return 0
+        self.image_step = (verb, reference)
+        self.received_auth = await command.read_stdin_bytes(int(count))
+        self._heard_of(f"image {verb}")
+        command.write_stderr(f"fleet:image {self.image_id}\n".encode())
         await asyncio.sleep(0)
         if failing is not None:
             command.write_stderr(self.said)

@@ -246,7 +246,7 @@ def test_host_command_is_quoted_once_and_losslessly():
     processing_job = job(count=2, environment=HOSTILE,
                          entrypoint=["sh", "-c", "echo \"$0\" '$1'; exit 3"], arguments=["a b", "*", "~"])
     for plan in plans(processing_job):
-        argv = hostscripts.session(plan, IMAGE, docker_timeout=20)
+        argv = hostscripts.session(plan, docker_timeout=20)
         # The transport joins the argv with shlex.join; the remote shell splits it back.
         assert shlex.split(shlex.join(argv)) == argv
         # The docker argv travels whole, word for word, as positional arguments.

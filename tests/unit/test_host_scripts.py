@@ -161,7 +161,7 @@ def test_partial_line_at_the_end_counts_as_dockers_words():
 
 def test_session_passes_every_user_value_as_a_positional_argument():
     plan = host_plan(environment=HOSTILE_ENV)[0]
-    argv = hostscripts.session(plan, IMAGE, docker_timeout=20)
+    argv = hostscripts.session(plan, docker_timeout=20)
     assert argv[:2] == ["sh", "-c"]
     assert argv[3] == "fleet-session"  # $0
     script, args = argv[2], argv[4:]
@@ -180,7 +180,7 @@ def test_no_environment_value_nor_file_content_is_in_the_session_argv():
     """Every local user of a host reads every process's argv (/proc/PID/cmdline): the
     Environment (in processingjobconfig.json too) goes on the session's stdin."""
     plan = host_plan(environment={"SECRET": SECRET, **HOSTILE_ENV})[0]
-    argv = hostscripts.session(plan, IMAGE, docker_timeout=20)
+    argv = hostscripts.session(plan, docker_timeout=20)
     assert not any(SECRET in word for word in argv)
     assert not any(content.decode() in word for content in plan.files.values() for word in argv)
     assert not any(value in word for value in HOSTILE_ENV.values() for word in argv)
@@ -207,7 +207,7 @@ def test_stop_and_kill_name_the_container_after_the_hosts_docker_command():
 
 def test_the_hosts_docker_command_travels_as_arguments_too():
     plan = host_plan(docker="sudo -n '/opt/zq docker/docker'")[0]
-    for argv in (hostscripts.session(plan, IMAGE, docker_timeout=7), hostscripts.resume(plan, 0, 7),
+    for argv in (hostscripts.session(plan, docker_timeout=7), hostscripts.resume(plan, 0, 7),
                  hostscripts.cleanup(plan, True, 7), hostscripts.on_host(plan.host, "gc-list", ["/x"], 7)):
         assert "/opt/zq" not in argv[2]
         assert argv[4:9] == ["7", "3", "sudo", "-n", "/opt/zq docker/docker"]  # the timeout, the words
@@ -216,7 +216,7 @@ def test_the_hosts_docker_command_travels_as_arguments_too():
 def test_a_docker_word_with_a_newline_is_refused():
     plan = host_plan(docker="'zq\ndocker'")[0]
     with pytest.raises(InvalidInput, match="docker command"):
-        hostscripts.session(plan, IMAGE, docker_timeout=7)
+        hostscripts.session(plan, docker_timeout=7)
 
 
 def test_every_script_is_fixed_text_from_the_package():
@@ -250,19 +250,25 @@ def test_the_scripts_pass_shellcheck_as_posix_sh():
 
 def test_session_argv_survives_shlex_join_and_split():
     for plan in host_plan(environment=HOSTILE_ENV, count=2):
-        argv = hostscripts.session(plan, IMAGE, docker_timeout=20)
+        argv = hostscripts.session(plan, docker_timeout=20)
         assert shlex.split(shlex.join(argv)) == argv
 
 
 # -- the session run locally against a fake docker ------------------------------------------------
 
 FAKE_DOCKER = r"""#!/bin/sh
+if [ "$1" = --config ]; then  # a pull's credentials: kept for the test to look at
+  cp "$2/config.json" "$FAKE_DIR/pull.config"; stat -c %a "$2" > "$FAKE_DIR/pull.config.mode"; shift 2
+fi
 printf '%s\n' "$1" >> "$FAKE_DIR/calls"
 if [ -n "$FAKE_HANG" ]; then sleep 5; fi  # a docker daemon that does not answer
 # a daemon that is down: every command that needs it says so
 if [ -n "$FAKE_DOWN" ]; then echo "Cannot connect to the Docker daemon" >&2; exit 1; fi
 case "$1" in
-  image) [ -n "$FAKE_NO_IMAGE" ] && { echo "Error: No such image: zq" >&2; exit 1; }; exit 0 ;;
+  image)
+    if [ -n "$FAKE_DOWN_IMAGE" ]; then echo "permission denied while trying to connect" >&2; exit 1; fi
+    if [ -n "$FAKE_NO_IMAGE" ] && [ ! -e "$FAKE_DIR/pulled" ]; then echo "Error: No such image: zq" >&2; exit 1; fi
+    echo "sha256:${FAKE_IMAGE_ID:-0123456789abcdef}" ;;
   create)
     printf '%s\0' "$@" > "$FAKE_DIR/create.argv"
     previous=
@@ -288,7 +294,9 @@ case "$1" in
     esac ;;
   info) echo "${FAKE_RUNTIMES:-{\"runc\":{}\}}" ;;
   version) echo 24.0.7 ;;
-  pull) [ -n "$FAKE_PULL_FAILS" ] && { echo "pull access denied for $3" >&2; exit 1; }; exit 0 ;;
+  pull)
+    [ -n "$FAKE_PULL_FAILS" ] && { echo "pull access denied for $3" >&2; exit 1; }
+    : > "$FAKE_DIR/pulled" ;;
   ps) printf 'container\tc1\tzq-job-7-algo-1\tzq-job-7\tzq0run\tzq-controller:/x\n' ;;
   *) echo "fake docker: unexpected $*" >&2; exit 99 ;;
 esac
@@ -309,11 +317,13 @@ class FakeHost:
         self.env = {**os.environ, "FAKE_DIR": str(tmp_path), "FAKE_MESSAGE_PATH": self.plan.message_file}
 
     def session(self, stdin: bytes, volume_gb: int = 0, files: bytes | None = None,
+                image: bytes = hostscripts.image_pull(IMAGE, b""),
                 **env: str) -> tuple[subprocess.CompletedProcess, SessionReport]:
-        """The session with `stdin` after the job's files (`files`: other bytes instead)."""
+        """The session with `stdin` after the job's files (`files`: other bytes instead) and
+        the image step (`image`: by default, pull the ImageUri unless present)."""
         first = hostscripts.session_input(self.plan) if files is None else files
-        return self._run(hostscripts.session(self.plan, IMAGE, docker_timeout=10, volume_gb=volume_gb),
-                         first + stdin, env)
+        return self._run(hostscripts.session(self.plan, docker_timeout=10, volume_gb=volume_gb),
+                         first + image + stdin, env)
 
     def resume(self, offset: int, stdin: bytes, **env: str) -> tuple[subprocess.CompletedProcess, SessionReport]:
         return self._run(hostscripts.resume(self.plan, offset, docker_timeout=10), stdin, env)
@@ -353,7 +363,7 @@ def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
     assert "start" not in fake.calls
     # Aborting removes what it wrote; prepare again and look before answering.
     job_dir = Path(fake.plan.job_dir)
-    argv = hostscripts.session(fake.plan, IMAGE, docker_timeout=10)
+    argv = hostscripts.session(fake.plan, docker_timeout=10)
     process = subprocess.Popen(["sh", "-c", shlex.join(argv)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
                                stdout=subprocess.DEVNULL, env=fake.env, cwd=tmp_path)
     private = Path(fake.plan.private_dir)
@@ -363,6 +373,9 @@ def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
         assert process.stderr.readline() == b"fleet:written\n"  # inputs may stream in from now
         for directory in [*fake.plan.dirs, "inputs", "outputs", "inputs/1.partial"]:
             assert (private / directory).is_dir()
+        process.stdin.write(hostscripts.image_use("sha256:0123456789abcdef"))
+        process.stdin.flush()
+        assert process.stderr.readline() == b"fleet:image sha256:0123456789abcdef\n"
         assert process.stderr.readline() == b"fleet:prepared\n"
         for directory in fake.plan.dirs:
             assert (private / directory).is_dir()
@@ -389,7 +402,11 @@ def test_docker_receives_the_create_argv_word_for_word(tmp_path: Path):
     fake = FakeHost(tmp_path, environment=HOSTILE_ENV)
     result, report = fake.session(b"go\nclean\n", FAKE_EXIT="0")
     assert report.events == ["written", "prepared", "started", "exited", "cleaned"], report.errors
-    assert fake.run_argv == fake.plan.docker_create
+    # Word for word, but for the image: the ID the host has for it (the same bytes everywhere)
+    expected = list(fake.plan.docker_create)
+    assert expected[fake.plan.image_at] == IMAGE
+    expected[fake.plan.image_at] = "sha256:0123456789abcdef"
+    assert fake.run_argv == expected and report.image == "sha256:0123456789abcdef"
     assert not marker.exists()  # no value was ever run by a shell
     assert result.stdout == b"line from the container\n"
 
@@ -548,20 +565,21 @@ def test_check_reports_what_the_sessions_checks_found(tmp_path: Path):
     fake = FakeHost(tmp_path)
     result = fake.on_host("check", check_args(fake, IMAGE, 1))
     report = _parse_report(result.stdout.decode())
-    assert report["docker"] == "ok 24.0.7" and report["image"] == "present" and report["writable"] == "yes"
+    assert report["docker"] == "ok 24.0.7" and report["image"] == "present sha256:0123456789abcdef"
+    assert report["writable"] == "yes"
     assert int(report["free_kb"]) > 0 and "gpus" not in report
     assert check_row("h1", report, need_kb=1, image=IMAGE, gpus=False).ok
     assert Path(fake.plan.workdir).is_dir() and list(Path(fake.plan.workdir).iterdir()) == []  # no probe left
 
 
-def test_check_pulls_a_missing_image_and_names_every_problem(tmp_path: Path):
+def test_check_looks_for_the_image_without_pulling_it_and_names_every_problem(tmp_path: Path):
     fake = FakeHost(tmp_path)
     report = _parse_report(fake.on_host("check", check_args(fake, IMAGE, 1), FAKE_NO_IMAGE="1").stdout.decode())
-    assert report["image"] == "pulled"
-    report = _parse_report(fake.on_host("check", check_args(fake, IMAGE, 10 ** 18, gpus=True), FAKE_NO_IMAGE="1",
-                                        FAKE_PULL_FAILS="1").stdout.decode())
+    assert report["image"] == "missing" and "pull" not in fake.calls
+    report = _parse_report(fake.on_host("check", check_args(fake, IMAGE, 10 ** 18, gpus=True),
+                                        FAKE_DOWN_IMAGE="1").stdout.decode())
     row = check_row("h1", report, need_kb=10 ** 18, image=IMAGE, gpus=True)
-    assert row.problems[0] == f"image {IMAGE}: pull access denied for {IMAGE}"
+    assert row.problems[0] == f"image {IMAGE}: permission denied while trying to connect"
     assert "VolumeSizeInGB needs" in row.problems[1]
     assert row.problems[2] == "GPUs: no NVIDIA runtime or CDI devices"
 
@@ -601,7 +619,8 @@ def test_a_multi_word_docker_command_with_spaces_runs(tmp_path: Path):
     fake.plan = host_plan(workdir=str(tmp_path / "work"), docker=f"env ZQ_VIA=env '{spaced}/docker'")[0]
     result, report = fake.session(b"go\nclean\n")
     assert report.events == ["written", "prepared", "started", "exited", "cleaned"], report.errors
-    assert fake.run_argv == fake.plan.docker_create
+    assert fake.run_argv == [word if i != fake.plan.image_at else report.image
+                             for i, word in enumerate(fake.plan.docker_create)]
 
 
 def test_gc_lists_containers_and_job_dirs_then_removes_them(tmp_path: Path):
@@ -633,7 +652,8 @@ def test_the_env_file_is_private_holds_each_value_verbatim_and_goes_after_create
     assert report.events[-1] == "cleaned", report.errors
     assert (tmp_path / "create.env").read_text() == "".join(f"{k}={v}\n" for k, v in environment.items())
     assert (tmp_path / "create.env.mode").read_text().strip() == "600"
-    assert fake.run_argv == fake.plan.docker_create and "--env" not in fake.run_argv
+    after = fake.plan.image_at + 1
+    assert fake.run_argv[after:] == fake.plan.docker_create[after:] and "--env" not in fake.run_argv
 
 
 def test_the_env_file_goes_when_create_fails_too(tmp_path: Path):
@@ -693,7 +713,7 @@ def test_a_directory_other_users_can_change_is_refused(tmp_path: Path, which):
 def test_job_files_cut_short_on_stdin_write_nothing_and_start_nothing(tmp_path: Path):
     fake = FakeHost(tmp_path)
     whole = hostscripts.session_input(fake.plan)
-    result, report = fake.session(b"", files=whole[:-10])
+    result, report = fake.session(b"", files=whole[:-10], image=b"")
     assert result.returncode == Status.WRITE_FAILED and "cut short" in report.errors
     assert "create" not in fake.calls and not Path(fake.plan.private_dir, "config").exists()
 

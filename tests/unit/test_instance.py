@@ -67,7 +67,7 @@ class Session:
 @asynccontextmanager
 async def opened(session: Session) -> AsyncIterator[Instance]:
     async with asyncio.TaskGroup() as tasks, session.instance as instance:
-        await instance.open(tasks, "zq:1", 1)
+        await instance.open(tasks, 1)
         yield instance
 
 

@@ -1,0 +1,254 @@
+"""The job's image on every host: one image, byte-identical everywhere.
+
+Per host (the inventory's `image_source`, `--push-image` forcing `push`):
+- `auto`/`push` and the controller has the image (its Docker, or `--image-archive`): the
+  host is asked what it has (image-have.sh); it is `present`, or it gets what it lacks
+  pushed over its SSH connection (push.py: read once, fed to all such hosts at once);
+- `pull` (and `auto` when the controller lacks the image): the controller resolves the tag
+  to the registry's manifest digest once (registry.py) and lends the host its credentials
+  (credentials.py) for pulling NAME@DIGEST. A registry the controller cannot reach: the
+  hosts pull the ImageUri as it is, and the image IDs they report are compared instead.
+
+Each host's session (session.sh) waits, once its files are written, for its line:
+`instruction(algo)`. Before any container starts, `check_same` refuses hosts whose images
+differ; `record` is what describe.json keeps (`AppSpecification.ImageDigest`, `Image`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fleet import host as scripts
+from fleet.errors import ClientError, FleetError
+from fleet.fanout import on_each, task_group
+from fleet.image import registry
+from fleet.image.archive import open_archive
+from fleet.image.credentials import NO_AUTH, credentials_for
+from fleet.image.local import LocalImage, inspect_local
+from fleet.image.push import PushCount, PushTarget, host_has, push_image, source_for
+from fleet.image.reference import Reference, parse_reference
+from fleet.inventory import Host
+from fleet.runtime.console import Console, Progress
+from fleet.transport import Transport
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Target:
+    """One host, for its image."""
+
+    algo: str
+    label: str  # "algo-2 (h2, 10.0.0.12)"
+    host: Host
+    transport: Transport
+
+
+@dataclass
+class Delivery:
+    """How a host got the image (the record's `Image.Hosts`)."""
+
+    how: str  # present | pulled | pushed
+    detail: str = ""  # the pinned reference, the auth used, the bytes sent
+    sent: int = 0
+
+
+@dataclass
+class _PushProgress:
+    """The push's counters as Progress reads them."""
+
+    count: object
+    objects: int = 0
+    total_objects: int = 0
+
+    @property
+    def bytes(self) -> int:
+        return int(getattr(self.count, "read", 0))
+
+    @property
+    def host_bytes(self) -> int:
+        return sum(getattr(self.count, "sent", {}).values())
+
+    @property
+    def total_bytes(self) -> int:
+        return int(getattr(self.count, "total", 0))
+
+
+@dataclass
+class ImageSupply:
+    uri: str
+    console: Console
+    docker_timeout: int = 20
+    push_image: bool = False
+    archive: str | None = None
+    insecure: frozenset[str] = frozenset()
+    spool_dir: Path = field(default_factory=lambda: Path("/var/tmp"))
+
+    def __post_init__(self) -> None:
+        self.reference: Reference = parse_reference(self.uri)
+        self.digest: str | None = None  # the registry's, when the tag was resolved
+        self.local_id: str | None = None  # the controller's image (pushed or present)
+        self.deliveries: dict[str, Delivery] = {}
+        self._steps: dict[str, asyncio.Future[bytes]] = {}
+
+    # -- what each session is told ------------------------------------------------------------
+    def _step(self, algo: str) -> asyncio.Future[bytes]:
+        if algo not in self._steps:
+            self._steps[algo] = asyncio.get_running_loop().create_future()
+        return self._steps[algo]
+
+    async def instruction(self, algo: str) -> bytes:
+        """The line (and credentials) this host's session waits for; raises its error."""
+        return await asyncio.shield(self._step(algo))
+
+    def _tell(self, target: Target, step: bytes | FleetError) -> None:
+        future = self._step(target.algo)
+        if future.done():
+            return
+        if isinstance(step, FleetError):
+            future.set_exception(step)
+            future.exception()  # retrieved: a session that ended first does not ask for it
+        else:
+            future.set_result(step)
+
+    # -- delivering -----------------------------------------------------------------------------
+    async def deliver(self, targets: list[Target]) -> None:
+        """Decide per host, push and resolve; each host's instruction is set as soon as it is
+        known (a failure is that host's error, raised where its session waits for it)."""
+        try:
+            await self._deliver(targets)
+        except FleetError as exc:
+            for target in targets:
+                self._tell(target, exc)
+        except BaseException as exc:
+            for target in targets:
+                self._tell(target, ClientError(f"image {self.uri}: not delivered ({type(exc).__name__})"))
+            raise
+        else:
+            self._summary(targets)
+
+    def _source(self, host: Host) -> str:
+        return "push" if self.push_image or self.archive else host.image_source
+
+    async def _deliver(self, targets: list[Target]) -> None:
+        local = None
+        if any(self._source(t.host) != "pull" for t in targets):
+            local = await self._local()
+            self.local_id = local.id if local is not None else None
+        pushes: list[tuple[Target, int]] = []
+        pulls: list[Target] = []
+
+        async def decide(target: Target) -> None:
+            source = self._source(target.host)
+            if source != "pull" and local is not None:
+                try:
+                    have = await host_has(target.transport, target.host.docker_command, local, self.docker_timeout)
+                except FleetError as exc:
+                    self._tell(target, exc)
+                    return
+                if have is None:
+                    self.deliveries[target.algo] = Delivery("present", local.id)
+                    self._tell(target, scripts.image_use(local.id))
+                else:
+                    pushes.append((target, have))
+            elif source == "push":
+                self._tell(target, ClientError(
+                    f"{target.label}: image_source is push, but the controller's Docker has no image "
+                    f"{self.uri} (DOCKER_HOST, the current docker context; or give --image-archive FILE)"))
+            else:
+                pulls.append(target)
+        await on_each(targets, decide)
+        async with task_group() as tasks:
+            if pulls:
+                tasks.create_task(self._pull(pulls), name="image pull")
+            if pushes:
+                assert local is not None
+                tasks.create_task(self._push(local, pushes), name="image push")
+
+    async def _local(self) -> LocalImage | None:
+        if self.archive:
+            return (await asyncio.to_thread(open_archive, Path(self.archive))).image
+        return await inspect_local(self.uri, timeout=float(self.docker_timeout))
+
+    async def _pull(self, targets: list[Target]) -> None:
+        try:
+            auth = await credentials_for(self.reference)
+            try:
+                self.digest = (await registry.resolve(self.reference, auth, self.insecure)).digest
+            except registry.Unreachable as exc:
+                self.console.notice(f"image {self.uri}: the controller cannot ask its registry ({exc}); "
+                                    f"each host pulls it as named, and their images are compared")
+        except FleetError as exc:
+            for target in targets:
+                self._tell(target, exc)
+            return
+        pinned = self.reference.pinned(self.digest) if self.digest else self.uri
+        credentials = auth.docker_config(self.reference) if auth is not NO_AUTH else b""
+        for target in targets:
+            self.deliveries[target.algo] = Delivery("pulled", f"{pinned} (auth: {auth.source})")
+            self._tell(target, scripts.image_pull(pinned, credentials))
+
+    async def _push(self, local: LocalImage, pushes: list[tuple[Target, int]]) -> None:
+        count = PushCount()
+        push_targets = [PushTarget(t.label, t.transport, t.host.docker_command, have) for t, have in pushes]
+        progress = Progress(self.console)
+        names = ", ".join(t.algo for t, _ in pushes)
+        try:
+            source = await asyncio.to_thread(source_for, self.uri, local, self.archive)
+            async with progress.track(f"image push to {names}", _PushProgress(count), f"({self.uri})"):
+                failed = await push_image(source, push_targets, count, docker_timeout=self.docker_timeout,
+                                          spool_dir=self.spool_dir)
+        except FleetError as exc:
+            failed = {t.label: exc for t, _ in pushes}
+        for target, _ in pushes:
+            error = failed.get(target.label)
+            if error is not None:
+                self._tell(target, error)
+                continue
+            sent = count.sent.get(target.label, 0)
+            self.deliveries[target.algo] = Delivery("pushed", f"{sent / 1e6:.1f} MB", sent)
+            self._tell(target, scripts.image_use(local.id))
+
+    def _summary(self, targets: list[Target]) -> None:
+        parts: dict[str, list[str]] = {}
+        for target in targets:
+            delivery = self.deliveries.get(target.algo)
+            if delivery is not None:
+                key = delivery.how if delivery.how != "pushed" else "pushed to"
+                parts.setdefault(f"{key}", []).append(
+                    target.algo + (f" ({delivery.detail})" if delivery.how == "pushed" else ""))
+        said = []
+        for how, hosts in parts.items():
+            detail = next((d.detail for a, d in self.deliveries.items() if d.how == how), "")
+            suffix = f" as {detail}" if how in ("pulled", "present") and detail else ""
+            said.append(f"{how} on {', '.join(hosts)}{suffix}" if how != "pushed to"
+                        else f"pushed to {', '.join(hosts)}")
+        if said:
+            self.console.notice(f"image {self.uri}: " + "; ".join(said))
+
+    # -- before anything starts -----------------------------------------------------------------
+    def check_same(self, images: dict[str, str | None]) -> None:
+        """Every host's container is about to be created from these image IDs: they must be
+        one image (hosts that all pulled the registry's one digest may differ by platform)."""
+        every_pulled = self.digest is not None and all(d.how == "pulled" for d in self.deliveries.values()) \
+            and len(self.deliveries) == len(images)
+        if every_pulled:
+            return
+        distinct = {image for image in images.values()}
+        if len(distinct) > 1:
+            listed = ", ".join(f"{algo} {image}" for algo, image in images.items())
+            raise ClientError(f"the hosts do not have the same image {self.uri}: {listed}; every host must "
+                              f"run one image: push it from the controller (--push-image, image_source: "
+                              f"push) or pull it from a registry the controller reaches")
+
+    def record(self, images: dict[str, str | None]) -> tuple[str | None, dict]:
+        """(ImageDigest, the record's `Image`): the registry's manifest digest for a pulled
+        image, else the image ID every host runs."""
+        digest = self.digest if all(d.how == "pulled" for d in self.deliveries.values()) and self.digest \
+            else next(iter(images.values()), None)
+        hosts = {algo: {"Delivery": d.how, "ImageId": images.get(algo), "BytesSent": d.sent}
+                 for algo, d in self.deliveries.items()}
+        return digest, {"ImageDigest": digest, "Hosts": hosts}
