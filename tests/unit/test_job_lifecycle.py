@@ -431,3 +431,30 @@ async def test_a_job_taken_over_past_its_max_runtime_is_stopped_at_once(tmp_path
     assert run.described["FailureReason"].startswith("MaxRuntimeExceeded: Job exceeded MaxRuntimeInSeconds (1 s)")
     assert run.log(1) == b"late\nstopped\n"
     assert sorted(fakes[0].commands) == ["docker stop", "fleet-resume"]
+
+
+# -- the image ------------------------------------------------------------------------------------
+
+async def test_every_host_is_told_how_to_get_the_image_and_the_record_names_the_one_it_ran(tmp_path):
+    fakes = [FakeHost(Container([b"ok\n"])), FakeHost(Container([b"ok\n"]))]
+    run = Run(tmp_path, fakes)
+    assert await run() is None
+    for fake in fakes:  # no registry reachable (unit tests): pulled as named, without credentials
+        assert fake.image_step == ("pull", "zq:1") and fake.received_auth == b""
+    described = run.described
+    assert described["AppSpecification"] == {"ImageUri": "zq:1", "ImageDigest": fakes[0].image_id}
+    assert described["Image"]["Hosts"]["algo-2"] == {"Delivery": "pulled", "ImageId": fakes[0].image_id,
+                                                     "BytesSent": 0}
+
+
+async def test_hosts_with_different_images_for_the_uri_start_nothing(tmp_path):
+    fakes = [FakeHost(Container([b"never\n"])) for _ in range(3)]
+    fakes[2].image_id = "sha256:" + "0" * 64  # an older build under the same tag
+    run = Run(tmp_path, fakes)
+    error = await run()
+    assert error is not None and error.exit_code == 1
+    reason = run.described["FailureReason"]
+    assert reason.startswith("ClientError: the hosts do not have the same image zq:1: ")
+    assert f"algo-1 {fakes[0].image_id}" in reason and f"algo-3 {'sha256:' + '0' * 64}" in reason
+    for fake in fakes:
+        assert "go" not in fake.answers and fake.container in (None, "removed") and fake.directory == "removed"

@@ -1,0 +1,275 @@
+"""Images pulled from private registries with the controller's credentials, one digest for
+the whole job: a real registry (Debian's docker-registry, htpasswd) on the bed, credentials
+only in the controller's DOCKER_CONFIG or from ECR (a fake GetAuthorizationToken server
+speaking AWS JSON 1.1), the test hosts' real dockerd pulling."""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import http.server
+import os
+import secrets
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+
+from conftest import make_job
+
+pytestmark = pytest.mark.integration
+
+
+def _marked_image(controller_docker, token: str) -> str:
+    tag = f"fleet-reg-{uuid.uuid4().hex[:10]}:1"
+    controller_docker.build_image(tag, {"/fleet-marker": token.encode()})
+    return tag
+
+
+def _inventory(fleet, cluster, count: int, **top) -> Path:
+    doc = cluster.inventory_doc()
+    doc["hosts"] = doc["hosts"][:count]
+    doc.update(top)
+    return cluster.write_inventory(fleet.tmp / "hosts.yaml", doc)
+
+
+class CmdlineWatch:
+    """Every process's argv, read again and again while a job runs: a secret must never
+    be in one (/proc/PID/cmdline is world-readable)."""
+
+    def __init__(self, *secrets_: str) -> None:
+        self.secrets = [s.encode() for s in secrets_]
+        self.seen: list[str] = []
+        self.scans = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for pid in os.listdir("/proc"):
+                if not pid.isdigit():
+                    continue
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as file:
+                        argv = file.read()
+                except OSError:
+                    continue
+                if any(secret in argv for secret in self.secrets):
+                    self.seen.append(argv.replace(b"\0", b" ").decode(errors="replace")[:200])
+            self.scans += 1
+
+    def __enter__(self) -> CmdlineWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+
+def _files_holding(roots: list[Path], needles: list[bytes], skip: tuple[str, ...] = ()) -> list[str]:
+    found = []
+    for root in roots:
+        for directory, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if d not in skip]
+            for name in files:
+                path = Path(directory, name)
+                try:
+                    if path.is_symlink() or not path.is_file() or path.stat().st_size > 50 * 2**20:
+                        continue
+                    data = path.read_bytes()
+                except OSError:
+                    continue
+                if any(needle in data for needle in needles):
+                    found.append(str(path))
+    return found
+
+
+def _host_side_files(cluster) -> list[Path]:
+    """Where a host could keep a file: its workdir and state (not its image store), and the
+    SSH user's Docker config."""
+    return [cluster.state, Path.home() / ".docker"]
+
+
+SKIP = ("docker-data", "docker-exec", "containerd", "controller")
+
+
+def test_a_private_registrys_image_runs_on_3_hosts_with_the_controllers_docker_login_only(
+        fleet, cluster, controller_docker, auth_registry, tmp_path):
+    token = secrets.token_hex(8)
+    local = _marked_image(controller_docker, token)
+    ref = f"{auth_registry.address}/fleet/private-{uuid.uuid4().hex[:8]}:1"
+    digest = auth_registry.push(local, ref)
+    controller_docker.remove(local)  # the controller has no copy: the hosts must pull
+    config = auth_registry.docker_config(tmp_path / "docker-config")
+    inventory = _inventory(fleet, cluster, 3, insecure_registries=[auth_registry.address])
+    job = make_job("cat /fleet-marker; echo", count=3)
+    job["AppSpecification"]["ImageUri"] = ref
+    password = auth_registry.password
+    basic = base64.b64encode(f"{auth_registry.user}:{password}".encode()).decode()
+    env = fleet.env(DOCKER_CONFIG=str(config))
+    try:
+        with CmdlineWatch(password, basic) as watch:
+            result = fleet("run", "--inventory", str(inventory), str(fleet.write_job(job)), env=env, timeout=180)
+        assert result.returncode == 0, result.stderr
+        name = job["ProcessingJobName"]
+        for algo in ("algo-1", "algo-2", "algo-3"):
+            assert token in fleet.log(name, algo)
+        record = fleet.record(name)
+        assert record["AppSpecification"]["ImageUri"] == ref
+        assert record["AppSpecification"]["ImageDigest"] == digest
+        assert {h["Delivery"] for h in record["Image"]["Hosts"].values()} == {"pulled"}
+        assert "auth: docker config" in result.stderr and digest[:19] in result.stderr
+        # The secret was never in an argv, and is in no file of the hosts nor of FLEET_HOME.
+        assert watch.scans > 3 and watch.seen == []
+        needles = [password.encode(), basic.encode()]
+        assert _files_holding([fleet.home, *_host_side_files(cluster)], needles, SKIP) == []
+        assert password not in result.stdout + result.stderr
+    finally:
+        for host in cluster.hosts:
+            host.docker("image", "rm", "-f", f"{ref.rsplit(':', 1)[0]}@{digest}", check=False)
+
+
+def test_an_ecr_image_is_pulled_with_a_token_from_ecr(fleet, cluster, controller_docker, auth_registry,
+                                                      fake_ecr, tmp_path):
+    token = secrets.token_hex(8)
+    local = _marked_image(controller_docker, token)
+    ref = f"{cluster.ecr_host}/fleet/ecr-{uuid.uuid4().hex[:8]}:1"
+    digest = auth_registry.push(local, ref, user="AWS")
+    controller_docker.remove(local)
+    empty = tmp_path / "no-docker-config"
+    empty.mkdir()
+    inventory = _inventory(fleet, cluster, 2)
+    job = make_job("cat /fleet-marker; echo", count=2)
+    job["AppSpecification"]["ImageUri"] = ref
+    env = fleet.env(DOCKER_CONFIG=str(empty), **fake_ecr.env)
+    try:
+        with CmdlineWatch(auth_registry.aws_password, fake_ecr.token) as watch:
+            result = fleet("run", "--inventory", str(inventory), str(fleet.write_job(job)), env=env, timeout=180)
+        assert result.returncode == 0, result.stderr
+        name = job["ProcessingJobName"]
+        assert token in fleet.log(name, "algo-1") and token in fleet.log(name, "algo-2")
+        assert fleet.record(name)["AppSpecification"]["ImageDigest"] == digest
+        # One signed GetAuthorizationToken for the image's account.
+        asked = [r for r in fake_ecr.requests if r.target.endswith("GetAuthorizationToken")]
+        assert len(asked) == 1 and asked[0].signed and asked[0].registry_ids == ["123456789012"]
+        assert "auth: ECR" in result.stderr
+        assert watch.seen == []
+        needles = [auth_registry.aws_password.encode(), fake_ecr.token.encode()]
+        assert _files_holding([fleet.home, *_host_side_files(cluster)], needles, SKIP) == []
+    finally:
+        for host in cluster.hosts:
+            host.docker("image", "rm", "-f", f"{ref.rsplit(':', 1)[0]}@{digest}", check=False)
+
+
+@pytest.mark.parametrize("refusal", ["denied", "expired"])
+def test_ecr_refusing_fails_the_job_naming_the_image_and_what_ecr_said(fleet, cluster, fake_ecr, refusal,
+                                                                       tmp_path):
+    if refusal == "denied":
+        fake_ecr.error = ("AccessDeniedException", "User is not authorized to perform: ecr:GetAuthorizationToken")
+    else:
+        fake_ecr.expired = True
+    ref = f"{cluster.ecr_host}/fleet/never-{uuid.uuid4().hex[:8]}:1"
+    job = make_job("echo never", count=2)
+    job["AppSpecification"]["ImageUri"] = ref
+    empty = tmp_path / "no-docker-config"
+    empty.mkdir()
+    result = fleet("run", "--inventory", str(_inventory(fleet, cluster, 2)), str(fleet.write_job(job)),
+                   env=fleet.env(DOCKER_CONFIG=str(empty), **fake_ecr.env))
+    assert result.returncode == 1, result.stderr
+    reason = fleet.record(job["ProcessingJobName"])["FailureReason"]
+    assert reason.startswith("ClientError: ") and ref in reason and "GetAuthorizationToken" in reason
+    if refusal == "denied":
+        assert "AccessDeniedException: User is not authorized" in reason
+    else:
+        assert "expired at" in reason
+    assert "Traceback" not in result.stderr
+    for host in cluster.hosts:  # nothing was started anywhere
+        assert host.containers(job["ProcessingJobName"]) == []
+
+
+class _MovingProxy:
+    """An HTTP proxy in front of the registry that moves the tag the moment the first host
+    asks for the image's manifest by digest: every host's pull comes after the first
+    host's pull began, and a fleet pulling the tag would split the cluster."""
+
+    def __init__(self, registry, repo: str, tag: str, to: str) -> None:
+        self.registry, self.repo, self.tag, self.to = registry, repo, tag, to
+        self.moved = threading.Event()
+        self.digest_pulls: list[str] = []
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _forward(self) -> None:
+                if f"/v2/{proxy.repo}/manifests/sha256:" in self.path:
+                    proxy.digest_pulls.append(self.path)
+                    if not proxy.moved.is_set():
+                        proxy.registry.move_tag(proxy.repo, proxy.tag, proxy.to)
+                        proxy.moved.set()
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else None
+                upstream = http.client.HTTPConnection("10.251.7.1", 80, timeout=30)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                upstream.request(self.command, self.path, body=body, headers=headers)
+                answer = upstream.getresponse()
+                data = answer.read()
+                self.send_response(answer.status)
+                for key, value in answer.getheaders():
+                    if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data) if self.command != "HEAD" else
+                                                       answer.getheader("Content-Length") or 0))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                upstream.close()
+
+            do_GET = do_HEAD = do_POST = do_PUT = do_PATCH = _forward
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("10.251.7.1", 0), Handler)
+        self.address = f"10.251.7.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_a_tag_moved_between_the_hosts_pulls_does_not_split_the_cluster(
+        fleet, cluster, controller_docker, auth_registry, tmp_path):
+    repo = f"fleet/moving-{uuid.uuid4().hex[:8]}"
+    first, second = secrets.token_hex(6), secrets.token_hex(6)
+    images = [_marked_image(controller_docker, first), _marked_image(controller_docker, second)]
+    first_digest = auth_registry.push(images[0], f"{auth_registry.address}/{repo}:v1")
+    second_digest = auth_registry.push(images[1], f"{auth_registry.address}/{repo}:v2")
+    auth_registry.move_tag(repo, "current", first_digest)
+    controller_docker.remove(*images)
+    proxy = _MovingProxy(auth_registry, repo, "current", second_digest)
+    ref = f"{proxy.address}/{repo}:current"
+    config = auth_registry.docker_config(tmp_path / "docker-config", host=proxy.address)
+    inventory = _inventory(fleet, cluster, 3, insecure_registries=[proxy.address])
+    job = make_job("cat /fleet-marker; echo", count=3)
+    job["AppSpecification"]["ImageUri"] = ref
+    env = fleet.env(DOCKER_CONFIG=str(config))
+    try:
+        result = fleet("run", "--inventory", str(inventory), str(fleet.write_job(job)), env=env, timeout=180)
+        assert result.returncode == 0, result.stderr
+        # The tag moved once the first host began pulling; every host still ran the first image.
+        assert proxy.moved.is_set() and len(proxy.digest_pulls) >= 3
+        assert auth_registry.manifest_digest(f"{auth_registry.address}/{repo}:current") == second_digest
+        name = job["ProcessingJobName"]
+        for algo in ("algo-1", "algo-2", "algo-3"):
+            log = fleet.log(name, algo)
+            assert first in log and second not in log, (algo, log)
+        assert fleet.record(name)["AppSpecification"]["ImageDigest"] == first_digest
+    finally:
+        proxy.close()
+        for host in cluster.hosts:
+            host.docker("image", "rm", "-f", f"{proxy.address}/{repo}@{first_digest}", check=False)
