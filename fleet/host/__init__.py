@@ -215,6 +215,7 @@ class SessionReport:
 
     events: list[str] = field(default_factory=list)  # written, prepared, started, exited, cleaned
     image: str | None = None  # the ID of the image the container is created from
+    image_how: str = ""  # present | pulled
     exit_code: int | None = None
     message: bytes | None = None
     said: bytearray = field(default_factory=bytearray)  # docker's own words, for errors
@@ -243,7 +244,8 @@ class SessionReport:
             if line.startswith(b"fleet:exit-code:"):
                 self.exit_code = _int(line.removeprefix(b"fleet:exit-code:"))
             elif line.startswith(b"fleet:image "):
-                self.image = line.removeprefix(b"fleet:image ")[:100].decode(errors="replace")
+                image, _, how = line.removeprefix(b"fleet:image ")[:100].decode(errors="replace").partition(" ")
+                self.image, self.image_how = image, how
             elif line.startswith(b"fleet:message:"):
                 # The script sends at most MESSAGE_LIMIT bytes; a bigger or negative count is
                 # read (up to the limit) and never trusted beyond it.

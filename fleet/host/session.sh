@@ -121,15 +121,15 @@ if [ "$verb" = use ]; then
   status=$?
   if [ "$status" -eq 1 ]; then fail 23 "the image $ref is not on this host"; fi  # PULL_FAILED
   [ "$status" -eq 0 ] || fail "$status" "$said"
-  image=$said
+  image=$said how=present
 else
   said=$(check_image "$ref" "$auth_dir")
   status=$?
   if [ -n "$auth_dir" ]; then rm -rf -- "$auth_dir"; trap - HUP INT TERM; fi
   [ "$status" -eq 0 ] || fail "$status" "$said"
-  image=${said#* }
+  image=${said#* } how=${said%% *}
 fi
-printf 'fleet:image %s\n' "$image" >&2
+printf 'fleet:image %s %s\n' "$image" "$how" >&2
 if [ "$gpus" = 1 ]; then
   said=$(check_gpus) || fail "$?" "$said"
 fi

@@ -52,8 +52,9 @@ class Delivery:
     """How a host got the image (the record's `Image.Hosts`)."""
 
     how: str  # present | pulled | pushed
-    detail: str = ""  # the pinned reference, the auth used, the bytes sent
-    sent: int = 0
+    sent: int = 0  # bytes pushed
+    local: bool = False  # the controller's image (present by its ID, or pushed)
+    image: str | None = None  # the ID the host's container is created from
 
 
 @dataclass
@@ -92,6 +93,8 @@ class ImageSupply:
         self.digest: str | None = None  # the registry's, when the tag was resolved
         self.local_id: str | None = None  # the controller's image (pushed or present)
         self.deliveries: dict[str, Delivery] = {}
+        self.auth = "none"  # the pulls' credentials, as notices name them
+        self.why = ""  # why the tag was not resolved
         self._steps: dict[str, asyncio.Future[bytes]] = {}
 
     # -- what each session is told ------------------------------------------------------------
@@ -127,8 +130,6 @@ class ImageSupply:
             for target in targets:
                 self._tell(target, ClientError(f"image {self.uri}: not delivered ({type(exc).__name__})"))
             raise
-        else:
-            self._summary(targets)
 
     def _source(self, host: Host) -> str:
         return "push" if self.push_image or self.archive else host.image_source
@@ -150,7 +151,7 @@ class ImageSupply:
                     self._tell(target, exc)
                     return
                 if have is None:
-                    self.deliveries[target.algo] = Delivery("present", local.id)
+                    self.deliveries[target.algo] = Delivery("present", local=True)
                     self._tell(target, scripts.image_use(local.id))
                 else:
                     pushes.append((target, have))
@@ -178,17 +179,18 @@ class ImageSupply:
             auth = await credentials_for(self.reference)
             try:
                 self.digest = (await registry.resolve(self.reference, auth, self.insecure)).digest
-            except registry.Unreachable as exc:
-                self.console.notice(f"image {self.uri}: the controller cannot ask its registry ({exc}); "
-                                    f"each host pulls it as named, and their images are compared")
+            except registry.Unreachable as exc:  # the hosts pull as named; their IDs are compared
+                log.debug("%s: not resolved: %s", self.uri, exc)
+                self.why = "the controller cannot ask its registry"
         except FleetError as exc:
             for target in targets:
                 self._tell(target, exc)
             return
         pinned = self.reference.pinned(self.digest) if self.digest else self.uri
         credentials = auth.docker_config(self.reference) if auth is not NO_AUTH else b""
+        self.auth = auth.source
         for target in targets:
-            self.deliveries[target.algo] = Delivery("pulled", f"{pinned} (auth: {auth.source})")
+            self.deliveries[target.algo] = Delivery("pulled")
             self._tell(target, scripts.image_pull(pinned, credentials))
 
     async def _push(self, local: LocalImage, pushes: list[tuple[Target, int]]) -> None:
@@ -209,46 +211,54 @@ class ImageSupply:
                 self._tell(target, error)
                 continue
             sent = count.sent.get(target.label, 0)
-            self.deliveries[target.algo] = Delivery("pushed", f"{sent / 1e6:.1f} MB", sent)
+            self.deliveries[target.algo] = Delivery("pushed", sent, local=True)
             self._tell(target, scripts.image_use(local.id))
 
-    def _summary(self, targets: list[Target]) -> None:
-        parts: dict[str, list[str]] = {}
-        for target in targets:
-            delivery = self.deliveries.get(target.algo)
-            if delivery is not None:
-                key = delivery.how if delivery.how != "pushed" else "pushed to"
-                parts.setdefault(f"{key}", []).append(
-                    target.algo + (f" ({delivery.detail})" if delivery.how == "pushed" else ""))
-        said = []
-        for how, hosts in parts.items():
-            detail = next((d.detail for a, d in self.deliveries.items() if d.how == how), "")
-            suffix = f" as {detail}" if how in ("pulled", "present") and detail else ""
-            said.append(f"{how} on {', '.join(hosts)}{suffix}" if how != "pushed to"
-                        else f"pushed to {', '.join(hosts)}")
-        if said:
-            self.console.notice(f"image {self.uri}: " + "; ".join(said))
-
     # -- before anything starts -----------------------------------------------------------------
-    def check_same(self, images: dict[str, str | None]) -> None:
-        """Every host's container is about to be created from these image IDs: they must be
-        one image (hosts that all pulled the registry's one digest may differ by platform)."""
-        every_pulled = self.digest is not None and all(d.how == "pulled" for d in self.deliveries.values()) \
-            and len(self.deliveries) == len(images)
-        if every_pulled:
-            return
-        distinct = {image for image in images.values()}
-        if len(distinct) > 1:
-            listed = ", ".join(f"{algo} {image}" for algo, image in images.items())
+    def settle(self, reported: dict[str, tuple[str | None, str]]) -> None:
+        """Every host's session has said which image ID its container is created from, and
+        whether it was `present` or `pulled` (a pushed one says present): the deliveries
+        are what happened, and a notice says so. Raises ClientError when the hosts'
+        images differ (hosts that all pulled the registry's one digest may differ by
+        platform: a multi-platform image)."""
+        for algo, (image, how) in reported.items():
+            delivery = self.deliveries.setdefault(algo, Delivery("pulled"))
+            delivery.image = image
+            if delivery.how == "pulled" and how == "present":
+                delivery.how = "present"
+        self._notice()
+        pinned = self.digest is not None and all(d.how != "pushed" and not d.local for d in self.deliveries.values())
+        distinct = {image for image, _ in reported.values()}
+        if not pinned and len(distinct) > 1:
+            listed = ", ".join(f"{algo} {image}" for algo, (image, _) in reported.items())
             raise ClientError(f"the hosts do not have the same image {self.uri}: {listed}; every host must "
                               f"run one image: push it from the controller (--push-image, image_source: "
                               f"push) or pull it from a registry the controller reaches")
 
-    def record(self, images: dict[str, str | None]) -> tuple[str | None, dict]:
-        """(ImageDigest, the record's `Image`): the registry's manifest digest for a pulled
-        image, else the image ID every host runs."""
-        digest = self.digest if all(d.how == "pulled" for d in self.deliveries.values()) and self.digest \
-            else next(iter(images.values()), None)
-        hosts = {algo: {"Delivery": d.how, "ImageId": images.get(algo), "BytesSent": d.sent}
-                 for algo, d in self.deliveries.items()}
+    def _notice(self) -> None:
+        groups: dict[str, list[str]] = {}
+        for algo, delivery in sorted(self.deliveries.items(), key=lambda item: int(item[0].rsplit("-", 1)[1])):
+            if delivery.how == "pushed":
+                groups.setdefault("pushed", []).append(f"{algo} ({delivery.sent / 1e6:.1f} MB)")
+            else:
+                groups.setdefault(delivery.how, []).append(algo)
+        said = []
+        if "present" in groups:
+            said.append(f"present on {', '.join(groups['present'])}")
+        if "pulled" in groups:
+            pinned = self.reference.pinned(self.digest) if self.digest else f"{self.uri} (not resolved: {self.why})"
+            said.append(f"pulled on {', '.join(groups['pulled'])} as {pinned} (auth: {self.auth})")
+        if "pushed" in groups:
+            said.append(f"pushed to {', '.join(groups['pushed'])}")
+        if said:
+            self.console.notice(f"image {self.uri}: " + "; ".join(said))
+
+    def record(self) -> tuple[str | None, dict]:
+        """(ImageDigest, the record's `Image`): the registry's manifest digest when the hosts
+        pulled it by digest, else the image ID every host runs."""
+        images = [d.image for d in self.deliveries.values()]
+        pulled = self.digest is not None and all(d.how != "pushed" and not d.local for d in self.deliveries.values())
+        digest = self.digest if pulled else next(iter(images), None)
+        hosts = {algo: {"Delivery": d.how, "ImageId": d.image, "BytesSent": d.sent}
+                 for algo, d in sorted(self.deliveries.items())}
         return digest, {"ImageDigest": digest, "Hosts": hosts}

@@ -214,12 +214,12 @@ class JobExecution:
 
         try:
             await all_of(on_each(self.instances, prepare), stage(), supply.deliver(targets))
-            images = {instance.algo: instance.report.image for instance in self.instances}
-            supply.check_same(images)
+            supply.settle({instance.algo: (instance.report.image, instance.report.image_how)
+                           for instance in self.instances})
         except BaseException:
             await all_of(*(instance.abort() for instance in self.instances))
             raise
-        digest, delivered = supply.record(images)
+        digest, delivered = supply.record()
         self.record.update(AppSpecification={**self.record.data.get("AppSpecification", {}), "ImageDigest": digest},
                            Image=delivered)
 

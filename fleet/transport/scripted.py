@@ -692,7 +692,7 @@ class FakeHost:
         self.image_step = (verb, reference)
         self.received_auth = await command.read_stdin_bytes(int(count))
         self._heard_of(f"image {verb}")
-        command.write_stderr(f"fleet:image {self.image_id}\n".encode())
+        command.write_stderr(f"fleet:image {self.image_id} {'present' if verb == 'use' else 'pulled'}\n".encode())
         await asyncio.sleep(0)
         if failing is not None:
             command.write_stderr(self.said)

@@ -375,7 +375,7 @@ def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
             assert (private / directory).is_dir()
         process.stdin.write(hostscripts.image_use("sha256:0123456789abcdef"))
         process.stdin.flush()
-        assert process.stderr.readline() == b"fleet:image sha256:0123456789abcdef\n"
+        assert process.stderr.readline() == b"fleet:image sha256:0123456789abcdef present\n"
         assert process.stderr.readline() == b"fleet:prepared\n"
         for directory in fake.plan.dirs:
             assert (private / directory).is_dir()
