@@ -227,7 +227,7 @@ class _Loads:
                 self._fail(label, HostError(label, f"stopped reading the image {self.name} for {WRITE_STALL:.0f} s"))
                 return
             except FleetError as exc:
-                self._fail(label, HostError(label, f"lost while pushing the image {self.name}: {exc.message}"))
+                self._fail(label, HostError(label, f"lost while pushing the image {self.name}: {_words(label, exc)}"))
                 return
             self.count.sent[label] = self.count.sent.get(label, 0) + len(data)
         live = set(self.live)
@@ -255,10 +255,10 @@ class _Loads:
                                                    f"within {allowance:.0f} s"))
                 return
             except FleetError as exc:
-                self._fail(label, HostError(label, f"lost while loading the image {self.name}: {exc.message}"))
+                self._fail(label, HostError(label, f"lost while loading the image {self.name}: {_words(label, exc)}"))
                 return
             if isinstance(said, FleetError) or process.lost:
-                why = said.message if isinstance(said, FleetError) else "the connection was lost"
+                why = _words(label, said) if isinstance(said, FleetError) else "the connection was lost"
                 self._fail(label, HostError(label, f"lost while loading the image {self.name}: {why}"))
                 return
             words = said.decode(errors="replace").strip()
@@ -279,6 +279,12 @@ class _Loads:
             process.close()
         for task in self._stderr.values():
             task.cancel()  # the group waits for it
+
+
+def _words(label: str, error: FleetError) -> str:
+    """The error's message without its leading `label: ` (the transport's errors name the
+    host, and the message they go into names it already)."""
+    return error.message.removeprefix(f"{label}: ")
 
 
 def _docker_error(label: str, status: int, said: str, docker_timeout: int, doing: str) -> FleetError:
@@ -363,16 +369,35 @@ class _DockerSave:
 
 
 async def _save_to(source: DockerSource, path: Path, docker_timeout: int) -> None:
-    """`docker save REF` into `path` (a new file of a private folder)."""
-    async with task_group() as tasks:
-        save = _DockerSave(source, docker_timeout)
-        try:
-            await save.start(tasks)
-            with open(path, "xb") as file:  # noqa: ASYNC230 (opening is instant; writes go to a thread)
-                while chunk := await save.read():
-                    await asyncio.to_thread(file.write, chunk)
-        finally:
-            await save.close()
+    """`docker save -o PATH REF` (a new file of a private folder): the docker CLI writes the
+    file itself, the bytes never pass through this process (measured: ~1 s less for 300 MB
+    on the 2-core bed than reading the pipe here)."""
+    docker = shutil.which("docker")
+    if docker is None:
+        raise ClientError(f"cannot save the image {source.reference}: no docker command on this machine")
+    try:
+        process = await asyncio.create_subprocess_exec(
+            docker, "save", "-o", str(path), "--", source.reference, stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, start_new_session=True)
+    except OSError as exc:
+        raise ClientError(f"cannot run {docker} save: {exc.strerror or exc}") from exc
+    allowance = _allowance(docker_timeout, source.image.size) * 2
+    try:
+        async with asyncio.timeout(allowance):
+            assert process.stderr is not None
+            said = await _last_words(lambda: process.stderr.read(65536))
+            status = await process.wait()
+    except TimeoutError:
+        raise ClientError(f"docker save {source.reference} on the controller did not end within "
+                          f"{allowance:.0f} s") from None
+    finally:
+        if process.returncode is None:
+            process.kill()
+            with contextlib.suppress(ProcessLookupError):
+                await asyncio.shield(process.wait())
+    if status != 0:
+        raise ClientError(f"docker save {source.reference} on the controller failed: "
+                          f"{said.decode(errors='replace').strip()}")
 
 
 @contextlib.contextmanager

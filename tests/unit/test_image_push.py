@@ -147,11 +147,13 @@ async def test_a_host_that_stops_reading_fails_after_the_stall_bound(archive, tm
 
 @pytest.fixture
 def fake_docker(tmp_path, monkeypatch):
-    """A `docker` on PATH whose `save` writes $FAKE_SAVE (then fails when $FAKE_FAIL is set)."""
+    """A `docker` on PATH whose `save` writes $FAKE_SAVE to stdout, or to FILE with `-o FILE`
+    (first failing after $FAKE_FAIL bytes when that is set)."""
     folder = tmp_path / "bin"
     folder.mkdir()
     script = folder / "docker"
     script.write_text('#!/bin/sh\n[ "$1" = save ] || exit 2\n'
+                      'if [ "$2" = -o ]; then exec > "$3"; fi\n'
                       'if [ -n "$FAKE_FAIL" ]; then head -c "$FAKE_FAIL" "$FAKE_SAVE"; '
                       'echo "Error response from daemon: disk full" >&2; exit 1; fi\n'
                       'cat "$FAKE_SAVE"\n')
