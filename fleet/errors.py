@@ -69,7 +69,9 @@ class HostsFailed(FleetError):
 
     @staticmethod
     def of(errors: list[FleetError]) -> FleetError:
-        """The one error, or all of them as HostsFailed."""
+        """The one error, or all of them as HostsFailed (one error shared by several hosts,
+        e.g. the image's registry refusing the controller, counts once)."""
+        errors = list({id(error): error for error in errors}.values())
         return errors[0] if len(errors) == 1 else HostsFailed(errors)
 
 

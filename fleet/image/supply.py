@@ -182,9 +182,11 @@ class ImageSupply:
             except registry.Unreachable as exc:  # the hosts pull as named; their IDs are compared
                 log.debug("%s: not resolved: %s", self.uri, exc)
                 self.why = "the controller cannot ask its registry"
-        except FleetError as exc:
+        except FleetError as exc:  # one error for all of them
+            error = ClientError(f"{exc.message} (the image of {', '.join(t.label for t in targets)})")
+            error.__cause__ = exc
             for target in targets:
-                self._tell(target, exc)
+                self._tell(target, error)
             return
         pinned = self.reference.pinned(self.digest) if self.digest else self.uri
         credentials = auth.docker_config(self.reference) if auth is not NO_AUTH else b""

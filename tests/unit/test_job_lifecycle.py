@@ -458,3 +458,22 @@ async def test_hosts_with_different_images_for_the_uri_start_nothing(tmp_path):
     assert f"algo-1 {fakes[0].image_id}" in reason and f"algo-3 {'sha256:' + '0' * 64}" in reason
     for fake in fakes:
         assert "go" not in fake.answers and fake.container in (None, "removed") and fake.directory == "removed"
+
+
+async def test_the_registry_refusing_the_controller_is_one_error_naming_the_hosts(tmp_path, monkeypatch):
+    from fleet.errors import ClientError
+    from fleet.image import supply
+
+    async def refused(reference):
+        raise ClientError(f"ECR GetAuthorizationToken for {reference.registry} (image {reference}): "
+                          f"AccessDeniedException: not authorized")
+    monkeypatch.setattr(supply, "credentials_for", refused)
+    fakes = [FakeHost(Container([b"never\n"])), FakeHost(Container([b"never\n"]))]
+    run = Run(tmp_path, fakes)
+    error = await run()
+    assert error is not None and error.exit_code == 1
+    assert run.described["FailureReason"] == (
+        "ClientError: ECR GetAuthorizationToken for docker.io (image zq:1): AccessDeniedException: not "
+        "authorized (the image of algo-1 (h1, h1.lab), algo-2 (h2, h2.lab))")
+    for fake in fakes:
+        assert fake.image_step is None and "go" not in fake.answers and fake.directory == "removed"
