@@ -62,8 +62,7 @@ class _PushProgress:
     """The push's counters as Progress reads them."""
 
     count: object
-    objects: int = 0
-    total_objects: int = 0
+    counts_files = False  # bytes only
 
     @property
     def bytes(self) -> int:
@@ -76,6 +75,14 @@ class _PushProgress:
     @property
     def total_bytes(self) -> int:
         return int(getattr(self.count, "total", 0))
+
+
+def _size(count: int) -> str:
+    """Bytes as people read them: 17 kB, 1.1 MB, 312.5 MB, 2.1 GB."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.1f} {unit}" if unit != "kB" else f"{count / scale:.0f} kB"
+    return f"{count} bytes"
 
 
 @dataclass
@@ -241,7 +248,7 @@ class ImageSupply:
         groups: dict[str, list[str]] = {}
         for algo, delivery in sorted(self.deliveries.items(), key=lambda item: int(item[0].rsplit("-", 1)[1])):
             if delivery.how == "pushed":
-                groups.setdefault("pushed", []).append(f"{algo} ({delivery.sent / 1e6:.1f} MB)")
+                groups.setdefault("pushed", []).append(f"{algo} ({_size(delivery.sent)})")
             else:
                 groups.setdefault(delivery.how, []).append(algo)
         said = []

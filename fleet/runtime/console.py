@@ -214,8 +214,9 @@ class Progress:
         seconds = max(time.monotonic() - start, 1e-6)
         total = getattr(count, "total_objects", 0)
         files = f"{count.objects}/{total}" if total else f"{count.objects}"
+        files = f"{files} files, " if getattr(count, "counts_files", True) else ""
         moved = getattr(count, "host_bytes", 0) or count.bytes
         size = getattr(count, "total_bytes", 0)
         of = f"/{size / 2**20:.1f}" if size else ""
-        return (f"{files} files, {count.bytes / 2**20:.1f}{of} MiB in {seconds:.1f} s "
+        return (f"{files}{count.bytes / 2**20:.1f}{of} MiB in {seconds:.1f} s "
                 f"({moved / seconds / 1e6:.0f} MB/s)")
