@@ -213,8 +213,9 @@ class Progress:
     def _line(count, start: float) -> str:
         seconds = max(time.monotonic() - start, 1e-6)
         total = getattr(count, "total_objects", 0)
-        files = f"{count.objects}/{total}" if total else f"{count.objects}"
-        files = f"{files} files, " if getattr(count, "counts_files", True) else ""
+        files = ""
+        if getattr(count, "counts_files", True):
+            files = f"{count.objects}/{total} files, " if total else f"{count.objects} files, "
         moved = getattr(count, "host_bytes", 0) or count.bytes
         size = getattr(count, "total_bytes", 0)
         of = f"/{size / 2**20:.1f}" if size else ""

@@ -143,15 +143,21 @@ def test_a_hundred_largest_variables_and_arguments_reach_the_container(fleet):
 
 @pytest.fixture
 def user_1000_image(cluster):
-    """fleet-test:busybox with USER 1000, on every test host."""
+    """fleet-test:busybox with USER 1000, on every test host: built once, loaded everywhere
+    (one image ID: fleet refuses hosts whose images for the ImageUri differ)."""
     tag = "fleet-test:user1000"
-    for host in cluster.hosts:
-        name = f"zq-build-{secrets.token_hex(4)}"
-        host.docker("create", "--name", name, IMAGE)
-        try:
-            host.docker("commit", "--change", "USER 1000", name, tag)
-        finally:
-            host.docker("rm", "--force", name)
+    first = cluster.hosts[0]
+    name = f"zq-build-{secrets.token_hex(4)}"
+    first.docker("create", "--name", name, IMAGE)
+    try:
+        first.docker("commit", "--change", "USER 1000", name, tag)
+    finally:
+        first.docker("rm", "--force", name)
+    for host in cluster.hosts[1:]:
+        saved = subprocess.run(["docker", "-H", first.docker_host, "save", tag], capture_output=True,
+                               check=True, timeout=60).stdout
+        subprocess.run(["docker", "-H", host.docker_host, "load", "-q"], input=saved, capture_output=True,
+                       check=True, timeout=60)
     yield tag
     for host in cluster.hosts:
         host.docker("image", "rm", "--force", tag, check=False)
