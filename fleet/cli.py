@@ -126,6 +126,26 @@ def _parser() -> argparse.ArgumentParser:
     describe.add_argument("name")
     describe.add_argument("--json", action="store_true", help="print the whole record as JSON")
 
+    serve = verbs.add_parser(
+        "serve", help="serve the SageMaker API (Create/Describe/List/StopProcessingJob, and the CloudWatch "
+                      "Logs calls of the SDK) for the inventory's hosts",
+        description="Point boto3, the AWS CLI or the SageMaker Python SDK at it with "
+                    "AWS_ENDPOINT_URL_SAGEMAKER=http://HOST:PORT and "
+                    "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS=http://HOST:PORT. "
+                    "Requests are SigV4-verified against the key of your AWS credential chain (and --credentials). "
+                    "Jobs wait for free hosts, first come first served; each runs in a fleet process of its own "
+                    "that outlives the server (SIGTERM stops serving, never the jobs).")
+    serve.add_argument("--inventory", "-i", type=Path, required=True, help="hosts.yaml")
+    serve.add_argument("--listen", default="127.0.0.1:8180", metavar="HOST:PORT")
+    serve.add_argument("--credentials", type=Path, metavar="FILE",
+                       help="more accepted keys: an AWS shared-credentials file (every profile)")
+    serve.add_argument("--tls-cert", type=Path, metavar="FILE")
+    serve.add_argument("--tls-key", type=Path, metavar="FILE")
+    serve.add_argument("--stop-grace", type=int, default=30, metavar="SECONDS")
+    serve.add_argument("--docker-timeout", type=int, default=20, metavar="SECONDS")
+    serve.add_argument("--host-timeout", type=float, default=120, metavar="SECONDS")
+    worker = verbs.add_parser("serve-worker", help=argparse.SUPPRESS)  # the fleet process of one served job
+    worker.add_argument("name")
     logs = verbs.add_parser("logs", help="the job's stored logs")
     logs.add_argument("name")
     logs.add_argument("--host", help="one host's log, raw (e.g. algo-2)")
@@ -363,9 +383,69 @@ def _logs(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _serve(args: argparse.Namespace, console: Console) -> int:
+    from fleet.serve.api import Api
+    from fleet.serve.auth import KeyRing
+    from fleet.serve.scheduler import Scheduler
+    from fleet.serve.server import is_loopback, listen_address, serve
+
+    inventory = load_inventory(args.inventory)
+    host, _ = listen_address(args.listen)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise InvalidInput("--tls-cert and --tls-key go together")
+    tls = None
+    if args.tls_cert:
+        import ssl
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            tls.load_cert_chain(args.tls_cert, args.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise InvalidInput(f"--tls-cert {args.tls_cert} / --tls-key {args.tls_key}: {exc}") from exc
+    elif not is_loopback(host):
+        console.notice(f"warning: --listen {args.listen} is not loopback and there is no --tls-cert/--tls-key: "
+                       f"requests (signed, not encrypted: job requests hold Environment values) cross the "
+                       f"network in the clear")
+    keys = KeyRing.from_chain()
+    if args.credentials:
+        keys = keys | KeyRing.from_file(args.credentials)
+    if not keys:
+        raise InvalidInput("fleet serve accepts no key: the AWS credential chain gives none "
+                           "(AWS_ACCESS_KEY_ID, ~/.aws/credentials, ...) and no --credentials FILE was given")
+    region, account = _region_and_account()
+    options = RunOptions(stop_grace=args.stop_grace, docker_timeout=args.docker_timeout,
+                         host_timeout=args.host_timeout, region=region, account=account,
+                         insecure_registries=tuple(inventory.insecure_registries))
+    store = JobStore(fleet_home())
+    api = Api(store, Scheduler(store, inventory, options), region, account)
+    await serve(api, keys, args.listen, tls, console.notice)
+    return 0
+
+
+async def _serve_worker(name: str, console: Console) -> int:
+    """The fleet process of one job `fleet serve` placed: its run.json has the hosts."""
+    from fleet.runtime.executor import JobExecution
+
+    store = JobStore(fleet_home())
+    ownership = store.claim(name)
+    try:
+        record = store.record(name)
+        if record.status != "InProgress":
+            raise InvalidInput(f"job {name} is {record.status}: not started")
+        execution = JobExecution(store.read_run(name), record, console)
+        _on_signals(execution.request_stop)
+        error = await execution.execute()
+    finally:
+        ownership.release()
+    return _ended(console, record, error)
+
+
 async def _asynchronous(args: argparse.Namespace, console: Console) -> int:
     if args.verb == "run":
         return await _run(args, console)
+    if args.verb == "serve":
+        return await _serve(args, console)
+    if args.verb == "serve-worker":
+        return await _serve_worker(args.name, console)
     if args.verb == "attach":
         return await _take_over(args.name, console, stop=False)
     if args.verb == "stop":
@@ -408,7 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             return InvalidInput.exit_code
         if _debugging(args):
             _log_debug()
-        if args.verb in ("run", "attach", "stop", "gc", "check"):
+        if args.verb in ("run", "attach", "stop", "gc", "check", "serve", "serve-worker"):
             import uvloop
             return uvloop.run(_asynchronous(args, console))
         if args.verb == "describe":

@@ -1,0 +1,290 @@
+"""The operations `fleet serve` answers, each a dict in, a dict out, in the shapes of
+botocore's service models (SageMaker 2017-07-24, CloudWatch Logs 2014-03-28).
+
+SageMaker: CreateProcessingJob, DescribeProcessingJob, ListProcessingJobs,
+StopProcessingJob. CloudWatch Logs (what the SDK's `logs=True` reads): DescribeLogStreams
+and GetLogEvents on the log group /aws/sagemaker/ProcessingJobs, one stream per host,
+`JOBNAME/algo-k-EPOCH` (EPOCH: the job's creation, in seconds), each line an event.
+Errors are ApiError(code, message): botocore raises them as ClientError with that code.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import re
+from collections.abc import Awaitable, Callable
+from datetime import datetime
+from typing import Any
+
+from fleet.contract.describe import TERMINAL, new_record
+from fleet.contract.job import JOB_NAME_PATTERN, parse_job
+from fleet.data.sources import check_job_data
+from fleet.errors import FleetError, ResourceInUse
+from fleet.image.reference import parse_reference
+from fleet.plan import job_arn
+from fleet.runtime.store import JobStore
+from fleet.serve.scheduler import STARTING, Scheduler, spool_request
+
+log = logging.getLogger(__name__)
+
+LOG_GROUP = "/aws/sagemaker/ProcessingJobs"
+PAGE_BYTES = 1_048_576  # GetLogEvents: at most 1 MB of events a page (as CloudWatch)
+PAGE_EVENTS = 10_000  # and at most 10,000 events
+EVENT_BYTES = 256 * 1024  # a longer line is cut into events of this size (CloudWatch's limit)
+TIMESTAMPS = ("CreationTime", "LastModifiedTime", "ProcessingStartTime", "ProcessingEndTime")
+
+
+class ApiError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def _validation(message: str) -> ApiError:
+    return ApiError("ValidationException", message)
+
+
+def _epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
+
+
+class Api:
+    def __init__(self, store: JobStore, scheduler: Scheduler, region: str, account: str) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.region = region
+        self.account = account
+        self.operations: dict[str, Callable[[dict], Awaitable[dict]]] = {
+            "SageMaker.CreateProcessingJob": self.create,
+            "SageMaker.DescribeProcessingJob": self.describe,
+            "SageMaker.ListProcessingJobs": self.list_jobs,
+            "SageMaker.StopProcessingJob": self.stop,
+            "Logs_20140328.DescribeLogStreams": self.describe_log_streams,
+            "Logs_20140328.GetLogEvents": self.get_log_events,
+        }
+
+    # -- SageMaker -------------------------------------------------------------------------------
+    async def create(self, request: dict) -> dict:
+        try:
+            job = parse_job(request, "CreateProcessingJob")
+            check_job_data(job, "CreateProcessingJob")
+            parse_reference(job.AppSpecification.ImageUri)
+        except FleetError as exc:
+            raise _validation(exc.message) from None
+        count, hosts = job.instance_count, len(self.scheduler.inventory.hosts)
+        if count > hosts:
+            raise _validation(f"ProcessingResources.ClusterConfig.InstanceCount: {count} instances asked "
+                              f"for; the inventory has {hosts} host(s)")
+        arn = job_arn(job, self.region, self.account)
+        record = new_record(job, arn, {})
+        record["SecondaryStatus"] = STARTING
+        try:
+            self.store.create(record)
+        except ResourceInUse:
+            raise ApiError("ResourceInUse", f"Job {job.ProcessingJobName} already exists") from None
+        spool_request(self.store, job.ProcessingJobName, job.model_dump(mode="json", exclude_none=True))
+        self.scheduler.poke()
+        return {"ProcessingJobArn": arn}
+
+    def _record(self, name: Any) -> dict:
+        if not isinstance(name, str) or not re.fullmatch(JOB_NAME_PATTERN, name):
+            raise _validation(f"ProcessingJobName {name!r} does not match {JOB_NAME_PATTERN}")
+        try:
+            return self.store.load(name)
+        except FleetError:
+            raise ApiError("ResourceNotFound", f"Processing job {name} does not exist") from None
+
+    @staticmethod
+    def _shaped(record: dict) -> dict:
+        """The record as DescribeProcessingJob answers it: timestamps as epoch seconds
+        (fleet's own fields, Hosts, Image, Transfers, ride along: clients ignore them)."""
+        shaped = dict(record)
+        for key in TIMESTAMPS:
+            if isinstance(shaped.get(key), str):
+                shaped[key] = _epoch(shaped[key])
+        return shaped
+
+    async def describe(self, request: dict) -> dict:
+        return self._shaped(self._record(request.get("ProcessingJobName")))
+
+    async def list_jobs(self, request: dict) -> dict:
+        records = self.store.records()
+        contains = request.get("NameContains")
+        status = request.get("StatusEquals")
+        bounds = {key: request.get(key) for key in ("CreationTimeAfter", "CreationTimeBefore",
+                                                     "LastModifiedTimeAfter", "LastModifiedTimeBefore")}
+        chosen = []
+        for record in records:
+            if contains and contains not in record.get("ProcessingJobName", ""):
+                continue
+            if status and record.get("ProcessingJobStatus") != status:
+                continue
+            created, modified = _epoch(record["CreationTime"]), _epoch(record.get("LastModifiedTime",
+                                                                                   record["CreationTime"]))
+            if bounds["CreationTimeAfter"] is not None and not created > float(bounds["CreationTimeAfter"]):
+                continue
+            if bounds["CreationTimeBefore"] is not None and not created < float(bounds["CreationTimeBefore"]):
+                continue
+            if bounds["LastModifiedTimeAfter"] is not None and not modified > float(bounds["LastModifiedTimeAfter"]):
+                continue
+            if bounds["LastModifiedTimeBefore"] is not None and not modified < float(bounds["LastModifiedTimeBefore"]):
+                continue
+            chosen.append(record)
+        sort_by = request.get("SortBy", "CreationTime")
+        keys = {"Name": lambda r: r["ProcessingJobName"], "CreationTime": lambda r: r["CreationTime"],
+                "Status": lambda r: r.get("ProcessingJobStatus", "")}
+        if sort_by not in keys:
+            raise _validation(f"SortBy {sort_by!r}: one of Name, CreationTime, Status")
+        order = request.get("SortOrder", "Descending")
+        if order not in ("Ascending", "Descending"):
+            raise _validation(f"SortOrder {order!r}: Ascending or Descending")
+        chosen.sort(key=keys[sort_by], reverse=order == "Descending")
+        limit = request.get("MaxResults", 10)
+        if not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise _validation("MaxResults must be between 1 and 100")
+        start = _token(request.get("NextToken"))
+        page = chosen[start:start + limit]
+        answer: dict[str, Any] = {"ProcessingJobSummaries": [
+            {key: value for key, value in self._shaped(r).items()
+             if key in ("ProcessingJobName", "ProcessingJobArn", "CreationTime", "ProcessingEndTime",
+                        "LastModifiedTime", "ProcessingJobStatus", "FailureReason", "ExitMessage")}
+            for r in page]}
+        if start + limit < len(chosen):
+            answer["NextToken"] = base64.urlsafe_b64encode(json.dumps({"at": start + limit}).encode()).decode()
+        return answer
+
+    async def stop(self, request: dict) -> dict:
+        record = self._record(request.get("ProcessingJobName"))
+        if record["ProcessingJobStatus"] in TERMINAL:
+            raise _validation(f"The processing job {record['ProcessingJobName']} is "
+                              f"{record['ProcessingJobStatus']}: it cannot be stopped")
+        await self.scheduler.stop(record["ProcessingJobName"])
+        return {}
+
+    # -- CloudWatch Logs ---------------------------------------------------------------------------
+    def _streams(self, prefix: str) -> list[tuple[str, str, str, dict]]:
+        """(stream name, job name, algo, record) of every job whose stream names start with
+        `prefix` (which must name a job: JOBNAME/...)."""
+        job_name = prefix.split("/", 1)[0]
+        if not job_name:
+            return []
+        names = [job_name] if "/" in prefix else \
+            [r["ProcessingJobName"] for r in self.store.records() if r["ProcessingJobName"].startswith(prefix)]
+        streams = []
+        for name in names:
+            try:
+                record = self.store.load(name)
+            except FleetError:
+                continue
+            epoch = int(_epoch(record["CreationTime"]))
+            for algo in record.get("Hosts", {}):
+                stream = f"{name}/{algo}-{epoch}"
+                if stream.startswith(prefix):
+                    streams.append((stream, name, algo, record))
+        return streams
+
+    def _group(self, request: dict) -> None:
+        if request.get("logGroupName") != LOG_GROUP:
+            raise ApiError("ResourceNotFoundException", "The specified log group does not exist.")
+
+    async def describe_log_streams(self, request: dict) -> dict:
+        self._group(request)
+        prefix = request.get("logStreamNamePrefix") or ""
+        if not isinstance(prefix, str) or not prefix:
+            return {"logStreams": []}
+        found = []
+        for stream, name, algo, record in self._streams(prefix):
+            path = self.store.log_path(name, algo)
+            try:
+                size, modified = path.stat().st_size, path.stat().st_mtime
+            except FileNotFoundError:
+                continue  # no event yet: CloudWatch shows a stream once it has one
+            created = int(_epoch(record["CreationTime"]) * 1000)
+            stamp = _stamp(record)
+            found.append({"logStreamName": stream, "creationTime": created, "firstEventTimestamp": stamp,
+                          "lastEventTimestamp": stamp, "lastIngestionTime": int(modified * 1000),
+                          "uploadSequenceToken": "0", "storedBytes": size,
+                          "arn": f"arn:aws:logs:{self.region}:{self.account}:log-group:{LOG_GROUP}:"
+                                 f"log-stream:{stream}"})
+        found.sort(key=lambda s: str(s["logStreamName"]), reverse=bool(request.get("descending")))
+        limit = request.get("limit", 50)
+        start = _token(request.get("nextToken"))
+        answer: dict[str, Any] = {"logStreams": found[start:start + limit]}
+        if start + limit < len(found):
+            answer["nextToken"] = base64.urlsafe_b64encode(json.dumps({"at": start + limit}).encode()).decode()
+        return answer
+
+    async def get_log_events(self, request: dict) -> dict:
+        """A host's log as events, a line each, from a byte offset on (`f/OFFSET` tokens;
+        `startFromHead` or not, a page starts at the token, else at the start). Every event
+        of a stream has the same timestamp (the job's start): the SDK's tailer, which asks
+        again from the last timestamp skipping what it has seen, then sees each line once."""
+        self._group(request)
+        stream = request.get("logStreamName")
+        match = re.fullmatch(r"([^/]+)/(algo-\d+)-(\d+)", stream or "")
+        if not match:
+            raise ApiError("ResourceNotFoundException", "The specified log stream does not exist.")
+        name, algo = match[1], match[2]
+        try:
+            record = self.store.load(name)
+        except FleetError:
+            raise ApiError("ResourceNotFoundException", "The specified log stream does not exist.") from None
+        if algo not in record.get("Hosts", {}):
+            raise ApiError("ResourceNotFoundException", "The specified log stream does not exist.")
+        token = request.get("nextToken")
+        offset = 0
+        if token:
+            if not isinstance(token, str) or not re.fullmatch(r"[fb]/\d{1,18}", token):
+                raise _validation(f"The specified nextToken is invalid: {token!r}")
+            offset = int(token[2:])
+        limit = min(int(request.get("limit") or PAGE_EVENTS), PAGE_EVENTS)
+        stamp = _stamp(record)
+        start_time, end_time = request.get("startTime"), request.get("endTime")
+        if (start_time is not None and stamp < int(start_time)) or (end_time is not None and stamp >= int(end_time)):
+            return {"events": [], "nextForwardToken": f"f/{offset}", "nextBackwardToken": f"b/{offset}"}
+        events, end = _read_events(self.store.log_path(name, algo), offset, limit, stamp)
+        return {"events": events, "nextForwardToken": f"f/{end}", "nextBackwardToken": f"b/{offset}"}
+
+
+def _stamp(record: dict) -> int:
+    """The timestamp (ms) of a stream's events: when the job started (else was created)."""
+    return int(_epoch(record.get("ProcessingStartTime") or record["CreationTime"]) * 1000)
+
+
+def _token(token: Any) -> int:
+    if token is None:
+        return 0
+    try:
+        at = json.loads(base64.urlsafe_b64decode(str(token).encode()))["at"]
+        if isinstance(at, int) and at >= 0:
+            return at
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise _validation("The NextToken is invalid")
+
+
+def _read_events(path, offset: int, limit: int, stamp: int) -> tuple[list[dict], int]:
+    """Whole lines from `offset` (a line still being written waits for its newline, unless
+    it is EVENT_BYTES long already): the events and the offset after them."""
+    try:
+        with open(path, "rb") as file:
+            file.seek(offset)
+            data = file.read(PAGE_BYTES)
+    except FileNotFoundError:
+        return [], offset
+    events: list[dict] = []
+    position = 0
+    while len(events) < limit and position < len(data):
+        end = data.find(b"\n", position, position + EVENT_BYTES)
+        if end < 0:
+            if len(data) - position < EVENT_BYTES:
+                break  # an unfinished line: the next page
+            end = position + EVENT_BYTES
+            line, position = data[position:end], end
+        else:
+            line, position = data[position:end], end + 1
+        events.append({"timestamp": stamp, "message": line.decode("utf-8", errors="replace"),
+                       "ingestionTime": stamp})
+    return events, offset + position

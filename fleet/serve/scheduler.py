@@ -1,0 +1,165 @@
+"""Jobs waiting for hosts, first come first served; each job run by a fleet process of its own.
+
+A job created through the API is recorded at once (InProgress, SecondaryStatus `Starting`)
+and waits until InstanceCount hosts of the inventory are free; it then gets the first free
+ones (run.json written: the same RunRecord `fleet run` writes) and a worker process
+(`fleet serve-worker NAME`, in its own session) runs it exactly as `fleet run` would, owning
+it through the store's owner lock. So:
+- a job's supervision never shares an event loop with the API (100 clients polling do not
+  slow it), and `fleet list`, `fleet describe`, `fleet stop` see and act on it as on any job;
+- SIGTERM (or SIGKILL) to `fleet serve` leaves the workers running; the next `fleet serve`
+  finds them through their owner locks, takes over (`fleet attach`) any whose worker died,
+  and starts the waiting ones.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+
+from fleet.contract.describe import TERMINAL, now
+from fleet.inventory import Host, Inventory
+from fleet.plan import record_hosts
+from fleet.runtime.store import JobStore, RunOptions, RunRecord, controller_id
+
+log = logging.getLogger(__name__)
+
+STARTING = "Starting"  # SecondaryStatus while the job waits for hosts (as SageMaker's capacity wait)
+REAP_EVERY = 0.5  # seconds between looks at the workers
+
+
+class Scheduler:
+    def __init__(self, store: JobStore, inventory: Inventory, options: RunOptions) -> None:
+        self.store = store
+        self.inventory = inventory
+        self.options = options
+        self.workers: dict[str, asyncio.subprocess.Process] = {}
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()  # one placement at a time (a stop of a waiting job too)
+
+    # -- what runs where ------------------------------------------------------------------------
+    def _running(self) -> dict[str, list[str]]:
+        """Jobs that hold hosts: InProgress/Stopping with a run.json; their hosts' labels."""
+        held = {}
+        for record in self.store.records():
+            name = record.get("ProcessingJobName", "")
+            if record.get("ProcessingJobStatus") in TERMINAL:
+                continue
+            if not (self.store.job_dir(name) / "run.json").exists():
+                continue
+            held[name] = [h.get("Name") or "" for h in record.get("Hosts", {}).values()]
+        return held
+
+    def waiting(self) -> list[dict]:
+        """Jobs waiting for hosts, oldest first."""
+        found = [r for r in self.store.records()
+                 if r.get("ProcessingJobStatus") == "InProgress" and r.get("SecondaryStatus") == STARTING
+                 and not (self.store.job_dir(r["ProcessingJobName"]) / "run.json").exists()]
+        return sorted(found, key=lambda r: r.get("CreationTime", ""))
+
+    def free_hosts(self) -> list[Host]:
+        busy = {label for labels in self._running().values() for label in labels}
+        return [host for host in self.inventory.hosts if host.label not in busy]
+
+    def poke(self) -> None:
+        self._wake.set()
+
+    # -- the loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        """Place waiting jobs as hosts free up; take over jobs whose worker died; reap."""
+        while True:
+            await self.place()
+            self._reap()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(REAP_EVERY):
+                    await self._wake.wait()
+            self._wake.clear()
+
+    async def place(self) -> None:
+        async with self._lock:
+            await self._adopt()
+            for record in self.waiting():
+                job_count = record["ProcessingResources"]["ClusterConfig"]["InstanceCount"]
+                free = self.free_hosts()
+                if len(free) < job_count:
+                    break  # first come first served: a later, smaller job does not jump the queue
+                await self._start(record, free[:job_count])
+
+    async def _start(self, record: dict, hosts: list[Host]) -> None:
+        name = record["ProcessingJobName"]
+        job_record = self.store.record(name)
+        run = RunRecord(RunId=uuid.uuid4().hex[:16], Controller=controller_id(self.store.home),
+                        Request=self._request(name), Hosts=hosts, Options=self.options)
+        job_record.save_run(run)
+        job_record.update(Hosts=record_hosts(hosts), SecondaryStatus=None)
+        log.info("%s: starting on %s", name, ", ".join(h.label for h in hosts))
+        self.workers[name] = await self._spawn("serve-worker", name)
+
+    def _request(self, name: str) -> dict:
+        import json
+        return json.loads((self.store.job_dir(name) / "request.json").read_text())
+
+    async def _spawn(self, verb: str, name: str) -> asyncio.subprocess.Process:
+        """A fleet process for the job, in its own session: a signal to `fleet serve` (or its
+        terminal) does not reach it."""
+        log_file = self.store.job_dir(name) / f"{verb}.log"
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            return await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "fleet", verb, name, stdin=asyncio.subprocess.DEVNULL,
+                stdout=fd, stderr=fd, start_new_session=True,
+                env={**os.environ, "FLEET_HOME": str(self.store.home)})
+        finally:
+            os.close(fd)
+
+    async def _adopt(self) -> None:
+        """Running jobs without a live worker (this server restarted, a worker died): a
+        `fleet attach` takes each over, as a user would."""
+        for name in self._running():
+            worker = self.workers.get(name)
+            if worker is not None and worker.returncode is None:
+                continue
+            if self.store.owner(name) is not None:
+                continue  # a worker of a previous `fleet serve` still runs it
+            log.info("%s: no fleet process runs it; taking it over", name)
+            self.workers[name] = await self._spawn("attach", name)
+
+    def _reap(self) -> None:
+        for name, worker in list(self.workers.items()):
+            if worker.returncode is not None:
+                del self.workers[name]
+                self.poke()
+
+    # -- stop -------------------------------------------------------------------------------------
+    async def stop(self, name: str) -> None:
+        """Stop a job: a waiting one ends Stopped at once; a running one as `fleet stop` does
+        (its worker gets SIGTERM: a graceful stop, as Ctrl-C; one without a worker is taken
+        over and stopped at its hosts), by a `fleet stop` process of its own."""
+        async with self._lock:
+            record = self.store.record(name)
+            if record.status in TERMINAL:
+                return
+            if not (self.store.job_dir(name) / "run.json").exists():
+                record.update(ProcessingJobStatus="Stopped", SecondaryStatus=None, ProcessingEndTime=now())
+                return
+        await self._spawn("stop", name)
+
+    async def close(self) -> None:
+        """Stop serving: the workers go on (they own their jobs); nothing is killed. Their
+        exits are not waited for (a `fleet serve` started later adopts them)."""
+        self.workers.clear()
+
+
+def spool_request(store: JobStore, name: str, request: dict) -> Path:
+    """The validated request, kept until the job is placed (the worker reads run.json)."""
+    import json
+    path = store.job_dir(name) / "request.json"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(request, file)
+    return path
