@@ -21,6 +21,7 @@ from pathlib import Path
 from unittest import mock
 
 import pytest
+
 from conftest import make_job
 
 boto3 = pytest.importorskip("boto3")
