@@ -96,14 +96,22 @@ class Api:
         except FleetError:
             raise ApiError("ResourceNotFound", f"Processing job {name} does not exist") from None
 
-    @staticmethod
-    def _shaped(record: dict) -> dict:
+    def _shaped(self, record: dict) -> dict:
         """The record as DescribeProcessingJob answers it: timestamps as epoch seconds
-        (fleet's own fields, Hosts, Image, Transfers, ride along: clients ignore them)."""
+        (fleet's own fields, Hosts, Image, Transfers, ride along: clients ignore them);
+        `Stopping` as soon as a stop was asked for (the job's own process writes its record:
+        the server never does once it runs); a failed container's ExitMessage also in the
+        FailureReason, which is all the SageMaker SDK shows of a failure."""
         shaped = dict(record)
         for key in TIMESTAMPS:
             if isinstance(shaped.get(key), str):
                 shaped[key] = _epoch(shaped[key])
+        name = record.get("ProcessingJobName", "")
+        if shaped.get("ProcessingJobStatus") == "InProgress" and self.scheduler.stop_asked(name):
+            shaped["ProcessingJobStatus"] = "Stopping"
+        reason, message = shaped.get("FailureReason"), shaped.get("ExitMessage")
+        if reason and message and reason.startswith("AlgorithmError") and message not in reason:
+            shaped["FailureReason"] = f"{reason}. ExitMessage: {message}"[:1024]
         return shaped
 
     async def describe(self, request: dict) -> dict:

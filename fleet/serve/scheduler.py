@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 
 STARTING = "Starting"  # SecondaryStatus while the job waits for hosts (as SageMaker's capacity wait)
 REAP_EVERY = 0.5  # seconds between looks at the workers
+STOP_ASKED = "stop-asked"  # in the job's directory: StopProcessingJob was called
 
 
 class Scheduler:
@@ -147,7 +148,12 @@ class Scheduler:
             if not (self.store.job_dir(name) / "run.json").exists():
                 record.update(ProcessingJobStatus="Stopped", SecondaryStatus=None, ProcessingEndTime=now())
                 return
+            (self.store.job_dir(name) / STOP_ASKED).touch(mode=0o600)
         await self._spawn("stop", name)
+
+    def stop_asked(self, name: str) -> bool:
+        """A stop was asked for (Describe says Stopping until the job's process writes its end)."""
+        return (self.store.job_dir(name) / STOP_ASKED).exists()
 
     async def close(self) -> None:
         """Stop serving: the workers go on (they own their jobs); nothing is killed. Their
