@@ -85,7 +85,7 @@ class Api:
         except ResourceInUse:
             raise ApiError("ResourceInUse", f"Job {job.ProcessingJobName} already exists") from None
         spool_request(self.store, job.ProcessingJobName, job.model_dump(mode="json", exclude_none=True))
-        self.scheduler.poke()
+        self.scheduler.added(job.ProcessingJobName)
         return {"ProcessingJobArn": arn}
 
     def _record(self, name: Any) -> dict:

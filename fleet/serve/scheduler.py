@@ -23,6 +23,7 @@ import uuid
 from pathlib import Path
 
 from fleet.contract.describe import TERMINAL, now
+from fleet.errors import FleetError
 from fleet.inventory import Host, Inventory
 from fleet.plan import record_hosts
 from fleet.runtime.store import JobStore, RunOptions, RunRecord, controller_id
@@ -42,15 +43,39 @@ class Scheduler:
         self.workers: dict[str, asyncio.subprocess.Process] = {}
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one placement at a time (a stop of a waiting job too)
+        self._active: set[str] | None = None  # names of the jobs not ended (None: not read yet)
 
     # -- what runs where ------------------------------------------------------------------------
+    def _active_records(self) -> list[dict]:
+        """The records of the jobs not ended yet. The whole store is read once (at the
+        server's start); then only the jobs still active, so that a store of thousands of
+        ended jobs costs nothing every REAP_EVERY."""
+        if self._active is None:
+            self._active = {r["ProcessingJobName"] for r in self.store.records()
+                            if r.get("ProcessingJobStatus") not in TERMINAL}
+        records = []
+        for name in sorted(self._active):
+            try:
+                record = self.store.load(name)
+            except FleetError:
+                record = None
+            if record is None or record.get("ProcessingJobStatus") in TERMINAL:
+                self._active.discard(name)
+            else:
+                records.append(record)
+        return records
+
+    def added(self, name: str) -> None:
+        """A job was just created: it waits for hosts."""
+        if self._active is not None:
+            self._active.add(name)
+        self.poke()
+
     def _running(self) -> dict[str, list[str]]:
         """Jobs that hold hosts: InProgress/Stopping with a run.json; their hosts' labels."""
         held = {}
-        for record in self.store.records():
+        for record in self._active_records():
             name = record.get("ProcessingJobName", "")
-            if record.get("ProcessingJobStatus") in TERMINAL:
-                continue
             if not (self.store.job_dir(name) / "run.json").exists():
                 continue
             held[name] = [h.get("Name") or "" for h in record.get("Hosts", {}).values()]
@@ -58,7 +83,7 @@ class Scheduler:
 
     def waiting(self) -> list[dict]:
         """Jobs waiting for hosts, oldest first."""
-        found = [r for r in self.store.records()
+        found = [r for r in self._active_records()
                  if r.get("ProcessingJobStatus") == "InProgress" and r.get("SecondaryStatus") == STARTING
                  and not (self.store.job_dir(r["ProcessingJobName"]) / "run.json").exists()]
         return sorted(found, key=lambda r: r.get("CreationTime", ""))
