@@ -336,7 +336,9 @@ def _list(args: argparse.Namespace) -> int:
     rows = [("NAME", "STATUS", "HOSTS", "START", "DURATION")]
     for r in records:
         status = r.get("ProcessingJobStatus", "?")
-        if status not in TERMINAL and store.owner(r["ProcessingJobName"]) is None:
+        if status not in TERMINAL and r.get("SecondaryStatus") == "Starting":
+            status += " (waiting for hosts: fleet serve)"
+        elif status not in TERMINAL and store.owner(r["ProcessingJobName"]) is None:
             status += " (no fleet process: fleet attach)"
         hosts = ",".join(h.get("Name", algo) for algo, h in r.get("Hosts", {}).items())
         rows.append((r["ProcessingJobName"], status, hosts,
