@@ -41,6 +41,7 @@ from fleet.transport.base import RemoteProcess, Transport
 log = logging.getLogger(__name__)
 
 CHUNK = 1024 * 1024  # bytes read from `docker save` at once
+HOST_BUFFER = 8 * CHUNK  # bytes one host's channel may hold unsent (hosts do not wait in lockstep)
 WORDS_LIMIT = 8192  # bytes of a command's stderr kept (its last ones: errors come at the end)
 # A write that makes no progress for this long: the host stopped reading (its `docker load`
 # hangs while SSH keepalives still answer). A lost connection ends sooner, by the keepalives.
@@ -208,6 +209,7 @@ class _Loads:
             except FleetError as exc:
                 self.failed[target.label] = exc
                 return
+            process.buffer(HOST_BUFFER)  # each host may lag the others by this much
             self.processes[target.label] = process
             self._stderr[target.label] = self._tasks.create_task(settled(lambda: _last_words(process.read_stderr)))
         await all_of(*(one(t) for t in self.targets.values()))

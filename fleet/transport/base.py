@@ -40,6 +40,12 @@ class RemoteProcess(abc.ABC):
     async def write(self, data: bytes) -> None:
         """Send bytes to the command's stdin."""
 
+    def buffer(self, high: int) -> None:
+        """Let `write` return while up to `high` bytes wait to be sent (a bulk stream fed to
+        several hosts at once: one host reading slower for a moment does not stall the
+        others). Default: the transport's own small buffer."""
+        return None
+
     @abc.abstractmethod
     def close_stdin(self) -> None:
         """Send EOF on stdin."""

@@ -240,6 +240,9 @@ class _SSHProcess(RemoteProcess):
         self._process.stdin.write(data)
         await self._guard(self._process.stdin.drain())
 
+    def buffer(self, high: int) -> None:
+        self._process.channel.set_write_buffer_limits(high=high, low=high // 4)
+
     def close_stdin(self) -> None:
         with contextlib.suppress(asyncssh.Error, OSError, BrokenPipeError):
             self._process.stdin.write_eof()
