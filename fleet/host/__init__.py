@@ -44,7 +44,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
-from fleet.errors import InvalidInput
+from fleet.errors import HostError, InvalidInput
 from fleet.inventory import Host
 from fleet.plan import RUN_LABEL, HostPlan
 
@@ -69,6 +69,20 @@ class Status(enum.IntEnum):
     GONE = 32  # resume: the container is gone, or not this run's
     NOT_STARTED = 33  # resume: the container was never started
     LOAD_FAILED = 34  # load: docker load failed, or gave no image of the pushed ID
+
+
+def docker_failure(label: str, status: int | None, said: str, docker_timeout: int, *, doing: str = "",
+                   docker: str = "") -> HostError | None:
+    """The HostError for a script's docker status (DOCKER_TIMEOUT, DOCKER_MISSING,
+    DOCKER_FAILED), else None; `doing` says what docker was asked, `docker` how it is called."""
+    where = f" ({doing})" if doing else ""
+    if status == Status.DOCKER_TIMEOUT:
+        return HostError(label, f"docker did not answer within {docker_timeout} s{where}")
+    if status == Status.DOCKER_MISSING:
+        return HostError(label, f"docker command not found ({docker or doing}): {said}")
+    if status == Status.DOCKER_FAILED:
+        return HostError(label, f"docker is not answering{where}: {said}")
+    return None
 
 
 GO = b"go\n"

@@ -33,7 +33,7 @@ from pathlib import Path
 from fleet.data.tarstream import END_OF_ARCHIVE
 from fleet.errors import ClientError, FleetError, HostError
 from fleet.fanout import all_of, settled, task_group
-from fleet.host import Status, image_have, image_load
+from fleet.host import Status, docker_failure, image_have, image_load
 from fleet.image.archive import GUARD, ImageArchive, open_archive
 from fleet.image.local import LocalImage
 from fleet.transport.base import RemoteProcess, Transport
@@ -290,12 +290,9 @@ def _words(label: str, error: FleetError) -> str:
 
 
 def _docker_error(label: str, status: int, said: str, docker_timeout: int, doing: str) -> FleetError:
-    if status == Status.DOCKER_TIMEOUT:
-        return HostError(label, f"docker did not answer within {docker_timeout} s ({doing})")
-    if status == Status.DOCKER_MISSING:
-        return HostError(label, f"docker command not found ({doing}): {said}")
-    if status == Status.DOCKER_FAILED:
-        return HostError(label, f"docker is not answering ({doing}): {said}")
+    docker = docker_failure(label, status, said, docker_timeout, doing=doing)
+    if docker is not None:
+        return docker
     if status < 0:
         return HostError(label, f"the connection was lost ({doing})")
     return ClientError(f"{label}: {doing} failed (status {status}): {said}")

@@ -26,9 +26,9 @@ from fleet.errors import ClientError, FleetError
 from fleet.fanout import on_each, task_group
 from fleet.image import registry
 from fleet.image.archive import open_archive
-from fleet.image.credentials import NO_AUTH, credentials_for
+from fleet.image.credentials import credentials_for
 from fleet.image.local import LocalImage, inspect_local
-from fleet.image.push import PushCount, PushTarget, host_has, push_image, source_for
+from fleet.image.push import DockerSource, PushCount, PushTarget, Source, host_has, push_image
 from fleet.image.reference import Reference, parse_reference
 from fleet.inventory import Host
 from fleet.runtime.console import Console, Progress
@@ -59,22 +59,22 @@ class Delivery:
 
 @dataclass
 class _PushProgress:
-    """The push's counters as Progress reads them."""
+    """The push's counters as Progress reads them (bytes only)."""
 
-    count: object
-    counts_files = False  # bytes only
+    count: PushCount
+    counts_files = False
 
     @property
     def bytes(self) -> int:
-        return int(getattr(self.count, "read", 0))
+        return self.count.read
 
     @property
     def host_bytes(self) -> int:
-        return sum(getattr(self.count, "sent", {}).values())
+        return sum(self.count.sent.values())
 
     @property
     def total_bytes(self) -> int:
-        return int(getattr(self.count, "total", 0))
+        return self.count.total
 
 
 def _size(count: int) -> str:
@@ -98,11 +98,12 @@ class ImageSupply:
     def __post_init__(self) -> None:
         self.reference: Reference = parse_reference(self.uri)
         self.digest: str | None = None  # the registry's, when the tag was resolved
-        self.local_id: str | None = None  # the controller's image (pushed or present)
+        self.pinned: str | None = None  # what the pulling hosts are told to pull
         self.deliveries: dict[str, Delivery] = {}
         self.auth = "none"  # the pulls' credentials, as notices name them
         self.why = ""  # why the tag was not resolved
         self._steps: dict[str, asyncio.Future[bytes]] = {}
+        self._supplied: Source | None = None  # what a push reads (the archive indexed once)
 
     # -- what each session is told ------------------------------------------------------------
     def _step(self, algo: str) -> asyncio.Future[bytes]:
@@ -145,7 +146,6 @@ class ImageSupply:
         local = None
         if any(self._source(t.host) != "pull" for t in targets):
             local = await self._local()
-            self.local_id = local.id if local is not None else None
         pushes: list[tuple[Target, int]] = []
         pulls: list[Target] = []
 
@@ -178,8 +178,11 @@ class ImageSupply:
 
     async def _local(self) -> LocalImage | None:
         if self.archive:
-            return (await asyncio.to_thread(open_archive, Path(self.archive))).image
-        return await inspect_local(self.uri, timeout=float(self.docker_timeout))
+            self._supplied = await asyncio.to_thread(open_archive, Path(self.archive))
+            return self._supplied.image
+        local = await inspect_local(self.uri, timeout=float(self.docker_timeout))
+        self._supplied = DockerSource(self.uri, local) if local is not None else None
+        return local
 
     async def _pull(self, targets: list[Target]) -> None:
         try:
@@ -195,8 +198,8 @@ class ImageSupply:
             for target in targets:
                 self._tell(target, error)
             return
-        pinned = self.reference.pinned(self.digest) if self.digest else self.uri
-        credentials = auth.docker_config(self.reference) if auth is not NO_AUTH else b""
+        self.pinned = pinned = self.reference.pinned(self.digest) if self.digest else self.uri
+        credentials = auth.docker_config(self.reference)  # b"" when anonymous
         self.auth = auth.source
         for target in targets:
             self.deliveries[target.algo] = Delivery("pulled")
@@ -208,7 +211,8 @@ class ImageSupply:
         progress = Progress(self.console)
         names = ", ".join(t.algo for t, _ in pushes)
         try:
-            source = await asyncio.to_thread(source_for, self.uri, local, self.archive)
+            assert self._supplied is not None
+            source = self._supplied
             async with progress.track(f"image push to {names}", _PushProgress(count), f"({self.uri})"):
                 failed = await push_image(source, push_targets, count, docker_timeout=self.docker_timeout,
                                           spool_dir=self.spool_dir)

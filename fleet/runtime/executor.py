@@ -197,8 +197,7 @@ class JobExecution:
             await instance.open(tasks, volume)
             if await instance.written():  # the image step: present, pushed, or pull (credentials)
                 step = await supply.instruction(instance.algo)
-                if step.startswith(b"pull "):
-                    instance.pulled_as = step.split(b" ", 2)[1].decode()
+                instance.pulled_as = supply.pinned if step.startswith(b"pull ") else None
                 await instance.image_step(step)
             await instance.prepared(image)
 

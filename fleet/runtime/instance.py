@@ -231,12 +231,9 @@ class Instance:
         if self._lost is not None:
             return self._lost
         plan, said, status, label = self._plan(), self.report.errors, self._status, self.label
-        if status == Status.DOCKER_TIMEOUT:
-            return HostError(label, f"docker did not answer within {self.options.docker_timeout} s")
-        if status == Status.DOCKER_MISSING:
-            return HostError(label, f"docker command not found ({self.host.docker!r}): {said}")
-        if status == Status.DOCKER_FAILED:
-            return HostError(label, f"docker is not answering: {said}")
+        docker = scripts.docker_failure(label, status, said, self.options.docker_timeout, docker=repr(self.host.docker))
+        if docker is not None:
+            return docker
         if status == Status.PULL_FAILED:
             how = f" (as {self.pulled_as})" if self.pulled_as and self.pulled_as != image else ""
             return ClientError(f"{label}: cannot pull image {image}{how}: {said}")

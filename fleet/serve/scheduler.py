@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -71,25 +72,21 @@ class Scheduler:
             self._active.add(name)
         self.poke()
 
-    def _running(self) -> dict[str, list[str]]:
-        """Jobs that hold hosts: InProgress/Stopping with a run.json; their hosts' labels."""
-        held = {}
-        for record in self._active_records():
-            name = record.get("ProcessingJobName", "")
-            if not (self.store.job_dir(name) / "run.json").exists():
-                continue
-            held[name] = [h.get("Name") or "" for h in record.get("Hosts", {}).values()]
-        return held
+    def _running(self, records: list[dict]) -> dict[str, list[str]]:
+        """Of these records, the jobs that hold hosts (placed: a run.json); their hosts' labels."""
+        return {r["ProcessingJobName"]: [h.get("Name") or "" for h in r.get("Hosts", {}).values()]
+                for r in records if (self.store.job_dir(r["ProcessingJobName"]) / "run.json").exists()}
 
-    def waiting(self) -> list[dict]:
+    def waiting(self, records: list[dict] | None = None) -> list[dict]:
         """Jobs waiting for hosts, oldest first."""
-        found = [r for r in self._active_records()
+        found = [r for r in (self._active_records() if records is None else records)
                  if r.get("ProcessingJobStatus") == "InProgress" and r.get("SecondaryStatus") == STARTING
                  and not (self.store.job_dir(r["ProcessingJobName"]) / "run.json").exists()]
         return sorted(found, key=lambda r: r.get("CreationTime", ""))
 
-    def free_hosts(self) -> list[Host]:
-        busy = {label for labels in self._running().values() for label in labels}
+    def free_hosts(self, records: list[dict] | None = None) -> list[Host]:
+        running = self._running(self._active_records() if records is None else records)
+        busy = {label for labels in running.values() for label in labels}
         return [host for host in self.inventory.hosts if host.label not in busy]
 
     def poke(self) -> None:
@@ -108,13 +105,15 @@ class Scheduler:
 
     async def place(self) -> None:
         async with self._lock:
-            await self._adopt()
-            for record in self.waiting():
+            records = self._active_records()  # the store read once for this round
+            await self._adopt(records)
+            free = self.free_hosts(records)
+            for record in self.waiting(records):
                 job_count = record["ProcessingResources"]["ClusterConfig"]["InstanceCount"]
-                free = self.free_hosts()
                 if len(free) < job_count:
                     break  # first come first served: a later, smaller job does not jump the queue
                 await self._start(record, free[:job_count])
+                free = free[job_count:]
 
     async def _start(self, record: dict, hosts: list[Host]) -> None:
         name = record["ProcessingJobName"]
@@ -127,7 +126,6 @@ class Scheduler:
         self.workers[name] = await self._spawn("serve-worker", name)
 
     def _request(self, name: str) -> dict:
-        import json
         return json.loads((self.store.job_dir(name) / "request.json").read_text())
 
     async def _spawn(self, verb: str, name: str) -> asyncio.subprocess.Process:
@@ -143,10 +141,10 @@ class Scheduler:
         finally:
             os.close(fd)
 
-    async def _adopt(self) -> None:
+    async def _adopt(self, records: list[dict]) -> None:
         """Running jobs without a live worker (this server restarted, a worker died): a
         `fleet attach` takes each over, as a user would."""
-        for name in self._running():
+        for name in self._running(records):
             worker = self.workers.get(name)
             if worker is not None and worker.returncode is None:
                 continue
@@ -188,7 +186,6 @@ class Scheduler:
 
 def spool_request(store: JobStore, name: str, request: dict) -> Path:
     """The validated request, kept until the job is placed (the worker reads run.json)."""
-    import json
     path = store.job_dir(name) / "request.json"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as file:

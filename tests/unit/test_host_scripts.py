@@ -743,3 +743,8 @@ def test_a_hostile_hosts_stderr_is_kept_bounded():
     report.feed(b"fleet:message:-5\nfleet:exited\n")
     assert report.message == b""
     assert report.feed(b"fleet:cleaned\n") == ["cleaned"]  # still told, though no longer listed
+    # an image line of 60 KB: the ID and how, cut to 100 characters, undecodable bytes replaced
+    report.feed(b"fleet:image sha256:" + b"a" * 60000 + b"\xff present\n")
+    assert report.image is not None and len(report.image) + len(report.image_how) <= 100
+    report.feed(b"fleet:image sha256:abc pulled\n")
+    assert (report.image, report.image_how) == ("sha256:abc", "pulled")
