@@ -1,7 +1,10 @@
 """hosts.yaml: the hosts a job may run on, parsed once into Host objects.
 
-`defaults` holds any host key; a host's own value wins. Hosts keep inventory order:
-the first N become algo-1..algo-N.
+`hosts` is a list of hosts, a Slurm hostlist expression (`"gpu-[01-04,07],dgx[1-2]"`), or a
+source: `{from: slurm}` (the current allocation), `{from: pbs}` ($PBS_NODEFILE) or
+`{from: file, path: FILE}` (a pdsh / MPI hostfile). `defaults` holds any host key; a host's
+own value wins. Hosts keep inventory order (for a source, the scheduler's order): the first N
+become algo-1..algo-N.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import getpass
 import os
 import shlex
+import shutil
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -17,9 +21,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from fleet.contract.job import describe_validation_error, read_document
 from fleet.errors import InvalidInput
 from fleet.home import fleet_home
+from fleet.hostlist import expand as expand_hostlist
 
 DEFAULT_SSH_WORKDIR = "/var/lib/fleet"
 HOST_KEY_CHECKING = ("strict", "accept-new", "off")
+# `--inventory slurm`: this word, never a file, means `{hosts: {from: slurm}}` (load_inventory).
+ALLOCATION_WORD = "slurm"
+HOST_SOURCES = ("slurm", "pbs", "file")
 
 
 class Host(BaseModel):
@@ -31,7 +39,9 @@ class Host(BaseModel):
     name: str | None = None
     ip: str | None = None
     gpus: Literal["all"] | Annotated[int, Field(ge=1, strict=True)] | list[int | str] | None = None
-    transport: Literal["ssh", "local"] = "ssh"
+    # srun: a step of the current Slurm allocation on the node (fleet.transport.srun); it
+    # needs no SSH keys, and the node's paths follow the SSH rules (workdir absolute).
+    transport: Literal["ssh", "local", "srun"] = "ssh"
     user: str | None = None
     port: Annotated[int, Field(ge=1, le=65535)] = 22
     identity_file: str | None = None
@@ -89,8 +99,9 @@ class Host(BaseModel):
 
     @model_validator(mode="after")
     def _remote_workdir_absolute(self) -> Host:
-        if self.transport == "ssh" and self.workdir and not self.workdir.startswith("/"):
-            raise ValueError(f"workdir must be absolute on an SSH host, got {self.workdir!r}")
+        if self.transport in ("ssh", "srun") and self.workdir and not self.workdir.startswith("/"):
+            kind = "an SSH host" if self.transport == "ssh" else "an srun host (a Slurm node)"
+            raise ValueError(f"workdir must be absolute on {kind}, got {self.workdir!r}")
         return self
 
     @property
@@ -137,8 +148,12 @@ class Inventory(BaseModel):
         return self
 
 
-def parse_inventory(document: Any, source: str) -> Inventory:
-    """Validate a hosts.yaml document: apply `defaults`, then check every host."""
+def parse_inventory(document: Any, source: str, *, base: Path | None = None) -> Inventory:
+    """Validate a hosts.yaml document: expand `hosts`, apply `defaults`, then check every host.
+
+    `base` is the directory a `{from: file}` path is relative to: the inventory file's
+    (load_inventory passes it), else the current directory.
+    """
     if not isinstance(document, dict):
         raise InvalidInput(f"{source}: must be a mapping with `hosts:` (and optional `defaults:`)")
     unknown = sorted(set(document) - {"defaults", "hosts", "insecure_registries"})
@@ -149,18 +164,31 @@ def parse_inventory(document: Any, source: str) -> Inventory:
     hosts = document.get("hosts")
     if not isinstance(defaults, dict):
         raise InvalidInput(f"{source}: defaults: must be a mapping of host keys")
-    if not isinstance(hosts, list) or not hosts:
-        raise InvalidInput(f"{source}: hosts: must be a non-empty list of hosts")
-    merged = []
-    for i, host in enumerate(hosts):
-        if not isinstance(host, dict):
-            raise InvalidInput(f"{source}: hosts[{i}]: must be a mapping with at least `address`")
-        merged.append({**defaults, **host})
+    # What the source says of its hosts (a Slurm node's GPUs, the srun transport): below
+    # `defaults`, so what the user wrote wins.
+    suggested: dict[str, Any] = {}
+    generated = not isinstance(hosts, list)
+    if isinstance(hosts, list) and hosts:
+        for i, host in enumerate(hosts):
+            if not isinstance(host, dict):
+                raise InvalidInput(f"{source}: hosts[{i}]: must be a mapping with at least `address`")
+    elif isinstance(hosts, str) or (isinstance(hosts, dict) and "from" in hosts):
+        names, suggested = _source_hosts(hosts, source, base or Path.cwd())
+        hosts = [{"address": name} for name in names]
+    else:
+        raise InvalidInput(f"{source}: hosts: must be a non-empty list of hosts, a hostlist expression "
+                           f"(\"gpu-[01-04,07]\") or a source ({{from: slurm}}, {{from: pbs}}, "
+                           f"{{from: file, path: FILE}})")
+    merged = [{**suggested, **defaults, **host} for host in hosts]
+
     def written_at(loc: tuple) -> tuple:
-        """Where a merged host's value was written: `defaults.KEY` unless the host has its own."""
-        if len(loc) >= 3 and loc[0] == "hosts" and isinstance(loc[1], int) and loc[2] in defaults \
-                and loc[2] not in hosts[loc[1]]:
-            return ("defaults", *loc[2:])
+        """Where a merged host's value was written: `defaults.KEY` unless the host has its own;
+        a host the source generated is named by its address."""
+        if len(loc) >= 2 and loc[0] == "hosts" and isinstance(loc[1], int):
+            if len(loc) >= 3 and loc[2] in defaults and loc[2] not in hosts[loc[1]]:
+                return ("defaults", *loc[2:])
+            if generated:
+                return (f"hosts ({hosts[loc[1]]['address']})", *loc[2:])
         return loc
 
     try:
@@ -169,6 +197,7 @@ def parse_inventory(document: Any, source: str) -> Inventory:
     except ValidationError as exc:
         raise InvalidInput(describe_validation_error(source, exc, relocate=written_at)) from exc
     for i, host in enumerate(inventory.hosts):
+        # Only SSH reads a key: a local or srun host has no identity_file to check.
         if host.identity_file and host.transport == "ssh":
             path = Path(host.identity_file).expanduser()
             if not path.is_file():
@@ -180,7 +209,114 @@ def parse_inventory(document: Any, source: str) -> Inventory:
 
 
 def load_inventory(path: Path | None) -> Inventory:
-    """hosts.yaml, or, without one, this machine alone (one local host)."""
+    """hosts.yaml; the word `slurm`; or, without either, this machine alone (one local host).
+
+    `--inventory slurm` means `{hosts: {from: slurm}}` with no defaults: the nodes of the
+    allocation fleet runs in. The word always means the allocation, even where a file of that
+    name exists; such a file must be named by a path that does not reduce to the bare word
+    (`$PWD/slurm`, `conf/slurm`: pathlib turns `./slurm` into `slurm`).
+    """
     if path is None:
         return Inventory(hosts=[Host(address="localhost", name="localhost", transport="local")])
-    return parse_inventory(read_document(path, "inventory", yaml_only=True), str(path))
+    if str(path) == ALLOCATION_WORD:
+        return parse_inventory({"hosts": {"from": "slurm"}}, f"--inventory {ALLOCATION_WORD}")
+    return parse_inventory(read_document(path, "inventory", yaml_only=True), str(path), base=path.parent)
+
+
+def _source_hosts(hosts: str | dict, source: str, base: Path) -> tuple[list[str], dict[str, Any]]:
+    """The names a hostlist expression or a `{from: ...}` source stands for, in its order, and
+    the host keys the source suggests for them all."""
+    if isinstance(hosts, str):
+        try:
+            names = expand_hostlist(hosts)
+        except ValueError as exc:
+            raise InvalidInput(f"{source}: hosts: {exc}") from exc
+        twice = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if twice is not None:
+            raise InvalidInput(f"{source}: hosts: hostlist expression {hosts!r} names {twice} twice")
+        return names, {}
+    kind = hosts["from"]
+    if kind not in HOST_SOURCES:
+        raise InvalidInput(f"{source}: hosts.from: must be slurm, pbs or file; got {kind!r}")
+    allowed = {"from", "path"} if kind == "file" else {"from"}
+    extra = sorted(set(hosts) - allowed, key=str)
+    if extra:
+        raise InvalidInput(f"{source}: hosts.{extra[0]}: unknown field for `from: {kind}` "
+                           f"(it takes {' and '.join(f'`{k}`' for k in sorted(allowed))})")
+    if kind == "slurm":
+        return _slurm_allocation(source)
+    if kind == "pbs":
+        nodefile = os.environ.get("PBS_NODEFILE")
+        if not nodefile:
+            raise InvalidInput(f"{source}: hosts: from: pbs needs a PBS allocation (PBS_NODEFILE is not set): "
+                               f"run fleet inside qsub")
+        return _read_hostfile(Path(nodefile), source, "from: pbs: $PBS_NODEFILE"), {}
+    path = hosts.get("path")
+    if not isinstance(path, str) or not path:
+        raise InvalidInput(f"{source}: hosts.path: `from: file` needs `path: FILE` (one host per line)")
+    return _read_hostfile(base / Path(path).expanduser(), source, "from: file:"), {}
+
+
+def _slurm_allocation(source: str) -> tuple[list[str], dict[str, Any]]:
+    """The nodes of the current Slurm allocation in Slurm's order, their GPUs, and `srun` as
+    their transport when srun is on PATH (else SSH, as for any host).
+
+    GPUs: Slurm describes the node the batch script runs on. SLURM_JOB_GPUS (else
+    SLURM_STEP_GPUS) lists that node's device ids: fleet uses them (`gpus: [0, 1]`) only when
+    the allocation is that one node, since another node's ids may differ. Otherwise it takes
+    SLURM_GPUS_ON_NODE (a count; else the number of ids) for every node: `gpus: N` gives a
+    container the host's first N GPUs, so nodes shared with other jobs or with different
+    GPU counts want `defaults: {gpus: ...}` or a list of hosts instead. No variable: no GPUs.
+    """
+    variable = next((v for v in ("SLURM_JOB_NODELIST", "SLURM_NODELIST") if os.environ.get(v)), None)
+    if variable is None:
+        raise InvalidInput(f"{source}: hosts: from: slurm needs a Slurm allocation (SLURM_JOB_NODELIST is not set): "
+                           f"run fleet inside sbatch/salloc")
+    try:
+        # A nodelist names each node once; dedupe anyway, as the order is all that matters.
+        nodes = list(dict.fromkeys(expand_hostlist(os.environ[variable])))
+    except ValueError as exc:
+        raise InvalidInput(f"{source}: hosts: from: slurm: ${variable}: {exc}") from exc
+    suggested: dict[str, Any] = {}
+    gpus = _allocation_gpus(source, single_node=len(nodes) == 1)
+    if gpus is not None:
+        suggested["gpus"] = gpus
+    if shutil.which("srun"):
+        suggested["transport"] = "srun"
+    return nodes, suggested
+
+
+def _allocation_gpus(source: str, *, single_node: bool) -> int | list[int | str] | None:
+    """`gpus` for the allocation's nodes (see _slurm_allocation for the rule)."""
+    ids_variable = next((v for v in ("SLURM_JOB_GPUS", "SLURM_STEP_GPUS") if os.environ.get(v, "").strip()), None)
+    ids: list[int | str] = []
+    if ids_variable:
+        words = [w.strip() for w in os.environ[ids_variable].split(",")]
+        if not all(words):
+            raise InvalidInput(f"{source}: hosts: from: slurm: ${ids_variable}={os.environ[ids_variable]!r} "
+                               f"is not a comma-separated list of device ids")
+        ids = [int(w) if w.isdigit() else w for w in words]
+        if single_node:
+            return ids
+    count = os.environ.get("SLURM_GPUS_ON_NODE", "").strip()
+    if count:
+        if not count.isdigit():
+            raise InvalidInput(f"{source}: hosts: from: slurm: $SLURM_GPUS_ON_NODE={count!r} is not a count")
+        return int(count) or None
+    return len(ids) or None
+
+
+def _read_hostfile(path: Path, source: str, what: str) -> list[str]:
+    """A pdsh / MPI hostfile or a PBS nodefile: the first word of each line (`node1 slots=8`
+    is node1), blank lines and `#` comments skipped, each host once in first-seen order (a
+    nodefile repeats a host once per slot)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"{source}: hosts: {what} {path}: no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{source}: hosts: {what} {path}: cannot read: {exc}") from exc
+    names = [words[0] for line in text.splitlines() if (words := line.split("#", 1)[0].split())]
+    if not names:
+        raise InvalidInput(f"{source}: hosts: {what} {path} lists no host")
+    return list(dict.fromkeys(names))
