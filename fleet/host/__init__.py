@@ -69,6 +69,9 @@ class Status(enum.IntEnum):
     GONE = 32  # resume: the container is gone, or not this run's
     NOT_STARTED = 33  # resume: the container was never started
     LOAD_FAILED = 34  # load: docker load failed, or gave no image of the pushed ID
+    # A Slurm job step's SIGTERM (scancel, the time limit; transport srun only): the session
+    # stopped the container, removed it and the job directory (step_end in supervise.sh).
+    STEP_ENDED = 143
 
 
 def docker_failure(label: str, status: int | None, said: str, docker_timeout: int, *, doing: str = "",

@@ -13,5 +13,6 @@ case $state in
   "$run "*) ;;
   *) printf '%s\n' "the container $name is not this job run's" >&2; exit 32 ;;  # GONE
 esac
+if [ "${FLEET_STEP:-}" = 1 ]; then trap step_end TERM; fi
 printf 'fleet:started\n' >&2
 supervise "$name" "$job_dir" "$job_parent" "$message" "$offset"

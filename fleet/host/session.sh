@@ -54,6 +54,8 @@ if ! said=$(mkdir -m 0711 -- "$job_dir" 2>&1); then
 fi
 { printf '%s\n' "$run" "$controller" > "$run_file" && chmod 0644 -- "$run_file"; } || exit 24  # WRITE_FAILED
 said=$(mkdir -m 0700 -- "$private_dir" 2>&1) || fail 24 "$said"  # WRITE_FAILED
+# As a Slurm job step (transport srun), SIGTERM ends the job on this host: see step_end.
+if [ "${FLEET_STEP:-}" = 1 ]; then trap step_end TERM; fi
 
 # The files' bytes, from stdin: all at once into one private file (`head -c` may read ahead
 # from a pipe; nothing else comes before `prepared`), then cut into pieces.
@@ -105,7 +107,11 @@ case $verb:$n in
   pull:*)
     auth_dir=$private_dir/.docker
     # A signal (the connection gone, a stop) first removes the credentials, then kills.
-    forget_credentials() { rm -rf -- "$auth_dir"; trap - HUP INT TERM; kill -s "$1" "$$"; }
+    forget_credentials() {
+      rm -rf -- "$auth_dir"
+      if [ "${FLEET_STEP:-}" = 1 ] && [ "$1" = TERM ]; then step_end; fi
+      trap - HUP INT TERM; kill -s "$1" "$$"
+    }
     trap 'forget_credentials HUP' HUP
     trap 'forget_credentials INT' INT
     trap 'forget_credentials TERM' TERM
@@ -125,7 +131,10 @@ if [ "$verb" = use ]; then
 else
   said=$(check_image "$ref" "$auth_dir")
   status=$?
-  if [ -n "$auth_dir" ]; then rm -rf -- "$auth_dir"; trap - HUP INT TERM; fi
+  if [ -n "$auth_dir" ]; then
+    rm -rf -- "$auth_dir"; trap - HUP INT TERM
+    if [ "${FLEET_STEP:-}" = 1 ]; then trap step_end TERM; fi
+  fi
   [ "$status" -eq 0 ] || fail "$status" "$said"
   image=${said#* } how=${said%% *}
 fi

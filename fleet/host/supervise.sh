@@ -33,3 +33,17 @@ supervise() {
   fi
   printf 'fleet:cleaned\n' >&2
 }
+
+# step_end: as a Slurm job step (transport srun: FLEET_STEP=1), the session is what Slurm
+# signals when the job is cancelled or its time runs out (SIGTERM to every process of the
+# step, SIGKILL after KillWait), while the container is dockerd's, out of Slurm's sight. So
+# SIGTERM stops the container (SIGINT, then SIGKILL after its --stop-timeout, which the
+# controller made fit in KillWait), removes it and the job directory: an allocation that
+# ends leaves nothing behind. Uses the caller's name, job_dir and job_parent.
+step_end() {
+  trap - HUP INT TERM
+  d stop "$name" >/dev/null 2>&1
+  d_bounded rm --force "$name" >/dev/null 2>&1
+  rm -rf -- "$job_dir"; if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
+  exit 143
+}

@@ -1,4 +1,4 @@
-"""How fleet reaches a host: one interface, an SSH and a local implementation."""
+"""How fleet reaches a host: one interface; SSH, Slurm job steps (srun) or this machine."""
 
 from fleet.inventory import Host
 from fleet.transport.base import CommandResult, Transport
@@ -9,6 +9,9 @@ def transport_for(host: Host, label: str) -> Transport:
     if host.transport == "local":
         from fleet.transport.local import LocalTransport
         return LocalTransport(host, label)
+    if host.transport == "srun":
+        from fleet.transport.srun import SrunTransport
+        return SrunTransport(host, label)
     from fleet.transport.ssh import SSHTransport
     return SSHTransport(host, label)
 

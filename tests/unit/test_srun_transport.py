@@ -1,0 +1,163 @@
+"""The srun transport without a Slurm: a stand-in `srun` on PATH records its argv and the
+environment it was given, then runs the command after `--` (or says what srun says when a
+step cannot start). What a real Slurm does with them is tested on the bed
+(tests/integration/test_slurm.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from test_host_scripts import FakeHost
+
+from fleet import host as hostscripts
+from fleet.errors import HostError
+from fleet.inventory import Host
+from fleet.slurm import config_value, seconds, stop_grace
+from fleet.transport import transport_for
+from fleet.transport.srun import EXPORTED, node_address
+
+FAKE_SRUN = r"""#!/bin/sh
+python3 -c 'import json, os, sys
+json.dump({"argv": sys.argv[1:], "env": dict(os.environ)}, open(os.environ["SRUN_RECORD"], "w"))' "$@"
+if [ -n "$SRUN_FAILS" ]; then echo "srun: error: $SRUN_FAILS" >&2; exit 1; fi
+while [ "$1" != -- ]; do shift; done
+shift
+"$@"
+status=$?
+if [ "$status" -ne 0 ]; then echo "srun: error: node-7: task 0: Exited with exit code $status" >&2; fi
+exit "$status"
+"""
+
+
+@pytest.fixture
+def srun(tmp_path: Path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "srun").write_text(FAKE_SRUN)
+    (bin_dir / "srun").chmod(0o755)
+    record = tmp_path / "srun.json"
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.setenv("SRUN_RECORD", str(record))
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "zq-secret-never-on-a-node")
+    return record
+
+
+def node(ip: str | None = "10.9.8.7") -> Host:
+    return Host(address="node-7", transport="srun", ip=ip)
+
+
+async def test_a_command_is_one_task_on_its_node_with_an_allowlisted_environment(srun: Path):
+    async with transport_for(node(), "algo-1 (node-7)") as transport:
+        result = await transport.run(["sh", "-c", 'cat; echo "[$FLEET_STEP]" >&2', "zq"], stdin=b"bytes \x00\xff")
+    assert (result.exit_status, result.stdout, result.stderr) == (0, b"bytes \x00\xff", b"[1]\n")
+    seen = json.loads(srun.read_text())
+    assert seen["argv"][:4] == ["--overlap", "--nodes=1", "--ntasks=1", "--nodelist=node-7"]
+    assert seen["argv"][seen["argv"].index("--"):] == ["--", "sh", "-c", 'cat; echo "[$FLEET_STEP]" >&2', "zq"]
+    exported = next(word for word in seen["argv"] if word.startswith("--export="))
+    assert exported == "--export=" + ",".join(EXPORTED)  # never ALL: the controller's secrets stay
+    assert "AWS_SECRET_ACCESS_KEY" not in exported and "zq-secret" not in " ".join(seen["argv"])
+    assert seen["env"]["FLEET_STEP"] == "1"
+    assert transport.peer_address == "10.9.8.7"
+
+
+async def test_the_commands_status_comes_back_and_srun_failing_is_not_a_status(srun: Path, monkeypatch):
+    async with transport_for(node(), "algo-1 (node-7)") as transport:
+        assert (await transport.run(["sh", "-c", "exit 3"])).exit_status == 3
+        monkeypatch.setenv("SRUN_FAILS", "Unable to create step for job 7: Job/step already completing or completed")
+        result = await transport.run(["sh", "-c", "exit 0"])
+    assert result.exit_status == -1  # not the command's 1: the step never ran
+    assert b"Job/step already completing" in result.stderr
+
+
+async def test_outside_an_allocation_the_host_is_named(srun: Path, monkeypatch):
+    monkeypatch.delenv("SLURM_JOB_ID")
+    with pytest.raises(HostError, match=r"algo-2 \(node-7\): transport srun needs a Slurm allocation"):
+        async with transport_for(node(), "algo-2 (node-7)"):
+            pass
+
+
+def test_slurms_words_are_read():
+    assert node_address("NodeName=bed-2 Arch=x86_64 NodeAddr=10.251.7.12 NodeHostName=bed-2") == "10.251.7.12"
+    text = ("Configuration data as of 2026-11-29T21:00:00\n"
+            "JobAcctGatherType       = (null)\nKillWait                = 30 sec\n")
+    assert seconds(config_value(text, "KillWait")) == 30
+    assert seconds(config_value(text, "MissingKey")) is None
+
+
+@pytest.mark.parametrize(("asked", "kill_wait", "grace"), [
+    (30, None, 30),  # outside Slurm: as asked
+    (30, 30, 20),  # Slurm's default KillWait: the stop fits in it
+    (5, 30, 5),
+    (30, 12, 2),
+    (30, 5, 1),  # a tiny KillWait: still a grace, however short
+    (0, 30, 0),
+])
+def test_the_containers_grace_fits_in_killwait(asked, kill_wait, grace):
+    assert stop_grace(asked, kill_wait) == grace
+
+
+# -- the session as a job step: SIGTERM (scancel, the time limit) stops and removes ---------------
+
+RUNNING_DOCKER = r"""#!/bin/sh
+case "$1" in
+  wait|logs) printf '%s\n' "$1" >> "$FAKE_DIR/calls"; exec sleep 60 ;;
+  stop) printf 'stop %s\n' "$2" >> "$FAKE_DIR/calls"; exit 0 ;;
+esac
+exec "$FAKE_DIR/bin/docker.fake" "$@"
+"""
+
+
+def session_signalled(tmp_path: Path, step: bool) -> tuple[int, FakeHost]:
+    """A session that started its container (which runs on), then SIGTERM to every process
+    of it, as slurmd signals a step: its status, and the fake host to look at."""
+    fake = FakeHost(tmp_path)
+    fake.docker.rename(tmp_path / "bin" / "docker.fake")
+    fake.docker.write_text(RUNNING_DOCKER)
+    fake.docker.chmod(0o755)
+    env = {**fake.env, **({"FLEET_STEP": "1"} if step else {})}
+    argv = hostscripts.session(fake.plan, docker_timeout=10)
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                               env=env, cwd=tmp_path, start_new_session=True)
+    try:
+        process.stdin.write(hostscripts.session_input(fake.plan) + hostscripts.image_use("sha256:0123456789abcdef")
+                            + b"go\n")
+        process.stdin.flush()
+        lines = [process.stderr.readline() for _ in range(4)]
+        assert lines[-1] == b"fleet:started\n", lines
+        deadline = time.monotonic() + 10
+        while fake.calls.count("wait") + fake.calls.count("logs") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGTERM)
+        return process.wait(timeout=20), fake
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def test_a_step_signalled_stops_then_removes_the_container_and_the_job_dir(tmp_path: Path):
+    status, fake = session_signalled(tmp_path, step=True)
+    assert status == 143
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert f"stop {fake.plan.container}" in calls and calls[-1] == "rm"  # stopped (its grace), then removed
+    assert calls.index(f"stop {fake.plan.container}") < len(calls) - 1
+    assert not Path(fake.plan.job_dir).exists()
+
+
+def test_over_ssh_a_signalled_session_leaves_the_container_to_the_controller(tmp_path: Path):
+    status, fake = session_signalled(tmp_path, step=False)
+    assert status != 0
+    assert not any(call.startswith("stop") for call in (tmp_path / "calls").read_text().splitlines())
+    assert Path(fake.plan.job_dir).exists()  # `fleet attach` / the controller's cleanup take it from here
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__]))
