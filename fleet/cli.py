@@ -1,8 +1,10 @@
 """fleet's command line: verbs → calls, and the one place mapping errors to exit codes.
 
-Exit codes of `fleet run` and `fleet attach`: 0 Completed, 1 Failed, 2 invalid input or
-usage (nothing was started), 124 MaxRuntimeExceeded, 130 Stopped. `fleet stop`: 0 once the
-job no longer runs. `fleet check`: 0 when every host passed, 1 otherwise.
+Exit codes of `fleet run`, `fleet attach` and `fleet wait`: 0 Completed, 1 Failed (the
+job's code, its request, or fleet), 2 invalid input or usage (nothing was started), 75 Failed
+because of the machinery (a host, SSH, docker, a pull, a disk: worth retrying), 124
+MaxRuntimeExceeded, 130 Stopped. `fleet stop`: 0 once the job no longer runs. `fleet check`:
+0 when every host passed, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from fleet.contract.describe import TERMINAL, new_record
 from fleet.contract.job import ignored_fields, load_job
@@ -33,6 +35,9 @@ from fleet.plan import PRIVATE_DIR, ClusterPlan, job_arn, plan_cluster, record_h
 from fleet.runtime.console import Console
 from fleet.runtime.store import JobStore, RunOptions, RunRecord, controller_id
 
+if TYPE_CHECKING:
+    from fleet.runtime.executor import JobExecution
+
 log = logging.getLogger(__name__)
 
 
@@ -43,15 +48,22 @@ class _Parser(argparse.ArgumentParser):
 
 
 EPILOG = """\
-exit codes of `fleet run` and `fleet attach`:
+exit codes of `fleet run` (also with --detach), `fleet attach` and `fleet wait`:
   0    Completed: every container exited 0
-  1    Failed: a container exited non-zero (AlgorithmError), a host or the job could not
-       run (ClientError), or a host stayed out of reach (InternalServerError)
+  1    Failed, and running it again would fail again: a container exited non-zero
+       (AlgorithmError), the job cannot run as asked (ClientError: the registry refuses the
+       image, an input matches nothing, docker refuses the container), or a bug of fleet's
   2    invalid input or usage: nothing was started, no record was written
+  75   Failed because of the machinery (EX_TEMPFAIL: worth retrying, e.g. Slurm's
+       RequeueExit=75): a host unreachable, lost or refusing SSH, its host key, docker
+       down or hung, a pull failed, a disk full, a write on a host failed. Several hosts
+       failing: 75 only if every one failed so. `fleet wait`: also when the job's fleet
+       process is gone without ending it (fleet attach NAME)
   124  Failed with MaxRuntimeExceeded: StoppingCondition.MaxRuntimeInSeconds elapsed
   130  Stopped (Ctrl-C, SIGTERM, fleet stop)
-`fleet stop`: 0 once the job no longer runs. `fleet check`, `fleet gc`: 0 when every host
-passed (was cleaned), else 1. A usage error, or `fleet` alone: 2.
+`fleet logs -f`: 0 once the job ended and its logs are printed (75 if its fleet process is
+gone). `fleet stop`: 0 once the job no longer runs. `fleet check`, `fleet gc`: 0 when every
+host passed (was cleaned), else 1. A usage error, or `fleet` alone: 2.
 
 environment:
   FLEET_HOME   where the records and logs are kept: $FLEET_HOME/jobs/NAME/ (default ~/.fleet)
@@ -87,6 +99,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--inventory", "-i", type=Path, help="hosts.yaml (default: this machine alone)")
     run.add_argument("--name", help="override ProcessingJobName")
     run.add_argument("--dry-run", action="store_true", help="print what would happen; touch nothing")
+    run.add_argument("--detach", action="store_true",
+                     help="return once every container has started (exit 0; or fail as run would, with its "
+                          "exit code), the job owned by a fleet process in the background: fleet logs -f NAME, "
+                          "fleet wait NAME, fleet stop NAME; fleet attach NAME if that process dies")
+    run.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)  # --detach's child: see runtime/detach.py
     run.add_argument("--keep", action="store_true", help="keep the job directories on the hosts")
     run.add_argument("--push-image", action="store_true",
                      help="every host that lacks the image gets it from the controller's Docker over SSH "
@@ -149,6 +166,11 @@ def _parser() -> argparse.ArgumentParser:
     logs = verbs.add_parser("logs", help="the job's stored logs")
     logs.add_argument("name")
     logs.add_argument("--host", help="one host's log, raw (e.g. algo-2)")
+    logs.add_argument("--follow", "-f", action="store_true",
+                      help="print the logs as they grow until the job ends (every line once), from any terminal")
+    wait = verbs.add_parser("wait", help="wait until the job ends; exit with the code its `fleet run` had",
+                            epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    wait.add_argument("name")
     return parser
 
 
@@ -236,10 +258,25 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
         record.save_run(run)
         execution = JobExecution(run, record, console)
         _on_signals(execution.request_stop)
-        error = await execution.execute()
+        error = await _execute(execution, store, args.ready_fd)
     finally:
         ownership.release()
     return _ended(console, record, error)
+
+
+async def _execute(execution: JobExecution, store: JobStore, ready_fd: int | None) -> FleetError | None:
+    """Run the job; with `ready_fd` (the child of `fleet run --detach`), tell the parent once
+    every container has started."""
+    if ready_fd is None:
+        return await execution.execute()
+    from fleet.runtime.detach import announce_started
+    name = execution.record.data["ProcessingJobName"]
+    async with asyncio.TaskGroup() as tasks:
+        announcer = tasks.create_task(announce_started(execution, store, name, ready_fd), name="detach")
+        try:
+            return await execution.execute()
+        finally:
+            announcer.cancel()
 
 
 def _on_signals(handler) -> None:
@@ -367,8 +404,11 @@ def _describe(args: argparse.Namespace) -> int:
     return 0
 
 
-def _logs(args: argparse.Namespace) -> int:
+def _logs(args: argparse.Namespace, console: Console) -> int:
     store = JobStore(fleet_home())
+    if args.follow:
+        from fleet.runtime.follow import follow_logs
+        return follow_logs(store, args.name, sys.stdout.buffer, console, host=args.host)
     record = store.load(args.name)
     algos = list(record.get("Hosts", {}))
     if args.host:
@@ -490,6 +530,11 @@ def main(argv: list[str] | None = None) -> int:
             return InvalidInput.exit_code
         if _debugging(args):
             _log_debug()
+        if args.verb == "run" and args.detach:
+            if args.dry_run:
+                raise InvalidInput("--detach and --dry-run: a dry run starts nothing to detach from")
+            from fleet.runtime.detach import detach
+            return detach(sys.argv[1:] if argv is None else argv, console)
         if args.verb in ("run", "attach", "stop", "gc", "check", "serve", "serve-worker"):
             import uvloop
             return uvloop.run(_asynchronous(args, console))
@@ -497,7 +542,10 @@ def main(argv: list[str] | None = None) -> int:
             return _describe(args)
         if args.verb == "list":
             return _list(args)
-        return _logs(args)
+        if args.verb == "wait":
+            from fleet.runtime.follow import wait
+            return wait(JobStore(fleet_home()), args.name, console)
+        return _logs(args, console)
     except FleetError as exc:
         console.notice(exc.message if isinstance(exc, InvalidInput) else exc.failure_reason)
         return exc.exit_code

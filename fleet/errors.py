@@ -4,9 +4,20 @@ Every error a user can meet is a FleetError. Each kind knows the exit code
 `fleet run` returns for it and, when it ends a job, the prefix SageMaker puts
 in front of the job's FailureReason. cli.py is the one place that turns them
 into exit codes; the executor is the one place that turns them into records.
+
+The exit code and the FailureReason prefix are separate on purpose: the prefix is
+SageMaker's word (a host that cannot pull is a `ClientError` there too), the exit code is
+for a batch scheduler deciding whether to run the job again. Failures of the machinery
+(HostError, HostLost: a host unreachable or lost, SSH refused, docker down or hung, a
+pull failed, a disk full) exit MACHINERY_EXIT, so that a retry policy (Slurm's
+`RequeueExit=75`) can requeue those and only those; the job's own failures
+(AlgorithmError), a request that cannot run as asked (ClientError) and fleet's bugs
+(InternalError) exit 1, as running them again would fail again.
 """
 
 from __future__ import annotations
+
+MACHINERY_EXIT = 75  # sysexits.h EX_TEMPFAIL: "a temporary failure; the user is invited to retry"
 
 
 class FleetError(Exception):
@@ -39,8 +50,9 @@ class ResourceInUse(InvalidInput):
 
 
 class HostError(FleetError):
-    """A host cannot be reached or used: SSH, host key, docker (exit 1)."""
+    """A host cannot be reached or used: SSH, host key, docker, a pull, its disk (exit 75)."""
 
+    exit_code = MACHINERY_EXIT
     failure_kind = "ClientError"
 
     def __init__(self, host: str, message: str) -> None:
@@ -50,7 +62,9 @@ class HostError(FleetError):
 
 class HostLost(FleetError):
     """A host stayed out of reach (SSH) for longer than --host-timeout while its container
-    ran (exit 1; SageMaker's InternalServerError)."""
+    ran (exit 75; SageMaker's InternalServerError)."""
+
+    exit_code = MACHINERY_EXIT
 
     def __init__(self, algo: str, address: str, seconds: float) -> None:
         super().__init__(f"lost contact with {algo} ({address}) for {seconds:.0f} s")
@@ -58,13 +72,15 @@ class HostLost(FleetError):
 
 
 class HostsFailed(FleetError):
-    """Several hosts failed at one step: one line per host; the kind (exit code, FailureReason
-    prefix) of the first host's error."""
+    """Several hosts failed at one step: one line per host; the FailureReason prefix of the
+    first host's error. The exit code is MACHINERY_EXIT only when every host's error is the
+    machinery's; otherwise the first other error's code (a requeue would meet that one
+    again: a host that could not pull beside one whose request is refused exits 1)."""
 
     def __init__(self, errors: list[FleetError]) -> None:
         super().__init__("\n".join(error.message for error in errors))
         self.errors = errors
-        self.exit_code = errors[0].exit_code
+        self.exit_code = next((e.exit_code for e in errors if e.exit_code != MACHINERY_EXIT), MACHINERY_EXIT)
         self.failure_kind = errors[0].failure_kind
 
     @staticmethod
@@ -76,7 +92,8 @@ class HostsFailed(FleetError):
 
 
 class ClientError(FleetError):
-    """The job cannot run as asked: image pull, GPU, ExitMessage not UTF-8 (exit 1)."""
+    """The job cannot run as asked: the registry refuses the image, an input matches nothing,
+    docker refuses the container, ExitMessage not UTF-8 (exit 1: running it again fails again)."""
 
     failure_kind = "ClientError"
 

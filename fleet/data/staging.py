@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 from fleet.data import tarstream
 from fleet.data.locations import FileLocation, S3Object
 from fleet.data.sources import InputObject
-from fleet.errors import ClientError, FleetError
+from fleet.errors import ClientError, FleetError, HostError
 from fleet.fanout import all_of, settled, task_group
 from fleet.host import command as host_command
 from fleet.retry import TAR_STREAMS
@@ -116,7 +116,7 @@ class _Lane:
             try:
                 await self.processes[label].write(data)
             except FleetError as exc:
-                error = ClientError(f"cannot write {current} to {label}: {exc.message}")
+                error = HostError(label, f"cannot write {current}: {exc.message}")  # the machinery's
                 error.__cause__ = exc  # raised later, by stage_input, once retries are spent
                 self.failed[label] = error
         await all_of(*(one(label) for label in self.live))

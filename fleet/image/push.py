@@ -269,7 +269,7 @@ class _Loads:
                 return
             words = "\n".join(line for line in words.splitlines() if line != "fleet:loaded")
             if status == Status.LOAD_FAILED:
-                self._fail(label, ClientError(f"{label}: docker load of the image {self.name} failed: {words}"))
+                self._fail(label, HostError(label, f"docker load of the image {self.name} failed: {words}"))
             else:
                 self._fail(label, _docker_error(label, status, words, self.docker_timeout,
                                                 f"loading the image {self.name}"))

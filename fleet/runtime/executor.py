@@ -69,6 +69,7 @@ class JobExecution:
         self._ending: FleetError | None = None  # why the containers are being stopped early
         self._end_early = asyncio.Event()  # set with _ending
         self._data_ready: asyncio.Task[FleetError | None] | None = None
+        self.containers_started = asyncio.Event()  # every host's container has started
 
     # -- signals ------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -242,7 +243,8 @@ class JobExecution:
             watchers = [group.create_task(self._watch(instance, outcomes), name=f"{instance.algo} exit")
                         for instance in self.instances]
             helpers = [group.create_task(self._stop_early(deadline), name="stopper"),
-                       group.create_task(self._continuous(), name="continuous")]
+                       group.create_task(self._continuous(), name="continuous"),
+                       group.create_task(self._all_started(), name="started")]
             await asyncio.wait(watchers)
             for helper in helpers:
                 helper.cancel()
@@ -266,6 +268,11 @@ class JobExecution:
         outcomes[instance.algo] = HostOutcome(instance.algo, code, message)
         if code != 0:
             self._end(AlgorithmError(f"{instance.algo} exited with code {code}. See job logs for more information"))
+
+    async def _all_started(self) -> None:
+        """Set `containers_started` once every host's container has started (`fleet run --detach`)."""
+        if all(await all_of(*(instance.started() for instance in self.instances))):
+            self.containers_started.set()
 
     def _end(self, reason: FleetError) -> None:
         """The first reason to end the job early wins; the supervisor stops the containers."""
@@ -341,5 +348,6 @@ class JobExecution:
             ProcessingEndTime=now(),
             Hosts=self._hosts_with({o.algo: o.exit_code for o in outcomes}),
             Transfers=self.data.record(),
+            ExitCode=0 if error is None else error.exit_code,  # fleet's own: what `fleet wait` exits with
         )
         return error

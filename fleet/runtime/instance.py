@@ -214,6 +214,10 @@ class Instance:
         session ended first (`prepared` tells why)."""
         return await self._until("written")
 
+    async def started(self) -> bool:
+        """Wait until the container has started; False if the session ended first."""
+        return await self._until("started")
+
     async def image_step(self, step: bytes) -> None:
         """Tell the session, once written, how it gets the image (fleet.image.supply); never
         logged (a pull's registry credentials ride along)."""
@@ -236,7 +240,7 @@ class Instance:
             return docker
         if status == Status.PULL_FAILED:
             how = f" (as {self.pulled_as})" if self.pulled_as and self.pulled_as != image else ""
-            return ClientError(f"{label}: cannot pull image {image}{how}: {said}")
+            return HostError(label, f"cannot pull image {image}{how}: {said}")  # the machinery's (exit 75)
         if status == Status.CREATE_FAILED:
             return ClientError(f"{label}: docker could not create the container: {said}")
         if status == Status.NO_SPACE:
@@ -249,9 +253,9 @@ class Instance:
                                     "on that host, or remove `gpus` from its inventory entry")
         if status == Status.IN_USE:
             owner = said.splitlines()[-1] if said else "unknown"
-            return HostError(label, f"the job directory {plan.job_dir} belongs to another run of a "
-                                    f"job named {plan.job_name} (run {owner}); choose "
-                                    f"another name with --name, or remove leftovers with `fleet gc`")
+            return ClientError(f"{label}: the job directory {plan.job_dir} belongs to another run of a "  # the name's
+                               f"job named {plan.job_name} (run {owner}); choose "  # (exit 1: a retry meets it)
+                               f"another name with --name, or remove leftovers with `fleet gc`")
         if status == Status.WRITE_FAILED:
             return HostError(label, f"cannot write the job directory {plan.job_dir}: {said}")
         return HostError(label, f"preparing the host failed (status {status}): {said}")
@@ -406,8 +410,8 @@ def _gib(kib: object) -> str:
 
 def _start_error(label: str, text: str) -> FleetError:
     if "could not select device driver" in text:
-        return ClientError(
-            f"{label}: Docker there cannot give the container GPUs ({text.strip()}); "
+        return HostError(label, (  # the host's setup, as NO_GPU_RUNTIME (exit 75)
+            f"Docker there cannot give the container GPUs ({text.strip()}); "
             f"install the NVIDIA Container Toolkit on that host, or remove `gpus` from its "
-            f"inventory entry")
+            f"inventory entry"))
     return ClientError(f"{label}: docker could not start the container: {text.strip() or 'no reason given'}")

@@ -1,11 +1,16 @@
 """FLEET_HOME/jobs/NAME/: the records of jobs.
 
-    describe.json      the DescribeProcessingJob record, rewritten atomically on each change
+    describe.json      the DescribeProcessingJob record, rewritten atomically on each change;
+                       beside SageMaker's fields, fleet's own (Hosts, Image, Transfers, and
+                       ExitCode: what `fleet run` exited with, once the job ended)
     logs/algo-k.log    each host's container log, exactly the bytes received
     run.json           what another fleet needs to take the job over (`fleet attach`,
                        `fleet stop` when its `fleet run` is gone): the request, the hosts,
                        their addresses, the options, the run's id
     owner.lock         flock-ed by the fleet process running the job, and holding its pid
+    VERB.log           what a background fleet process running the job said (its stdout and
+                       stderr): run.log (`fleet run --detach`), serve-worker.log, attach.log
+                       (`fleet serve`)
 
 The records hold the Environment (often secrets: describe.json and run.json have the request)
 and the containers' logs: FLEET_HOME and every directory in it are 0700, every file 0600,
@@ -115,6 +120,11 @@ class JobStore:
 
     def log_path(self, name: str, algo: str) -> Path:
         return self.job_dir(name) / "logs" / f"{algo}.log"
+
+    def open_process_log(self, name: str, verb: str) -> int:
+        """VERB.log of the job, opened to append (0600): a background fleet process's stdout
+        and stderr. The descriptor."""
+        return _open_private(self.job_dir(name) / f"{verb}.log", os.O_WRONLY | os.O_APPEND)
 
     def records(self) -> list[dict[str, Any]]:
         """Every job's record, newest first; unreadable ones are skipped."""

@@ -91,7 +91,7 @@ async def test_a_failed_load_fails_its_host_alone_with_dockers_words(archive, tm
     failed = await push_image(archive, targets, PushCount(), docker_timeout=20, spool_dir=tmp_path)
     assert list(failed) == ["algo-2"]
     error = failed["algo-2"]
-    assert isinstance(error, ClientError)
+    assert isinstance(error, HostError)  # the machinery's: exit 75
     assert "algo-2" in error.message and archive.image.id in error.message and "no space left" in error.message
 
 
@@ -288,4 +288,4 @@ async def test_the_load_script_checks_the_image_id_after_loading(host_docker, ar
     assert (tmp_path / "loaded").read_bytes() == b"".join([c async for c, _ in archive.pieces({"x": 0})])
     monkeypatch.setenv("FAKE_HAVE_ID", "another")
     failed = await push_image(archive, targets, PushCount(), docker_timeout=20, spool_dir=tmp_path)
-    assert isinstance(failed["algo-1"], ClientError) and "is not there" in failed["algo-1"].message
+    assert isinstance(failed["algo-1"], HostError) and "is not there" in failed["algo-1"].message

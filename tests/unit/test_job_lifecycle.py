@@ -214,7 +214,7 @@ async def test_a_host_failing_preparation_starts_nothing_anywhere(tmp_path):
              FakeHost(Container([b"never\n"]))]
     run = Run(tmp_path, fakes)
     error = await run()
-    assert error is not None and error.exit_code == 1
+    assert error is not None and error.exit_code == 75  # the machinery's
     described = run.described
     assert described["ProcessingJobStatus"] == "Failed"
     assert described["FailureReason"] == ("ClientError: algo-2 (h2, h2.lab): cannot pull image zq:1: "
@@ -242,7 +242,7 @@ async def test_a_host_error_in_preparation_is_a_client_error_naming_the_host(tmp
     fakes = [FakeHost(Container()), FakeHost(fail_preparation=status, said=said)]
     run = Run(tmp_path, fakes)
     error = await run()
-    assert error is not None and error.exit_code == 1
+    assert error is not None and error.exit_code == 75  # the machinery's
     assert run.described["ProcessingJobStatus"] == "Failed"
     assert run.described["FailureReason"] == f"ClientError: algo-2 (h2, h2.lab): {reason}"
     assert fakes[0].answers == ["abort"]
@@ -255,7 +255,7 @@ async def test_two_unreachable_hosts_fail_the_job_in_one_message_naming_both(tmp
     fakes = [FakeHost(unreachable=True), FakeHost(Container()), FakeHost(unreachable=True)]
     run = Run(tmp_path, fakes)
     error = await run()
-    assert error is not None and error.exit_code == 1
+    assert error is not None and error.exit_code == 75  # the machinery's
     described = run.described
     assert described["ProcessingJobStatus"] == "Failed"
     assert described["FailureReason"] == ("ClientError: algo-1 (h1, h1.lab): connection refused on port 22\n"
@@ -272,7 +272,7 @@ async def test_a_host_lost_past_the_host_timeout_fails_the_job_and_the_others_ar
              FakeHost(Container(log, runs_for=30), cut_at=len(b"before\n"), refuse_after_cut=ALWAYS)]
     run = Run(tmp_path, fakes, host_timeout=0.5)
     error = await run()
-    assert error is not None and error.exit_code == 1
+    assert error is not None and error.exit_code == 75  # the machinery's
     described = run.described
     assert described["ProcessingJobStatus"] == "Failed"
     assert described["FailureReason"].startswith("InternalServerError: lost contact with algo-2 (h2.lab) for ")
