@@ -290,6 +290,9 @@ class Instance:
             raise HostError(self.label, f"the container {plan.container} is gone: {self.report.errors}")
         if self._status == Status.NOT_STARTED:
             raise HostError(self.label, f"the container {plan.container} was never started")
+        if self._status == Status.STEP_ENDED:
+            raise HostError(self.label, "Slurm ended the job step (scancel, or the time limit): the "
+                                        "container was stopped and removed there")
         if not self.has("started"):
             raise _start_error(self.label, self.report.errors)
         raise HostError(self.label, f"lost track of the container (status {self._status}): {self.report.errors}")
@@ -362,6 +365,8 @@ class Instance:
         (HostError: the container may remain, for `fleet gc`)."""
         bound = self.options.docker_timeout + CLEANUP_MARGIN
         plan = self._plan()
+        if self._status == Status.STEP_ENDED:
+            return  # the session removed everything itself (its allocation is ending)
         # A container still running (an unexpected error got us here) is not waited for:
         # its session is abandoned and the cleanup command removes it.
         if self.has("exited") or not self.has("started"):
