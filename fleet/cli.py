@@ -194,7 +194,8 @@ def _print_plan(plan: ClusterPlan) -> None:
     print(f"job {plan.name} ({plan.arn}): {len(plan.hosts)} host(s); nothing is touched (--dry-run)")
     for hp in plan.hosts:
         host = hp.host
-        where = "this machine" if host.transport == "local" else f"ssh {host.ssh_user}@{host.address}:{host.port}"
+        where = {"local": "this machine", "srun": f"srun --nodelist={host.address}"}.get(
+            host.transport, f"ssh {host.ssh_user}@{host.address}:{host.port}")
         print(f"\n{hp.algo}: {host.label} ({where}), reached by the other hosts at {hp.address}")
         print(f"  job directory: {hp.job_dir} (0711; its {PRIVATE_DIR}/ 0700: the SSH user's alone)")
         for directory, mode in hp.tree:
@@ -208,6 +209,18 @@ def _print_plan(plan: ClusterPlan) -> None:
         print(f"  resourceconfig.json: {json.dumps(json.loads(hp.files['config/resourceconfig.json']))}")
         print(f"  docker: {shlex.join(hp.docker + hp.docker_create)}")
         print(f"  docker: {shlex.join(hp.docker + ['start', hp.container])}   (once every host is ready)")
+
+
+async def _stop_grace(asked: int, console: Console) -> int:
+    """--stop-grace, made to fit in Slurm's KillWait when fleet runs inside a Slurm job:
+    scancel and the time limit give fleet's whole stop that long before SIGKILL."""
+    from fleet import slurm
+    kill_wait = await slurm.kill_wait()
+    grace = slurm.stop_grace(asked, kill_wait)
+    if grace != asked:
+        console.notice(f"stop grace {grace} s, not {asked} s: Slurm's KillWait is {kill_wait} s "
+                       f"(scancel and the time limit give fleet's whole stop that long)")
+    return grace
 
 
 def _masked(environment: dict[str, str]) -> str:
@@ -236,9 +249,10 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     for notice in ignored_fields(job):
         console.notice(notice)
     region, account = _region_and_account()
+    stop_grace = await _stop_grace(args.stop_grace, console)
     if args.dry_run:
         plan = plan_cluster(job, hosts, [_dry_run_address(h) for h in hosts],
-                            stop_grace=args.stop_grace, region=region, account=account)
+                            stop_grace=stop_grace, region=region, account=account)
         _print_plan(plan)
         return 0
 
@@ -248,7 +262,7 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     record = store.create(new_record(job, job_arn(job, region, account), record_hosts(hosts)))
     ownership = store.claim(job.ProcessingJobName)
     try:
-        options = RunOptions(stop_grace=args.stop_grace, keep=args.keep, docker_timeout=args.docker_timeout,
+        options = RunOptions(stop_grace=stop_grace, keep=args.keep, docker_timeout=args.docker_timeout,
                              host_timeout=args.host_timeout, region=region, account=account,
                              push_image=args.push_image, image_archive=archive,
                              insecure_registries=tuple(inventory.insecure_registries))

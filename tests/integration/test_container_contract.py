@@ -204,7 +204,7 @@ def test_a_host_with_gpus_but_no_gpu_runtime_fails_in_preflight_with_a_readable_
     inventory = cluster.write_inventory(tmp_path / "gpu.yaml", doc)
     job = make_job("echo must not run", count=2)
     run = fleet.run_job(job, inventory=inventory)
-    assert run.returncode == 1
+    assert run.returncode == 75
     reason = fleet.record(job["ProcessingJobName"])["FailureReason"]
     assert reason == ("ClientError: algo-2 (h2, 10.251.7.12): the inventory gives this host GPUs but Docker "
                       "there has no NVIDIA runtime and no CDI GPU devices; install the NVIDIA Container "

@@ -220,7 +220,7 @@ def test_a_push_cut_mid_stream_fails_the_job_before_any_container_and_loads_noth
             process.communicate()
     took = time.monotonic() - started
 
-    assert process.returncode == 1, err
+    assert process.returncode == 75, err
     label = f"algo-2 (h2, {cut.address})"
     failed = f"{label}: lost while pushing the image {tag}: "
     assert f"{name}: Failed: ClientError: {failed}" in err, err
@@ -279,7 +279,7 @@ def test_image_source_pull_does_not_push_an_image_only_the_controller_has(fleet,
 
     run = _run(fleet, job, inventory=inventory, docker_host=controller_docker.host)
 
-    assert run.returncode == 1, run.stderr
+    assert run.returncode == 75, run.stderr
     assert "pushed to" not in run.stderr
     record = fleet.record(name)
     assert record["ProcessingJobStatus"] == "Failed"

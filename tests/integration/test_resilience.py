@@ -226,7 +226,7 @@ def test_a_host_out_of_reach_past_host_timeout_fails_the_job_and_gc_clears_it(fl
         out, err = process.communicate(timeout=120)
     finally:
         cluster.hosts[1].link(up=True)
-    assert process.returncode == 1, err
+    assert process.returncode == 75, err
     record = fleet.record(name)
     assert record["ProcessingJobStatus"] == "Failed"
     assert record["FailureReason"].startswith("InternalServerError: lost contact with algo-2 (10.251.7.12) for ")
@@ -326,7 +326,7 @@ def test_preflight_refuses_a_job_larger_than_the_free_space_and_starts_nothing(f
     job = make_job("echo must not run")
     job["ProcessingResources"]["ClusterConfig"]["VolumeSizeInGB"] = 16384
     run = fleet.run_job(job)
-    assert run.returncode == 1
+    assert run.returncode == 75
     reason = fleet.record(job["ProcessingJobName"])["FailureReason"]
     assert reason.startswith("ClientError: algo-1 (h1, 10.251.7.11): not enough free space in ")
     assert "VolumeSizeInGB needs 16384.0 GiB" in reason
