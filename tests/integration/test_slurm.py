@@ -33,10 +33,13 @@ def job_file(tmp: Path, job: dict) -> Path:
 
 
 def submit(slurm, fleet, tmp: Path, job: dict, inventory: str = "slurm", exec_: bool = False,
-           home: Path | None = None, **env: str) -> str:
-    """sbatch --nodes=3 of `fleet run --inventory INVENTORY job.json`; HOME may be one with
-    no SSH key at all."""
-    command = f"{PYTHON} -m fleet run --inventory {shlex.quote(inventory)} {shlex.quote(str(job_file(tmp, job)))}"
+           home: Path | None = None, check: bool = False, **env: str) -> str:
+    """sbatch --nodes=3 of `fleet run --inventory INVENTORY job.json` (after `fleet check`
+    with `check`); HOME may be one with no SSH key at all."""
+    path = shlex.quote(str(job_file(tmp, job)))
+    command = f"{PYTHON} -m fleet run --inventory {shlex.quote(inventory)} {path}"
+    if check:
+        command = f"{PYTHON} -m fleet check --inventory {shlex.quote(inventory)} {path} && {command}"
     environment = slurm.env(FLEET_HOME=str(fleet.home), PYTHONUNBUFFERED="1", **env)
     if home is not None:
         environment["HOME"] = str(home)
@@ -57,10 +60,12 @@ def test_inventory_slurm_runs_on_the_allocations_nodes_in_order_over_srun(slurm,
     the k-th node; the Slurm job's exit code is fleet's."""
     script = "tr -d '\\n' < /opt/ml/config/resourceconfig.json; echo; exit 0"
     job = make_job(script)
-    job_id = submit(slurm, fleet, tmp_path, job, home=no_ssh_home)
+    job_id = submit(slurm, fleet, tmp_path, job, home=no_ssh_home, check=True)
     state, code = slurm.wait_job(job_id, timeout=180)
     output = slurm.output(job_id, tmp_path)
     assert (state, code) == ("COMPLETED", "0:0"), output
+    for node in slurm.nodes:  # fleet check's row for each node, through srun too
+        assert any(line.startswith(node) and "present" in line for line in output.splitlines()), output
     allocation = slurm.run("scontrol", "show", "hostnames", slurm.job(job_id)["NodeList"]).stdout.split()
     assert allocation == slurm.nodes
     record = fleet.record(job["ProcessingJobName"])
