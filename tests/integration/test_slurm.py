@@ -172,3 +172,25 @@ def test_the_time_limits_warning_signal_stops_the_job_as_ctrl_c_does(slurm, flee
     assert record["ProcessingJobStatus"] == "Stopped" and record["ExitCode"] == 130
     assert all("stopped by SIGINT" in fleet.log(name, f"algo-{k}") for k in (1, 2, 3))
     nothing_left(cluster, name)
+
+
+def test_a_detached_jobs_owner_killed_inside_the_allocation_is_taken_over_through_new_steps(
+        slurm, fleet, cluster, tmp_path):
+    """In one batch script: `fleet run --detach --inventory slurm`, its owner SIGKILLed, then
+    `fleet attach`: the sessions are resumed through new srun steps, every line once."""
+    job = make_job('for n in $(seq 1 40); do echo "line $n"; sleep 0.1; done')
+    name = job["ProcessingJobName"]
+    fleet_ = f"{PYTHON} -m fleet"
+    script = "\n".join([
+        "#!/bin/sh",
+        f"{fleet_} run --detach --inventory slurm {shlex.quote(str(job_file(tmp_path, job)))} || exit $?",
+        f"kill -KILL \"$(cat {shlex.quote(str(fleet.home / 'jobs' / name / 'owner.lock'))})\"",
+        f"exec {fleet_} attach {name}", ""])
+    job_id = slurm.sbatch(script, cwd=tmp_path, env=slurm.env(FLEET_HOME=str(fleet.home), PYTHONUNBUFFERED="1"))
+    state, code = slurm.wait_job(job_id, timeout=180)
+    assert (state, code) == ("COMPLETED", "0:0"), slurm.output(job_id, tmp_path)
+    record = fleet.record(name)
+    assert record["ProcessingJobStatus"] == "Completed" and record["ExitCode"] == 0
+    for k in (1, 2, 3):
+        assert fleet.log(name, f"algo-{k}") == "".join(f"line {n}\n" for n in range(1, 41))
+    nothing_left(cluster, name)
