@@ -51,19 +51,24 @@ class LocalTransport(Transport):
         return None
 
     async def start(self, argv: Sequence[str]) -> RemoteProcess:
+        process = await self._spawn(argv)
+        name = command_name(argv)
+        log.debug("%s: %s started (pid %d)", self.label, name, process.pid)
+        return _LocalProcess(process, self.label, name)
+
+    async def _spawn(self, argv: Sequence[str], env: dict[str, str] | None = None) -> asyncio.subprocess.Process:
+        """argv as a subprocess of this machine, its stdio piped."""
         try:
-            process = await asyncio.create_subprocess_exec(
+            return await asyncio.create_subprocess_exec(
                 *argv,
                 stdin=asyncio.subprocess.PIPE,
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
+                env=env,
                 start_new_session=True,  # Ctrl-C at the terminal reaches fleet, not its commands
             )
         except OSError as exc:
             raise HostError(self.label, f"cannot run {argv[0]}: {exc.strerror}") from exc
-        name = command_name(argv)
-        log.debug("%s: %s started (pid %d)", self.label, name, process.pid)
-        return _LocalProcess(process, self.label, name)
 
     async def close(self) -> None:
         return None

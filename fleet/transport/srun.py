@@ -21,7 +21,6 @@ What differs from SSH:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import re
@@ -31,7 +30,8 @@ from collections.abc import Sequence
 
 from fleet.errors import HostError
 from fleet.slurm import in_allocation, scontrol
-from fleet.transport.base import READ_SIZE, RemoteProcess, Transport, command_name
+from fleet.transport.base import RemoteProcess, command_name
+from fleet.transport.local import LocalTransport, _LocalProcess
 
 log = logging.getLogger(__name__)
 
@@ -58,42 +58,27 @@ def node_address(text: str) -> str | None:
     return match.group(1) if match else None
 
 
-class _StepProcess(RemoteProcess):
+class _StepProcess(_LocalProcess):
+    """srun, locally: its stdio is the remote command's."""
+
     def __init__(self, process: asyncio.subprocess.Process, label: str, name: str) -> None:
-        self._process = process
-        self._label = label
-        self._name = name
+        super().__init__(process, label, name)
         self._srun_said = b""  # srun's own last error (its step could not start, or died)
 
-    async def read_stdout(self) -> bytes:
-        return await self._process.stdout.read(READ_SIZE)  # type: ignore[union-attr]
-
     async def read_stderr(self) -> bytes:
-        chunk = await self._process.stderr.read(READ_SIZE)  # type: ignore[union-attr]
+        chunk = await super().read_stderr()
         if b"srun: error:" in chunk:
             for said in SRUN_ERROR.findall(chunk):
                 if not TASK_ENDED.match(said):
                     self._srun_said = said[:1024]
         return chunk
 
-    async def write(self, data: bytes) -> None:
-        assert self._process.stdin is not None
-        self._process.stdin.write(data)
-        with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the step ended
-            await self._process.stdin.drain()
-
-    def close_stdin(self) -> None:
-        assert self._process.stdin is not None
-        self._process.stdin.close()
-
     async def wait(self) -> int:
-        status = await self._process.wait()
-        log.debug("%s: step %s (srun pid %d) ended: status %d%s", self._label, self._name,
-                  self._process.pid, status, f" ({self._srun_said.decode(errors='replace')})"
-                  if self._srun_said else "")
+        status = await super().wait()
         if self._srun_said and status != 0:
+            log.debug("%s: step %s: srun: %s", self._label, self._name, self._srun_said.decode(errors="replace"))
             return -1  # srun's failure, not the command's: its status says nothing of the command
-        return status if status >= 0 else -1
+        return status
 
     def close(self) -> None:
         if self._process.returncode is None:
@@ -102,7 +87,7 @@ class _StepProcess(RemoteProcess):
             self._process.terminate()
 
 
-class SrunTransport(Transport):
+class SrunTransport(LocalTransport):
     """One node of the current Slurm allocation (the inventory's address is the node name)."""
 
     def __init__(self, host, label: str) -> None:
@@ -131,24 +116,10 @@ class SrunTransport(Transport):
         return str(infos[0][4][0])
 
     async def start(self, argv: Sequence[str]) -> RemoteProcess:
-        env = {**os.environ, "FLEET_STEP": "1"}
-        try:
-            process = await asyncio.create_subprocess_exec(
-                *srun_argv(self.host.address, argv),
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-                env=env,
-                start_new_session=True,  # Ctrl-C at the terminal reaches fleet, not its steps
-            )
-        except OSError as exc:
-            raise HostError(self.label, f"cannot run srun: {exc.strerror}") from exc
+        process = await self._spawn(srun_argv(self.host.address, argv), env={**os.environ, "FLEET_STEP": "1"})
         name = command_name(argv)
         log.debug("%s: step %s started (srun pid %d)", self.label, name, process.pid)
         return _StepProcess(process, self.label, name)
-
-    async def close(self) -> None:
-        return None
 
     @property
     def peer_address(self) -> str:
