@@ -57,6 +57,10 @@ class Host(BaseModel):
     # `auto`: push when the controller has the image and the host lacks it, else pull.
     image_source: Literal["auto", "pull", "push"] = "auto"
     connect_timeout: Annotated[float, Field(gt=0)] = 15.0
+    # How the job's S3 bytes reach the host: through the controller (its S3 client, then
+    # SSH), or `direct`: the host's own curl / wget with URLs the controller presigns
+    # (fleet.data.direct); credentials stay on the controller either way.
+    data_path: Literal["controller", "direct"] = "controller"
 
     @field_validator("host_key_checking", mode="before")
     @classmethod

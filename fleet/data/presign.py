@@ -42,13 +42,13 @@ class BucketSigner:
         _, _, self.region, self.service, _ = credential.rsplit("/", 4)
 
     def url(self, method: str, key: str, access_key: str, secret_key: str, token: str | None,
-            now: datetime | None = None) -> str:
+            now: datetime | None = None, expires: int = EXPIRES) -> str:
         now = now or datetime.now(UTC)
         amz_date = now.strftime("%Y%m%dT%H%M%SZ")
         day = amz_date[:8]
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
         path = self.path_prefix + _quote(key, safe="/~")
-        canonical_query = _canonical_query(access_key, scope, amz_date, token)
+        canonical_query = _canonical_query(access_key, scope, amz_date, token, expires)
         canonical = f"{method}\n{path}\n{canonical_query}\nhost:{self.host}\n\nhost\nUNSIGNED-PAYLOAD"
         to_sign = (f"AWS4-HMAC-SHA256\n{amz_date}\n{scope}\n"
                    f"{hashlib.sha256(canonical.encode()).hexdigest()}")
@@ -58,10 +58,11 @@ class BucketSigner:
 
 
 @functools.lru_cache(maxsize=8)
-def _canonical_query(access_key: str, scope: str, amz_date: str, token: str | None) -> str:
+def _canonical_query(access_key: str, scope: str, amz_date: str, token: str | None,
+                     expires: int = EXPIRES) -> str:
     """The query of every URL signed within one second (quoting it was ~40% of a URL's cost)."""
     query = {"X-Amz-Algorithm": "AWS4-HMAC-SHA256", "X-Amz-Credential": f"{access_key}/{scope}",
-             "X-Amz-Date": amz_date, "X-Amz-Expires": str(EXPIRES), "X-Amz-SignedHeaders": "host"}
+             "X-Amz-Date": amz_date, "X-Amz-Expires": str(expires), "X-Amz-SignedHeaders": "host"}
     if token:
         query["X-Amz-Security-Token"] = token
     return "&".join(f"{_quote(k)}={_quote(v)}" for k, v in sorted(query.items()))
@@ -90,7 +91,8 @@ class Presigner:
         self._credentials: Any = None  # botocore ReadOnlyCredentials, once fetched
         self._fetched = 0.0
 
-    async def url(self, method: str, bucket: str, key: str) -> str:
+    async def url(self, method: str, bucket: str, key: str, expires: int = EXPIRES) -> str:
+        """A URL for `method` on the object, valid for `expires` seconds."""
         signer = self._buckets.get(bucket)
         if signer is None:
             operation = "get_object" if method == "GET" else "put_object"
@@ -103,11 +105,11 @@ class Presigner:
                 log.debug("bucket %s: botocore signs each URL (its presigned URLs are not SigV4 query auth)",
                           bucket)
                 return await self._client.generate_presigned_url(
-                    operation, Params={"Bucket": bucket, "Key": key}, ExpiresIn=EXPIRES)
+                    operation, Params={"Bucket": bucket, "Key": key}, ExpiresIn=expires)
         if self._credentials is None or time.monotonic() - self._fetched > CREDENTIALS_TTL:
             credentials = await self._session.get_credentials()
             self._credentials = await credentials.get_frozen_credentials()
             self._fetched = time.monotonic()
             log.debug("AWS credentials fetched for presigning")
         c = self._credentials
-        return signer.url(method, key, c.access_key, c.secret_key, c.token)
+        return signer.url(method, key, c.access_key, c.secret_key, c.token, expires=expires)

@@ -69,6 +69,7 @@ class Status(enum.IntEnum):
     GONE = 32  # resume: the container is gone, or not this run's
     NOT_STARTED = 33  # resume: the container was never started
     LOAD_FAILED = 34  # load: docker load failed, or gave no image of the pushed ID
+    NO_HTTP_CLIENT = 40  # fetch, put (the direct data path): neither curl nor GNU wget
     # A Slurm job step's SIGTERM (scancel, the time limit; transport srun only): the session
     # stopped the container, removed it and the job directory (step_end in supervise.sh).
     STEP_ENDED = 143
@@ -107,6 +108,10 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "extract": ("extract",),
     "archive": ("archive",),
     "changed-files": ("changed-files",),
+    "list-files": ("list-files",),
+    "fetch": ("http", "fetch"),
+    "put": ("http", "put"),
+    "reach": ("http", "reach"),
 }
 
 

@@ -3,18 +3,23 @@ per host. The host runs fleet/host/check.sh: the very checks (fleet/host/checks.
 host's session runs before any container starts, each reported as a KEY=VALUE line
 (docker, image, writable, free_kb, gpus). What each host reported becomes a row in
 `check_row`, pure. The image is never pulled here: the IMAGE column says `present (ID)`,
-`will be pulled (auth: ECR | docker config | none, the digest)` or `will be pushed (bytes)`."""
+`will be pulled (auth: ECR | docker config | none, the digest)` or `will be pushed (bytes)`.
+A host of `data_path: direct` also runs fleet/host/reach.sh: it needs curl or GNU wget, and to
+reach the S3 endpoint its presigned URLs will point to (a problem of its row otherwise)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 
 from fleet.contract.job import ProcessingJob
+from fleet.data.direct import reach_row
+from fleet.data.locations import S3Location, parse_location
 from fleet.errors import FleetError
 from fleet.fanout import all_of
-from fleet.host import on_host
+from fleet.host import command, on_host
 from fleet.image import registry
 from fleet.image.credentials import credentials_for
 from fleet.image.local import LocalImage, inspect_local
@@ -132,6 +137,45 @@ async def _image_view(image: str, inventory: Inventory, docker_timeout: int) -> 
     return view, local
 
 
+async def _s3_endpoints(job: ProcessingJob | None) -> list[str] | str:
+    """Where the hosts of `data_path: direct` send their requests (the job's buckets' endpoint,
+    else the S3 client's); a str: why the controller cannot tell."""
+    from fleet.data.direct import endpoints
+    from fleet.data.s3 import S3  # aiobotocore loads slowly: only when a host is direct
+
+    uris = [i.S3Input.S3Uri for i in job.inputs] + [o.S3Output.S3Uri for o in job.outputs] if job else []
+    buckets = []
+    for uri in uris:
+        with contextlib.suppress(FleetError):
+            location = parse_location(uri)
+            if isinstance(location, S3Location):
+                buckets.append(location.bucket)
+    try:
+        async with S3() as s3:
+            return await endpoints(s3, list(dict.fromkeys(buckets)))
+    except FleetError as exc:
+        return exc.message
+    except Exception as exc:  # botocore: no region, no credentials to presign with
+        log.debug("cannot tell the S3 endpoint", exc_info=exc)
+        return f"cannot tell the S3 endpoint: {type(exc).__name__}"
+
+
+async def _direct_problems(host: Host, endpoints: list[str] | str) -> list[str]:
+    """What keeps `host` from moving its own data: no curl or GNU wget, an endpoint out of
+    reach (reach.sh, run on the host)."""
+    if isinstance(endpoints, str):
+        return [f"data_path direct: {endpoints}"]
+    try:
+        async with transport_for(host, host.title) as transport, asyncio.timeout(60):
+            result = await transport.run(command("reach", endpoints))
+    except (FleetError, TimeoutError) as exc:
+        return [f"data_path direct: the check did not finish ({getattr(exc, 'message', 'timed out')})"]
+    lines = result.stdout.decode(errors="replace").splitlines()
+    report = _parse_report("\n".join(lines))
+    reached = [line.removeprefix("endpoint=") for line in lines if line.startswith("endpoint=")]
+    return reach_row(report, reached)
+
+
 def _parse_report(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
@@ -145,8 +189,17 @@ async def check(inventory: Inventory, job: ProcessingJob | None, console: Consol
         console.notice(f"the job asks for {job.instance_count} hosts; the inventory has {len(inventory.hosts)}")
 
     view, local = await _image_view(image, inventory, docker_timeout) if image else (ImageView(), None)
+    endpoints: list[str] | str = []
+    if any(host.data_path == "direct" for host in inventory.hosts):
+        endpoints = await _s3_endpoints(job)
 
     async def one(host: Host) -> CheckRow:
+        row = await checked(host)
+        if host.data_path == "direct" and row.ssh == "ok":
+            row.problems += await _direct_problems(host, endpoints)
+        return row
+
+    async def checked(host: Host) -> CheckRow:
         label = host.title
         have = None
         try:

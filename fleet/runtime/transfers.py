@@ -10,7 +10,8 @@ import logging
 from typing import TYPE_CHECKING
 
 from fleet.contract.job import ProcessingJob
-from fleet.data.locations import FileLocation, parse_location
+from fleet.data.direct import direct_possible, signer, stage_input_direct, upload_host_direct
+from fleet.data.locations import FileLocation, S3Location, parse_location
 from fleet.data.outputs import OutputCount, Uploader, output_location
 from fleet.data.sources import InputObject, assignments, check_supported, list_input
 from fleet.data.staging import Destination, Sources, TransferCount, stage_input
@@ -64,16 +65,40 @@ class JobData:
         self.inputs = await all_of(*(list_input(i.S3Input, self.s3) for i in self.job.inputs))
 
     async def stage(self, plans: list[HostPlan], transports: list[Transport]) -> None:
-        """Each input onto its hosts, one input after the other."""
+        """Each input onto its hosts, one input after the other: through the controller, or
+        fetched by the hosts themselves (`data_path: direct`, S3 objects only)."""
         sources = Sources(self.s3)
         for index, (item, objects) in enumerate(zip(self.job.inputs, self.inputs), start=1):
             count = self.input_counts[item.InputName]
             destinations = [Destination(t.label, t, p.partial_input_dir(index)) for p, t in zip(plans, transports)]
             per_host = assignments(item.S3Input, objects, len(plans))
+            replicated = item.S3Input.S3DataDistributionType == "FullyReplicated"
+            direct = [p.host.data_path == "direct" and self.s3 is not None and direct_possible(objects)
+                      for p in plans]
             label = f"input {item.InputName}"
             async with self.progress.track(label, count, f"to {len(plans)} host(s)"):
-                await stage_input(per_host, destinations, sources, count,
-                                  replicated=item.S3Input.S3DataDistributionType == "FullyReplicated")
+                if not any(direct):
+                    await stage_input(per_host, destinations, sources, count, replicated=replicated)
+                    continue
+                await self._stage_split(per_host, destinations, direct, sources, count, replicated)
+
+    async def _stage_split(self, per_host: list[list[InputObject]], destinations: list[Destination],
+                           direct: list[bool], sources: Sources, count: TransferCount, replicated: bool) -> None:
+        """Direct hosts fetch their objects; the others are sent theirs by the controller."""
+        count.total_objects = len({o.name for objs in per_host for o in objs})
+        count.total_bytes = sum(o.size for o in {o.name: o for objs in per_host for o in objs}.values())
+        pick = [i for i, d in enumerate(direct) if d]
+        rest = [i for i, d in enumerate(direct) if not d]
+        sign = signer(self.s3)
+        works = [stage_input_direct([per_host[i] for i in pick], [destinations[i] for i in pick], sign, count)]
+        through = TransferCount()  # the controller path's own count: merged below
+        if rest:
+            works.append(stage_input([per_host[i] for i in rest], [destinations[i] for i in rest], sources, through,
+                                     replicated=replicated))
+        await all_of(*works)
+        if rest:  # every object reached every host it was for: counted once each
+            count.objects, count.bytes = count.total_objects, count.total_bytes
+            count.host_bytes += through.host_bytes
 
     async def upload(self, hosts: list[tuple[HostPlan, Transport]], completed: bool) -> None:
         """The final upload: EndOfJob outputs when the job Completed; Continuous outputs
@@ -93,6 +118,11 @@ class JobData:
     async def _upload_one(self, uploader: Uploader, plan: HostPlan, transport: Transport, index: int,
                           name: str, destination, count: OutputCount, continuous: bool, final: bool) -> None:
         directory = plan.output_dir(index)
+        if not continuous and plan.host.data_path == "direct" and isinstance(destination, S3Location):
+            # The container has exited: the host PUTs its files itself.
+            await upload_host_direct(transport, plan.algo, directory, destination, name, count,
+                                     signer(self.s3), self.console.notice)
+            return
         if not continuous:
             await uploader.upload_host(transport, plan.algo, directory, destination, name, count)
             return

@@ -125,7 +125,9 @@ class S3Server:
     """One `weed mini` process serving S3 on http://127.0.0.1:PORT, data in `dir`."""
 
     def __init__(self, dir: Path, *, weed: str | None = None, access_key: str = ACCESS_KEY,
-                 secret_key: str = SECRET_KEY) -> None:
+                 secret_key: str = SECRET_KEY, address: str = "127.0.0.1") -> None:
+        """`address`: where clients reach S3 (the endpoint's host). Another than 127.0.0.1
+        (the test bed's 10.251.7.1, which its hosts reach) binds every interface."""
         self.dir = Path(dir)
         self.weed = weed or find_weed()
         if not self.weed:
@@ -133,7 +135,8 @@ class S3Server:
         self.access_key = access_key
         self.secret_key = secret_key
         self.ports = dict(zip(COMPONENTS, free_port_pairs(len(COMPONENTS))))
-        self.endpoint = f"http://127.0.0.1:{self.ports['s3']}"
+        self.address = address
+        self.endpoint = f"http://{address}:{self.ports['s3']}"
         self.log_path = self.dir / "weed.log"
         self.startup_seconds: float | None = None  # of the last start()
         self._process: subprocess.Popen | None = None
@@ -160,7 +163,8 @@ class S3Server:
 
     def command(self) -> list[str]:
         argv = [self.weed, "-logtostderr", f"-config_dir={self.dir / 'config'}",
-                "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "mini", f"-dir={self.dir / 'data'}", "-ip=127.0.0.1",
+                "-ip.bind=" + ("127.0.0.1" if self.address == "127.0.0.1" else "0.0.0.0"),
                 "-admin.ui=false", "-master.telemetry=false", "-webdav=false",
                 "-s3.port.iceberg=0", "-s3.port.lance=0"]
         for name, port in self.ports.items():
