@@ -41,7 +41,7 @@ class FakeUpload:
         await asyncio.sleep(0)  # a real upload yields while the part is in flight
         if number in self.s3.failing_parts:
             raise ClientError(f"cannot upload {self.location} (part {number}): InternalError")
-        self.parts[number] = data
+        self.parts[number] = bytes(data)  # a view of a buffer the uploader reuses once this returns
 
     async def complete(self) -> None:
         assert sorted(self.parts) == list(range(1, len(self.parts) + 1))
@@ -67,7 +67,7 @@ class FakeS3:
         self.puts.append(str(location))
         if str(location) in self.failing_puts:
             raise ClientError(f"cannot upload {location}: AccessDenied")
-        self.objects[str(location)] = data
+        self.objects[str(location)] = bytes(data)  # a view of a reused buffer, as for parts
 
     async def multipart(self, location: S3Location) -> FakeUpload:
         upload = FakeUpload(self, location)
@@ -276,10 +276,10 @@ async def test_a_stream_that_breaks_inside_a_multipart_file_aborts_the_upload(tm
 
 
 async def test_a_broken_stream_does_not_starve_later_uploads(monkeypatch, host_output):
-    monkeypatch.setattr(outputs, "PARTS_IN_FLIGHT", 4)
+    monkeypatch.setattr(outputs, "PART_BUFFERS", 4)
     s3 = FakeS3()
     uploader = Uploader(s3, lambda warning: None)
-    # Regression: a part task cancelled before it started never gave its PARTS_IN_FLIGHT place back,
+    # Regression: a part task cancelled before it started never gave its place (now: its buffer) back,
     # so a long-lived Uploader (Continuous outputs) hung after a few broken streams.
     for _ in range(2):  # each breaks with two parts queued, not yet started
         with pytest.raises(ClientError):
