@@ -16,7 +16,13 @@ from pathlib import Path
 from typing import Any, cast
 
 import asyncssh
+import asyncssh.encryption
+import asyncssh.logging
+import asyncssh.packet
 from asyncssh.config import SSHClientConfig
+from asyncssh.crypto import GCMCipher
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fleet.errors import HostError
 from fleet.inventory import Host
@@ -207,6 +213,96 @@ class _AcceptNewClient(asyncssh.SSHClient):
         return True
 
 
+# asyncssh's costs for bulk data (inputs staged through the controller), cut here: measured
+# with asyncssh alone, 384 MiB to each of 3 test hosts, 4.84 CPU-s per GiB sent before, ~3.5
+# after (OpenSSH's clients: 3.6-3.9 with their default cipher). What is left is asyncssh's
+# Python per 32 KiB packet (the most sshd accepts), and an empty SSH_MSG_IGNORE asyncssh sends
+# before every packet (a CBC countermeasure AES-GCM does not need: ~0.5 CPU-s/GiB more).
+
+
+class _GCMCipher(GCMCipher):
+    """asyncssh's AES-GCM, with one AESGCM object per key instead of one per packet (an
+    OpenSSL context and its key schedule each time): 4.84 -> 4.05 CPU-s/GiB alone."""
+
+    _GCM_TAG = 16
+
+    def __init__(self, cipher_name: str, key: bytes, iv: bytes) -> None:
+        super().__init__(cipher_name, key, iv)
+        self._aead = AESGCM(key)
+
+    def encrypt_and_sign(self, header: bytes, data: bytes) -> tuple[bytes, bytes]:
+        sealed = self._aead.encrypt(self._iv, data, header)
+        self._update_iv()
+        return header + sealed[:-self._GCM_TAG], sealed[-self._GCM_TAG:]
+
+    def verify_and_decrypt(self, header: bytes, data: bytes, mac: bytes) -> bytes | None:
+        try:
+            opened: bytes | None = self._aead.decrypt(self._iv, data + mac, header)
+        except InvalidTag:
+            opened = None
+        self._update_iv()
+        return opened
+
+
+asyncssh.encryption.GCMCipher = _GCMCipher  # type: ignore[misc]  # what GCMEncryption makes
+
+
+class _CoalescedWrites:
+    """The connection's socket, with the writes of one turn of the event loop sent as one.
+    asyncssh writes every packet as it makes it, with an SSH_MSG_IGNORE before each: 64
+    writes, a system call each, for 1 MiB of channel data. The controller's system time
+    for 3 x 384 MiB: 1.48 -> 0.62 s. Everything but write, close and abort is the socket's."""
+
+    def __init__(self, transport: Any) -> None:
+        self._transport = transport
+        self._pending: list[bytes] = []
+        self._loop = asyncio.get_running_loop()
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+            self._pending = []
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending = []
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+_log_sent_packet = asyncssh.packet.SSHPacketLogger.log_sent_packet
+
+
+def _log_sent_packet_when_asked(self: Any, pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
+    """asyncssh formats a log line for every packet it sends (its name, its size in words)
+    that its logger then drops below debug level 3: ~0.3 CPU-s per GiB sent."""
+    if asyncssh.logging.SSHLogger._debug_level >= 3:
+        _log_sent_packet(self, pkttype, pktid, packet, note)
+
+
+asyncssh.packet.SSHPacketLogger.log_sent_packet = _log_sent_packet_when_asked  # type: ignore[method-assign]
+
+
+def _coalesce_writes(conn: asyncssh.SSHClientConnection) -> None:
+    """From the end of the handshake on (the connection is made), see _CoalescedWrites."""
+    transport = getattr(conn, "_transport", None)  # asyncssh's own: checked, not assumed
+    # uvloop's transports are not asyncio.Transport subclasses: what is used is checked
+    if all(callable(getattr(transport, name, None)) for name in ("write", "close", "abort", "is_closing")):
+        conn._transport = _CoalescedWrites(transport)  # type: ignore[assignment]
+
+
 class _SSHProcess(RemoteProcess):
     """One exec channel."""
 
@@ -315,6 +411,7 @@ class SSHTransport(Transport):
             _say_unchecked()
         if jump is not None:
             conn.set_tunnel(jump)  # closing the connection closes its jump hosts'
+        _coalesce_writes(conn)
         self._conn = conn
         self._proxied = plan.proxied
         self._reached = await self._reached_address(conn, plan, ask=not host.ip)
