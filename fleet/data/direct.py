@@ -276,6 +276,9 @@ async def _exchange(lane: _Lane, process: RemoteProcess, requests: deque[_Reques
             raise HostError(label, f"the direct transfer answered {reply.id} to request {request.id}")
         verdict = judge(reply, request.signed, expires, time.time())
         if verdict is Verdict.DONE:
+            if lane.method == "GET" and reply.bytes != request.size:
+                raise ClientError(f"{lane.failed(request)}: the host got {reply.bytes} bytes, but the object has "
+                                  f"{request.size}")
             lane.done(request, reply.bytes)
         elif verdict is Verdict.GONE:
             lane.gone(request)

@@ -14,9 +14,11 @@ http_client() {
   return 1
 }
 
-# The HTTP status in a wget -S header dump ($1): the last response's.
-_wget_status() {
-  sed -n 's/^ *HTTP\/[0-9.]* \([0-9][0-9][0-9]\).*/\1/p' -- "$1" | tail -n 1
+# The HTTP status in a header dump ($1; curl -D, wget -S): the last response's, 000 for none.
+# Read from the headers as they came, so a client that dies mid-body still tells a 2xx.
+_status() {
+  code=$(sed -n 's/^ *HTTP\/[0-9.]* \([0-9][0-9][0-9]\).*/\1/p' -- "$1" 2>/dev/null | tail -n 1)
+  printf '%s' "${code:-000}"
 }
 
 # http_get CLIENT URL OUT OFFSET: GET into OUT (from byte OFFSET on, when not 0). Prints the
@@ -24,26 +26,24 @@ _wget_status() {
 # document when the status is not 2xx.
 http_get() {
   : > "$3"
+  : > "$3.headers"
   if [ "$1" = curl ]; then
     if [ "$4" -gt 0 ]; then
-      printf 'url = "%s"\n' "$2" | curl -K - -s -o "$3" -w '%{http_code}' -r "$4-" \
+      printf 'url = "%s"\n' "$2" | curl -K - -s -o "$3" -D "$3.headers" -r "$4-" \
         --connect-timeout 10 --speed-limit 1 --speed-time 60 2>/dev/null
     else
-      printf 'url = "%s"\n' "$2" | curl -K - -s -o "$3" -w '%{http_code}' \
+      printf 'url = "%s"\n' "$2" | curl -K - -s -o "$3" -D "$3.headers" \
         --connect-timeout 10 --speed-limit 1 --speed-time 60 2>/dev/null
     fi
-    return
-  fi
-  if [ "$4" -gt 0 ]; then
+  elif [ "$4" -gt 0 ]; then
     printf '%s\n' "$2" | wget -q -S -O "$3" -i - --content-on-error -t 1 -T 60 \
       --header "Range: bytes=$4-" 2>"$3.headers"
   else
     printf '%s\n' "$2" | wget -q -S -O "$3" -i - --content-on-error -t 1 -T 60 2>"$3.headers"
   fi
   status=$?
-  code=$(_wget_status "$3.headers")
+  _status "$3.headers"
   rm -f -- "$3.headers"
-  printf '%s' "${code:-000}"
   return "$status"
 }
 
@@ -59,9 +59,8 @@ http_put() {
   printf '%s\n' "$2" | wget -q -S -O "$4" -i - --content-on-error -t 1 -T 60 \
     --method=PUT --body-file="$3" 2>"$4.headers"
   status=$?
-  code=$(_wget_status "$4.headers")
+  _status "$4.headers"
   rm -f -- "$4.headers"
-  printf '%s' "${code:-000}"
   return "$status"
 }
 

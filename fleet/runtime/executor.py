@@ -206,6 +206,7 @@ class JobExecution:
             # The inputs stream into each host's inputs/N.partial (nothing reads them before
             # `go`) while docker is checked, the image pulled and the container created.
             await self._data_opened()
+            await self.data.check_direct(*self._planned())  # data_path: direct hosts reach S3
             if not self.job.inputs:
                 return
             written = [await instance.written() for instance in self.instances]

