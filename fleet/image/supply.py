@@ -31,7 +31,7 @@ from fleet.image.local import LocalImage, inspect_local
 from fleet.image.push import DockerSource, PushCount, PushTarget, Source, host_has, push_image
 from fleet.image.reference import Reference, parse_reference
 from fleet.inventory import Host
-from fleet.runtime.console import Console, Progress
+from fleet.runtime.console import Console, Progress, host_ranges
 from fleet.transport import Transport
 
 log = logging.getLogger(__name__)
@@ -257,10 +257,10 @@ class ImageSupply:
                 groups.setdefault(delivery.how, []).append(algo)
         said = []
         if "present" in groups:
-            said.append(f"present on {', '.join(groups['present'])}")
+            said.append(f"present on {host_ranges(groups['present'])}")
         if "pulled" in groups:
             pinned = self.reference.pinned(self.digest) if self.digest else f"{self.uri} (not resolved: {self.why})"
-            said.append(f"pulled on {', '.join(groups['pulled'])} as {pinned} (auth: {self.auth})")
+            said.append(f"pulled on {host_ranges(groups['pulled'])} as {pinned} (auth: {self.auth})")
         if "pushed" in groups:
             said.append(f"pushed to {', '.join(groups['pushed'])}")
         if said:

@@ -73,6 +73,20 @@ def visible_lines(raw: bytes, ended: bool = True) -> bytes:
     return visible(raw.decode("utf-8", "backslashreplace")).encode()
 
 
+def host_ranges(algos: list[str]) -> str:
+    """Host names, runs of consecutive ones as ranges: `algo-1..algo-40, algo-42` (a notice
+    about 100 hosts stays one readable line)."""
+    numbers = sorted(int(algo.rsplit("-", 1)[1]) for algo in algos)
+    runs: list[list[int]] = []
+    for number in numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return ", ".join(f"algo-{a}" if a == b else f"algo-{a}, algo-{b}" if b == a + 1 else f"algo-{a}..algo-{b}"
+                     for a, b in runs)
+
+
 class Console:
     def __init__(self, out: BinaryIO | None = None, err: TextIO | None = None) -> None:
         self.out = out or sys.stdout.buffer

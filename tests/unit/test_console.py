@@ -10,7 +10,7 @@ import io
 
 import pytest
 
-from fleet.runtime.console import CUT_MARK, LINE_LIMIT, Console, HostLines
+from fleet.runtime.console import CUT_MARK, LINE_LIMIT, Console, HostLines, host_ranges
 
 KIB64 = 64 * 1024
 
@@ -158,3 +158,9 @@ def test_a_notice_keeps_its_lines_and_shows_every_other_control():
     console.notice("")
     assert err.getvalue() == ("fleet: algo-2: docker said:\nfleet: Error\\x1b[2J\n"
                               "fleet: fake\\x0dreal\\x9b1m\nfleet: \n")
+
+
+def test_a_notice_about_many_hosts_names_them_in_ranges():
+    assert host_ranges([f"algo-{k}" for k in range(100, 0, -1)]) == "algo-1..algo-100"
+    assert host_ranges(["algo-1", "algo-2", "algo-3", "algo-5", "algo-7", "algo-8"]) == \
+        "algo-1..algo-3, algo-5, algo-7, algo-8"
