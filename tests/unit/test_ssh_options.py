@@ -211,3 +211,15 @@ def test_a_host_whose_address_is_unknown_is_refused_naming_it():
 
 def test_the_inventorys_ip_is_used_when_the_connection_cannot_tell():
     assert _instance(Host(address="inner2", ip="10.0.0.7")).address(None) == "10.0.0.7"
+
+
+def test_trusted_keys_are_parsed_once_until_a_file_changes(tmp_path):
+    known = tmp_path / "known_hosts"
+    first = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    known.write_text(f"a.lab {first}\n")
+    keys = host_keys(load_config("a.lab", paths=[]), known_hosts=str(known))
+    assert keys.trusted() is keys.trusted()
+    second = asyncssh.generate_private_key("ssh-ed25519").export_public_key().decode().strip()
+    with known.open("a") as file:  # accept-new records a host: the next connection sees it
+        file.write(f"b.lab {second}\n")
+    assert len(asyncssh.match_known_hosts(keys.trusted(), "b.lab", "", None)[0]) == 1
