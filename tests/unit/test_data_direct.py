@@ -9,6 +9,7 @@ import http.server
 import os
 import re
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -175,6 +176,8 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         if path in self.server.breaks:
             self.wfile.write(part[:self.server.breaks.pop(path)])
             self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_WR)  # the bytes sent arrive, then the end
+            time.sleep(0.1)
             self.close_connection = True
             return
         self.wfile.write(part)
@@ -335,9 +338,10 @@ async def test_a_get_broken_then_expired_is_resumed_with_a_new_url(tmp_path, s3_
     assert (target / "big").read_bytes() == body
     assert (target / "sub" / "small").read_bytes() == b"s"
     ranges = [r for method, path, r in s3_fake.seen if path == "/b/in/big"]
-    assert ranges == [None, "bytes=123456-", "bytes=123456-"]  # broken, expired, resumed
+    # Broken, expired, resumed (a URL living 1 s may expire once more before it is used).
+    assert ranges[0] is None and len(ranges) >= 3 and set(ranges[1:]) == {"bytes=123456-"}, ranges
     assert count.objects == 2 and count.bytes == len(body) + 1 and count.host_bytes == len(body) + 1
-    assert len(signed) == 4  # a URL per try
+    assert len(signed) == len(ranges) + 1  # a URL per try
 
 
 async def test_an_object_that_cannot_be_read_names_the_key_and_the_host(tmp_path, s3_fake):
