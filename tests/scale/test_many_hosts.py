@@ -58,7 +58,7 @@ def test_a_job_on_every_host_gets_its_shard_and_its_logs(fleet, cluster, s3, buc
 
 
 def test_a_failing_host_stops_every_other_host_at_once(fleet, cluster):
-    job = make_job(f'if [ $(hostname) = algo-{HOSTS} ]; then sleep 2; exit 3; fi; '
+    job = make_job(f'if [ $(hostname) = algo-{HOSTS} ]; then sleep 8; exit 3; fi; '
                    'trap "echo got SIGINT; exit 0" INT; echo running; sleep 300 & wait', count=HOSTS)
     started = time.monotonic()
     run = fleet.run_job(job, timeout=300)
