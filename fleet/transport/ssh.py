@@ -239,6 +239,12 @@ class _AcceptNewClient(asyncssh.SSHClient):
 # before every packet (a CBC countermeasure AES-GCM does not need: ~0.5 CPU-s/GiB more).
 
 
+# These reach into asyncssh's internals (its cipher class, its packet logger, its connection's
+# transport), read and tested (tests/unit/test_ssh_bulk.py: the bytes on the wire are
+# asyncssh's own) on asyncssh 2.24: another version gets asyncssh as it is.
+BULK_PATCHES = asyncssh.__version__.startswith("2.24.")
+
+
 class _GCMCipher(GCMCipher):
     """asyncssh's AES-GCM, with one AESGCM object per key instead of one per packet (an
     OpenSSL context and its key schedule each time): 4.84 -> 4.05 CPU-s/GiB alone."""
@@ -269,7 +275,8 @@ class _GCMCipher(GCMCipher):
         return opened
 
 
-asyncssh.encryption.GCMCipher = _GCMCipher  # type: ignore[misc]  # what GCMEncryption makes
+if BULK_PATCHES:
+    asyncssh.encryption.GCMCipher = _GCMCipher  # type: ignore[misc]  # what GCMEncryption makes
 
 
 class _CoalescedWrites:
@@ -317,11 +324,14 @@ def _log_sent_packet_when_asked(self: Any, pkttype: int, pktid: int | None, pack
         _log_sent_packet(self, pkttype, pktid, packet, note)
 
 
-asyncssh.packet.SSHPacketLogger.log_sent_packet = _log_sent_packet_when_asked  # type: ignore[method-assign]
+if BULK_PATCHES:
+    asyncssh.packet.SSHPacketLogger.log_sent_packet = _log_sent_packet_when_asked  # type: ignore[method-assign]
 
 
 def _coalesce_writes(conn: asyncssh.SSHClientConnection) -> None:
     """From the end of the handshake on (the connection is made), see _CoalescedWrites."""
+    if not BULK_PATCHES:
+        return
     transport = getattr(conn, "_transport", None)  # asyncssh's own: checked, not assumed
     # uvloop's transports are not asyncio.Transport subclasses: what is used is checked
     if all(callable(getattr(transport, name, None)) for name in ("write", "close", "abort", "is_closing")):
