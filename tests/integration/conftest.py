@@ -1,5 +1,11 @@
-"""The test bed: 3 real hosts (network namespaces, each with its own sshd and dockerd),
-made once per test session by scripts/local-cluster and removed at its end.
+"""The test bed: 3 real hosts (network namespaces, each with its own sshd and container
+engine), made once per test session by scripts/local-cluster and removed at its end.
+
+FLEET_BED_ENGINES (default docker20) picks the hosts' engines: a comma list cycled over h1..h3
+of docker20 (Debian 12's dockerd 20.10), docker28 (dockerd 28.5, overlay2), docker28c (dockerd
+28.5 with the containerd image store) and podman (Podman 5.8's Docker-compatible API); see
+scripts/local-cluster. scripts/test runs the tests marked `engines` once per engine and those
+marked `mixed_engines` on docker20,docker28c,podman.
 
 Tests drive the real CLI (`python -m fleet`) and look at what the container, the user and
 the hosts show: stdout, exit codes, describe.json, logs, `docker ps` on each host.
@@ -15,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,12 +34,19 @@ ROOT = Path(__file__).resolve().parents[2]
 LOCAL_CLUSTER = ROOT / "scripts" / "local-cluster"
 IMAGE = "fleet-test:busybox"
 CLUSTER_LOCK = "/var/tmp/fleet-cluster.lock"  # held by whoever has the test bed up (tests, bench-*, demo)
+BED_ENGINES = os.environ.get("FLEET_BED_ENGINES", "") or "docker20"  # scripts/local-cluster up --engines
 
 
 def pytest_collection_modifyitems(config, items):
+    # A test marked `mixed_engines` alone needs hosts of different engines: skipped on a bed of
+    # one engine (the main session's). Marked `engines` too, it runs on any bed.
+    mixed = len(set(BED_ENGINES.split(","))) > 1
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
+            if not mixed and item.get_closest_marker("mixed_engines") and not item.get_closest_marker("engines"):
+                item.add_marker(pytest.mark.skip(reason=f"needs hosts of different engines (FLEET_BED_ENGINES="
+                                                        f"{BED_ENGINES}; scripts/test runs it on docker20,docker28c,podman)"))
 
 
 @dataclass
@@ -43,6 +56,7 @@ class TestHost:
     docker_host: str
     workdir: Path
     dir: Path  # the host's state dir: pidfiles, keys
+    engine: str = "docker20"  # docker20 | docker28 | docker28c | podman (scripts/local-cluster --engines)
 
     def docker(self, *args: str, check: bool = True) -> str:
         result = subprocess.run(["docker", "-H", self.docker_host, *args], capture_output=True,
@@ -55,6 +69,12 @@ class TestHost:
         """Every container of `job` on this host, running or not."""
         out = self.docker("ps", "-a", "--filter", f"label=fleet.job={job}", "--format", "{{.Names}}")
         return out.split()
+
+    def engine_pid(self) -> int:
+        """The pid of this host's engine daemon (dockerd; podman's `system service`): SIGSTOP it
+        to make the engine hang. docker20's dockerd has its own containerd, which lives on."""
+        pidfile = self.dir / ("dockerd.pid" if self.engine == "docker20" else "engine.pid")
+        return int(pidfile.read_text())
 
     @property
     def index(self) -> int:
@@ -91,6 +111,7 @@ class Cluster:
     known_hosts: Path
     controller_docker_host: str = ""  # the controller's own dockerd (root netns): unix://...
     ecr_host: str = ""  # the fake ECR registry host; resolves to 10.251.7.1 (/etc/hosts)
+    engines: list[str] = field(default_factory=list)  # each host's engine, in the order of hosts
 
     def inventory_doc(self) -> dict:
         return yaml.safe_load(self.inventory.read_text())
@@ -117,17 +138,18 @@ def cluster(tmp_path_factory) -> Cluster:
     # One test bed per machine: another test session or benchmark using it is waited for.
     lock = open(CLUSTER_LOCK, "w")  # noqa: SIM115 (held for the whole session)
     fcntl.flock(lock, fcntl.LOCK_EX)
-    subprocess.run([str(LOCAL_CLUSTER), "up", "--hosts", "3", "--inventory", str(inventory)],
-                   check=True, timeout=300, stdout=subprocess.DEVNULL)
+    subprocess.run([str(LOCAL_CLUSTER), "up", "--hosts", "3", "--inventory", str(inventory),
+                    "--engines", BED_ENGINES], check=True, timeout=300, stdout=subprocess.DEVNULL)
     env = dict(line.split("=", 1) for line in
                (Path(os.environ.get("FLEET_CLUSTER_DIR", "/var/tmp/fleet-cluster")) / "hosts.env")
                .read_text().splitlines() if "=" in line)
     state = Path(env["FLEET_CLUSTER_DIR"])
     hosts = [TestHost(env[f"FLEET_H{i}_NAME"], env[f"FLEET_H{i}_ADDR"], env[f"FLEET_H{i}_DOCKER_HOST"],
-                      Path(env[f"FLEET_H{i}_WORKDIR"]), state / f"h{i}") for i in (1, 2, 3)]
+                      Path(env[f"FLEET_H{i}_WORKDIR"]), state / f"h{i}", env.get(f"FLEET_H{i}_ENGINE", "docker20"))
+             for i in (1, 2, 3)]
     try:
         yield Cluster(state, inventory, hosts, Path(env["FLEET_SSH_KEY"]), Path(env["FLEET_KNOWN_HOSTS"]),
-                      env["FLEET_CONTROLLER_DOCKER_HOST"], env["FLEET_ECR_HOST"])
+                      env["FLEET_CONTROLLER_DOCKER_HOST"], env["FLEET_ECR_HOST"], [h.engine for h in hosts])
     finally:
         subprocess.run([str(LOCAL_CLUSTER), "down"], timeout=300, stdout=subprocess.DEVNULL)
         lock.close()

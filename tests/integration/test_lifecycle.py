@@ -6,6 +6,8 @@ import json
 import signal
 import time
 
+import pytest
+
 from conftest import make_job, wait_running as _wait_running
 
 
@@ -43,6 +45,7 @@ def test_completed_job_record_and_exit_code_zero(fleet):
         f"algo-{k}": {"Name": f"h{k}", "Address": f"10.251.7.{10 + k}", "ExitCode": 0} for k in (1, 2, 3)}
 
 
+@pytest.mark.engines  # stopping, on every engine
 def test_a_failing_container_fails_the_job_and_stops_the_others_at_once(fleet, cluster):
     job = make_job('if [ $(hostname) = algo-2 ]; then sleep 1; exit 3; fi; '
                    'trap "echo got SIGINT; exit 0" INT; sleep 300 & wait')
@@ -75,14 +78,17 @@ def _stop_test(fleet, cluster, sig):
     return record
 
 
+@pytest.mark.engines  # stopping, on every engine
 def test_ctrl_c_stops_every_container_with_sigint(fleet, cluster):
     _stop_test(fleet, cluster, signal.SIGINT)
 
 
+@pytest.mark.engines  # stopping, on every engine
 def test_sigterm_stops_the_job_like_ctrl_c(fleet, cluster):
     _stop_test(fleet, cluster, signal.SIGTERM)
 
 
+@pytest.mark.engines  # stopping, on every engine
 def test_a_second_ctrl_c_kills_at_once(fleet, cluster):
     # The container ignores SIGINT and the grace is 10 minutes: only a kill ends it.
     job = make_job('trap "echo ignoring SIGINT" INT; while true; do sleep 1; done')
@@ -103,6 +109,7 @@ def test_a_second_ctrl_c_kills_at_once(fleet, cluster):
     assert {h["ExitCode"] for h in record["Hosts"].values()} == {137}
 
 
+@pytest.mark.engines  # stopping, on every engine
 def test_max_runtime_stops_the_job_and_exits_124(fleet):
     job = make_job("sleep 300", StoppingCondition={"MaxRuntimeInSeconds": 2})
     run = fleet.run_job(job, "--stop-grace", "1")
