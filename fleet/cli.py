@@ -202,10 +202,14 @@ def _print_plan(plan: ClusterPlan) -> None:
             print(f"  mkdir  {PRIVATE_DIR}/{directory}/ ({mode})")
         for path, content in hp.files.items():
             print(f"  write  {PRIVATE_DIR}/{path} ({len(content)} bytes)")
-        if plan.job.Environment:
-            # Values are often secrets: a terminal line (and a scrollback, a CI log) never shows them.
+        # Values are often secrets: a terminal line (and a scrollback, a CI log) never shows them.
+        in_file = {key: value for key, value in (plan.job.Environment or {}).items() if key not in hp.inherited}
+        if in_file:
             print(f"  write  {posixpath.relpath(hp.env_file, hp.job_dir)} (0600, removed once the container "
-                  f"is created): {_masked(plan.job.Environment)}")
+                  f"is created): {_masked(in_file)}")
+        for index, key in enumerate(hp.inherited, start=1):
+            print(f"  write  {posixpath.relpath(hp.env_value_file(index), hp.job_dir)} (0600, removed once the "
+                  f"container is created): {key}=***, set in the environment of docker create alone")
         print(f"  resourceconfig.json: {json.dumps(json.loads(hp.files['config/resourceconfig.json']))}")
         print(f"  docker: {shlex.join(hp.docker + hp.docker_create)}")
         print(f"  docker: {shlex.join(hp.docker + ['start', hp.container])}   (once every host is ready)")

@@ -11,7 +11,10 @@ a host. Everything else asks it.
       algo-k/                     job_dir, 0711 (removed when the job ends, unless --keep)
         .fleet-run                run_file (0644): the run id, then the controller
         ml/                       private_dir, 0700: every mount source, the env file
-          env                     env_file (0600): the Environment, from create's start to its end
+          env                     env_file (0600): the Environment docker's env file carries, from
+                                  create's start to its end
+          env.1, env.2, ...       env_value_file(i) (0600): each value it cannot carry (a newline), for
+                                  docker's own environment; as long as the env file
           config/                 → /opt/ml/config (read-only), 0755; its files 0644
           output/                 → /opt/ml/output, 0777; output/message is the ExitMessage
           inputs/                 0755
@@ -35,8 +38,14 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
-from fleet.contract import configfiles
-from fleet.contract.container import Mount, docker_create_argv, entrypoint_and_command, env_file_content
+from fleet.contract import configfiles, environment as env
+from fleet.contract.container import (
+    Mount,
+    docker_create_argv,
+    entrypoint_and_command,
+    env_file_content,
+    inherited_environment,
+)
 from fleet.contract.job import ProcessingJob
 from fleet.errors import InvalidInput
 from fleet.inventory import Host, Inventory
@@ -72,6 +81,9 @@ class HostPlan:
     controller: str = ""  # the controller (machine and FLEET_HOME) that runs it
     # env_file's content (secrets: sent on the session's stdin, never printed nor in a repr)
     environment: bytes = field(default=b"", repr=False)
+    # the values the env file cannot carry, by key: docker_create says `--env KEY` and the
+    # session gives docker KEY=value from env_value_file(i), the i-th of them (secrets too)
+    inherited: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
     def label(self) -> str:
@@ -106,6 +118,12 @@ class HostPlan:
         """Where the session writes `environment` (0600) for `docker create --env-file`;
         removed once the container is created."""
         return posixpath.join(self.private_dir, "env")
+
+    def env_value_file(self, index: int) -> str:
+        """Where the session writes the value of the index-th key of `inherited` (from 1;
+        0600), which it gives `docker create` in its environment; removed with the env file.
+        session.sh names them so too: ENV_FILE.1, ENV_FILE.2, ..."""
+        return f"{self.env_file}.{index}"
 
     @property
     def message_file(self) -> str:
@@ -166,15 +184,37 @@ class ClusterPlan:
 
 
 def select_hosts(job: ProcessingJob, inventory: Inventory, where: str | None = None) -> list[Host]:
-    """The first InstanceCount hosts, in inventory order; refused when there are too few.
-    `where` says, for that message, where the inventory came from (its file, or that fleet
-    runs on this machine alone)."""
+    """The first InstanceCount hosts, in inventory order; refused when there are too few
+    (or when one cannot pass the Environment on: `check_environment_reaches`). `where`
+    says, for that message, where the inventory came from (its file, or that fleet runs on
+    this machine alone)."""
     wanted = job.instance_count
     if wanted > len(inventory.hosts):
         raise InvalidInput(
             f"ProcessingResources.ClusterConfig.InstanceCount is {wanted} but the inventory "
             f"has {len(inventory.hosts)} host(s)" + (f": {where}" if where else ""))
-    return list(inventory.hosts[:wanted])
+    hosts = list(inventory.hosts[:wanted])
+    check_environment_reaches(job, hosts)
+    return hosts
+
+
+def check_environment_reaches(job: ProcessingJob, hosts: list[Host]) -> None:
+    """Refuse a host whose docker command (`sudo docker`) would drop docker's environment
+    when the job has a value only that environment carries (a newline: see
+    fleet/contract/environment.py), naming the host and the key."""
+    inherited = env.split(job.Environment)[1]
+    if not inherited:
+        return
+    keys = ", ".join(inherited)
+    for algo, host in zip(algo_names(len(hosts)), hosts):
+        word = env.resetter(host.docker_command)
+        if word:
+            raise InvalidInput(
+                f"{host_label(algo, host)}: Environment {keys}: a value with a newline (or a carriage return at "
+                f"its end) reaches the container only through docker's own environment (docker's env file "
+                f"cannot carry it), but this host's docker command ({host.docker!r}) starts with {word}, which "
+                f"gives docker a fresh environment: give the host a docker command without {word} (the SSH "
+                f"user in the docker group), or the job values docker's env file carries")
 
 
 def algo_names(count: int) -> list[str]:
@@ -234,7 +274,9 @@ def plan_cluster(
     peers = list(zip(names, addresses))
     arn = job_arn(job, region, account)
     job_config = configfiles.encode(configfiles.processing_job_config(job, arn))
+    check_environment_reaches(job, hosts)
     environment = env_file_content(job.Environment)
+    inherited = inherited_environment(job.Environment)
     plans = []
     for algo, host, address in zip(names, hosts, addresses):
         directory = job_dir(host, job.ProcessingJobName, algo)
@@ -274,5 +316,6 @@ def plan_cluster(
             run_id=run_id,
             controller=controller,
             environment=environment,
+            inherited=inherited,
         ))
     return ClusterPlan(job=job, arn=arn, hosts=plans, stop_grace=stop_grace)

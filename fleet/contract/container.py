@@ -4,16 +4,19 @@ Pure: the same job, host and addresses give the same argv, which `--dry-run` pri
 
 The Environment's values (often secrets) are never in the argv: every process's argv is
 readable by every local user (/proc/PID/cmdline). They travel to the host on the session's
-stdin, become an env file there (`env_file_content`, 0600, removed right after `docker
-create`), and the argv says `--env-file PATH`. Docker keeps them in the container's config,
-which only users of the docker socket can read.
+stdin. Those docker's env file carries become one there (`env_file_content`, 0600, removed
+right after `docker create`) and the argv says `--env-file PATH`; the others (a newline, a
+trailing carriage return) go through the docker process's own environment, and the argv
+says `--env KEY`, the name alone (fleet/contract/environment.py). Docker keeps them in the
+container's config, which only users of the docker socket can read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from fleet.contract.job import ProcessingJob, env_value_problem
+from fleet.contract import environment as env
+from fleet.contract.job import ProcessingJob
 from fleet.errors import InvalidInput
 
 
@@ -55,16 +58,27 @@ def entrypoint_and_command(job: ProcessingJob) -> tuple[str | None, list[str]]:
 
 
 def env_file_content(environment: dict[str, str] | None) -> bytes:
-    """Docker's env file for `environment`: one `KEY=VALUE` line each, VALUE verbatim (docker
-    reads everything after the first `=` as it is: no quoting, no escapes; it cannot hold a
-    newline, which the request's validation refuses)."""
+    """Docker's env file for the values it carries (`environment.env_file_carries`): one
+    `KEY=VALUE` line each, VALUE verbatim (docker reads everything after the first `=` as it
+    is: no quoting, no escapes). The other values are not in it: see `inherited_environment`."""
     lines = []
-    for key, value in (environment or {}).items():
-        problem = env_value_problem(value)
+    for key, value in env.split(environment)[0].items():
+        problem = env.value_problem(key, value)
         if problem:
             raise InvalidInput(f"Environment: the value of {key} {problem}")
         lines.append(f"{key}={value}\n")
     return "".join(lines).encode()
+
+
+def inherited_environment(environment: dict[str, str] | None) -> dict[str, str]:
+    """The values the container gets from the docker process's own environment (`--env KEY`):
+    those docker's env file cannot carry, in the request's order."""
+    inherited = env.split(environment)[1]
+    for key, value in inherited.items():
+        problem = env.value_problem(key, value)
+        if problem:
+            raise InvalidInput(f"Environment: the value of {key} {problem}")
+    return inherited
 
 
 def docker_create_argv(
@@ -85,8 +99,9 @@ def docker_create_argv(
     The container is created while the host is prepared (so a bad option fails before any
     container starts anywhere) and started detached once every host is ready.
 
-    `env_file` is where the host has the Environment as an env file (`env_file_content`)
-    when `docker create` runs: the argv never holds a value of it.
+    `env_file` is where the host has the env file (`env_file_content`) when `docker create`
+    runs; the other values are named by `--env KEY`, for docker to take from its own
+    environment (`inherited_environment`): the argv never holds a value.
 
     `name` is the container's name, `labels` its labels (empty values are left out), `gpus`
     and `docker_args` the host's inventory values. `peers` is (algo name, address) for every
@@ -110,8 +125,11 @@ def docker_create_argv(
             argv += ["--add-host", f"{peer}:{address}"]
     for mount in mounts:
         argv += ["--volume", mount.volume_arg()]
-    if job.Environment:
+    in_file, inherited = env.split(job.Environment)
+    if in_file:
         argv += ["--env-file", env_file]
+    for key in inherited:
+        argv += ["--env", key]
     gpus_value = gpus_arg(gpus)
     if gpus_value is not None:
         argv += ["--gpus", gpus_value]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from fleet.contract.environment import value_problem
 from fleet.errors import InvalidInput
 
 JOB_NAME_PATTERN = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"
@@ -40,24 +41,6 @@ def _check_s3_uri(value: str) -> str:
 S3UriStr = Annotated[str, Field(max_length=1024), AfterValidator(_check_s3_uri)]
 KmsKeyIdStr = Annotated[str, Field(max_length=2048, pattern=KMS_PATTERN)]
 ContainerWord = Annotated[str, Field(max_length=256)]
-
-
-def env_value_problem(value: str) -> str | None:
-    """Why an Environment value cannot reach the container, or None. The API allows any
-    characters, but fleet hands the values to docker through an env file (never through a
-    command line, which every local user can read) and docker's env file is one `KEY=VALUE`
-    per line: a newline cannot be written there, a carriage return ending the value is
-    dropped by docker's line reader, and a NUL cannot be in any process's environment."""
-    if "\n" in value:
-        reason = "contains a newline"
-    elif value.endswith("\r"):
-        reason = "ends with a carriage return"
-    elif "\0" in value:
-        reason = "contains a NUL character"
-    else:
-        return None
-    return (f"{reason}, which docker's env file cannot carry (fleet never puts Environment "
-            f"values on a command line, where every local user could read them)")
 
 
 class _Shape(BaseModel):
@@ -301,7 +284,7 @@ class ProcessingJob(_Shape):
                 raise ValueError(f"key {key!r} must match [a-zA-Z_][a-zA-Z0-9_]* (at most 256)")
             if len(value) > 256:
                 raise ValueError(f"value of {key} is {len(value)} characters; at most 256")
-            problem = env_value_problem(value)
+            problem = value_problem(key, value)
             if problem:
                 raise ValueError(f"the value of {key} {problem}")
         return env

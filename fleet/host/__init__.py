@@ -13,11 +13,13 @@ transport then quotes the whole argv once. `$0` names the script (`fleet-session
 
 The session is the whole life of the job on the host in one command:
 
-    read the config files and the env file from stdin (their contents, secrets among them,
-    are never in an argv: /proc/PID/cmdline is world-readable)
+    read the config files, the env file and the values for docker's own environment from
+    stdin (their contents, secrets among them, are never in an argv: /proc/PID/cmdline is
+    world-readable)
     → write the job directory (the workdir checked: writable, VolumeSizeInGB free)
-    → (the controller says how the host gets the image: it is here, or pushed now; or pull
-    NAME@DIGEST with registry credentials on stdin, for that pull only) → check docker
+    → (the controller says how the host gets the image: it is here, or pushed now; or try
+    the job's name (present beats pull), and if the host lacks it, pull NAME@DIGEST with
+    registry credentials on stdin, for that pull only) → check docker
     (time-bounded) → pull the image if missing → (GPU runtime)
     → `docker create` → report `prepared` → (the controller stages the inputs into
     their partial directories) → wait for `go` on stdin (every host is checked, its
@@ -97,14 +99,14 @@ KEEP = b"keep\n"
 # Each script's text: these files of this folder, in order (shared functions first).
 # Those starting with "docker" take the host's docker command as their first arguments.
 _PARTS: dict[str, tuple[str, ...]] = {
-    "session": ("docker", "checks", "supervise", "session"),
+    "session": ("docker", "images", "checks", "supervise", "session"),
     "resume": ("docker", "supervise", "resume"),
     "cleanup": ("docker", "cleanup"),
-    "check": ("docker", "checks", "check"),
+    "check": ("docker", "images", "checks", "check"),
     "gc-list": ("docker", "gc-list"),
     "gc-remove": ("docker", "gc-remove"),
-    "image-have": ("docker", "image-have"),
-    "load": ("docker", "load"),
+    "image-have": ("docker", "images", "image-have"),
+    "load": ("docker", "images", "load"),
     "extract": ("extract",),
     "archive": ("archive",),
     "changed-files": ("changed-files",),
@@ -153,47 +155,57 @@ def on_host(host: Host, script: str, args: list[str], docker_timeout: int) -> li
     return _with_docker(host.docker_command, script, args, docker_timeout)
 
 
-def image_have(docker: list[str], image_id: str, layers: Sequence[str], docker_timeout: int) -> list[str]:
-    """What a host has of the image `image_id` (layers: its RootFS diff IDs, in order), on
-    stdout: `present`, or `layers K` (the longest prefix of `layers` some image of the host
-    starts with). `docker` is the host's docker command."""
-    return _with_docker(docker, "image-have", [image_id, *layers], docker_timeout)
+def image_have(docker: list[str], image: str, layers: Sequence[str], docker_timeout: int) -> list[str]:
+    """What a host has of `image` (a config digest, with `layers` its RootFS diff IDs in
+    order; or a name, without), on stdout: `present ENGINE-ID`, or `layers K` (the longest
+    prefix of `layers` some image of the host starts with, where its engine's load skips
+    those: 0 elsewhere). `docker` is the host's docker command (see images.sh)."""
+    return _with_docker(docker, "image-have", [image, *layers], docker_timeout)
 
 
-def image_load(docker: list[str], image_id: str, docker_timeout: int) -> list[str]:
+def image_load(docker: list[str], image_id: str, layers: Sequence[str], docker_timeout: int) -> list[str]:
     """`docker load` of the archive the controller writes on stdin, then a check that the
-    image `image_id` is there: `fleet:loaded` on stderr, else LOAD_FAILED and docker's words."""
-    return _with_docker(docker, "load", [image_id], docker_timeout)
+    image of the config digest `image_id` is there with these `layers`: `fleet:loaded
+    ENGINE-ID` on stderr, else LOAD_FAILED and docker's words."""
+    return _with_docker(docker, "load", [image_id, *layers], docker_timeout)
 
 
 def session(plan: HostPlan, docker_timeout: int, volume_gb: int = 0) -> list[str]:
     """The job's whole life on one host (see the module's docstring). The host's workdir
     must have `volume_gb` GB free (the job's VolumeSizeInGB). Its stdin must start with
-    `session_input(plan)`; once it says `written`, `image_use` or `image_pull` follows."""
+    `session_input(plan)`; once it says `written`, `image_use`, `image_pull` or `image_try`
+    follows (after a `try`, `image-missing`: then `image_pull`, or abort)."""
     inputs = [word for index in range(1, plan.input_count + 1)
               for word in (plan.partial_input_dir(index), plan.input_dir(index))]
     args = [plan.workdir, plan.job_parent, plan.job_dir, plan.run_file, plan.private_dir, plan.env_file,
             plan.message_file, str(plan.image_at), plan.container, plan.run_id, plan.controller,
             str(volume_gb * 1024 * 1024), "1" if plan.host.gpus else "0",
-            str(len(plan.tree)), str(len(plan.files)), str(plan.input_count),
+            str(len(plan.tree)), str(len(plan.files)), str(plan.input_count), str(len(plan.inherited)),
             *(word for directory, mode in plan.tree for word in (mode, directory)),
             *(posixpath.join(plan.private_dir, path) for path in plan.files), *inputs,
-            *plan.docker_create]
+            *plan.inherited, *plan.docker_create]
     return _with_docker(plan.docker, "session", args, docker_timeout)
 
 
 def session_input(plan: HostPlan) -> bytes:
-    """What the session reads on stdin before anything else: the config files' contents and
-    the env file's (processingjobconfig.json holds the Environment too), which must not be
-    in an argv: every local user of the host can read those (/proc/PID/cmdline). A line of
-    byte counts (each file of `plan.files` in order, then the env file), then the bytes."""
-    pieces = [*plan.files.values(), plan.environment]
+    """What the session reads on stdin before anything else: the config files' contents, the
+    env file's and the values docker's own environment takes (processingjobconfig.json holds
+    the Environment too), which must not be in an argv: every local user of the host can
+    read those (/proc/PID/cmdline). A line of byte counts (each file of `plan.files` in
+    order, then the env file, then each value of `plan.inherited`, UTF-8), then the bytes."""
+    pieces = [*plan.files.values(), plan.environment, *(value.encode() for value in plan.inherited.values())]
     return " ".join(str(len(piece)) for piece in pieces).encode() + b"\n" + b"".join(pieces)
 
 
 def image_use(image_id: str) -> bytes:
     """The session's image step: the host has the image (present, or pushed): this ID."""
     return f"use {image_id} 0\n".encode()
+
+
+def image_try(name: str) -> bytes:
+    """The session's image step: the host's image `name` if it has one (present beats pull);
+    else it says `image-missing` and waits for `image_pull` (or abort)."""
+    return f"try {name} 0\n".encode()
 
 
 def image_pull(reference: str, docker_config: bytes) -> bytes:
@@ -235,7 +247,7 @@ class SessionReport:
     LINE_LIMIT, docker's words keep their last SAID_LIMIT bytes, a message its first
     MESSAGE_LIMIT, the events listed EVENTS_LIMIT)."""
 
-    events: list[str] = field(default_factory=list)  # written, prepared, started, exited, cleaned
+    events: list[str] = field(default_factory=list)  # written, image-missing, prepared, started, exited, cleaned
     image: str | None = None  # the ID of the image the container is created from
     image_how: str = ""  # present | pulled
     exit_code: int | None = None
@@ -273,8 +285,8 @@ class SessionReport:
                 # read (up to the limit) and never trusted beyond it.
                 self._message_left = min(max(_int(line.removeprefix(b"fleet:message:")) or 0, 0), MESSAGE_LIMIT)
                 self.message = b""
-            elif line in (b"fleet:written", b"fleet:prepared", b"fleet:started", b"fleet:exited",
-                          b"fleet:cleaned"):
+            elif line in (b"fleet:written", b"fleet:image-missing", b"fleet:prepared", b"fleet:started",
+                          b"fleet:exited", b"fleet:cleaned"):
                 event = line.decode().removeprefix("fleet:")
                 if len(self.events) < EVENTS_LIMIT:
                     self.events.append(event)

@@ -36,21 +36,6 @@ check_docker() {
   esac
 }
 
-# image_id IMAGE: the ID of the host's image IMAGE (a name, NAME@DIGEST or an ID), printed;
-# status 1 when the host has none, docker's statuses (20, 21, 22) when docker fails.
-image_id() {
-  inspected=$(d_bounded image inspect --format '{{.Id}}' "$1" 2>&1)
-  case $? in
-    0) printf '%s\n' "$inspected"; return 0 ;;
-    124) return 20 ;;  # DOCKER_TIMEOUT
-    127) printf '%s\n' "$inspected"; return 21 ;;  # DOCKER_MISSING
-  esac
-  case $inspected in
-    *"o such image"*) return 1 ;;
-    *) printf '%s\n' "$inspected"; return 22 ;;  # DOCKER_FAILED
-  esac
-}
-
 # check_image IMAGE [CONFIG_DIR]: present, or pulled now (with the registry credentials of
 # the Docker client config in CONFIG_DIR, if given); prints `present ID` or `pulled ID`.
 check_image() {

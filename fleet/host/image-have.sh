@@ -1,25 +1,27 @@
 # shellcheck shell=sh
-# `fleet-image-have ID DIFFID...`: what this host has of an image the controller pushes
-# (fleet/image/push.py), on stdout, one line:
-#   present     `docker image inspect ID` finds it
+# `fleet-image-have IMAGE DIFFID...`: what this host has of an image, on stdout, one line:
+#   present ID  it has the image (config_image: a config digest given as IMAGE is found by
+#               its ID, or by fleet's tag with exactly these DIFFIDs; a name as it is); ID
+#               is the engine's own for it
 #   layers K    else: the longest prefix of the DIFFIDs (the image's RootFS layers, in
 #               order) that some image of this host starts with; `docker load` skips
-#               those K layers (their chain exists), so the controller omits their files
-# After docker.sh. Every docker call is time-bounded; docker's words go on stderr (their
-# first 4 KiB); docker failures exit with fleet.host.Status (20, 21, 22).
-image_id=$1
+#               those K layers (their chain exists), so the controller omits their files.
+#               Always 0 where the engine reads every layer file (classic_store: the
+#               containerd image store, Podman), and without DIFFIDs (a name).
+# After docker.sh and images.sh. Every docker call is time-bounded; docker's words go on
+# stderr (their first 4 KiB); docker failures exit with fleet.host.Status (20, 21, 22).
+image=$1
 shift
 
-said=$(d_bounded image inspect --format '{{.Id}}' "$image_id" 2>&1)
+said=$(config_image "$image" "$@")
 case $? in
-  0) echo present; exit 0 ;;
-  124) exit 20 ;;  # DOCKER_TIMEOUT
-  127) printf '%s\n' "$said" | head -c 4096 >&2; exit 21 ;;  # DOCKER_MISSING
-esac
-case $said in
-  *"o such image"*) ;;
+  0) printf 'present %s\n' "$said"; exit 0 ;;
+  1) ;;
+  20) exit 20 ;;  # DOCKER_TIMEOUT
+  21) printf '%s\n' "$said" | head -c 4096 >&2; exit 21 ;;  # DOCKER_MISSING
   *) printf '%s\n' "$said" | head -c 4096 >&2; exit 22 ;;  # DOCKER_FAILED
 esac
+if [ "$#" -eq 0 ] || ! classic_store; then echo 'layers 0'; exit 0; fi
 
 if ! ids=$(d_bounded images -aq --no-trunc 2>&1); then
   printf '%s\n' "$ids" | head -c 4096 >&2

@@ -2,18 +2,20 @@
 # The job's whole life on one host (see fleet/host/__init__.py), after docker.sh,
 # checks.sh and supervise.sh. Arguments, every path from fleet.plan.HostPlan:
 #   WORKDIR JOB_PARENT JOB_DIR RUN_FILE PRIVATE_DIR ENV_FILE MESSAGE IMAGE_AT NAME
-#   RUN CONTROLLER NEED_KB GPUS(1|0) NDIRS NFILES NINPUTS
+#   RUN CONTROLLER NEED_KB GPUS(1|0) NDIRS NFILES NINPUTS NVARS
 #   then NDIRS (mode, directory) pairs to make in PRIVATE_DIR, NFILES paths to write,
-#   NINPUTS (partial, final) directory pairs, and the `docker create` argv, whose word
-#   IMAGE_AT (from 0) the ID of the image the host has for the job replaces.
+#   NINPUTS (partial, final) directory pairs, NVARS keys, and the `docker create` argv,
+#   whose word IMAGE_AT (from 0) the ID of the image the host has for the job replaces.
 # Stdin first brings what no other local user may see (argvs are public: /proc/PID/cmdline):
-# a line of byte counts, one per file then one for the env file, then those bytes; then,
-# once the files are written, how this host gets the image (see below); then, as always,
-# go / abort and clean / keep.
+# a line of byte counts, one per file, one for the env file, one per key's value, then
+# those bytes; then, once the files are written, how this host gets the image (see below);
+# then, as always, go / abort and clean / keep. A key's value is one docker's env file
+# cannot carry (a newline): it goes to ENV_FILE.i (i from 1) and, from there, into the
+# environment of `docker create` alone, whose argv names the key only (`--env KEY`).
 workdir=$1 job_parent=$2 job_dir=$3 run_file=$4 private_dir=$5 env_file=$6 message=$7 image_at=$8 name=$9
 shift 9
-run=$1 controller=$2 need_kb=$3 gpus=$4 ndirs=$5 nfiles=$6 ninputs=$7
-shift 7
+run=$1 controller=$2 need_kb=$3 gpus=$4 ndirs=$5 nfiles=$6 ninputs=$7 nvars=$8
+shift 8
 # Whatever is not given a mode here is the SSH user's alone (the env file: 0600).
 umask 077
 
@@ -65,7 +67,8 @@ for n in $lengths; do
   case $n in ''|*[!0-9]*) fail 24 "the job's files are announced as '$lengths'" ;; esac  # WRITE_FAILED
   total=$((total + n)) count=$((count + 1))
 done
-[ "$count" -eq $((nfiles + 1)) ] || fail 24 "$count pieces for $nfiles file(s) and the env file"  # WRITE_FAILED
+[ "$count" -eq $((nfiles + 1 + nvars)) ] ||
+  fail 24 "$count pieces for $nfiles file(s), the env file and $nvars value(s)"  # WRITE_FAILED
 stash=$private_dir/.stdin
 head -c "$total" > "$stash" || exit 24  # WRITE_FAILED
 [ "$(($(wc -c < "$stash")))" -eq "$total" ] || fail 24 "the job's files were cut short on stdin"  # WRITE_FAILED
@@ -88,11 +91,19 @@ while [ "$nfiles" -gt 0 ]; do
   shift; nfiles=$((nfiles - 1))
 done
 take "$env_file" || exit 24  # WRITE_FAILED
+i=1
+while [ "$i" -le "$nvars" ]; do
+  take "$env_file.$i" || exit 24  # WRITE_FAILED
+  i=$((i + 1))
+done
 rm -f -- "$stash"
 printf 'fleet:written\n' >&2
 
 # The image, as the controller says once the files are written (it may first push it here):
-#   use ID 0    the host has it (present, or just pushed): ID
+#   use ID 0    the host has it (present, or just pushed): ID, an engine's ID or a config
+#               digest (config_image: found through fleet's tag on the containerd store)
+#   try NAME 0  present beats pull: the host's image NAME if it has one; else
+#               `fleet:image-missing` on stderr, and the next line says: pull (or abort)
 #   pull REF N  REF (NAME@DIGEST when the controller pinned it) unless the host has it, with
 #               the N bytes that follow: a Docker client config holding the registry's
 #               credentials (ECR's token, the controller's docker login), for this pull only:
@@ -101,6 +112,20 @@ printf 'fleet:written\n' >&2
 # statuses are check_docker's): one docker round trip fewer per host than check_docker
 # first (fleet check runs check_docker too, to show the server's version).
 IFS=' ' read -r verb ref n || verb=abort
+image=
+if [ "$verb:$n" = try:0 ]; then
+  image=$(image_id "$ref")
+  status=$?
+  case $status in
+    0) verb=use ;;
+    1)
+      image=
+      printf 'fleet:image-missing\n' >&2
+      IFS=' ' read -r verb ref n || verb=abort
+      if [ "$verb" != pull ]; then verb=abort; fi ;;
+    *) fail "$status" "$image" ;;
+  esac
+fi
 case $verb:$n in
   use:0 | pull:0) auth_dir= ;;
   pull:*[!0-9]* | pull:) fail 23 "the controller's pull was announced as '$n' bytes" ;;  # PULL_FAILED
@@ -123,11 +148,13 @@ case $verb:$n in
     exit 0 ;;
 esac
 if [ "$verb" = use ]; then
-  said=$(image_id "$ref")
-  status=$?
-  if [ "$status" -eq 1 ]; then fail 23 "the image $ref is not on this host"; fi  # PULL_FAILED
-  [ "$status" -eq 0 ] || fail "$status" "$said"
-  image=$said how=present
+  if [ -z "$image" ]; then
+    image=$(config_image "$ref")
+    status=$?
+    if [ "$status" -eq 1 ]; then fail 23 "the image $ref is not on this host"; fi  # PULL_FAILED
+    [ "$status" -eq 0 ] || fail "$status" "$image"
+  fi
+  how=present
 else
   said=$(check_image "$ref" "$auth_dir")
   status=$?
@@ -143,10 +170,20 @@ if [ "$gpus" = 1 ]; then
   said=$(check_gpus) || fail "$?" "$said"
 fi
 
-# docker_create PAIRS... ARGV...: `docker create` with the argv after the input pairs (which
-# stay in the script's own arguments, for `go`), its word IMAGE_AT replaced by the image's ID.
-docker_create() {
+# docker_create PAIRS... KEYS... ARGV...: `docker create` with the argv after the input pairs
+# (which stay in the script's own arguments, for `go`) and the keys, its word IMAGE_AT
+# replaced by the image's ID; in its own process (a subshell), each key set to its value
+# (ENV_FILE.i, byte for byte: `printf x` keeps the newlines that end it) and exported, for
+# that docker alone.
+docker_create() (
   shift $((2 * ninputs))
+  i=1
+  while [ "$i" -le "$nvars" ]; do
+    case $1 in ''|[!A-Za-z_]*|*[!A-Za-z0-9_]*) printf '%s is not a variable name\n' "$1" >&2; exit 25 ;; esac
+    value=$(cat -- "$env_file.$i" && printf x) || exit 25  # CREATE_FAILED
+    export "$1=${value%x}"
+    shift; i=$((i + 1))
+  done
   i=0 count=$#
   while [ "$i" -lt "$count" ]; do
     word=$1
@@ -155,10 +192,16 @@ docker_create() {
     i=$((i + 1))
   done
   d "$@"
+)
+# forget_environment: the env file and the values' files go.
+forget_environment() {
+  rm -f -- "$env_file"
+  i=1
+  while [ "$i" -le "$nvars" ]; do rm -f -- "$env_file.$i"; i=$((i + 1)); done
 }
-# Docker keeps the environment in the container's config: the env file goes at once.
-if ! docker_create "$@" >/dev/null; then rm -f -- "$env_file"; exit 25; fi  # CREATE_FAILED
-rm -f -- "$env_file"
+# Docker keeps the environment in the container's config: the files go at once.
+if ! docker_create "$@" >/dev/null; then forget_environment; exit 25; fi  # CREATE_FAILED
+forget_environment
 printf 'fleet:prepared\n' >&2
 IFS= read -r go || go=abort
 if [ "$go" != go ]; then

@@ -7,16 +7,21 @@ Two layouts are read, both with a `manifest.json` that `docker load` follows:
   OCI (docker >= 25)     `blobs/sha256/<digest>`, index.json, oci-layout, manifest.json
 An OCI layout without manifest.json (buildx, skopeo) gets one made here, from index.json.
 
-`docker load` opens a layer's file only when the host lacks that layer's chain: a host that
-has the first K layers of the image loads an archive without their files (measured on
-dockerd 20.10: the image loads, same ID). So each host is sent the archive's entries minus
-those files (`bytes_for(K)` bytes).
+What a host is sent is the same on every engine (Docker 20.10 to 28 on either image store,
+Podman): the image's config and layer files, nothing else of the archive (no index.json,
+whose manifest the containerd store would load instead, no legacy `<v1id>/json`,
+VERSION or repositories), then a manifest.json made here, last: the archive's own, its
+RepoTags plus `fleet-image:HEX` (HEX: the config's digest), the tag through which the
+containerd store, whose image IDs are manifest digests, finds the image by its config
+(fleet/host/images.sh). Measured on all four engines: a stream cut at any entry boundary
+has no manifest.json, and none of them loads anything from it (docker's legacy loader
+finds no v1 json to load).
 
-Every stream starts with a guard: a manifest.json naming a config no archive holds. The real
-manifest.json comes last and replaces it (tar extraction replaces a file). A stream cut at
-any entry boundary thus fails to load (docker 20.10 otherwise falls back to its v1 loader,
-measured to leave dangling images of other IDs behind) and leaves nothing: the manifest path
-creates the image only once every layer is in.
+A classic Docker store's `docker load` opens a layer's file only when the host lacks that
+layer's chain: a host that has the first K layers of the image loads an archive without
+their files (measured on dockerd 20.10 and 28: the image loads, same ID). So such a host
+is sent the archive's entries minus those files (`bytes_for(K)` bytes). The containerd
+store and Podman read every layer file the manifest names: their hosts get K = 0.
 
 The file may be a user's: headers are parsed one block at a time, extended headers and the
 JSON files read are bounded, names must stay inside the archive, sizes inside the file.
@@ -54,7 +59,7 @@ LINK_DEPTH = 8  # symlinks followed from a manifest's path
 CHUNK = 1024 * 1024  # bytes read from the file at once
 
 MANIFEST = "manifest.json"
-_GUARD_CONTENT = b'[{"Config":"fleet-stream-incomplete","RepoTags":null,"Layers":[]}]'
+FLEET_TAG = "fleet-image"  # fleet-image:HEX, the image whose config has the digest sha256:HEX
 _OCI_INDEX = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 _OCI_MANIFEST = ("application/vnd.oci.image.manifest.v1+json",
                  "application/vnd.docker.distribution.manifest.v2+json")
@@ -69,7 +74,17 @@ def _file_entry(name: str, content: bytes) -> bytes:
     return info.tobuf(format=tarfile.USTAR_FORMAT) + content + b"\0" * (-len(content) % BLOCK)
 
 
-GUARD = _file_entry(MANIFEST, _GUARD_CONTENT)
+def fleet_tag(config_id: str) -> str:
+    """The tag a pushed image is loaded with: its config digest, readable on every engine."""
+    return f"{FLEET_TAG}:{config_id.removeprefix('sha256:')}"
+
+
+def load_manifest(item: Mapping[str, Any], config_id: str, tags: Iterable[str]) -> bytes:
+    """The manifest.json entry a host loads the image by: `item` (the archive's manifest
+    entry: Config, Layers, ...) with RepoTags `tags` and fleet's tag."""
+    wanted = [t for t in tags if isinstance(t, str) and _TAG.match(t) and not t.startswith(f"{FLEET_TAG}:")]
+    made = {**item, "RepoTags": [*dict.fromkeys(wanted), fleet_tag(config_id)]}
+    return _file_entry(MANIFEST, json.dumps([made], separators=(",", ":")).encode())
 
 
 @dataclass(frozen=True)
@@ -94,37 +109,32 @@ class ImageArchive:
     image: LocalImage  # its ID (the config's digest), diff IDs, size (its layer files), tags
     entries: tuple[Entry, ...]
     layer_entries: tuple[tuple[int, ...], ...]  # per layer: the entries load opens for it
-    needed: frozenset[int]  # entries every host gets (the config, hard links' targets)
-    manifest: bytes  # the manifest.json entry sent last (the archive's own bytes, or made here)
-    manifest_entry: int | None  # the archive's manifest.json (sent as `manifest`, not in place)
+    needed: frozenset[int]  # entries every host gets (the config, and the links to it)
+    manifest: bytes  # the manifest.json entry sent last (load_manifest)
     stat: tuple[int, int]  # the file's size and mtime (ns) when indexed
 
-    def omitted(self, have: int) -> frozenset[int]:
-        """The entries a host with the first `have` layers is not sent."""
+    def sent(self, have: int) -> frozenset[int]:
+        """The entries a host with the first `have` layers is sent: the config's, and those
+        of the layers it lacks."""
         have = max(0, min(have, len(self.image.layers)))
-        dropped = {index for layer in self.layer_entries[:have] for index in layer}
-        kept = {index for layer in self.layer_entries[have:] for index in layer} | self.needed
-        return frozenset(dropped - kept)
+        return frozenset({index for layer in self.layer_entries[have:] for index in layer} | self.needed)
 
     def bytes_for(self, have: int) -> int:
-        """The bytes a host with the first `have` layers receives: the guard, every entry it
-        is sent, the manifest, the end of the archive."""
-        omitted = self.omitted(have)
-        entries = sum(e.end - e.start for i, e in enumerate(self.entries)
-                      if i not in omitted and i != self.manifest_entry)
-        return len(GUARD) + entries + len(self.manifest) + len(END_OF_ARCHIVE)
+        """The bytes a host with the first `have` layers receives: every entry it is sent,
+        the manifest, the end of the archive."""
+        entries = sum(self.entries[i].end - self.entries[i].start for i in self.sent(have))
+        return entries + len(self.manifest) + len(END_OF_ARCHIVE)
 
     async def pieces(self, haves: Mapping[str, int]) -> AsyncGenerator[tuple[bytes, tuple[str, ...]], None]:
         """Every host's stream (host → the layers it has), in one pass over the file: chunks
         in order, each with the hosts it goes to. An entry no host needs is never read."""
         everyone = tuple(haves)
-        omitted = {key: self.omitted(have) for key, have in haves.items()}
-        yield GUARD, everyone
+        sent = {key: self.sent(have) for key, have in haves.items()}
         with open(self.path, "rb") as file:  # noqa: ASYNC230 (opening is instant; reads go to a thread)
             status = os.fstat(file.fileno())
             if (status.st_size, status.st_mtime_ns) != self.stat:
                 raise InvalidInput(f"{self.path}: the image archive changed while fleet was sending it")
-            for start, end, keys in self._ranges(omitted):
+            for start, end, keys in self._ranges(sent):
                 position = start
                 while position < end:
                     chunk = await asyncio.to_thread(os.pread, file.fileno(), min(CHUNK, end - position), position)
@@ -134,13 +144,11 @@ class ImageArchive:
                     yield chunk, keys
         yield self.manifest + END_OF_ARCHIVE, everyone
 
-    def _ranges(self, omitted: Mapping[str, frozenset[int]]) -> Iterable[tuple[int, int, tuple[str, ...]]]:
+    def _ranges(self, sent: Mapping[str, frozenset[int]]) -> Iterable[tuple[int, int, tuple[str, ...]]]:
         """Byte ranges of the file and their hosts, neighbours with the same hosts joined."""
         current: tuple[int, int, tuple[str, ...]] | None = None
         for index, entry in enumerate(self.entries):
-            if index == self.manifest_entry:
-                continue
-            keys = tuple(key for key, dropped in omitted.items() if index not in dropped)
+            keys = tuple(key for key, entries in sent.items() if index in entries)
             if not keys:
                 continue
             if current is not None and current[1] == entry.start and current[2] == keys:
@@ -315,13 +323,10 @@ def _index(path: Path, file: BinaryIO, entries: list[Entry], stat: tuple[int, in
             raise _refuse(path, f"its manifest.json lists {count} images (fleet pushes one: save it alone)")
         item = manifest[0]
         config_path, layer_paths, tags = item.get("Config"), item.get("Layers"), item.get("RepoTags") or []
-        entry = entries[manifest_entry]
-        manifest_bytes = _raw(file, entry)  # its size checked above: MAX_MANIFEST
     elif "index.json" in by_name:
         config_path, layer_paths, tags = _from_oci(path, lambda name, limit: content(
             resolve(name, "the OCI blob")[-1], limit, name))
-        manifest_bytes = _file_entry(MANIFEST, json.dumps(
-            [{"Config": config_path, "RepoTags": tags or None, "Layers": layer_paths}]).encode())
+        item = {"Config": config_path, "Layers": layer_paths}
     else:
         raise _refuse(path, "it has no manifest.json nor index.json (is it a `docker save` archive?)")
 
@@ -336,24 +341,16 @@ def _index(path: Path, file: BinaryIO, entries: list[Entry], stat: tuple[int, in
         raise _refuse(path, "its image config has no rootfs.diff_ids")
     if len(diff_ids) != len(layer_paths):
         raise _refuse(path, f"its manifest lists {len(layer_paths)} layers, its config {len(diff_ids)}")
+    # A layer's or the config's chain: the links from the manifest's path to the file (a
+    # hard link's target is the file it leads to).
     layer_entries = tuple(tuple(resolve(p, "the layer")) for p in layer_paths)
-    # A hard link kept needs its target; the config goes to every host.
-    needed = set(config_chain)
-    for entry in entries:
-        if entry.kind == "hardlink":
-            needed.update(resolve(entry.target, "a hard link's target"))
     image = LocalImage(
         id="sha256:" + hashlib.sha256(config_bytes).hexdigest(), layers=tuple(diff_ids),
         size=sum(entries[chain[-1]].size for chain in layer_entries),
         tags=tuple(t for t in tags if isinstance(t, str) and _TAG.match(t)))
     log.debug("%s: image %s, %d layers, %d entries", path, image.id, len(image.layers), len(entries))
-    return ImageArchive(path, image, tuple(entries), layer_entries, frozenset(needed), manifest_bytes,
-                        manifest_entry, stat)
-
-
-def _raw(file: BinaryIO, entry: Entry) -> bytes:
-    file.seek(entry.start)
-    return file.read(entry.end - entry.start)
+    return ImageArchive(path, image, tuple(entries), layer_entries, frozenset(config_chain),
+                        load_manifest(item, image.id, image.tags), stat)
 
 
 def _json(data: bytes, path: Path, what: str) -> Any:
@@ -410,3 +407,138 @@ def _blob(digest: Any, path: Path) -> str:
     if not isinstance(digest, str) or not DIGEST.match(digest):
         raise _refuse(path, f"an OCI descriptor's digest {str(digest)[:100]!r}")
     return "blobs/sha256/" + digest.removeprefix("sha256:")
+
+
+class LoadStream:
+    """`docker save`'s output, as it arrives, made into what a host loads (the module's
+    docstring) without holding more than a chunk: `feed` each chunk and send what it
+    returns, then send `end()`. Entries pass through as their bytes, but for those a load
+    has no use for; manifest.json (at most MAX_MANIFEST bytes) is kept back and sent last as
+    load_manifest makes it. The stream is the controller's own docker's, yet parsed with the
+    same bounds as a user's file: InvalidInput for anything else."""
+
+    _DROPPED = frozenset({"repositories", "index.json", "oci-layout"})
+
+    def __init__(self, image_id: str, what: str) -> None:
+        self.image_id = image_id
+        self.what = what  # names the stream in errors: "docker save REF"
+        self._buffer = bytearray()
+        self._head = bytearray()  # the current entry's headers (extended ones first)
+        self._pax: dict[str, str] = {}
+        self._long_name: str | None = None
+        self._left = 0  # the current entry's content and padding not yet seen
+        self._keep = False
+        self._manifest: bytearray | None = None  # manifest.json's content, while it arrives
+        self._manifest_bytes = b""
+        self._manifest_size = 0
+        self._extended: tuple[bytes, int] | None = None  # an extended header's type and size, while it arrives
+        self._entries = 0
+        self._ended = False
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        """The bytes to send for `chunk` (none, some of it, or headers held back before)."""
+        out: list[bytes] = []
+        data = memoryview(chunk)
+        while data and not self._ended:
+            if self._left:
+                take = data[:self._left]
+                data = data[len(take):]
+                self._left -= len(take)
+                if self._extended is not None:
+                    self._head += take
+                    if not self._left:
+                        self._read_extended()
+                elif self._manifest is not None:
+                    self._manifest += take
+                    if not self._left:  # its padding dropped
+                        self._manifest_bytes = bytes(self._manifest[:self._manifest_size])
+                        self._manifest = None
+                elif self._keep:
+                    out.append(bytes(take))
+                continue
+            need = BLOCK - len(self._buffer)
+            self._buffer += data[:need]
+            data = data[need:]
+            if len(self._buffer) == BLOCK:
+                out += self._header(bytes(self._buffer))
+                self._buffer.clear()
+        return out
+
+    def _header(self, block: bytes) -> list[bytes]:
+        """One 512-byte block at an entry's start."""
+        if block == b"\0" * BLOCK:
+            if self._head:
+                raise self._refuse("an extended header without its entry")
+            self._ended = True  # what follows the end of the archive is padding
+            return []
+        try:
+            info = tarfile.TarInfo.frombuf(block, "utf-8", "surrogateescape")
+        except (tarfile.TarError, ValueError) as exc:
+            raise self._refuse(f"a corrupt tar header ({exc})") from exc
+        if not 0 <= info.size <= MAX_SIZE:
+            raise self._refuse(f"a tar header gives the size {info.size}")
+        self._head += block
+        if info.type in (tarfile.XHDTYPE, tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK):
+            if info.size > MAX_HEADER_DATA:
+                raise self._refuse(f"an extended tar header of {info.size} bytes")
+            # Its records arrive as content: held with the header, read when complete.
+            self._left = info.size + (-info.size % BLOCK)
+            self._extended = (info.type, info.size)
+            if not self._left:
+                self._read_extended()
+            return []
+        size = info.size
+        if "size" in self._pax:
+            if not (self._pax["size"].isascii() and self._pax["size"].isdigit() and len(self._pax["size"]) <= 19):
+                raise self._refuse(f"a pax header gives the size {self._pax['size'][:40]!r}")
+            size = int(self._pax["size"])
+        name = posixpath.normpath(self._pax.get("path") or self._long_name or info.name)
+        if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
+            size = 0
+        head, self._head, self._pax, self._long_name = bytes(self._head), bytearray(), {}, None
+        self._entries += 1
+        if self._entries > MAX_ENTRIES:
+            raise self._refuse(f"more than {MAX_ENTRIES} entries")
+        self._left = size + (-size % BLOCK)
+        parts = name.split("/")
+        if name == MANIFEST:
+            if size > MAX_MANIFEST:
+                raise self._refuse(f"manifest.json has {size} bytes (at most {MAX_MANIFEST} read)")
+            self._manifest, self._manifest_size, self._keep = bytearray(), size, False
+            if not self._left:
+                self._manifest_bytes, self._manifest = b"", None
+            return []
+        self._keep = not (info.type == tarfile.DIRTYPE or name in self._DROPPED
+                          or (len(parts) == 2 and parts[1] in ("json", "VERSION")))
+        return [head] if self._keep else []
+
+    def _read_extended(self) -> None:
+        """The extended header just held whole at the end of `_head`: its path and size."""
+        assert self._extended is not None
+        kind, size = self._extended
+        self._extended = None
+        start = len(self._head) - (size + (-size % BLOCK))
+        data = bytes(self._head[start:start + size])
+        if kind == tarfile.XHDTYPE:
+            self._pax.update(_pax_records(data, Path(self.what)))
+        elif kind == tarfile.GNUTYPE_LONGNAME:
+            self._long_name = data.rstrip(b"\0").decode("utf-8", "surrogateescape")
+
+    def _refuse(self, why: str) -> InvalidInput:
+        return InvalidInput(f"{self.what} wrote no image archive fleet reads: {why}")
+
+    def end(self) -> bytes:
+        """The manifest entry and the end of the archive; InvalidInput if the stream ended
+        inside an entry, had no manifest.json, or holds another image than `image_id`."""
+        if self._left or self._buffer or self._head or self._manifest is not None or not self._ended:
+            raise self._refuse("it ends early, inside an entry")
+        manifest = _json(self._manifest_bytes, Path(self.what), "its manifest.json") if self._manifest_bytes else None
+        if not isinstance(manifest, list) or len(manifest) != 1 or not isinstance(manifest[0], dict):
+            raise self._refuse("its manifest.json does not list one image")
+        item = manifest[0]
+        config = item.get("Config")
+        digest = posixpath.basename(config).removesuffix(".json") if isinstance(config, str) else ""
+        if "sha256:" + digest != self.image_id:
+            raise self._refuse(f"its config is {str(config)[:200]!r}, not the image {self.image_id}")
+        tags = item.get("RepoTags") or []
+        return load_manifest(item, self.image_id, tags if isinstance(tags, list) else []) + END_OF_ARCHIVE

@@ -27,10 +27,13 @@ _OUTPUT_LIMIT = 4 * 1024 * 1024  # an inspect's JSON: an image of thousands of t
 class LocalImage:
     """An image as Docker describes it (`docker image inspect`)."""
 
-    id: str  # "sha256:...", the digest of its config
+    id: str  # "sha256:...", the digest of its config (of a manifest where not config_known)
     layers: tuple[str, ...]  # RootFS diff IDs, base first
     size: int  # bytes, uncompressed
     tags: tuple[str, ...]  # "repo:tag"
+    # False on Docker's containerd image store: its IDs are the digests of manifests, and no
+    # inspect tells the config's (a `docker save` of the image does).
+    config_known: bool = True
 
 
 def parse_inspect(output: bytes) -> LocalImage | None:
@@ -41,7 +44,7 @@ def parse_inspect(output: bytes) -> LocalImage | None:
         item = found[0]
         image = LocalImage(
             id=item["Id"], layers=tuple(item["RootFS"].get("Layers") or ()), size=int(item.get("Size") or 0),
-            tags=tuple(item.get("RepoTags") or ()))
+            tags=tuple(item.get("RepoTags") or ()), config_known=not isinstance(item.get("Descriptor"), dict))
     except (ValueError, LookupError, TypeError, AttributeError):
         return None
     if not all(isinstance(x, str) and DIGEST.match(x) for x in (image.id, *image.layers)):

@@ -13,9 +13,11 @@ channel's flow control (the slowest host sets the pace, memory stays a chunk per
                                        the hosts that lack it
     an archive file (--image-archive)  as the spool file
 
-Each host runs `fleet-load ID` (fleet/host/load.sh): `docker load` from stdin, then a check
-that the image of that ID is there. The stream starts with a guard (fleet.image.archive): a
-push cut anywhere fails to load and leaves no image behind.
+Each host runs `fleet-load ID DIFFID...` (fleet/host/load.sh): `docker load` from stdin,
+then a check that the image of that config digest is there (on the containerd store,
+through the tag the stream's manifest gives it). What a host is sent (fleet.image.archive)
+is the image's config and layers, then the manifest: a push cut anywhere fails to load and
+leaves no image behind, on every engine.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,8 +36,8 @@ from fleet.data.tarstream import END_OF_ARCHIVE
 from fleet.errors import ClientError, FleetError, HostError
 from fleet.fanout import all_of, settled, task_group
 from fleet.host import Status, docker_failure, image_have, image_load
-from fleet.image.archive import GUARD, ImageArchive, open_archive
-from fleet.image.local import LocalImage
+from fleet.image.archive import ImageArchive, LoadStream, open_archive
+from fleet.image.local import DIGEST, LocalImage
 from fleet.transport.base import RemoteProcess, Transport
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,12 @@ class DockerSource:
 
     reference: str  # as the user gave it: `docker save` writes it as the loaded image's tag
     image: LocalImage
+
+    @property
+    def config_known(self) -> bool:
+        """The engine named the image by its config's digest (a classic store; the containerd
+        store names it by a manifest's: the image is saved to a file and read first)."""
+        return self.image.config_known
 
 
 Source = DockerSource | ImageArchive  # an ImageArchive: an indexed `docker save` file
@@ -92,26 +100,37 @@ class PushCount:
 
 
 async def host_has(transport: Transport, docker: list[str], image: LocalImage, docker_timeout: int) -> int | None:
-    """What the host has of `image`: None when it has the image (by ID), else how many of
-    its first layers. HostError when the host or its docker does not answer."""
-    argv = image_have(docker, image.id, image.layers, docker_timeout)
+    """What the host has of `image`: None when it has the image (its config digest), else
+    how many of its first layers (0 where its engine reads every layer: fleet-image-have).
+    HostError when the host or its docker does not answer."""
+    word, value = await _image_have(transport, docker, image.id, image.layers, docker_timeout)
+    if word == "present":
+        return None
+    if value.isdigit() and int(value) <= len(image.layers):
+        return int(value)
+    raise HostError(transport.label, f"looking for the image {image.id} gave 'layers {value[:100]}'")
+
+
+async def _image_have(transport: Transport, docker: list[str], image: str, layers: tuple[str, ...],
+                      docker_timeout: int) -> tuple[str, str]:
+    """fleet-image-have's answer: ("present", the engine's ID) or ("layers", K)."""
+    argv = image_have(docker, image, layers, docker_timeout)
     label = transport.label
     try:
-        async with asyncio.timeout(3 * docker_timeout + 30):  # three bounded docker calls
+        async with asyncio.timeout(5 * docker_timeout + 30):  # five bounded docker calls at most
             result = await transport.run(argv)
     except TimeoutError:
         raise HostError(label, f"docker did not answer within {docker_timeout} s (looking for the image "
-                               f"{image.id})") from None
+                               f"{image})") from None
     said = result.stderr[-WORDS_LIMIT:].decode(errors="replace").strip()
     if result.exit_status != 0:
-        raise _docker_error(label, result.exit_status, said, docker_timeout, f"looking for the image {image.id}")
-    answer = result.stdout[:100].decode(errors="replace").strip()
-    if answer == "present":
-        return None
-    word, _, number = answer.partition(" ")
-    if word == "layers" and number.isdigit() and int(number) <= len(image.layers):
-        return int(number)
-    raise HostError(label, f"looking for the image {image.id} gave {answer!r}")
+        raise _docker_error(label, result.exit_status, said, docker_timeout, f"looking for the image {image}")
+    word, _, value = result.stdout[:200].decode(errors="replace").strip().partition(" ")
+    if word == "present" and DIGEST.match(value):
+        return word, value
+    if word == "layers" and value.isdigit():
+        return word, value
+    raise HostError(label, f"looking for the image {image} gave {(word + ' ' + value)[:200]!r}")
 
 
 async def push_image(source: Source, targets: list[PushTarget], count: PushCount, *, docker_timeout: int,
@@ -128,8 +147,8 @@ async def push_image(source: Source, targets: list[PushTarget], count: PushCount
     count.sent = {t.label: 0 for t in targets}
     if isinstance(source, ImageArchive):
         return await _push_archive(source, targets, count, name, docker_timeout)
-    if all(t.have == 0 for t in targets):
-        count.total = (image.size + len(GUARD) + len(END_OF_ARCHIVE)) * len(targets)  # about: tar headers
+    if all(t.have == 0 for t in targets) and source.config_known:
+        count.total = (image.size + len(END_OF_ARCHIVE)) * len(targets)  # about: tar headers
         async with task_group() as tasks:
             loads = _Loads(targets, image, name, count, tasks, docker_timeout)
             save = _DockerSave(source, docker_timeout)
@@ -138,22 +157,37 @@ async def push_image(source: Source, targets: list[PushTarget], count: PushCount
                 if not loads.live:
                     return dict(loads.failed)
                 await save.start(tasks)
-                await loads.write(GUARD, tuple(loads.live))
+                stream = LoadStream(image.id, f"docker save {source.reference}")
                 while loads.live and (chunk := await save.read()):
                     count.read += len(chunk)
-                    await loads.write(chunk, tuple(loads.live))
+                    for piece in stream.feed(chunk):
+                        await loads.write(piece, tuple(loads.live))
+                if loads.live:
+                    await loads.write(stream.end(), tuple(loads.live))
                 return await loads.finish(_allowance(docker_timeout, image.size))
             finally:
                 loads.abandon()
                 await save.close()
+    async with saved_archive(source, spool_dir, docker_timeout) as archive:
+        return await _push_archive(archive, targets, count, name, docker_timeout)
+
+
+@contextlib.asynccontextmanager
+async def saved_archive(source: DockerSource, spool_dir: Path, docker_timeout: int) -> AsyncIterator[ImageArchive]:
+    """The controller's image saved (`docker save -o`) into a private spool folder and
+    indexed, removed on exit. ClientError if the saved image is not the one inspected."""
+    image = source.image
     with _spool(spool_dir) as folder:
         saved = folder / "image.tar"
         await _save_to(source, saved, docker_timeout)
         archive = await asyncio.to_thread(open_archive, saved)
-        if archive.image.id != image.id:
+        # On the containerd store the engine's ID is a manifest's digest: the layers say
+        # whether the saved image is the one inspected (the config's digest is read here).
+        same = archive.image.id == image.id if source.config_known else archive.image.layers == image.layers
+        if not same:
             raise ClientError(f"the controller's docker saved {source.reference} as the image {archive.image.id}, "
                               f"not {image.id}: it changed meanwhile; run again")
-        return await _push_archive(archive, targets, count, name, docker_timeout)
+        yield archive
 
 
 async def _push_archive(archive: ImageArchive, targets: list[PushTarget], count: PushCount, name: str,
@@ -204,7 +238,7 @@ class _Loads:
     async def open(self) -> None:
         async def one(target: PushTarget) -> None:
             try:
-                argv = image_load(target.docker, self.image.id, self.docker_timeout)
+                argv = image_load(target.docker, self.image.id, self.image.layers, self.docker_timeout)
                 process = await target.transport.start(argv)
             except FleetError as exc:
                 self.failed[target.label] = exc
@@ -264,10 +298,10 @@ class _Loads:
                 self._fail(label, HostError(label, f"lost while loading the image {self.name}: {why}"))
                 return
             words = said.decode(errors="replace").strip()
-            if status == 0 and "fleet:loaded" in words.splitlines():
+            if status == 0 and any(line.startswith("fleet:loaded ") for line in words.splitlines()):
                 log.debug("%s: loaded the image %s", label, self.name)
                 return
-            words = "\n".join(line for line in words.splitlines() if line != "fleet:loaded")
+            words = "\n".join(line for line in words.splitlines() if not line.startswith("fleet:loaded"))
             if status == Status.LOAD_FAILED:
                 self._fail(label, HostError(label, f"docker load of the image {self.name} failed: {words}"))
             else:

@@ -4,10 +4,17 @@ Per host (the inventory's `image_source`, `--push-image` forcing `push`):
 - `auto`/`push` and the controller has the image (its Docker, or `--image-archive`): the
   host is asked what it has (image-have.sh); it is `present`, or it gets what it lacks
   pushed over its SSH connection (push.py: read once, fed to all such hosts at once);
-- `pull` (and `auto` when the controller lacks the image): the controller resolves the tag
-  to the registry's manifest digest once (registry.py) and lends the host its credentials
-  (credentials.py) for pulling NAME@DIGEST. A registry the controller cannot reach: the
-  hosts pull the ImageUri as it is, and the image IDs they report are compared instead.
+- `pull` (and `auto` when the controller lacks the image): present beats pull: a host that
+  holds the image by the name the job gives uses it, and only for the others does the
+  controller resolve the tag to the registry's manifest digest (registry.py) and lend its
+  credentials (credentials.py, ECR tokens included) for pulling NAME@DIGEST. No host
+  lacking it: no registry and no credentials are asked at all. A registry the controller
+  cannot reach: the hosts pull the ImageUri as it is, and the image IDs they report are
+  compared instead.
+
+"The same image" is the same config digest (fleet/host/images.sh): what the controller
+pushes or finds present is known by it on every engine, through the tag the push gives it
+on Docker's containerd store, whose own IDs are manifest digests.
 
 Each host's session (session.sh) waits, once its files are written, for its line:
 `instruction(algo)`. Before any container starts, `check_same` refuses hosts whose images
@@ -17,6 +24,7 @@ differ; `record` is what describe.json keeps (`AppSpecification.ImageDigest`, `I
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +36,15 @@ from fleet.image import registry
 from fleet.image.archive import open_archive
 from fleet.image.credentials import credentials_for
 from fleet.image.local import LocalImage, inspect_local
-from fleet.image.push import DockerSource, PushCount, PushTarget, Source, host_has, push_image
+from fleet.image.push import (
+    DockerSource,
+    PushCount,
+    PushTarget,
+    Source,
+    host_has,
+    push_image,
+    saved_archive,
+)
 from fleet.image.reference import Reference, parse_reference
 from fleet.inventory import Host
 from fleet.runtime.console import Console, Progress, host_ranges
@@ -53,8 +69,9 @@ class Delivery:
 
     how: str  # present | pulled | pushed
     sent: int = 0  # bytes pushed
-    local: bool = False  # the controller's image (present by its ID, or pushed)
-    image: str | None = None  # the ID the host's container is created from
+    local: bool = False  # the controller's image (present by its config digest, or pushed)
+    image: str | None = None  # the engine's ID the host's container is created from
+    pinned: bool = False  # told to pull the registry's digest (present by it, or pulled)
 
 
 @dataclass
@@ -102,21 +119,44 @@ class ImageSupply:
         self.deliveries: dict[str, Delivery] = {}
         self.auth = "none"  # the pulls' credentials, as notices name them
         self.why = ""  # why the tag was not resolved
-        self._steps: dict[str, asyncio.Future[bytes]] = {}
+        self._steps: dict[str, asyncio.Future[bytes]] = {}  # each host's first line
+        self._follows: dict[str, asyncio.Future[bytes]] = {}  # after a `try` it lacked: its pull
+        self._answers: dict[str, asyncio.Future[bool]] = {}  # after a `try`: whether it lacked it
         self._supplied: Source | None = None  # what a push reads (the archive indexed once)
+        self._local_id: str | None = None  # the controller's image's config digest
+        self._cleanup = contextlib.AsyncExitStack()  # a spool file of the controller's image
 
     # -- what each session is told ------------------------------------------------------------
+    @staticmethod
+    def _future(futures: dict[str, asyncio.Future], algo: str) -> asyncio.Future:
+        if algo not in futures:
+            futures[algo] = asyncio.get_running_loop().create_future()
+        return futures[algo]
+
     def _step(self, algo: str) -> asyncio.Future[bytes]:
-        if algo not in self._steps:
-            self._steps[algo] = asyncio.get_running_loop().create_future()
-        return self._steps[algo]
+        return self._future(self._steps, algo)
 
     async def instruction(self, algo: str) -> bytes:
         """The line (and credentials) this host's session waits for; raises its error."""
         return await asyncio.shield(self._step(algo))
 
+    async def missing(self, algo: str, lacks: bool) -> bytes | None:
+        """A host told to `try` the image by its name says whether it lacks it (False too for
+        a session that ended, or never got to its image step); for one that lacks it, the
+        pull that follows (credentials lent), once every such host has answered: raises its
+        error. None for the others."""
+        answer = self._future(self._answers, algo)
+        if not answer.done():
+            answer.set_result(lacks)
+        if not lacks:
+            return None
+        return await asyncio.shield(self._future(self._follows, algo))
+
     def _tell(self, target: Target, step: bytes | FleetError) -> None:
+        """This host's next line: its first, or after a `try` it lacked, its pull."""
         future = self._step(target.algo)
+        if future.done():
+            future = self._future(self._follows, target.algo)
         if future.done():
             return
         if isinstance(step, FleetError):
@@ -130,7 +170,8 @@ class ImageSupply:
         """Decide per host, push and resolve; each host's instruction is set as soon as it is
         known (a failure is that host's error, raised where its session waits for it)."""
         try:
-            await self._deliver(targets)
+            async with self._cleanup:
+                await self._deliver(targets)
         except FleetError as exc:
             for target in targets:
                 self._tell(target, exc)
@@ -179,12 +220,32 @@ class ImageSupply:
     async def _local(self) -> LocalImage | None:
         if self.archive:
             self._supplied = await asyncio.to_thread(open_archive, Path(self.archive))
+            self._local_id = self._supplied.image.id
             return self._supplied.image
         local = await inspect_local(self.uri, timeout=float(self.docker_timeout))
-        self._supplied = DockerSource(self.uri, local) if local is not None else None
-        return local
+        if local is None:
+            return None
+        self._supplied = DockerSource(self.uri, local)
+        if not local.config_known:  # Docker's containerd store: the config's digest is in a save
+            self._supplied = await self._cleanup.enter_async_context(
+                saved_archive(self._supplied, self.spool_dir, self.docker_timeout))
+        self._local_id = self._supplied.image.id
+        return self._supplied.image
 
     async def _pull(self, targets: list[Target]) -> None:
+        """Present beats pull (see the module's docstring): each host is told to `try` the
+        image by its name; once all have answered, those that lack it are told to pull."""
+        for target in targets:
+            self._tell(target, scripts.image_try(self.uri))
+        answers = [await asyncio.shield(self._future(self._answers, t.algo)) for t in targets]
+        lacking = [target for target, lacks in zip(targets, answers, strict=True) if lacks]
+        for target, lacks in zip(targets, answers, strict=True):
+            if not lacks:
+                self.deliveries[target.algo] = Delivery("present")
+        if lacking:
+            await self._pull_to(lacking)
+
+    async def _pull_to(self, targets: list[Target]) -> None:
         try:
             auth = await credentials_for(self.reference)
             try:
@@ -193,7 +254,8 @@ class ImageSupply:
                 log.debug("%s: not resolved: %s", self.uri, exc)
                 self.why = "the controller cannot ask its registry"
         except FleetError as exc:  # one error for all of them
-            error = ClientError(f"{exc.message} (the image of {', '.join(t.label for t in targets)})")
+            error = ClientError(f"{', '.join(t.label for t in targets)} {'has' if len(targets) == 1 else 'have'} "
+                                f"no image {self.uri} and must pull it, but: {exc.message}")
             error.__cause__ = exc
             for target in targets:
                 self._tell(target, error)
@@ -202,7 +264,7 @@ class ImageSupply:
         credentials = auth.docker_config(self.reference)  # b"" when anonymous
         self.auth = auth.source
         for target in targets:
-            self.deliveries[target.algo] = Delivery("pulled")
+            self.deliveries[target.algo] = Delivery("pulled", pinned=self.digest is not None)
             self._tell(target, scripts.image_pull(pinned, credentials))
 
     async def _push(self, local: LocalImage, pushes: list[tuple[Target, int]]) -> None:
@@ -240,10 +302,10 @@ class ImageSupply:
             if delivery.how == "pulled" and how == "present":
                 delivery.how = "present"
         self._notice()
-        pinned = self.digest is not None and all(d.how != "pushed" and not d.local for d in self.deliveries.values())
-        distinct = {image for image, _ in reported.values()}
-        if not pinned and len(distinct) > 1:
-            listed = ", ".join(f"{algo} {image}" for algo, (image, _) in reported.items())
+        pinned = all(d.pinned for d in self.deliveries.values())
+        identities = {algo: self._identity(self.deliveries[algo]) for algo in reported}
+        if not pinned and len(set(identities.values())) > 1:
+            listed = ", ".join(f"{algo} {image}" for algo, image in identities.items())
             raise ClientError(f"the hosts do not have the same image {self.uri}: {listed}; every host must "
                               f"run one image: push it from the controller (--push-image, image_source: "
                               f"push) or pull it from a registry the controller reaches")
@@ -266,12 +328,20 @@ class ImageSupply:
         if said:
             self.console.notice(f"image {self.uri}: " + "; ".join(said))
 
+    def _identity(self, delivery: Delivery) -> str | None:
+        """What the host's image is known by: the controller's config digest for its own
+        image (present or pushed: the engine may name it by a manifest), else the engine's ID."""
+        return self._local_id if delivery.local and self._local_id else delivery.image
+
     def record(self) -> tuple[str | None, dict]:
         """(ImageDigest, the record's `Image`): the registry's manifest digest when the hosts
-        pulled it by digest, else the image ID every host runs."""
-        images = [d.image for d in self.deliveries.values()]
-        pulled = self.digest is not None and all(d.how != "pushed" and not d.local for d in self.deliveries.values())
-        digest = self.digest if pulled else next(iter(images), None)
-        hosts = {algo: {"Delivery": d.how, "ImageId": d.image, "BytesSent": d.sent}
-                 for algo, d in sorted(self.deliveries.items())}
+        pulled it by digest, else the image ID every host runs (its config digest where
+        known; `EngineImageId` where the engine names it otherwise)."""
+        pulled = self.digest is not None and all(d.pinned for d in self.deliveries.values())
+        digest = self.digest if pulled else next((self._identity(d) for d in self.deliveries.values()), None)
+        hosts = {}
+        for algo, d in sorted(self.deliveries.items()):
+            hosts[algo] = {"Delivery": d.how, "ImageId": self._identity(d), "BytesSent": d.sent}
+            if d.image != self._identity(d):
+                hosts[algo]["EngineImageId"] = d.image
         return digest, {"ImageDigest": digest, "Hosts": hosts}

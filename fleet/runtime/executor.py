@@ -198,8 +198,14 @@ class JobExecution:
             await instance.open(tasks, volume)
             if await instance.written():  # the image step: present, pushed, or pull (credentials)
                 step = await supply.instruction(instance.algo)
-                instance.pulled_as = supply.pinned if step.startswith(b"pull ") else None
                 await instance.image_step(step)
+                if step.startswith(b"try "):  # present beats pull: a pull (or abort) if it lacks it
+                    follow = await supply.missing(instance.algo, await instance.image_missing())
+                    if follow is not None:
+                        instance.pulled_as = supply.pinned
+                        await instance.image_step(follow)
+            else:
+                await supply.missing(instance.algo, False)
             await instance.prepared(image)
 
         async def stage() -> None:

@@ -64,7 +64,7 @@ class Instance:
         self._process: RemoteProcess | None = None
         self._reader: asyncio.Task[None] | None = None
         self._events: dict[str, asyncio.Event] = {
-            name: asyncio.Event() for name in ("written", "prepared", "started", "exited", "cleaned")}
+            name: asyncio.Event() for name in ("written", "image-missing", "prepared", "started", "exited", "cleaned")}
         self._ended = asyncio.Event()  # the session (and every reconnect) is over
         self._status: int | None = None
         self._lost: FleetError | None = None
@@ -222,6 +222,12 @@ class Instance:
         """Tell the session, once written, how it gets the image (fleet.image.supply); never
         logged (a pull's registry credentials ride along)."""
         await self._send(step, "the image step")
+
+    async def image_missing(self) -> bool:
+        """After `try`: whether the session said it lacks the image (False once it went on,
+        having it, or ended)."""
+        await first_of(self._events["image-missing"].wait(), self._events["prepared"].wait(), self._ended.wait())
+        return self._events["image-missing"].is_set()
 
     async def prepared(self, image: str) -> None:
         """Wait until the host is checked, its job directory written and its container

@@ -544,6 +544,7 @@ class FakeHost:
         docker stop     SIGINT (see Container); returns once the container has exited
         docker kill     the container exits 137 at once
         fleet-cleanup   removes the container and the job directory; exit 0
+        fleet-image-have  `present image_id` if `holds_image`, else `layers 0`
 
     supervise (supervise.sh): the container's log on stdout from the offset on, as it is
     written; then `fleet:exit-code:N`, `fleet:message:N` + N bytes (if a message),
@@ -580,7 +581,9 @@ class FakeHost:
         self.directory: str | None = None
         self.received_files: list[bytes] = []  # what the session read first: each file, then the env file
         self.image_id = FAKE_IMAGE_ID  # the ID of the image this host has for the job
+        self.holds_image = False  # the image by the job's name: `try` finds it (present beats pull)
         self.image_step: tuple[str, str] | None = None  # how the controller said to get it (verb, reference)
+        self.tried: str | None = None  # the name a `try` asked for
         self.received_auth = b""  # the registry credentials that came with a pull
         self._box: _Box | None = None
         self._heard = asyncio.Event()
@@ -663,6 +666,9 @@ class FakeHost:
             return await self._resume(command, args)
         if script == "fleet-cleanup":
             return self._cleanup(args)
+        if script == "fleet-image-have":
+            command.write_stdout(f"present {self.image_id}\n".encode() if self.holds_image else b"layers 0\n")
+            return 0
         command.write_stderr(f"fake host: no {script}\n".encode())
         return 127
 
@@ -682,9 +688,20 @@ class FakeHost:
         self.received_files = [received[sum(counts[:i]):sum(counts[:i + 1])] for i in range(len(counts))]
         self.directory = "written"
         command.write_stderr(b"fleet:written\n")
-        # Then how to get the image: `use ID 0` or `pull REF N` and N bytes of credentials.
+        # Then how to get the image: `use ID 0`, `pull REF N` and N bytes of credentials, or
+        # `try NAME 0` (`image-missing` unless it holds the image, then pull or abort).
         verb, _, rest = (await command.read_stdin_line()).rstrip(b"\n").decode().partition(" ")
         reference, _, count = rest.partition(" ")
+        if verb == "try":
+            self.tried = reference
+            if self.holds_image:
+                verb = "use"
+            else:
+                command.write_stderr(b"fleet:image-missing\n")
+                verb, _, rest = (await command.read_stdin_line()).rstrip(b"\n").decode().partition(" ")
+                reference, _, count = rest.partition(" ")
+                if verb != "pull":
+                    verb = "abort"
         if verb not in ("use", "pull") or not count.isdigit():
             self._heard_of(verb or "EOF", self.answers)
             self.directory = "removed"

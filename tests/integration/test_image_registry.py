@@ -273,3 +273,77 @@ def test_a_tag_moved_between_the_hosts_pulls_does_not_split_the_cluster(
         proxy.close()
         for host in cluster.hosts:
             host.docker("image", "rm", "-f", f"{proxy.address}/{repo}@{first_digest}", check=False)
+
+
+# -- present beats pull: SageMaker's own images, preloaded ----------------------------------------
+
+SAGEMAKER_IMAGE = "683313688378.dkr.ecr.us-east-1.amazonaws.com/sagemaker-scikit-learn:1.2-1-cpu-py3"
+
+
+def _preload(controller_docker, local: str, ref: str, hosts, tmp_path: Path) -> None:
+    """Each of `hosts` holds the controller's image `local` by the name `ref`, as a mirror or
+    a preload leaves it (`docker load`, `docker tag`): no registry involved."""
+    saved = tmp_path / "preload.tar"
+    controller_docker.docker("save", "-o", str(saved), local)
+    for host in hosts:
+        host.docker("load", "-i", str(saved))
+        host.docker("tag", local, ref)
+
+
+@pytest.mark.engines
+def test_hosts_holding_a_sagemaker_image_by_name_run_it_with_no_ecr_token(fleet, cluster, controller_docker,
+                                                                          fake_ecr, tmp_path):
+    """The SDK's SKLearnProcessor names SageMaker's ECR image; the controller cannot reach ECR's
+    registry, every host holds the image by that name: no token is asked, the job runs."""
+    token = secrets.token_hex(8)
+    local = _marked_image(controller_docker, token)
+    _preload(controller_docker, local, SAGEMAKER_IMAGE, cluster.hosts, tmp_path)
+    job = make_job("cat /fleet-marker; echo", count=3)
+    job["AppSpecification"]["ImageUri"] = SAGEMAKER_IMAGE
+    empty = tmp_path / "no-docker-config"
+    empty.mkdir()
+    try:
+        result = fleet("run", "--inventory", str(cluster.inventory), str(fleet.write_job(job)),
+                       env=fleet.env(DOCKER_CONFIG=str(empty), **fake_ecr.env), timeout=180)
+        assert result.returncode == 0, result.stderr
+        name = job["ProcessingJobName"]
+        for k in (1, 2, 3):
+            assert fleet.log(name, f"algo-{k}") == token + "\n"
+        assert fake_ecr.requests == []  # no GetAuthorizationToken: no host had to pull
+        assert f"image {SAGEMAKER_IMAGE}: present on algo-1..algo-3" in result.stderr
+        assert {h["Delivery"] for h in fleet.record(name)["Image"]["Hosts"].values()} == {"present"}
+    finally:
+        for host in cluster.hosts:
+            host.docker("rmi", "-f", SAGEMAKER_IMAGE, local, check=False)
+        controller_docker.remove(local)
+
+
+def test_a_host_lacking_an_ecr_image_the_controller_cannot_get_a_token_for_fails_naming_both(
+        fleet, cluster, controller_docker, tmp_path):
+    token = secrets.token_hex(8)
+    local = _marked_image(controller_docker, token)
+    _preload(controller_docker, local, SAGEMAKER_IMAGE, [cluster.hosts[0], cluster.hosts[2]], tmp_path)
+    job = make_job("echo never", count=3)
+    job["AppSpecification"]["ImageUri"] = SAGEMAKER_IMAGE
+    empty = tmp_path / "no-docker-config"
+    empty.mkdir()
+    closed = "http://127.0.0.1:9"  # ECR out of reach: nothing listens there
+    try:
+        result = fleet("run", "--inventory", str(cluster.inventory), str(fleet.write_job(job)),
+                       env=fleet.env(DOCKER_CONFIG=str(empty), AWS_ENDPOINT_URL_ECR=closed,
+                                     AWS_ACCESS_KEY_ID="fleet-test", AWS_SECRET_ACCESS_KEY="fleet-test",
+                                     AWS_DEFAULT_REGION="us-east-1"), timeout=180)
+        assert result.returncode == 1, result.stderr
+        reason = fleet.record(job["ProcessingJobName"])["FailureReason"]
+        h2 = cluster.hosts[1]
+        assert reason.startswith(f"ClientError: algo-2 (h2, {h2.address}) has no image {SAGEMAKER_IMAGE} and "
+                                 f"must pull it, but: ECR GetAuthorizationToken"), reason
+        assert "Could not connect" in reason, reason
+        assert "Traceback" not in result.stderr
+        for host in cluster.hosts:  # nothing was started anywhere, nothing left
+            assert host.containers(job["ProcessingJobName"]) == []
+        assert cluster.leftovers(job["ProcessingJobName"]) == []
+    finally:
+        for host in cluster.hosts:
+            host.docker("rmi", "-f", SAGEMAKER_IMAGE, local, check=False)
+        controller_docker.remove(local)

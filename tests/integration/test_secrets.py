@@ -9,6 +9,7 @@ written through. The test hosts share this machine's kernel and file system: one
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -113,6 +114,51 @@ def test_an_environment_value_is_in_no_process_argv_and_no_file_others_can_read(
         {**job, "ProcessingJobName": job["ProcessingJobName"] + "-dry"})))
     assert dry.returncode == 0, dry.stderr
     assert "SECRET=***" in dry.stdout and secret not in dry.stdout + dry.stderr
+
+
+# What docker's env file cannot carry (newlines, a carriage return at the end) and what a
+# shell would run: each reaches the container as it is.
+VERBATIM = {"LINES": "line1\nline2", "TRAILING": "trailing\n\n", "CR_END": "ends with CR\r",
+            "SHELL": "it's \"$(touch /tmp/x)\" `id`"}
+
+
+@pytest.mark.engines
+def test_environment_values_reach_the_container_byte_for_byte_through_no_argv_and_no_file_left(
+        fleet, cluster, open_workdir):
+    workdir, inventory = open_workdir
+    secret = f"zq-{secrets.token_hex(16)}"
+    environment = {**VERBATIM, "PEM": f"-----BEGIN-----\n{secret}\n-----END-----\n"}
+    # Each value as hex (od), after its key; the shell assignment keeps trailing newlines.
+    script = ('for k in ' + ' '.join(environment) + '; do eval "v=\\$$k"; printf "%s:" $k; '
+              'printf %s "$v" | od -An -tx1 -v | tr -d " \\n"; echo; done; [ -e /tmp/x ] && echo touched:00; sleep 5')
+    assert len(script) <= 256
+    job = make_job(script, count=2, Environment=environment)
+    name = job["ProcessingJobName"]
+    process = fleet.start("run", "--inventory", str(inventory), str(fleet.write_job(job)))
+    try:
+        wait_running(cluster, name, count=2)
+        # While the containers run: no argv on the machine holds a value, no value file is left.
+        for value in environment.values():
+            assert _cmdlines_holding(value.encode()) == [], value
+        assert _cmdlines_holding(secret.encode()) == []
+        for k in (1, 2):
+            private = workdir / name / f"algo-{k}" / "ml"
+            assert sorted(p.name for p in private.iterdir() if p.name.startswith("env")) == []
+        stdout, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, stderr
+    for k in (1, 2):
+        seen = dict(line.split(":", 1) for line in _lines(stdout, f"algo-{k}"))
+        assert {key: bytes.fromhex(hexed) for key, hexed in seen.items()} == \
+            {key: value.encode() for key, value in environment.items()}
+    assert secret not in stdout + stderr
+    # On a terminal the values stay ***; describe --json has them, byte for byte.
+    described = fleet("describe", name)
+    assert "LINES=***" in described.stdout and "line1" not in described.stdout and secret not in described.stdout
+    assert json.loads(fleet("describe", name, "--json").stdout)["Environment"] == environment
 
 
 # Keys and values of the API's maximum size; values with what a shell or an env file could

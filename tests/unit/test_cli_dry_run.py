@@ -303,6 +303,33 @@ def test_dry_run_prints_environment_keys_with_values_masked(tmp_path, home, inve
         assert "write  ml/env (0600, removed once the container is created): GREETING=*** ZQ_TOKEN=***" in text
 
 
+def test_dry_run_masks_values_with_newlines_and_names_where_each_goes(tmp_path, home, inventory, capsys):
+    document = request(count=1)  # algo-1: gpu-01, whose docker command is plain docker
+    document["Environment"] = {"ZQ_TOKEN": "zq-s3cr3t", "ZQ_PEM": "-----BEGIN-----\nzq-pem-body\n",
+                               "ZQ_CR": "zq-cr-value\r"}
+    assert dry_run(write_job(tmp_path, document), inventory) == 0
+    out = capsys.readouterr().out
+    assert "zq-s3cr3t" not in out and "zq-pem-body" not in out and "BEGIN" not in out and "zq-cr-value" not in out
+    for text in sections(out).values():
+        assert "write  ml/env (0600, removed once the container is created): ZQ_TOKEN=***\n" in text
+        assert ("write  ml/env.1 (0600, removed once the container is created): ZQ_PEM=***, set in the "
+                "environment of docker create alone") in text
+        assert "write  ml/env.2 (0600, removed once the container is created): ZQ_CR=***" in text
+        docker = shlex.split(next(line for line in text.splitlines() if "docker: " in line and " create " in line)
+                             .split("docker: ", 1)[1])
+        assert [docker[i + 1] for i, word in enumerate(docker) if word == "--env"] == ["ZQ_PEM", "ZQ_CR"]
+
+
+def test_dry_run_refuses_a_sudo_host_for_a_value_only_dockers_environment_carries(tmp_path, home, inventory,
+                                                                                  capsys):
+    document = request()  # algo-2: gpu-02, whose docker command is `sudo docker`
+    document["Environment"] = {"ZQ_PEM": "a\nzq-pem-body"}
+    assert dry_run(write_job(tmp_path, document), inventory) == 2
+    err = capsys.readouterr().err
+    assert "algo-2 (gpu-02, gpu-02.lab): Environment ZQ_PEM: " in err
+    assert "starts with sudo, which gives docker a fresh environment" in err and "zq-pem-body" not in err
+
+
 def test_describe_masks_environment_values_and_describe_json_keeps_them(tmp_path, home, capsys):
     from fleet.runtime.store import JobStore
     record = {"ProcessingJobName": "zq-described", "ProcessingJobStatus": "Completed",

@@ -11,11 +11,11 @@ import shlex
 import pytest
 
 from fleet import host as hostscripts
-from fleet.contract.container import env_file_content
+from fleet.contract.container import env_file_content, inherited_environment
 from fleet.contract.job import parse_job
 from fleet.errors import InvalidInput
-from fleet.inventory import Host
-from fleet.plan import plan_cluster
+from fleet.inventory import Host, Inventory
+from fleet.plan import plan_cluster, select_hosts
 
 IMAGE = "registry.lab/team/preprocess:1.4"
 ADDRESSES = ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
@@ -221,14 +221,54 @@ def test_the_env_file_has_one_key_equals_value_line_each_value_verbatim():
     assert env_file_content(None) == b""
 
 
-@pytest.mark.parametrize("value, problem", [
-    ("line one\nline two", "contains a newline"), ("ends with\r", "ends with a carriage return"),
-    ("nul\0byte", "contains a NUL character")])
-def test_a_value_the_env_file_cannot_carry_is_refused_naming_its_key(value, problem):
-    with pytest.raises(InvalidInput, match=f"Environment.*value of ZQ_KEY {problem}"):
+MULTILINE = {"LINES": "line1\nline2", "TRAILING": "trailing\n\n", "CR_END": "ends with CR\r", "ONLY_NL": "\n"}
+
+
+def test_a_value_the_env_file_cannot_carry_is_named_in_the_argv_by_its_key_alone():
+    """A newline, or a carriage return at its end: docker's env file cannot hold it, so
+    docker takes it from its own environment (`--env KEY`, the name only)."""
+    plan = plans(job(environment={**HOSTILE, **MULTILINE}))[0]
+    argv = plan.docker_create
+    assert values_of(argv, "--env") == list(MULTILINE)
+    assert values_of(argv, "--env-file") == [plan.env_file]
+    assert plan.inherited == MULTILINE
+    assert plan.environment == env_file_content(HOSTILE)  # the env file holds the others only
+    assert not any(value.strip() and value.strip() in word for value in MULTILINE.values() for word in argv)
+    assert "inherited=" not in repr(plan) and "environment=" not in repr(plan)
+
+
+def test_values_only_dockers_environment_carries_give_no_env_file_option():
+    plan = plans(job(environment=MULTILINE))[0]
+    assert "--env-file" not in plan.docker_create and plan.environment == b""
+    assert values_of(plan.docker_create, "--env") == list(MULTILINE)
+    assert inherited_environment(HOSTILE) == {} and inherited_environment(None) == {}
+
+
+@pytest.mark.parametrize("value", ["nul\0byte", "line\n\0"])
+def test_a_nul_reaches_no_container_and_is_refused_naming_its_key(value):
+    with pytest.raises(InvalidInput, match="Environment.*value of ZQ_KEY contains a NUL character"):
         job(environment={"OK": "fine", "ZQ_KEY": value})
-    with pytest.raises(InvalidInput, match=f"value of ZQ_KEY {problem}"):
-        env_file_content({"ZQ_KEY": value})
+    with pytest.raises(InvalidInput, match="value of ZQ_KEY contains a NUL"):
+        env_file_content({"ZQ_KEY": value}) if "\n" not in value else inherited_environment({"ZQ_KEY": value})
+
+
+@pytest.mark.parametrize("docker, word", [("sudo docker", "sudo"), ("/usr/bin/sudo -n docker", "sudo"),
+                                          ("doas docker", "doas")])
+def test_a_host_whose_docker_command_drops_the_environment_is_refused_naming_host_and_key(docker, word):
+    """sudo and doas give docker a fresh environment: a value only that environment carries
+    would never reach the container."""
+    processing_job = job(count=2, environment={"PLAIN": "x", "PEM": "-----BEGIN-----\nabc\n"})
+    hosts = [host(0), host(1, docker=docker)]
+    with pytest.raises(InvalidInput) as caught:
+        plans(processing_job, hosts=hosts)
+    message = caught.value.message
+    assert message.startswith("algo-2 (node-2, node-2.lab): Environment PEM: ")
+    assert f"starts with {word}, which gives docker a fresh environment" in message and "abc" not in message
+    inventory = Inventory(hosts=hosts)
+    with pytest.raises(InvalidInput, match="algo-2.*Environment PEM"):
+        select_hosts(processing_job, inventory)  # `fleet run` refuses before anything is recorded
+    # Values docker's env file carries: the host runs the job as before.
+    assert plans(job(count=2, environment={"PLAIN": "x\r y"}), hosts=hosts)[1].docker == shlex.split(docker)
 
 
 def test_environment_is_given_before_the_image():

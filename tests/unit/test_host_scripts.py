@@ -179,7 +179,7 @@ SECRET = "zq-s3cr3t-value"
 def test_no_environment_value_nor_file_content_is_in_the_session_argv():
     """Every local user of a host reads every process's argv (/proc/PID/cmdline): the
     Environment (in processingjobconfig.json too) goes on the session's stdin."""
-    plan = host_plan(environment={"SECRET": SECRET, **HOSTILE_ENV})[0]
+    plan = host_plan(environment={"SECRET": SECRET, **HOSTILE_ENV, "PEM": f"-----\n{SECRET}\n"})[0]
     argv = hostscripts.session(plan, docker_timeout=20)
     assert not any(SECRET in word for word in argv)
     assert not any(content.decode() in word for content in plan.files.values() for word in argv)
@@ -271,6 +271,8 @@ case "$1" in
     echo "sha256:${FAKE_IMAGE_ID:-0123456789abcdef}" ;;
   create)
     printf '%s\0' "$@" > "$FAKE_DIR/create.argv"
+    cat /proc/$$/environ > "$FAKE_DIR/create.environ"  # this docker process's own environment, as exec gave it
+    find "$FAKE_PRIVATE" -maxdepth 1 -type f -name 'env*' -printf '%f %m\n' | sort > "$FAKE_DIR/create.files"
     previous=
     for word in "$@"; do
       if [ "$previous" = --env-file ]; then
@@ -279,7 +281,7 @@ case "$1" in
       previous=$word
     done
     echo 0123abcd ;;
-  start) exit 0 ;;
+  start) cat /proc/$$/environ > "$FAKE_DIR/start.environ" ;;
   logs) printf 'line from the container\n' ;;
   wait)
     if [ -n "$FAKE_LINK" ]; then ln -s "$FAKE_LINK" "$FAKE_MESSAGE_PATH";
@@ -314,7 +316,8 @@ class FakeHost:
         self.docker.chmod(0o755)
         self.plan = host_plan(workdir=str(tmp_path / "work"), docker=str(self.docker),
                               environment=environment, gpus=gpus)[0]
-        self.env = {**os.environ, "FAKE_DIR": str(tmp_path), "FAKE_MESSAGE_PATH": self.plan.message_file}
+        self.env = {**os.environ, "FAKE_DIR": str(tmp_path), "FAKE_MESSAGE_PATH": self.plan.message_file,
+                    "FAKE_PRIVATE": self.plan.private_dir}
 
     def session(self, stdin: bytes, volume_gb: int = 0, files: bytes | None = None,
                 image: bytes = hostscripts.image_pull(IMAGE, b""),
@@ -354,6 +357,11 @@ class FakeHost:
     @property
     def run_argv(self) -> list[str]:
         return (self.dir / "create.argv").read_bytes().decode().split("\0")[:-1]
+
+    def environ(self, call: str = "create") -> dict[bytes, bytes]:
+        """The environment the fake docker process had for `call` (create, start), byte for byte."""
+        entries = (self.dir / f"{call}.environ").read_bytes().split(b"\0")[:-1]
+        return dict(entry.split(b"=", 1) for entry in entries)
 
 
 def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
@@ -656,14 +664,50 @@ def test_the_env_file_is_private_holds_each_value_verbatim_and_goes_after_create
     assert fake.run_argv[after:] == fake.plan.docker_create[after:] and "--env" not in fake.run_argv
 
 
+# Values docker's env file cannot carry (a newline; a carriage return at the end), and one
+# with non-ASCII characters: byte for byte into docker's own environment.
+MULTILINE = {"LINES": "line1\nline2", "TRAILING": "trailing\n\n", "CR_END": "ends with CR\r", "ONLY_NL": "\n",
+             "CRLF": "a\r\nb\r\n", "WIDE": "h\u00e9llo\nw\u00f6rld \u2713 $(touch MARKER)\n"}
+
+
+def test_a_value_with_newlines_reaches_dockers_environment_byte_exact_and_never_an_argv(tmp_path: Path):
+    """The argv says `--env KEY`; docker create alone has KEY=value in its environment
+    (/proc/PID/environ: its own user's only), from a 0600 file that goes right after."""
+    environment = {"SECRET": SECRET, **HOSTILE_ENV, **MULTILINE}
+    fake = FakeHost(tmp_path, environment=environment)
+    argv = hostscripts.session(fake.plan, docker_timeout=10)
+    _, report = fake.session(b"go\nkeep\n")
+    assert report.events == ["written", "prepared", "started", "exited", "cleaned"], report.errors
+    seen = fake.environ("create")
+    for key, value in MULTILINE.items():
+        assert seen[key.encode()] == value.encode()
+    assert not any(key.encode() in fake.environ("start") for key in MULTILINE)  # that one docker process only
+    assert not any(key.encode() in seen for key in [*HOSTILE_ENV, "SECRET"])  # those: in the env file
+    assert (tmp_path / "create.env").read_text() == \
+        "".join(f"{key}={value}\n" for key, value in {"SECRET": SECRET, **HOSTILE_ENV}.items())
+    docker_argv = fake.run_argv
+    assert [docker_argv[i + 1] for i, word in enumerate(docker_argv) if word == "--env"] == list(MULTILINE)
+    for words in (docker_argv, argv):  # neither docker's argv nor the session's holds a value
+        for value in MULTILINE.values():
+            assert not any(line and line in word for line in value.split("\n") for word in words)
+    # At create: the env file and one file per value, 0600, in the 0700 private dir; gone after.
+    assert (tmp_path / "create.files").read_text().split("\n")[:-1] == \
+        ["env 600", *(f"env.{i} 600" for i in range(1, len(MULTILINE) + 1))]
+    assert Path(fake.plan.env_value_file(1)) == Path(fake.plan.private_dir, "env.1")
+    assert sorted(p.name for p in Path(fake.plan.private_dir).iterdir()) == ["config", "inputs", "output", "outputs"]
+    assert not (tmp_path / "MARKER").exists()  # no value was ever run by a shell
+
+
 def test_the_env_file_goes_when_create_fails_too(tmp_path: Path):
-    fake = FakeHost(tmp_path, environment={"SECRET": SECRET})
+    fake = FakeHost(tmp_path, environment={"SECRET": SECRET, **MULTILINE})
     failing = tmp_path / "bin" / "docker"
     failing.write_text(FAKE_DOCKER.replace("echo 0123abcd ;;", "exit 1 ;;"))
     result, _ = fake.session(b"abort\n")
     assert result.returncode == Status.CREATE_FAILED
     assert (tmp_path / "create.env").read_text() == f"SECRET={SECRET}\n"
+    assert fake.environ("create")[b"LINES"] == b"line1\nline2"
     assert not Path(fake.plan.env_file).exists()
+    assert not any(Path(fake.plan.env_value_file(i)).exists() for i in range(1, len(MULTILINE) + 1))
 
 
 def test_only_the_ssh_user_can_enter_the_job_directorys_mount_sources(tmp_path: Path):
@@ -718,10 +762,10 @@ def test_job_files_cut_short_on_stdin_write_nothing_and_start_nothing(tmp_path: 
     assert "create" not in fake.calls and not Path(fake.plan.private_dir, "config").exists()
 
 
-def test_session_input_is_a_line_of_byte_counts_then_the_files_then_the_env_file():
-    plan = host_plan(environment={"SECRET": SECRET})[0]
+def test_session_input_is_a_line_of_byte_counts_then_the_files_then_the_env_file_then_the_values():
+    plan = host_plan(environment={"SECRET": SECRET, **MULTILINE})[0]
     header, _, rest = hostscripts.session_input(plan).partition(b"\n")
-    pieces = [*plan.files.values(), plan.environment]
+    pieces = [*plan.files.values(), plan.environment, *(value.encode() for value in MULTILINE.values())]
     assert header.split() == [str(len(piece)).encode() for piece in pieces]
     assert rest == b"".join(pieces)
 

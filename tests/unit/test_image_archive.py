@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from fleet.errors import InvalidInput
-from fleet.image.archive import GUARD, MANIFEST, ImageArchive, open_archive
+from fleet.image.archive import MANIFEST, ImageArchive, fleet_tag, open_archive
 
 # -- archives built here, as docker writes them ---------------------------------------------------
 
@@ -166,7 +166,7 @@ async def test_an_oci_layout_without_manifest_json_is_sent_one_that_docker_load_
     archive = open_archive(oci_archive(tmp_path / "o.tar", LAYERS, with_manifest=False))
     got = members(await stream_for(archive, 0))
     manifest = json.loads(got[MANIFEST])
-    assert manifest[0]["RepoTags"] == ["docker.io/library/fleet-unit:top"]
+    assert manifest[0]["RepoTags"] == ["docker.io/library/fleet-unit:top", fleet_tag(archive.image.id)]
     assert [got[name] for name in manifest[0]["Layers"]] == LAYERS
     assert digest(got[manifest[0]["Config"]]) == archive.image.id
 
@@ -187,22 +187,26 @@ async def test_a_host_with_the_first_layers_is_sent_all_but_their_files(tmp_path
     archive = open_archive(path)
     stream = await stream_for(archive, have)
     assert len(stream) == archive.bytes_for(have)
-    assert stream.startswith(GUARD)
     got = members(stream)
     names = layer_names(path)
-    assert all(name not in got for name in names[:have])
+    config = archive.image.id.removeprefix("sha256:") + ".json"
+    # The config and the layers it lacks, then the manifest, last: no v1 json, VERSION,
+    # repositories (a stream cut before the manifest has nothing any engine loads).
+    assert list(got) == [*names[have:], config, MANIFEST]
     assert [got[name] for name in names[have:]] == LAYERS[have:]
-    with tarfile.open(path) as tar:  # everything else, unchanged; the real manifest last
-        for member in tar:
-            if member.isfile() and member.name not in names:
-                assert got[member.name] == tar.extractfile(member).read()  # type: ignore[union-attr]
-    assert json.loads(got[MANIFEST])[0]["Layers"] == names
+    assert got[config] == config_of(LAYERS)
+    manifest = json.loads(got[MANIFEST])
+    assert manifest == [{"Config": config, "RepoTags": ["fleet-unit:top", fleet_tag(archive.image.id)],
+                         "Layers": names}]
+    assert stream.endswith(archive.manifest + b"\0" * 1024)  # manifest.json, the last entry
 
 
 def test_bytes_for_shrinks_by_the_layers_a_host_has(tmp_path):
     archive = open_archive(legacy_archive(tmp_path / "a.tar", LAYERS))
     full = archive.bytes_for(0)
-    assert full == len(GUARD) + archive.entries[-1].end + 1024  # every entry, the guard, the end
+    # each layer's file and the config (header and content, padded), the manifest, the end
+    assert full == sum(512 + len(layer) + -len(layer) % 512 for layer in LAYERS) + 512 + 512 * (
+        -(-len(config_of(LAYERS)) // 512)) + len(archive.manifest) + 1024
     for have in range(1, 4):
         dropped = sum(len(layer) + 512 for layer in LAYERS[:have])  # content and header
         assert archive.bytes_for(have) == full - dropped

@@ -15,7 +15,7 @@ from test_image_archive import LAYERS, legacy_archive
 from fleet.errors import ClientError, HostError
 from fleet.host import Status
 from fleet.image import push
-from fleet.image.archive import GUARD, MANIFEST, open_archive
+from fleet.image.archive import MANIFEST, fleet_tag, open_archive
 from fleet.image.local import LocalImage, parse_inspect
 from fleet.image.push import DockerSource, PushCount, PushTarget, host_has, push_image, source_for
 from fleet.inventory import Host
@@ -45,7 +45,7 @@ class Docker:
         self.received = await command.read_stdin()
         command.write_stderr(self.words)
         if self.status == 0:
-            command.write_stderr(b"fleet:loaded\n")
+            command.write_stderr(b"fleet:loaded sha256:" + b"e" * 64 + b"\n")
         return self.status
 
 
@@ -80,7 +80,7 @@ async def test_each_host_is_sent_its_part_of_the_archive_read_once(archive, tmp_
         received = dockers[t.label].received
         assert received == b"".join([c async for c, _ in archive.pieces({"x": t.have})])
         assert count.sent[t.label] == len(received) == archive.bytes_for(t.have)
-        assert dockers[t.label].argv[4:] == ["20", "1", "docker", archive.image.id]  # fleet-load ID
+        assert dockers[t.label].argv[4:] == ["20", "1", "docker", archive.image.id, *archive.image.layers]
     assert count.total == sum(archive.bytes_for(t.have) for t in targets)
     assert count.read == archive.bytes_for(0)  # each byte once, whatever the hosts
 
@@ -172,8 +172,9 @@ async def test_hosts_lacking_the_whole_image_get_docker_save_live(archive, tmp_p
                               docker_timeout=20, spool_dir=spool)
     assert failed == {}
     saved = archive.path.read_bytes()
-    for docker in dockers:
-        assert docker.received == GUARD + saved  # the guard, then docker's own archive
+    for docker in dockers:  # what the spooled archive would send: docker's entries a load reads
+        assert docker.received == b"".join([chunk async for chunk, _ in archive.pieces({"h": 0})])
+        assert dockers[0].argv[-4:] == [archive.image.id, *archive.image.layers]  # what load.sh checks
     assert count.read == len(saved) and not spool.exists()  # nothing spooled
 
 
@@ -187,7 +188,7 @@ async def test_a_host_with_some_layers_gets_the_spooled_archive_without_them(arc
     assert failed == {}
     assert len(full.received) == archive.bytes_for(0) and len(part.received) == archive.bytes_for(2)
     got = loaded_members(part.received)
-    assert json.loads(got[MANIFEST])[0]["Config"].endswith(".json")  # the real manifest, last
+    assert json.loads(got[MANIFEST])[0]["RepoTags"][-1] == fleet_tag(archive.image.id)  # fleet's manifest, last
     assert list(spool.iterdir()) == []  # the spool folder removed
 
 
@@ -199,8 +200,8 @@ async def test_docker_save_failing_cuts_every_load_before_its_manifest(archive, 
         await push_image(DockerSource("fleet-unit:top", archive.image),
                          [target(f"algo-{i}", d) for i, d in enumerate(dockers, 1)], PushCount(),
                          docker_timeout=20, spool_dir=tmp_path)
-    for docker in dockers:
-        assert docker.received.startswith(GUARD) and len(docker.received) <= len(GUARD) + 7000
+    for docker in dockers:  # no manifest.json: nothing any engine loads
+        assert 0 < len(docker.received) <= 7000 and b"manifest.json" not in docker.received
 
 
 def test_source_for_an_archive_checks_it_holds_the_image_described(archive):
@@ -217,7 +218,7 @@ IMAGE = LocalImage("sha256:" + "a" * 64, ("sha256:" + "1" * 64, "sha256:" + "2" 
 
 
 @pytest.mark.parametrize(("stdout", "status", "expected"), [
-    (b"present\n", 0, None), (b"layers 0\n", 0, 0), (b"layers 2\n", 0, 2)])
+    (b"present sha256:" + b"b" * 64 + b"\n", 0, None), (b"layers 0\n", 0, 0), (b"layers 2\n", 0, 2)])
 async def test_host_has_reads_the_hosts_answer(stdout, status, expected):
     async def answer(command: ScriptedCommand) -> int:
         assert command.script == "fleet-image-have" and command.args[3:] == [IMAGE.id, *IMAGE.layers]
@@ -228,7 +229,8 @@ async def test_host_has_reads_the_hosts_answer(stdout, status, expected):
 
 
 @pytest.mark.parametrize(("stdout", "status", "match"), [
-    (b"layers 3\n", 0, "gave"), (b"hello\n", 0, "gave"), (b"", Status.DOCKER_TIMEOUT, "did not answer"),
+    (b"layers 3\n", 0, "gave"), (b"hello\n", 0, "gave"), (b"present\n", 0, "gave"),
+    (b"present sha256:1; rm -rf /\n", 0, "gave"), (b"", Status.DOCKER_TIMEOUT, "did not answer"),
     (b"", Status.DOCKER_FAILED, "not answering")])
 async def test_host_has_refuses_what_it_cannot_use(stdout, status, match):
     async def answer(command: ScriptedCommand) -> int:
@@ -288,4 +290,4 @@ async def test_the_load_script_checks_the_image_id_after_loading(host_docker, ar
     assert (tmp_path / "loaded").read_bytes() == b"".join([c async for c, _ in archive.pieces({"x": 0})])
     monkeypatch.setenv("FAKE_HAVE_ID", "another")
     failed = await push_image(archive, targets, PushCount(), docker_timeout=20, spool_dir=tmp_path)
-    assert isinstance(failed["algo-1"], HostError) and "is not there" in failed["algo-1"].message
+    assert isinstance(failed["algo-1"], HostError) and "no image of the config" in failed["algo-1"].message

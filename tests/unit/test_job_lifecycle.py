@@ -473,7 +473,45 @@ async def test_the_registry_refusing_the_controller_is_one_error_naming_the_host
     error = await run()
     assert error is not None and error.exit_code == 1
     assert run.described["FailureReason"] == (
-        "ClientError: ECR GetAuthorizationToken for docker.io (image zq:1): AccessDeniedException: not "
-        "authorized (the image of algo-1 (h1, h1.lab), algo-2 (h2, h2.lab))")
+        "ClientError: algo-1 (h1, h1.lab), algo-2 (h2, h2.lab) have no image zq:1 and must pull it, but: "
+        "ECR GetAuthorizationToken for docker.io (image zq:1): AccessDeniedException: not authorized")
+    for fake in fakes:  # each was asked for the image by name first; none pulled
+        assert fake.tried == "zq:1" and fake.image_step is None
+        assert "go" not in fake.answers and fake.directory == "removed"
+
+
+async def test_hosts_holding_the_image_by_name_use_it_and_no_credentials_are_asked(tmp_path, monkeypatch):
+    from fleet.image import supply
+
+    async def never(reference):
+        raise AssertionError("credentials asked although every host holds the image")
+    monkeypatch.setattr(supply, "credentials_for", never)
+    fakes = [FakeHost(Container([b"ok\n"])) for _ in range(3)]
     for fake in fakes:
-        assert fake.image_step is None and "go" not in fake.answers and fake.directory == "removed"
+        fake.holds_image = True
+    run = Run(tmp_path, fakes)
+    assert await run() is None
+    for fake in fakes:
+        assert fake.image_step == ("use", "zq:1") and fake.received_auth == b""
+    assert run.described["Image"]["Hosts"]["algo-3"]["Delivery"] == "present"
+
+
+async def test_a_host_lacking_the_image_when_no_credentials_can_be_had_is_named_with_both_facts(tmp_path,
+                                                                                                 monkeypatch):
+    from fleet.errors import ClientError
+    from fleet.image import supply
+
+    async def unreachable(reference):
+        raise ClientError(f"ECR GetAuthorizationToken for {reference.registry}: Could not connect to the "
+                          f"endpoint URL")
+    monkeypatch.setattr(supply, "credentials_for", unreachable)
+    fakes = [FakeHost(Container([b"never\n"])) for _ in range(3)]
+    fakes[0].holds_image = fakes[2].holds_image = True
+    run = Run(tmp_path, fakes)
+    error = await run()
+    assert error is not None
+    assert run.described["FailureReason"] == (
+        "ClientError: algo-2 (h2, h2.lab) has no image zq:1 and must pull it, but: ECR GetAuthorizationToken "
+        "for docker.io: Could not connect to the endpoint URL")
+    for fake in fakes:  # nothing started anywhere, nothing left
+        assert "go" not in fake.answers and fake.container in (None, "removed") and fake.directory == "removed"

@@ -179,6 +179,58 @@ def test_environment_value_must_be_a_string():
     assert "Environment" in refused(request(Environment={"N": 1}))
 
 
+VERBATIM = {"LINES": "line1\nline2", "TRAILING": "trailing\n\n", "CR": "ends with CR\r",
+            "SHELL": "it's \"$(touch /tmp/x)\" `id`", "CRLF": "a\r\nb\r\n"}
+
+
+def test_environment_values_with_newlines_quotes_and_a_trailing_cr_are_accepted_verbatim():
+    """The API allows any characters in a value; so does fleet (see
+    test_container_argv.py for how each reaches the container)."""
+    assert parse_job(request(Environment=VERBATIM), SOURCE).Environment == VERBATIM
+
+
+def test_environment_value_of_256_characters_with_newlines_is_accepted_and_257_refused():
+    assert parse_job(request(Environment={"V": "a\n" * 128}), SOURCE).Environment == {"V": "a\n" * 128}
+    assert "LONG" in refused(request(Environment={"LONG": "a\n" * 128 + "b"}))
+
+
+def test_environment_value_with_a_nul_is_refused_naming_its_key():
+    message = refused(request(Environment={"OK": "fine", "ZQ_NUL": "a\0b"}))
+    assert message == (f"{SOURCE}: Environment: the value of ZQ_NUL contains a NUL character, which no "
+                       f"process environment can hold")
+
+
+def test_environment_value_that_is_not_unicode_is_refused_naming_its_key():
+    document = json.loads(json.dumps(request(Environment={"ZQ_HALF": "x"})).replace("\"x\"", '"\\ud800"'))
+    message = refused(document)
+    assert "ZQ_HALF" in message and "lone surrogate" in message
+
+
+@pytest.mark.parametrize("key", ["DOCKER_HOST", "DOCKER_CONFIG", "DOCKER_ZQ_ANY", "HOME", "PATH", "TMPDIR",
+                                 "HTTP_PROXY", "https_proxy", "no_proxy", "ALL_PROXY", "SSL_CERT_FILE", "GODEBUG",
+                                 "LD_PRELOAD", "OTEL_EXPORTER_OTLP_ENDPOINT", "CONTAINERS_CONF", "XDG_CONFIG_HOME",
+                                 "BASH_ENV", "SSH_AUTH_SOCK"])
+@pytest.mark.parametrize("value", ["a\nb", "ends with CR\r"])
+def test_a_variable_docker_itself_reads_cannot_hold_a_value_only_dockers_environment_carries(key, value):
+    """Such a value reaches the container through the docker process's environment (its env
+    file cannot carry it): under a name docker reads, it would steer docker itself."""
+    message = refused(request(Environment={"OK": "x\ny", key: value}))
+    assert f"Environment: the value of {key} " in message
+    assert "docker's env file cannot carry it" in message and "steer docker itself" in message
+    assert value not in message
+
+
+@pytest.mark.parametrize("key", ["DOCKER_HOST", "HOME", "HTTP_PROXY", "LD_PRELOAD"])
+def test_a_variable_docker_itself_reads_with_a_one_line_value_goes_in_the_env_file_and_is_accepted(key):
+    assert parse_job(request(Environment={key: "value \r inside"}), SOURCE).Environment == {key: "value \r inside"}
+
+
+@pytest.mark.parametrize("key", ["DOCKERHOST", "MY_HOME", "HOME_DIR", "PATHS", "GOOGLE_CREDENTIALS", "SSH", "home",
+                                 "No_Proxy"])
+def test_names_docker_does_not_read_take_any_value(key):
+    assert parse_job(request(Environment={key: "a\nb"}), SOURCE).Environment == {key: "a\nb"}
+
+
 # -- ProcessingInputs / Outputs: at most 10; names unique --------------------------------------
 
 def test_ten_inputs_and_ten_outputs_are_accepted():

@@ -113,7 +113,8 @@ def test_the_session_makes_every_directory_parents_first_mount_sources_0777():
 def test_the_env_file_is_in_the_private_dir_and_its_content_in_no_repr():
     hp = plan(job(count=1), inventory("a")).hosts[0]
     assert hp.env_file == f"{hp.private_dir}/env"
-    assert "environment" not in repr(hp)
+    assert [hp.env_value_file(i) for i in (1, 2)] == [f"{hp.private_dir}/env.1", f"{hp.private_dir}/env.2"]
+    assert "environment" not in repr(hp) and "inherited" not in repr(hp)
 
 
 def test_mounts_reach_docker_as_volumes():
