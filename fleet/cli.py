@@ -161,6 +161,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--stop-grace", type=int, default=30, metavar="SECONDS")
     serve.add_argument("--docker-timeout", type=int, default=20, metavar="SECONDS")
     serve.add_argument("--host-timeout", type=float, default=120, metavar="SECONDS")
+    serve.add_argument("--max-connections", type=int, metavar="N",
+                       help="open connections served at once; more are answered 503 ServiceUnavailable "
+                            "(default: half the open-files limit, at most 1024)")
     worker = verbs.add_parser("serve-worker", help=argparse.SUPPRESS)  # the fleet process of one served job
     worker.add_argument("name")
     logs = verbs.add_parser("logs", help="the job's stored logs")
@@ -477,7 +480,9 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
                          insecure_registries=tuple(inventory.insecure_registries))
     store = JobStore(fleet_home())
     api = Api(store, Scheduler(store, inventory, options), region, account)
-    await serve(api, keys, args.listen, tls, console.notice)
+    if args.max_connections is not None and args.max_connections < 1:
+        raise InvalidInput("--max-connections must be >= 1")
+    await serve(api, keys, args.listen, tls, console.notice, args.max_connections)
     return 0
 
 

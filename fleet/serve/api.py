@@ -50,6 +50,33 @@ def _epoch(iso: str) -> float:
     return datetime.fromisoformat(iso).timestamp()
 
 
+def _integer(request: dict, key: str, default: int, low: int, high: int) -> int:
+    """request[key], an integer in [low, high] (JSON's true and 1.5 are not), else ValidationException."""
+    value = request.get(key, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise _validation(f"{key} must be an integer between {low} and {high}")
+    return value
+
+
+def _number(request: dict, key: str) -> float | None:
+    """request[key], a number (a timestamp: epoch seconds or milliseconds) or absent."""
+    value = request.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
+        raise _validation(f"{key} must be a number")
+    return float(value)
+
+
+def _string(request: dict, key: str) -> str | None:
+    value = request.get(key)
+    if value is not None and not isinstance(value, str):
+        raise _validation(f"{key} must be a string")
+    return value
+
+
 class Api:
     def __init__(self, store: JobStore, scheduler: Scheduler, region: str, account: str) -> None:
         self.store = store
@@ -118,11 +145,11 @@ class Api:
         return self._shaped(self._record(request.get("ProcessingJobName")))
 
     async def list_jobs(self, request: dict) -> dict:
+        contains = _string(request, "NameContains")
+        status = _string(request, "StatusEquals")
+        bounds = {key: _number(request, key) for key in ("CreationTimeAfter", "CreationTimeBefore",
+                                                          "LastModifiedTimeAfter", "LastModifiedTimeBefore")}
         records = self.store.records()
-        contains = request.get("NameContains")
-        status = request.get("StatusEquals")
-        bounds = {key: request.get(key) for key in ("CreationTimeAfter", "CreationTimeBefore",
-                                                     "LastModifiedTimeAfter", "LastModifiedTimeBefore")}
         chosen = []
         for record in records:
             if contains and contains not in record.get("ProcessingJobName", ""):
@@ -149,9 +176,7 @@ class Api:
         if order not in ("Ascending", "Descending"):
             raise _validation(f"SortOrder {order!r}: Ascending or Descending")
         chosen.sort(key=keys[sort_by], reverse=order == "Descending")
-        limit = request.get("MaxResults", 10)
-        if not isinstance(limit, int) or not 1 <= limit <= 100:
-            raise _validation("MaxResults must be between 1 and 100")
+        limit = _integer(request, "MaxResults", 10, 1, 100)
         start = _token(request.get("NextToken"))
         page = chosen[start:start + limit]
         answer: dict[str, Any] = {"ProcessingJobSummaries": [
@@ -217,7 +242,7 @@ class Api:
                           "arn": f"arn:aws:logs:{self.region}:{self.account}:log-group:{LOG_GROUP}:"
                                  f"log-stream:{stream}"})
         found.sort(key=lambda s: str(s["logStreamName"]), reverse=bool(request.get("descending")))
-        limit = request.get("limit", 50)
+        limit = _integer(request, "limit", 50, 1, 50)
         start = _token(request.get("nextToken"))
         answer: dict[str, Any] = {"logStreams": found[start:start + limit]}
         if start + limit < len(found):
@@ -230,7 +255,7 @@ class Api:
         of a stream has the same timestamp (the job's start): the SDK's tailer, which asks
         again from the last timestamp skipping what it has seen, then sees each line once."""
         self._group(request)
-        stream = request.get("logStreamName")
+        stream = _string(request, "logStreamName")
         match = re.fullmatch(r"([^/]+)/(algo-\d+)-(\d+)", stream or "")
         if not match:
             raise ApiError("ResourceNotFoundException", "The specified log stream does not exist.")
@@ -247,10 +272,10 @@ class Api:
             if not isinstance(token, str) or not re.fullmatch(r"[fb]/\d{1,18}", token):
                 raise _validation(f"The specified nextToken is invalid: {token!r}")
             offset = int(token[2:])
-        limit = min(int(request.get("limit") or PAGE_EVENTS), PAGE_EVENTS)
+        limit = _integer(request, "limit", PAGE_EVENTS, 1, PAGE_EVENTS)
         stamp = _stamp(record)
-        start_time, end_time = request.get("startTime"), request.get("endTime")
-        if (start_time is not None and stamp < int(start_time)) or (end_time is not None and stamp >= int(end_time)):
+        start_time, end_time = _number(request, "startTime"), _number(request, "endTime")
+        if (start_time is not None and stamp < start_time) or (end_time is not None and stamp >= end_time):
             return {"events": [], "nextForwardToken": f"f/{offset}", "nextBackwardToken": f"b/{offset}"}
         events, end = _read_events(self.store.log_path(name, algo), offset, limit, stamp)
         return {"events": events, "nextForwardToken": f"f/{end}", "nextBackwardToken": f"b/{offset}"}

@@ -226,16 +226,18 @@ def verify(
     now: datetime,
     *,
     services: Collection[str] = SERVICES,
+    required: Collection[str] = (),
 ) -> Credential:
     """The credential that signed this request, or AuthError with AWS's code and message.
 
     `path_and_query` is the request target as received (still percent-encoded), `headers` the
     request's headers in any case (a repeated header joined with ","), `now` the server's clock
     (timezone-aware). Any region is accepted; the credential scope's service must be one of
-    `services`. Checks, in this order: an AWS4-HMAC-SHA256 Authorization header
-    (MissingAuthenticationToken), its form, a signed Host header and a request time
-    (IncompleteSignatureException), the request time within 15 minutes of `now` and the scope
-    (InvalidSignatureException), the access key and its session token
+    `services`; the headers named (lower case) in `required` must be signed (a JSON protocol's
+    X-Amz-Target and Content-Type). Checks, in this order: an AWS4-HMAC-SHA256 Authorization
+    header (MissingAuthenticationToken), its form, a signed Host header (and the `required`
+    ones) and a request time (IncompleteSignatureException), the request time within 15
+    minutes of `now` and the scope (InvalidSignatureException), the access key and its session token
     (UnrecognizedClientException), X-Amz-Content-Sha256 against the body and the signature
     (InvalidSignatureException).
     """
@@ -247,6 +249,11 @@ def verify(
         raise AuthError(
             "InvalidSignatureException", "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
         )
+    for name in required:
+        if name not in authorization.signed_headers:
+            raise AuthError(
+                "InvalidSignatureException", f"'{_display(name)}' must be a 'SignedHeader' in the AWS Authorization."
+            )
     for name in authorization.signed_headers:
         if name not in lowered:
             raise AuthError("InvalidSignatureException", _MISMATCH)
@@ -359,9 +366,10 @@ def _request_time(headers: Mapping[str, str]) -> datetime:
     if date is not None:
         try:
             parsed = parsedate_to_datetime(date)
-        except (TypeError, ValueError) as exc:
+            # a zone at either end of the calendar (Fri, 31 Dec 9999 23:59:59 -0100) overflows here
+            return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        except (TypeError, ValueError, OverflowError) as exc:
             raise AuthError("IncompleteSignatureException", f"Date is not a valid RFC 1123 date: '{date}'.") from exc
-        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
     raise AuthError(
         "IncompleteSignatureException",
         "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header.",
@@ -424,6 +432,11 @@ def _signature(
     request.context["timestamp"] = _iso(timestamp)
     canonical_request = signer.canonical_request(request)
     return str(signer.signature(signer.string_to_sign(request, canonical_request), request))
+
+
+def _display(name: str) -> str:
+    """A header name as AWS's messages spell it: X-Amz-Target, Content-Type."""
+    return "-".join(part.capitalize() for part in name.split("-"))
 
 
 def _iso(moment: datetime) -> str:

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STARTING = "Starting"  # SecondaryStatus while the job waits for hosts (as SageMaker's capacity wait)
 REAP_EVERY = 0.5  # seconds between looks at the workers
+RETRY_AFTER = 2.0  # seconds before the round after one that failed
 STOP_ASKED = "stop-asked"  # in the job's directory: StopProcessingJob was called
 
 
@@ -42,6 +43,7 @@ class Scheduler:
         self.inventory = inventory
         self.options = options
         self.workers: dict[str, asyncio.subprocess.Process] = {}
+        self.stopping: dict[str, asyncio.subprocess.Process] = {}  # the `fleet stop` of a job, while it runs
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one placement at a time (a stop of a waiting job too)
         self._active: set[str] | None = None  # names of the jobs not ended (None: not read yet)
@@ -96,8 +98,12 @@ class Scheduler:
     async def run(self) -> None:
         """Place waiting jobs as hosts free up; take over jobs whose worker died; reap."""
         while True:
-            await self.place()
-            self._reap()
+            try:
+                await self.place()
+                self._reap()
+            except Exception:  # EMFILE, a full disk, a bug: the next round tries again
+                log.exception("a scheduling round failed; retrying in %s s", RETRY_AFTER)
+                await asyncio.sleep(RETRY_AFTER)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(REAP_EVERY):
                     await self._wake.wait()
@@ -158,12 +164,17 @@ class Scheduler:
             if worker.returncode is not None:
                 del self.workers[name]
                 self.poke()
+        for name, stopper in list(self.stopping.items()):
+            if stopper.returncode is not None:
+                del self.stopping[name]
 
     # -- stop -------------------------------------------------------------------------------------
     async def stop(self, name: str) -> None:
         """Stop a job: a waiting one ends Stopped at once; a running one as `fleet stop` does
         (its worker gets SIGTERM: a graceful stop, as Ctrl-C; one without a worker is taken
-        over and stopped at its hosts), by a `fleet stop` process of its own."""
+        over and stopped at its hosts), by a `fleet stop` process of its own: one at a time
+        per job (a stop asked for again while it runs is already being done: AWS answers a
+        stop of a Stopping job with success)."""
         async with self._lock:
             record = self.store.record(name)
             if record.status in TERMINAL:
@@ -171,8 +182,11 @@ class Scheduler:
             if not (self.store.job_dir(name) / "run.json").exists():
                 record.update(ProcessingJobStatus="Stopped", SecondaryStatus=None, ProcessingEndTime=now())
                 return
+            stopper = self.stopping.get(name)
+            if stopper is not None and stopper.returncode is None:
+                return
             (self.store.job_dir(name) / STOP_ASKED).touch(mode=0o600)
-        await self._spawn("stop", name)
+            self.stopping[name] = await self._spawn("stop", name)
 
     def stop_asked(self, name: str) -> bool:
         """A stop was asked for (Describe says Stopping until the job's process writes its end)."""

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import ipaddress
 import json
 import logging
+import resource
 import signal
 import ssl
 import uuid
 from datetime import UTC, datetime
+from typing import cast
 
 from aiohttp import web
 
@@ -28,6 +31,20 @@ log = logging.getLogger(__name__)
 BODY_LIMIT = 2 * 2**20  # bytes of a request body (a CreateProcessingJob is well under)
 CONTENT_TYPE = "application/x-amz-json-1.1"
 SERVICES = {"SageMaker": "sagemaker", "Logs_20140328": "logs"}
+# What one client may hold. aiohttp's keep-alive timer also runs from a connection's start
+# and closes a connection whose next request's head has not arrived (a half-sent head
+# included): it is the header read timeout as well. Its default is an hour.
+KEEPALIVE_SECONDS = 10.0
+BODY_SECONDS = 30.0  # to receive a whole body once its head arrived (2 MiB at ~70 KB/s)
+BUSY_LINGER = 1.0  # seconds a refused connection stays open for its 503 to be read
+MAX_REFUSING = 64  # refused connections lingering at once; beyond, closed without an answer
+# AWS's JSON protocols refuse a signature that leaves the operation or the body's type unsigned
+# (else the operation of a request signing only host;x-amz-date could be rewritten in transit).
+REQUIRED_SIGNED = ("x-amz-target", "content-type")
+_EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}
+# Headers whose meaning is one value: a repeat is refused, never joined or picked from.
+_SINGLE_HEADERS = ("authorization", "content-type", "host", "x-amz-content-sha256", "x-amz-date", "date",
+                   "x-amz-security-token", "x-amz-target")
 
 
 def _answer(status: int, body: dict) -> web.Response:
@@ -41,20 +58,65 @@ def _error(code: str, message: str, status: int = 400) -> web.Response:
     return response
 
 
+def _headers(request: web.Request) -> dict[str, str]:
+    """The request's headers, one parse for the verifier and the dispatcher alike: names
+    lowered, a repeated header joined with "," (as SigV4 canonicalizes it); AuthError for a
+    repeat of a header that must have one value (a second X-Amz-Target would otherwise be
+    signed as one operation and dispatched as another)."""
+    headers: dict[str, str] = {}
+    for name, value in request.headers.items():
+        name = name.lower()
+        if name in headers:
+            if name in _SINGLE_HEADERS:
+                raise AuthError("IncompleteSignatureException",
+                                f"The request has more than one {name!r} header.")
+            headers[name] = f"{headers[name]},{value}"
+        else:
+            headers[name] = value
+    return headers
+
+
+async def _body(request: web.Request) -> bytes:
+    """The whole body (every chunk, however the client's writes split it), at most
+    BODY_LIMIT bytes: ApiError beyond, or when it does not arrive within BODY_SECONDS."""
+    declared = request.content_length
+    if declared is not None and declared > BODY_LIMIT:
+        raise ApiError("SerializationException", f"the request body is larger than {BODY_LIMIT} bytes", 413)
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            while chunk := await request.content.readany():
+                size += len(chunk)
+                if size > BODY_LIMIT:
+                    raise ApiError("SerializationException",
+                                   f"the request body is larger than {BODY_LIMIT} bytes", 413)
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ApiError("RequestTimeoutException",
+                       f"the request body did not arrive within {BODY_SECONDS:g} seconds", 408) from None
+    return b"".join(chunks)
+
+
 class Server:
     def __init__(self, api: Api, keys: KeyRing) -> None:
         self.api = api
         self.keys = keys
 
     async def handle(self, request: web.Request) -> web.Response:
-        body = await request.content.read(BODY_LIMIT + 1)
-        if len(body) > BODY_LIMIT:
-            return _error("SerializationException", f"the request body is larger than {BODY_LIMIT} bytes", 413)
         try:
-            verify(self.keys, request.method, request.path_qs, request.headers, body, datetime.now(UTC))
+            body = await _body(request)
+        except ApiError as exc:  # the rest of the body is not read: the connection ends with the answer
+            response = _error(exc.code, exc.message, exc.status)
+            response.force_close()
+            return response
+        try:
+            headers = _headers(request)
+            verify(self.keys, request.method, request.path_qs, headers, body, datetime.now(UTC),
+                   required=REQUIRED_SIGNED)
         except AuthError as exc:
             return _error(exc.code, exc.message, exc.status)
-        target = request.headers.get("X-Amz-Target", "")
+        target = headers.get("x-amz-target", "")
         operation = self.api.operations.get(target)
         if operation is None:
             return _error("UnknownOperationException", f"fleet serve does not answer {target or 'this request'}")
@@ -62,7 +124,7 @@ class Server:
             document = json.loads(body or b"{}")
             if not isinstance(document, dict):
                 raise ValueError("not an object")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             return _error("SerializationException", "the request body is not a JSON object")
         try:
             return _answer(200, await operation(document))
@@ -70,6 +132,13 @@ class Server:
             return _error(exc.code, exc.message, exc.status)
         except FleetError as exc:
             return _error("ValidationException", exc.message)
+        except OSError as exc:
+            if exc.errno not in _EXHAUSTED:
+                log.exception("%s failed", target)
+                return _error("InternalFailure", f"fleet serve failed: {type(exc).__name__}", 500)
+            log.warning("%s: %s", target, exc)  # descriptors or memory ran out: the client retries
+            return _error("ServiceUnavailable", f"fleet serve is out of resources ({exc.strerror}); retry later",
+                          503)
         except Exception as exc:  # a bug of fleet's: the client gets a 500, the server goes on
             log.exception("%s failed", target)
             return _error("InternalFailure", f"fleet serve failed: {type(exc).__name__}", 500)
@@ -91,17 +160,71 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None, notice) -> None:
-    """Serve until SIGTERM or SIGINT; the scheduler runs alongside. Running jobs go on."""
+def max_connections() -> int:
+    """The default cap on open connections: half the descriptors this process may open, less
+    the refused connections lingering (the rest for job records, logs and worker processes),
+    between 8 and 1024."""
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY:
+        return 1024
+    return max(8, min(1024, (soft - 64 - MAX_REFUSING) // 2))
+
+
+def _busy_response() -> bytes:
+    body = json.dumps({"__type": "ServiceUnavailable",
+                       "message": "fleet serve has too many open connections; retry later"}).encode()
+    head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {CONTENT_TYPE}\r\n"
+            f"x-amzn-ErrorType: ServiceUnavailable\r\nx-amzn-RequestId: {uuid.uuid4()}\r\n"
+            f"Retry-After: 1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
+    return head.encode() + body
+
+
+class _Busy(asyncio.Protocol):
+    """A connection beyond the cap: answered 503 ServiceUnavailable (botocore retries it) at
+    once, whatever it sends (read and dropped, so that closing does not reset the answer away),
+    and closed BUSY_LINGER later."""
+
+    lingering = 0
+    _closer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop's is one, though not a subclass
+        if _Busy.lingering >= MAX_REFUSING:
+            transport.abort()
+            return
+        _Busy.lingering += 1
+        transport.write(_busy_response())
+        self._closer = asyncio.get_running_loop().call_later(BUSY_LINGER, transport.close)
+
+    def data_received(self, data: bytes) -> None:
+        pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._closer is not None:
+            self._closer.cancel()
+            _Busy.lingering -= 1
+
+
+async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None, notice,
+                connections: int | None = None) -> None:
+    """Serve until SIGTERM or SIGINT; the scheduler runs alongside. Running jobs go on.
+    At most `connections` open connections (default: max_connections()); more are answered
+    503 and closed."""
     host, port = listen_address(listen)
+    cap = connections or max_connections()
     app = web.Application(client_max_size=BODY_LIMIT)
     app.router.add_post("/", Server(api, keys).handle)
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=tls, backlog=1024)
-    await site.start()
-    stop = asyncio.Event()
+    handlers = runner.server
+    assert handlers is not None
+
+    def connection() -> asyncio.Protocol:
+        return _Busy() if len(handlers.connections) >= cap else handlers()
+
     loop = asyncio.get_running_loop()
+    listener = await loop.create_server(connection, host, port, ssl=tls, backlog=1024)
+    stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     scheme = "https" if tls else "http"
@@ -113,6 +236,7 @@ async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None
             await stop.wait()
             scheduling.cancel()
     finally:
+        listener.close()
         with contextlib.suppress(Exception):
             await api.scheduler.close()
         await runner.cleanup()

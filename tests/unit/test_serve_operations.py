@@ -144,3 +144,28 @@ async def test_a_hosts_log_is_events_a_line_each_paged_with_cloudwatch_tokens(ap
     assert (await error_of(api.get_log_events({"logGroupName": "/x", "logStreamName": names[0]}))).code == \
         "ResourceNotFoundException"
     assert json.dumps(first)  # JSON as the wire carries it
+
+
+async def test_a_scheduling_round_that_fails_is_logged_and_the_next_one_runs(api, monkeypatch, caplog):
+    import asyncio
+    import errno
+
+    from fleet.serve import scheduler as scheduling
+
+    monkeypatch.setattr(scheduling, "RETRY_AFTER", 0.01, raising=False)
+    rounds = []
+
+    async def place():
+        rounds.append(1)
+        if len(rounds) == 1:
+            raise OSError(errno.EMFILE, "Too many open files")  # descriptors ran out for one round
+
+    monkeypatch.setattr(api.scheduler, "place", place)
+    running = asyncio.create_task(api.scheduler.run())
+    try:
+        while len(rounds) < 3:
+            await asyncio.sleep(0.01)
+            assert not running.done()
+    finally:
+        running.cancel()
+    assert "a scheduling round failed" in caplog.text
