@@ -33,7 +33,7 @@ from fleet.image.reference import parse_reference
 from fleet.inventory import load_inventory
 from fleet.plan import PRIVATE_DIR, ClusterPlan, job_arn, plan_cluster, record_hosts, select_hosts
 from fleet.runtime.console import Console
-from fleet.runtime.store import JobStore, RunOptions, RunRecord, controller_id
+from fleet.runtime.store import JobStore, OwnerUnproven, RunOptions, RunRecord, controller_id
 
 if TYPE_CHECKING:
     from fleet.runtime.executor import JobExecution
@@ -335,6 +335,8 @@ async def _take_over(name: str, console: Console, *, stop: bool) -> int:
 
 
 STOP_POLL = 0.05  # seconds between looks at the record while the owner stops the job
+UNPROVEN_WAIT = 2.0  # seconds a held owner lock may name no provable process (a new owner
+# writes its pid right after locking) before `fleet stop` refuses to signal anyone
 
 
 async def _stop(name: str, console: Console) -> int:
@@ -345,9 +347,8 @@ async def _stop(name: str, console: Console) -> int:
     if record["ProcessingJobStatus"] in TERMINAL:
         console.notice(f"{name}: already {record['ProcessingJobStatus']}; nothing to stop")
         return 0
-    pid = store.owner(name)
-    if pid is not None and pid > 0:
-        os.kill(pid, signal.SIGTERM)  # its first SIGTERM: a graceful stop, as Ctrl-C
+    pid = await _signal_owner(store, name)
+    if pid is not None:
         console.notice(f"stopping {name} (through its fleet process, pid {pid})")
         while True:
             await asyncio.sleep(STOP_POLL)
@@ -364,6 +365,19 @@ async def _stop(name: str, console: Console) -> int:
     console.notice(f"stopping {name} at its hosts (no fleet process runs it)")
     code = await _take_over(name, console, stop=True)
     return 0 if code in (0, JobStopped.exit_code) or store.load(name)["ProcessingJobStatus"] in TERMINAL else code
+
+
+async def _signal_owner(store: JobStore, name: str) -> int | None:
+    """SIGTERM (a graceful stop, as Ctrl-C) to the job's fleet process, once proven to be it;
+    its pid, or None when none runs the job. OwnerUnproven after UNPROVEN_WAIT."""
+    deadline = asyncio.get_running_loop().time() + UNPROVEN_WAIT
+    while True:
+        try:
+            return store.signal_owner(name, signal.SIGTERM)
+        except OwnerUnproven:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            await asyncio.sleep(STOP_POLL)
 
 
 def _when(iso: str | None) -> str:
