@@ -165,7 +165,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("name")
     logs = verbs.add_parser("logs", help="the job's stored logs")
     logs.add_argument("name")
-    logs.add_argument("--host", help="one host's log, raw (e.g. algo-2)")
+    logs.add_argument("--host", help="one host's log, without the [algo-k] prefix (e.g. algo-2)")
+    logs.add_argument("--raw", action="store_true",
+                      help="with --host: its stored bytes unchanged (controls and long lines included), "
+                           "for a pipe or a file; refused on a terminal")
     logs.add_argument("--follow", "-f", action="store_true",
                       help="print the logs as they grow until the job ends (every line once), from any terminal")
     wait = verbs.add_parser("wait", help="wait until the job ends; exit with the code its `fleet run` had",
@@ -437,23 +440,15 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace, console: Console) -> int:
+    from fleet.runtime.follow import follow_logs, print_logs
+    if args.raw and sys.stdout.isatty():
+        raise InvalidInput("--raw writes the stored bytes unchanged, escape sequences included (screen clears, "
+                           "clipboard writes): only to a pipe or a file, never to a terminal; without --raw "
+                           "they are shown as \\xNN")
     store = JobStore(fleet_home())
     if args.follow:
-        from fleet.runtime.follow import follow_logs
-        return follow_logs(store, args.name, sys.stdout.buffer, console, host=args.host)
-    record = store.load(args.name)
-    algos = list(record.get("Hosts", {}))
-    if args.host:
-        if args.host not in algos:
-            raise InvalidInput(f"--host {args.host}: job {args.name} has hosts {', '.join(algos)}")
-        path = store.log_path(args.name, args.host)
-        sys.stdout.buffer.write(path.read_bytes() if path.exists() else b"")
-        return 0
-    for algo in algos:
-        path = store.log_path(args.name, algo)
-        if path.exists():
-            for line in path.read_bytes().splitlines():
-                sys.stdout.buffer.write(f"[{algo}] ".encode() + line + b"\n")
+        return follow_logs(store, args.name, sys.stdout.buffer, console, host=args.host, raw=args.raw)
+    print_logs(store, args.name, sys.stdout.buffer, host=args.host, raw=args.raw)
     return 0
 
 
