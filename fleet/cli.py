@@ -33,7 +33,7 @@ from fleet.image.reference import parse_reference
 from fleet.inventory import load_inventory
 from fleet.plan import PRIVATE_DIR, ClusterPlan, job_arn, plan_cluster, record_hosts, select_hosts
 from fleet.runtime.console import Console
-from fleet.runtime.store import JobStore, RunOptions, RunRecord, controller_id
+from fleet.runtime.store import JobStore, OwnerUnproven, RunOptions, RunRecord, controller_id
 
 if TYPE_CHECKING:
     from fleet.runtime.executor import JobExecution
@@ -168,7 +168,10 @@ def _parser() -> argparse.ArgumentParser:
     worker.add_argument("name")
     logs = verbs.add_parser("logs", help="the job's stored logs")
     logs.add_argument("name")
-    logs.add_argument("--host", help="one host's log, raw (e.g. algo-2)")
+    logs.add_argument("--host", help="one host's log, without the [algo-k] prefix (e.g. algo-2)")
+    logs.add_argument("--raw", action="store_true",
+                      help="with --host: its stored bytes unchanged (controls and long lines included), "
+                           "for a pipe or a file; refused on a terminal")
     logs.add_argument("--follow", "-f", action="store_true",
                       help="print the logs as they grow until the job ends (every line once), from any terminal")
     wait = verbs.add_parser("wait", help="wait until the job ends; exit with the code its `fleet run` had",
@@ -338,6 +341,8 @@ async def _take_over(name: str, console: Console, *, stop: bool) -> int:
 
 
 STOP_POLL = 0.05  # seconds between looks at the record while the owner stops the job
+UNPROVEN_WAIT = 2.0  # seconds a held owner lock may name no provable process (a new owner
+# writes its pid right after locking) before `fleet stop` refuses to signal anyone
 
 
 async def _stop(name: str, console: Console) -> int:
@@ -348,9 +353,8 @@ async def _stop(name: str, console: Console) -> int:
     if record["ProcessingJobStatus"] in TERMINAL:
         console.notice(f"{name}: already {record['ProcessingJobStatus']}; nothing to stop")
         return 0
-    pid = store.owner(name)
-    if pid is not None and pid > 0:
-        os.kill(pid, signal.SIGTERM)  # its first SIGTERM: a graceful stop, as Ctrl-C
+    pid = await _signal_owner(store, name)
+    if pid is not None:
         console.notice(f"stopping {name} (through its fleet process, pid {pid})")
         while True:
             await asyncio.sleep(STOP_POLL)
@@ -367,6 +371,19 @@ async def _stop(name: str, console: Console) -> int:
     console.notice(f"stopping {name} at its hosts (no fleet process runs it)")
     code = await _take_over(name, console, stop=True)
     return 0 if code in (0, JobStopped.exit_code) or store.load(name)["ProcessingJobStatus"] in TERMINAL else code
+
+
+async def _signal_owner(store: JobStore, name: str) -> int | None:
+    """SIGTERM (a graceful stop, as Ctrl-C) to the job's fleet process, once proven to be it;
+    its pid, or None when none runs the job. OwnerUnproven after UNPROVEN_WAIT."""
+    deadline = asyncio.get_running_loop().time() + UNPROVEN_WAIT
+    while True:
+        try:
+            return store.signal_owner(name, signal.SIGTERM)
+        except OwnerUnproven:
+            if asyncio.get_running_loop().time() >= deadline:
+                raise
+            await asyncio.sleep(STOP_POLL)
 
 
 def _when(iso: str | None) -> str:
@@ -426,23 +443,15 @@ def _describe(args: argparse.Namespace) -> int:
 
 
 def _logs(args: argparse.Namespace, console: Console) -> int:
+    from fleet.runtime.follow import follow_logs, print_logs
+    if args.raw and sys.stdout.isatty():
+        raise InvalidInput("--raw writes the stored bytes unchanged, escape sequences included (screen clears, "
+                           "clipboard writes): only to a pipe or a file, never to a terminal; without --raw "
+                           "they are shown as \\xNN")
     store = JobStore(fleet_home())
     if args.follow:
-        from fleet.runtime.follow import follow_logs
-        return follow_logs(store, args.name, sys.stdout.buffer, console, host=args.host)
-    record = store.load(args.name)
-    algos = list(record.get("Hosts", {}))
-    if args.host:
-        if args.host not in algos:
-            raise InvalidInput(f"--host {args.host}: job {args.name} has hosts {', '.join(algos)}")
-        path = store.log_path(args.name, args.host)
-        sys.stdout.buffer.write(path.read_bytes() if path.exists() else b"")
-        return 0
-    for algo in algos:
-        path = store.log_path(args.name, algo)
-        if path.exists():
-            for line in path.read_bytes().splitlines():
-                sys.stdout.buffer.write(f"[{algo}] ".encode() + line + b"\n")
+        return follow_logs(store, args.name, sys.stdout.buffer, console, host=args.host, raw=args.raw)
+    print_logs(store, args.name, sys.stdout.buffer, host=args.host, raw=args.raw)
     return 0
 
 

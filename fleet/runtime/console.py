@@ -12,7 +12,8 @@ is often a file (a Slurm job's output, `| tee`) that is later `cat`-ed or `tail 
 a terminal, where the escapes would act all the same; and the same bytes on a terminal and
 in a file are easier to trust and to grep. Nothing is lost: the raw bytes are in the stored
 log (`$FLEET_HOME/jobs/NAME/logs/algo-k.log`, written by the instance, not from here), and
-`fleet logs NAME --host algo-k` prints them raw, on purpose. A backslash the container
+`fleet logs NAME --host algo-k --raw` prints them raw, on purpose, to a pipe or a file only
+(`fleet logs` and `fleet logs -f` print them as the console does). A backslash the container
 printed is left alone, so `\\x1b` on the console may also be those four characters: the
 stored log tells them apart.
 

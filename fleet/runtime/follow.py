@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 from fleet.contract.describe import TERMINAL
 from fleet.errors import MACHINERY_EXIT, InvalidInput, JobStopped, MaxRuntimeExceeded
-from fleet.runtime.console import Console
+from fleet.runtime.console import Console, HostLines
 from fleet.runtime.store import JobStore
 
 POLL = 0.2  # seconds between looks at the record and the logs
@@ -98,20 +98,26 @@ def wait(store: JobStore, name: str, console: Console, *, poll: float = POLL, gr
 @dataclass
 class _HostLog:
     algo: str
+    lines: HostLines | None  # the console's: escaped, cut at LINE_LIMIT; None for raw bytes
     offset: int = 0
-    pending: bytes = b""  # the start of a line not ended yet (prefixed output only)
 
 
 class LogFollower:
-    """Prints a job's logs as they grow: every byte once. Prefixed, as `fleet logs` prints
-    them (`[algo-k] line`, lines split as bytes.splitlines does), a line once it has ended;
-    or one host's log raw (`host`), byte for byte."""
+    """Prints a job's logs as they grow: every byte once. As the console prints them while
+    the job runs (`[algo-k] line`, controls shown as `\\xNN`, a line once it has ended and
+    at most LINE_LIMIT bytes of it: memory stays bounded whatever the container printed);
+    one host's (`host`) without the prefix; or, with `raw`, one host's stored bytes
+    unchanged (for a pipe: cli.py refuses it to a terminal)."""
 
-    def __init__(self, store: JobStore, name: str, out: BinaryIO, host: str | None = None) -> None:
+    def __init__(self, store: JobStore, name: str, out: BinaryIO, host: str | None = None,
+                 raw: bool = False) -> None:
+        if raw and host is None:
+            raise InvalidInput("--raw prints one host's stored bytes: name the host with --host algo-k")
         self.store = store
         self.name = name
         self.out = out
         self.host = host
+        self.raw = raw
         self.logs: dict[str, _HostLog] = {}
 
     def check_host(self, record: dict[str, Any]) -> None:
@@ -123,13 +129,16 @@ class LogFollower:
         """Print what the logs gained since the last pump."""
         algos = [self.host] if self.host is not None else list(record.get("Hosts", {}))
         for algo in algos:
-            log = self.logs.setdefault(algo, _HostLog(algo))
+            log = self.logs.get(algo) or self.logs.setdefault(algo, _HostLog(algo, self._lines(algo)))
             try:
                 with open(self.store.log_path(self.name, algo), "rb") as file:
                     file.seek(log.offset)
                     while chunk := file.read(READ_CHUNK):
                         log.offset += len(chunk)
-                        self._print(log, chunk)
+                        if log.lines is None:
+                            self.out.write(chunk)
+                        else:
+                            log.lines.feed(chunk)
             except FileNotFoundError:  # not planned yet
                 continue
         self.out.flush()
@@ -137,30 +146,34 @@ class LogFollower:
     def finish(self) -> None:
         """The last lines that did not end with a newline (as `fleet logs` prints them)."""
         for log in self.logs.values():
-            if log.pending:
-                self._lines(log.algo, log.pending)
-                log.pending = b""
+            if log.lines is not None:
+                log.lines.flush()
         self.out.flush()
 
-    def _print(self, log: _HostLog, chunk: bytes) -> None:
-        if self.host is not None:
-            self.out.write(chunk)
-            return
-        data = log.pending + chunk
-        cut = data.rfind(b"\n") + 1  # lines never span a newline: what precedes it splits alike
-        log.pending = data[cut:]
-        self._lines(log.algo, data[:cut])
+    def _lines(self, algo: str) -> HostLines | None:
+        if self.raw:
+            return None
+        return HostLines(self.out, b"" if self.host is not None else f"[{algo}] ".encode())
 
-    def _lines(self, algo: str, data: bytes) -> None:
-        prefix = f"[{algo}] ".encode()
-        self.out.write(b"".join(prefix + line + b"\n" for line in data.splitlines()))
+
+def print_logs(store: JobStore, name: str, out: BinaryIO, *, host: str | None = None, raw: bool = False) -> None:
+    """`fleet logs`: the job's stored logs as they are now, host by host, printed as
+    `fleet logs -f` prints them."""
+    record = store.load(name)
+    algos = list(record.get("Hosts", {}))
+    if host is not None and host not in algos:
+        raise InvalidInput(f"--host {host}: job {name} has hosts {', '.join(algos)}")
+    follower = LogFollower(store, name, out, host, raw)
+    for algo in [host] if host is not None else algos:
+        follower.pump({"Hosts": {algo: {}}})
+        follower.finish()
 
 
 def follow_logs(store: JobStore, name: str, out: BinaryIO, console: Console, *, host: str | None = None,
-                poll: float = POLL, grace: float = OWNER_GRACE) -> int:
+                raw: bool = False, poll: float = POLL, grace: float = OWNER_GRACE) -> int:
     """`fleet logs -f`: print the job's logs until it ends and they are drained (0). A job
     already ended: its logs, at once. Its owner gone: what there is, and MACHINERY_EXIT."""
-    follower = LogFollower(store, name, out, host)
+    follower = LogFollower(store, name, out, host, raw)
     watch = JobWatch(store, name, grace)
     follower.check_host(store.load(name))
     while True:

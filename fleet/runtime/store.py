@@ -7,7 +7,8 @@
     run.json           what another fleet needs to take the job over (`fleet attach`,
                        `fleet stop` when its `fleet run` is gone): the request, the hosts,
                        their addresses, the options, the run's id
-    owner.lock         flock-ed by the fleet process running the job, and holding its pid
+    owner.lock         locked by the fleet process running the job, holding its pid and start
+                       time (runtime/owner.py: how others look at it, and prove it)
     VERB.log           what a background fleet process running the job said (its stdout and
                        stderr): run.log (`fleet run --detach`), serve-worker.log, attach.log
                        (`fleet serve`)
@@ -19,7 +20,6 @@ whatever the umask; a store made by an older fleet is tightened as it is written
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import re
@@ -33,6 +33,7 @@ from fleet.contract.describe import now
 from fleet.contract.job import JOB_NAME_PATTERN, ProcessingJob, parse_job
 from fleet.errors import InvalidInput, ResourceInUse
 from fleet.inventory import Host
+from fleet.runtime import owner as owner_lock
 
 
 class RunOptions(BaseModel):
@@ -154,35 +155,32 @@ class JobStore:
         """Become the one fleet process running `name`; JobOwned if another one is."""
         for directory in (self.home, self.jobs, self.job_dir(name)):  # a store of an older fleet
             _private(directory)
-        file = self._locked(name)
-        file.seek(0)
-        file.truncate()
-        file.write(f"{os.getpid()}\n")
-        file.flush()
+        path = self._owner_lock(name)
+        file = owner_lock.lock(path, _open_private(path, os.O_RDWR))
+        if file is None:
+            found = owner_lock.holder(path)
+            raise JobOwned(name, found.pid if found is not None else None)
         return Ownership(file)
 
     def owner(self, name: str) -> int | None:
-        """The pid of the fleet process running `name`, or None when none is (the lock file
-        is only looked at, never written)."""
-        try:
-            self._locked(name).close()
-        except JobOwned as exc:
-            return exc.pid or -1
-        except FileNotFoundError:
+        """The pid of the fleet process running `name` as its owner.lock says (-1 when it
+        does not say), or None when none runs it. Only looks: takes no lock, writes nothing."""
+        found = owner_lock.holder(self._owner_lock(name))
+        if found is None:
             return None
-        return None
+        return found.pid if found.pid is not None and found.pid > 0 else -1
 
-    def _locked(self, name: str):
-        """owner.lock, open and flock-ed by this process; JobOwned naming the holder's pid."""
-        file = os.fdopen(_open_private(self.job_dir(name) / "owner.lock", os.O_RDWR | os.O_APPEND), "a+")
+    def signal_owner(self, name: str, signum: int) -> int | None:
+        """Send `signum` to the fleet process running `name`, proven to be it (see
+        runtime/owner.py); its pid, or None when none runs it. OwnerUnproven when the lock is
+        held but its holder cannot be told: nothing is signalled then."""
         try:
-            fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            file.seek(0)
-            pid = file.read().strip()
-            file.close()
-            raise JobOwned(name, int(pid) if pid.isdigit() else None) from exc
-        return file
+            return owner_lock.signal_holder(self._owner_lock(name), signum)
+        except owner_lock.Unproven as exc:
+            raise OwnerUnproven(name, exc.holder.pid, self._owner_lock(name)) from exc
+
+    def _owner_lock(self, name: str) -> Path:
+        return self.job_dir(name) / "owner.lock"
 
 
 def controller_id(home: Path) -> str:
@@ -194,6 +192,14 @@ class JobOwned(InvalidInput):
     def __init__(self, name: str, pid: int | None) -> None:
         super().__init__(f"job {name} is run by another fleet process (pid {pid}); "
                          f"`fleet stop {name}` stops it")
+        self.pid = pid
+
+
+class OwnerUnproven(InvalidInput):
+    def __init__(self, name: str, pid: int | None, path: Path) -> None:
+        super().__init__(f"job {name} is run by a fleet process that cannot be told for sure: {path} is locked, "
+                         f"but not provably by the process it names (pid {pid}, which may be an unrelated one "
+                         f"now): not signalling pid {pid}. `fuser -v {path}` shows who holds it")
         self.pid = pid
 
 

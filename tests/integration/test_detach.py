@@ -3,6 +3,7 @@ acts on (75: the machinery failed, worth a retry; 1: the job did), on the test b
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -44,7 +45,7 @@ def test_detach_returns_while_the_containers_run_then_logs_follow_and_wait_tell_
     assert detached.stdout.strip().splitlines()[-1] == name
     assert f"fleet logs -f {name}" in detached.stderr and f"fleet wait {name}" in detached.stderr
     assert "Traceback" not in detached.stderr
-    owner = int((fleet.home / "jobs" / name / "owner.lock").read_text())
+    owner = json.loads((fleet.home / "jobs" / name / "owner.lock").read_text())["pid"]
     assert os.getsid(owner) == owner  # its own session: the terminal's signals do not reach it
 
     follow = fleet.start("logs", "-f", name)  # from other processes, as from other terminals
@@ -70,7 +71,7 @@ def test_a_detached_jobs_owner_killed_is_taken_over_by_attach(fleet, cluster):
     name = job["ProcessingJobName"]
     detached = _detach(fleet, job)
     assert detached.returncode == 0, detached.stderr
-    owner = int((fleet.home / "jobs" / name / "owner.lock").read_text())
+    owner = json.loads((fleet.home / "jobs" / name / "owner.lock").read_text())["pid"]
     os.kill(owner, signal.SIGKILL)
     gone = fleet("wait", name, timeout=60)  # says so rather than hang
     assert gone.returncode == 75, gone.stderr

@@ -27,7 +27,7 @@ def test_logs_are_printed_with_the_host_prefix_and_stored_raw(fleet):
         stored = fleet.log(name, f"algo-{k}")
         assert f"out of algo-{k}\n" in stored and f"err of algo-{k}\n" in stored
         assert stored.endswith("no newline")
-        assert fleet("logs", name, "--host", f"algo-{k}").stdout == stored
+        assert fleet("logs", name, "--host", f"algo-{k}", "--raw").stdout == stored  # a pipe: unchanged
     assert fleet("logs", name).stdout.count("[algo-2] ") == 3
 
 

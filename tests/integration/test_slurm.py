@@ -199,7 +199,8 @@ def test_a_detached_jobs_owner_killed_inside_the_allocation_is_taken_over_throug
     script = "\n".join([
         "#!/bin/sh",
         f"{fleet_} run --detach --inventory slurm {shlex.quote(str(job_file(tmp_path, job)))} || exit $?",
-        f"kill -KILL \"$(cat {shlex.quote(str(fleet.home / 'jobs' / name / 'owner.lock'))})\"",
+        f"kill -KILL \"$({PYTHON} -c 'import json, sys; print(json.load(open(sys.argv[1]))[\"pid\"])' "
+        f"{shlex.quote(str(fleet.home / 'jobs' / name / 'owner.lock'))})\"",
         f"exec {fleet_} attach {name}", ""])
     job_id = slurm.sbatch(script, cwd=tmp_path, env=slurm.env(FLEET_HOME=str(fleet.home), PYTHONUNBUFFERED="1"))
     state, code = slurm.wait_job(job_id, timeout=180)

@@ -102,16 +102,20 @@ def test_logs_follow_prints_every_line_once_as_the_files_grow_and_stops_at_the_e
     assert sorted(capsysbinary.readouterr().out.splitlines()) == sorted(out.getvalue().splitlines())
 
 
-def test_logs_follow_of_one_host_prints_its_bytes_raw(tmp_path):
+@pytest.mark.parametrize("raw, shown", [
+    (True, b"\x1b[2Jraw\r\nbytes\nand a tail"),  # --raw (to a pipe): the stored bytes unchanged
+    (False, b"\\x1b[2Jraw\nbytes\nand a tail\n"),  # as the console prints them, without the prefix
+], ids=["raw", "escaped"])
+def test_logs_follow_of_one_host_prints_its_bytes(tmp_path, raw, shown):
     store = make_job(tmp_path)
     data = b"\x1b[2Jraw\r\nbytes\nand a tail"
     owner = Owner(store, [("algo-2", p) for p in cut(data, 3)] + [("algo-1", b"not this host\n")],
                   {"ProcessingJobStatus": "Failed", "FailureReason": "AlgorithmError: x", "ExitCode": 1})
     out = io.BytesIO()
     owner.start()
-    assert follow_logs(store, NAME, out, console()[0], host="algo-2", poll=0.02) == 0
+    assert follow_logs(store, NAME, out, console()[0], host="algo-2", raw=raw, poll=0.02) == 0
     owner.join()
-    assert out.getvalue() == data
+    assert out.getvalue() == shown
 
 
 def test_logs_follow_refuses_a_host_the_job_does_not_have(tmp_path):
