@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import tempfile
@@ -47,15 +48,25 @@ MAX_PARTS = 10_000  # S3's limit: a file above PART * MAX_PARTS (48.8 GiB) gets 
 # objects, sent by botocore) peaked at 297 MB RSS and took 10.9 s; 4 buffers of 5 MiB sent
 # by aiohttp peak at 133 MB and take 9.1 s (an S3 job that moves nothing: 96 MB).
 PART_BUFFERS = 4
+PathDigest = bytes  # (OutputCount's field `bytes` hides the type's name in its body)
 
 @dataclass
 class OutputCount:
     objects: int = 0
     bytes: int = 0
-    written_by: dict[str, str] = field(default_factory=dict)  # relative path → algo
+    # A digest of each relative path uploaded → the algo that wrote it: 16 bytes a file, not
+    # the path (300,000 paths of 1,000 bytes would hold 300 MB here).
+    written_by: dict[PathDigest, str] = field(default_factory=dict)
 
     def record(self) -> dict:
         return {"Objects": self.objects, "Bytes": self.bytes}
+
+    def wrote(self, relative: str, algo: str) -> str | None:
+        """Note that `algo` uploads `relative`; the other algo that uploaded it before, if any."""
+        key = hashlib.blake2b(relative.encode("utf-8", "surrogateescape"), digest_size=16).digest()
+        previous = self.written_by.get(key)
+        self.written_by[key] = algo
+        return previous if previous != algo else None
 
 
 class Uploader:
@@ -118,11 +129,10 @@ class Uploader:
             if not _is_utf8(relative):
                 raise ClientError(f"output {output_name}: the file {where} has a name that is not UTF-8 "
                                   f"(an object key must be); not uploaded")
-            previous = count.written_by.get(relative)
-            if previous is not None and previous != algo:
+            previous = count.wrote(relative, algo)
+            if previous is not None:
                 self.warn(f"output {output_name}: {previous} and {algo} both wrote {relative}; "
                           f"the last upload wins")
-            count.written_by[relative] = algo
             await self._store(reader, entry.size, destination, relative, where)
             uploaded.add(relative)
             count.objects += 1

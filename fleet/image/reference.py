@@ -63,8 +63,7 @@ class Reference:
 
     @property
     def loopback(self) -> bool:
-        host = self.registry.rsplit(":", 1)[0] if not self.registry.endswith("]") else self.registry
-        return host in ("localhost", "[::1]") or host.startswith("127.")
+        return loopback(self.registry)
 
     def __str__(self) -> str:
         text = self.name
@@ -73,6 +72,25 @@ class Reference:
         if self.digest:
             text += f"@{self.digest}"
         return text
+
+
+def host_of(authority: str) -> str:
+    """HOST of HOST[:PORT] (an IPv6 address keeps its brackets)."""
+    return authority.rsplit(":", 1)[0] if not authority.endswith("]") else authority
+
+
+def loopback(authority: str) -> bool:
+    """Whether HOST[:PORT] names this machine, by name or address (never resolved)."""
+    host = host_of(authority).lower()
+    return host in ("localhost", "[::1]") or host.startswith("127.")
+
+
+def plain_http_allowed(authority: str, insecure: frozenset[str]) -> bool:
+    """Whether HOST[:PORT] may be spoken to over plain HTTP: on loopback, or listed (with or
+    without the port) in the inventory's `insecure_registries`, as dockerd's option of that
+    name. By name, as dockerd does: nothing is resolved."""
+    listed = {entry.lower() for entry in insecure}
+    return loopback(authority) or authority.lower() in listed or host_of(authority).lower() in listed
 
 
 def parse_reference(uri: str) -> Reference:

@@ -12,12 +12,13 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from fleet.errors import ClientError
 from fleet.image.credentials import RegistryAuth
-from fleet.image.reference import Reference
+from fleet.image.reference import Reference, plain_http_allowed
 
 log = logging.getLogger(__name__)
 
@@ -50,31 +51,32 @@ def base_url(reference: Reference, auth: RegistryAuth, insecure: frozenset[str])
     if auth.endpoint:
         return auth.endpoint
     host = reference.api_host
-    plain = reference.loopback or host in insecure or host.split(":")[0] in insecure
-    return f"{'http' if plain else 'https'}://{host}"
+    return f"{'http' if plain_http_allowed(host, insecure) else 'https'}://{host}"
 
 
 async def resolve(reference: Reference, auth: RegistryAuth, insecure: frozenset[str] = frozenset()) -> Resolved:
     """The digest of the image's manifest now. ClientError for what the registry refuses
-    (no such image, credentials refused); Unreachable when it cannot be asked."""
+    (no such image, credentials refused) and for a token realm that would get the
+    credentials over plain HTTP (see `_authorization`); Unreachable when it cannot be asked."""
     if reference.digest:
         return Resolved(reference.digest)
     base = base_url(reference, auth, insecure)
     url = f"{base}/v2/{reference.repository}/manifests/{reference.tag}"
     try:
         async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
-            return await _resolve(http, url, reference, auth)
+            return await _resolve(http, url, reference, auth, insecure)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise Unreachable(f"{base}: {type(exc).__name__}: {exc}") from None
 
 
-async def _resolve(http: aiohttp.ClientSession, url: str, reference: Reference, auth: RegistryAuth) -> Resolved:
+async def _resolve(http: aiohttp.ClientSession, url: str, reference: Reference, auth: RegistryAuth,
+                   insecure: frozenset[str]) -> Resolved:
     headers = {"Accept": ACCEPT}
     async with http.head(url, headers=headers, allow_redirects=True) as response:
         status, challenge = response.status, response.headers.get("WWW-Authenticate", "")
         digest = response.headers.get("Docker-Content-Digest")
     if status == 401:
-        headers["Authorization"] = await _authorization(http, challenge, reference, auth)
+        headers["Authorization"] = await _authorization(http, challenge, reference, auth, insecure)
         async with http.head(url, headers=headers, allow_redirects=True) as response:
             status, digest = response.status, response.headers.get("Docker-Content-Digest")
     if status == 200 and not digest:  # some registries name it on GET only: hash the manifest
@@ -98,7 +100,12 @@ async def _resolve(http: aiohttp.ClientSession, url: str, reference: Reference, 
 
 
 async def _authorization(http: aiohttp.ClientSession, challenge: str, reference: Reference,
-                         auth: RegistryAuth) -> str:
+                         auth: RegistryAuth, insecure: frozenset[str]) -> str:
+    """The Authorization header for the registry's API, from its challenge. A Bearer realm
+    is whatever the registry (or anyone between) names: credentials go to it only over
+    HTTPS, or over plain HTTP to loopback or to a host in `insecure_registries` (the rule
+    the registry's own API follows); any other plain-HTTP realm is refused with a
+    ClientError naming it. An anonymous token request carries nothing secret and goes."""
     scheme = challenge.split(" ", 1)[0].lower()
     basic = auth.basic()
     if scheme == "basic":
@@ -112,11 +119,19 @@ async def _authorization(http: aiohttp.ClientSession, challenge: str, reference:
     if not realm.startswith(("https://", "http://")):
         raise Unreachable(f"{reference.registry}: no token realm in its challenge")
     params.setdefault("scope", f"repository:{reference.repository}:pull")
+    parts = urlsplit(realm)
+    if (not auth.anonymous and parts.scheme == "http"
+            and not plain_http_allowed(parts.netloc.rpartition("@")[2], insecure)):
+        raise ClientError(f"the registry {reference.registry} asks for the credentials ({auth.source}) to be sent "
+                          f"to the token service {realm} over plain HTTP; fleet sends them only over HTTPS, or over "
+                          f"HTTP to loopback or to a registry listed in the inventory's insecure_registries")
     headers = {"Authorization": basic} if basic else {}
     if auth.identity_token:  # an OAuth refresh token (docker login to some registries)
-        async with http.post(realm, data={"grant_type": "refresh_token", "refresh_token": auth.identity_token,
-                                          "service": params.get("service", ""), "scope": params["scope"],
-                                          "client_id": "fleet"}) as response:
+        # No redirects: a 307/308 would re-send the token in the body to wherever it points.
+        # (aiohttp drops the Authorization header of the GET below on a cross-origin redirect.)
+        form = {"grant_type": "refresh_token", "refresh_token": auth.identity_token,
+                "service": params.get("service", ""), "scope": params["scope"], "client_id": "fleet"}
+        async with http.post(realm, data=form, allow_redirects=False) as response:
             answer = await _json(response, reference)
     else:
         async with http.get(realm, params=params, headers=headers) as response:

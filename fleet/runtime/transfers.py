@@ -171,16 +171,18 @@ class JobData:
         """Regular files whose size or mtime differ from their last upload. With
         `stable_only`, only those unchanged since the previous look (a file being written
         waits for the next pass)."""
-        result = await transport.run(host_command("changed-files", [directory]))
         now: dict[str, tuple[str, str]] = {}
-        for record in result.stdout.split(b"\0"):
-            if record:
-                fields = record.decode("utf-8", "surrogateescape").split(" ", 2)
-                if len(fields) != 3 or not fields[2]:
-                    raise ClientError(f"listing output {name} on {transport.label}: an unreadable line "
-                                      f"{record[:80]!r}")
-                size, mtime, path = fields
-                now[path] = (size, mtime)
+        # Record by record: the listing is never held whole beside what is kept of it.
+        async with transport.records(host_command("changed-files", [directory]), separator=b"\0") as listing:
+            async for record in listing:
+                if record:
+                    fields = record.decode("utf-8", "surrogateescape").split(" ", 2)
+                    if len(fields) != 3 or not fields[2]:
+                        raise ClientError(f"listing output {name} on {transport.label}: an unreadable line "
+                                          f"{record[:80]!r}")
+                    size, mtime, path = fields
+                    now[path] = (size, mtime)
+            await listing.end()
         previous = self._last_look.get((name, algo), {})
         self._last_look[(name, algo)] = now
         return {path: stamp for path, stamp in now.items()

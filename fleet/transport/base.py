@@ -3,19 +3,31 @@
 Every remote command is an argv (a list of words). A transport quotes it exactly once,
 at this boundary (`shlex.join` for SSH; the local transport executes the argv directly),
 so no user value is ever parsed by a shell as code.
+
+A host (or what runs on it) chooses how many bytes a command writes, so nothing here keeps
+a stream whole: `run` keeps stdout up to a limit (HostError past it) and the last bytes of
+stderr, `records` hands stdout over record by record (each up to a limit), and `drain`
+without a sink keeps a stream's last bytes. A whole 128 MiB stderr once cost 260 MiB of
+the controller's memory for the 4 KiB an error shows (issue 19).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Sequence
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
-from fleet.fanout import all_of
+from fleet.errors import HostError
+from fleet.fanout import all_of, task_group
 from fleet.inventory import Host
 
 OnBytes = Callable[[bytes], None]
 READ_SIZE = 65536
+STDOUT_LIMIT = 4 * 2**20  # bytes of stdout `run` keeps; a command that writes more is an error
+STDERR_TAIL = 4096  # bytes of a command's stderr kept: its last, what an error shows
+RECORD_LIMIT = 65536  # bytes of one record of `records` (a path is at most PATH_MAX, 4096)
 
 
 @dataclass(frozen=True)
@@ -113,17 +125,50 @@ class Transport(abc.ABC):
         """This machine's address on the way to the host (None without a network hop)."""
         return None
 
-    async def run(self, argv: Sequence[str], *, stdin: bytes | None = None) -> CommandResult:
-        """Run argv to its end and return its output."""
+    async def run(self, argv: Sequence[str], *, stdin: bytes | None = None, stdout_limit: int = STDOUT_LIMIT,
+                  stderr_tail: int = STDERR_TAIL) -> CommandResult:
+        """Run argv to its end and return its output: all of stdout, up to `stdout_limit`
+        bytes (a command that writes more is abandoned: HostError naming the host and the
+        command), and the last `stderr_tail` bytes of stderr. For more output than fits,
+        `records`."""
         process = await self.start(argv)
         try:
             if stdin:
                 await process.write(stdin)
             process.close_stdin()
             out = bytearray()
-            err = bytearray()
-            await all_of(drain(process.read_stdout, out.extend), drain(process.read_stderr, err.extend))
-            return CommandResult(await process.wait(), bytes(out), bytes(err))
+
+            def keep(chunk: bytes) -> None:
+                if len(out) + len(chunk) > stdout_limit:
+                    raise HostError(self.label, f"{command_name(argv)} wrote more than {stdout_limit} bytes "
+                                                f"to its stdout")
+                out.extend(chunk)
+            _, err = await all_of(drain(process.read_stdout, keep), drain(process.read_stderr, keep=stderr_tail))
+            return CommandResult(await process.wait(), bytes(out), err)
+        finally:
+            process.close()
+
+    @contextlib.asynccontextmanager
+    async def records(self, argv: Sequence[str], *, separator: bytes = b"\n", record_limit: int = RECORD_LIMIT,
+                      stderr_tail: int = STDERR_TAIL) -> AsyncIterator[Records]:
+        """Run argv (stdin closed) and read its stdout as records ending in `separator`, one
+        at a time, each at most `record_limit` bytes (HostError past it): a listing of any
+        length costs a record's memory, not the listing's. Its stderr is kept as its last
+        `stderr_tail` bytes. The command is abandoned when the block ends early.
+
+            async with transport.records(argv, separator=b"\0") as listing:
+                async for record in listing: ...
+                result = await listing.end()  # exit status, stderr's tail (stdout: b"")
+        """
+        process = await self.start(argv)
+        try:
+            process.close_stdin()
+            async with task_group() as tasks:
+                stderr = tasks.create_task(drain(process.read_stderr, keep=stderr_tail))
+                try:
+                    yield Records(process, self.label, command_name(argv), separator, record_limit, stderr)
+                finally:
+                    stderr.cancel()
         finally:
             process.close()
 
@@ -136,12 +181,63 @@ def command_name(argv: Sequence[str]) -> str:
     return argv[0] if argv else "?"
 
 
-async def drain(read: Callable, sink: OnBytes | None = None) -> bytes:
-    """Read a stream to its end, handing chunks to `sink`; return what it did not take."""
+async def drain(read: Callable, sink: OnBytes | None = None, *, keep: int = STDERR_TAIL) -> bytes:
+    """Read a stream to its end, handing chunks to `sink`; without one, return the stream's
+    last `keep` bytes (never holding more than that and a chunk)."""
     kept = bytearray()
     while chunk := await read():
         if sink is None:
             kept += chunk
+            del kept[:-keep or len(kept)]
         else:
             sink(chunk)
     return bytes(kept)
+
+
+class Records:
+    """A command's stdout, record by record (see `Transport.records`)."""
+
+    def __init__(self, process: RemoteProcess, label: str, name: str, separator: bytes, limit: int,
+                 stderr: asyncio.Task[bytes]) -> None:
+        self._process = process
+        self._label = label
+        self._name = name
+        self._separator = separator
+        self._limit = limit
+        self._stderr = stderr
+        self._buffer = bytearray()
+        self._searched = 0  # bytes of the buffer known to hold no separator
+        self._ended = False
+
+    def __aiter__(self) -> Records:
+        return self
+
+    async def __anext__(self) -> bytes:
+        """The next record, without its separator (a last one without one counts too)."""
+        while (end := self._buffer.find(self._separator, self._searched)) < 0:
+            self._searched = max(0, len(self._buffer) - len(self._separator) + 1)
+            if len(self._buffer) > self._limit:
+                raise HostError(self._label, f"{self._name} wrote a record longer than {self._limit} bytes")
+            chunk = b"" if self._ended else await self._process.read_stdout()
+            if not chunk:
+                self._ended = True
+                if not self._buffer:
+                    raise StopAsyncIteration
+                record = bytes(self._buffer)
+                self._buffer.clear()
+                return record
+            self._buffer += chunk
+        record = bytes(self._buffer[:end])
+        del self._buffer[:end + len(self._separator)]
+        self._searched = 0
+        return record
+
+    async def end(self) -> CommandResult:
+        """Read the rest of stdout (records not read are dropped) and wait for the command:
+        its exit status and the last bytes of its stderr."""
+        self._buffer.clear()
+        if not self._ended:
+            await drain(self._process.read_stdout, lambda chunk: None)
+            self._ended = True
+        stderr = await self._stderr
+        return CommandResult(await self._process.wait(), b"", stderr)
