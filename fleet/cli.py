@@ -164,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-connections", type=int, metavar="N",
                        help="open connections served at once; more are answered 503 ServiceUnavailable "
                             "(default: half the open-files limit, at most 1024)")
+    serve.add_argument("--max-queued", type=int, default=500, metavar="N",
+                       help="jobs waiting for hosts at most; CreateProcessingJob beyond is refused with "
+                            "ResourceLimitExceeded (default: 500)")
     worker = verbs.add_parser("serve-worker", help=argparse.SUPPRESS)  # the fleet process of one served job
     worker.add_argument("name")
     logs = verbs.add_parser("logs", help="the job's stored logs")
@@ -488,7 +491,9 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
                          host_timeout=args.host_timeout, region=region, account=account,
                          insecure_registries=tuple(inventory.insecure_registries))
     store = JobStore(fleet_home())
-    api = Api(store, Scheduler(store, inventory, options), region, account)
+    if args.max_queued < 1:
+        raise InvalidInput("--max-queued must be >= 1")
+    api = Api(store, Scheduler(store, inventory, options, args.max_queued), region, account)
     if args.max_connections is not None and args.max_connections < 1:
         raise InvalidInput("--max-connections must be >= 1")
     await serve(api, keys, args.listen, tls, console.notice, args.max_connections)

@@ -24,6 +24,7 @@ import json
 import os
 import re
 import socket
+import time
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -274,3 +275,58 @@ class JobRecord:
         _private(self.directory / "logs")
         return os.fdopen(_open_private(self.directory / "logs" / f"{algo}.log", os.O_WRONLY | os.O_APPEND), "ab",
                          buffering=0)
+
+
+RACY_SECONDS = 1.0  # a record read this soon after its write may hide a later one of the same stat
+
+
+class RecordCache:
+    """The jobs' records as last read, each read again only when its describe.json changed
+    (every write is a rename: a new inode, mtime and size), so that looking at thousands of
+    records costs a stat each, not a read and a parse. `fields`, if given, are the only
+    ones kept (a list of 10,000 jobs needs their summaries, not their requests).
+
+    A stat cannot tell two writes apart that land in the same clock tick with the same size
+    and a recycled inode: as git does with its index ("racy git"), a record read less than
+    RACY_SECONDS after its write is not trusted, and read again at the next look."""
+
+    def __init__(self, store: JobStore, fields: tuple[str, ...] | None = None) -> None:
+        self.store = store
+        self.fields = fields
+        self._known: dict[str, tuple[tuple[int, int, int, int], bool, dict[str, Any]]] = {}
+
+    def load(self, name: str) -> dict[str, Any] | None:
+        """The record of `name`, or None when it has none (or it cannot be read)."""
+        path = self.store.job_dir(name) / "describe.json"
+        try:
+            stat = os.stat(path)
+        except OSError:
+            self._known.pop(name, None)
+            return None
+        stamp = (stat.st_ino, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_size)
+        known = self._known.get(name)
+        if known is not None and known[0] == stamp and known[1]:
+            return known[2]
+        try:
+            record = json.loads(path.read_bytes())
+        except (OSError, ValueError):
+            self._known.pop(name, None)
+            return None
+        if not isinstance(record, dict):
+            return None
+        if self.fields is not None:
+            record = {key: value for key, value in record.items() if key in self.fields}
+        settled = time.time_ns() - stat.st_mtime_ns > RACY_SECONDS * 1e9
+        self._known[name] = (stamp, settled, record)
+        return record
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every job's record, newest first; unreadable ones are skipped."""
+        try:
+            names = [entry.name for entry in os.scandir(self.store.jobs) if entry.is_dir()]
+        except FileNotFoundError:
+            names = []
+        for gone in self._known.keys() - set(names):
+            del self._known[gone]
+        found = [record for name in names if (record := self.load(name)) is not None]
+        return sorted(found, key=lambda r: r.get("CreationTime", ""), reverse=True)

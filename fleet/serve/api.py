@@ -24,7 +24,7 @@ from fleet.data.sources import check_job_data
 from fleet.errors import FleetError, ResourceInUse
 from fleet.image.reference import parse_reference
 from fleet.plan import job_arn
-from fleet.runtime.store import JobStore
+from fleet.runtime.store import JobStore, RecordCache
 from fleet.serve.scheduler import STARTING, Scheduler, spool_request
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,9 @@ PAGE_BYTES = 1_048_576  # GetLogEvents: at most 1 MB of events a page (as CloudW
 PAGE_EVENTS = 10_000  # and at most 10,000 events
 EVENT_BYTES = 256 * 1024  # a longer line is cut into events of this size (CloudWatch's limit)
 TIMESTAMPS = ("CreationTime", "LastModifiedTime", "ProcessingStartTime", "ProcessingEndTime")
+SUMMARY = ("ProcessingJobName", "ProcessingJobArn", "CreationTime", "ProcessingEndTime", "LastModifiedTime",
+           "ProcessingJobStatus", "FailureReason", "ExitMessage")  # a ProcessingJobSummary's fields
+SUMMARY_FIELDS = (*SUMMARY, "Hosts")  # what List and the log streams' prefix search keep of each record
 
 
 class ApiError(Exception):
@@ -83,6 +86,7 @@ class Api:
         self.scheduler = scheduler
         self.region = region
         self.account = account
+        self.summaries = RecordCache(store, SUMMARY_FIELDS)  # for List: read again only when changed
         self.operations: dict[str, Callable[[dict], Awaitable[dict]]] = {
             "SageMaker.CreateProcessingJob": self.create,
             "SageMaker.DescribeProcessingJob": self.describe,
@@ -104,6 +108,12 @@ class Api:
         if count > hosts:
             raise _validation(f"ProcessingResources.ClusterConfig.InstanceCount: {count} instances asked "
                               f"for; the inventory has {hosts} host(s)")
+        if self.scheduler.queued() >= self.scheduler.max_queued:
+            raise ApiError("ResourceLimitExceeded",
+                           f"The account-level service limit 'Number of processing jobs waiting for hosts' is "
+                           f"{self.scheduler.max_queued} jobs, with current utilization of "
+                           f"{self.scheduler.queued()} jobs (fleet serve --max-queued). Retry once jobs have "
+                           f"started or ended.")
         arn = job_arn(job, self.region, self.account)
         record = new_record(job, arn, {})
         record["SecondaryStatus"] = STARTING
@@ -149,7 +159,7 @@ class Api:
         status = _string(request, "StatusEquals")
         bounds = {key: _number(request, key) for key in ("CreationTimeAfter", "CreationTimeBefore",
                                                           "LastModifiedTimeAfter", "LastModifiedTimeBefore")}
-        records = self.store.records()
+        records = self.summaries.records()  # 10,000 jobs: 10,000 stats, and reads of the changed ones only
         chosen = []
         for record in records:
             if contains and contains not in record.get("ProcessingJobName", ""):
@@ -180,9 +190,7 @@ class Api:
         start = _token(request.get("NextToken"))
         page = chosen[start:start + limit]
         answer: dict[str, Any] = {"ProcessingJobSummaries": [
-            {key: value for key, value in self._shaped(r).items()
-             if key in ("ProcessingJobName", "ProcessingJobArn", "CreationTime", "ProcessingEndTime",
-                        "LastModifiedTime", "ProcessingJobStatus", "FailureReason", "ExitMessage")}
+            {key: value for key, value in self._shaped(r).items() if key in SUMMARY}
             for r in page]}
         if start + limit < len(chosen):
             answer["NextToken"] = base64.urlsafe_b64encode(json.dumps({"at": start + limit}).encode()).decode()
@@ -204,7 +212,7 @@ class Api:
         if not job_name:
             return []
         names = [job_name] if "/" in prefix else \
-            [r["ProcessingJobName"] for r in self.store.records() if r["ProcessingJobName"].startswith(prefix)]
+            [r["ProcessingJobName"] for r in self.summaries.records() if r["ProcessingJobName"].startswith(prefix)]
         streams = []
         for name in names:
             try:

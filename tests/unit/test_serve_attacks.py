@@ -385,3 +385,28 @@ def test_a_flood_of_idle_connections_gets_503_and_serve_stays_up(tmp_path):
         for conn in flood:
             conn.close()
         server.close()
+
+
+# --- 6. a bounded queue ---
+
+
+def test_creates_beyond_max_queued_are_refused_with_resource_limit_exceeded_and_recorded_nowhere(tmp_path):
+    """--max-queued 3 with WAITING queued already: two more are queued, the next is refused in
+    AWS's shape, and nothing is recorded for it; once a waiting job ends, a create passes."""
+    server = Served(tmp_path, extra=("--max-queued", "3"))
+    try:
+        for name in ("zq-q1", "zq-q2"):
+            answer = server.call("SageMaker.CreateProcessingJob", _job(name))
+            assert answer.status == 200, answer
+        answer = server.call("SageMaker.CreateProcessingJob", _job("zq-q3"))
+        assert (answer.status, answer.code) == (400, "ResourceLimitExceeded"), answer
+        assert answer.headers["x-amzn-errortype"] == "ResourceLimitExceeded"
+        assert "3 jobs" in answer.body["message"]
+        assert not (server.home / "jobs" / "zq-q3").exists()
+        assert server.call("SageMaker.StopProcessingJob", {"ProcessingJobName": "zq-q1"}).status == 200
+        answer = server.call("SageMaker.CreateProcessingJob", _job("zq-q3"))
+        assert answer.status == 200, answer
+        server.alive()
+        _no_traceback(server)
+    finally:
+        server.close()
