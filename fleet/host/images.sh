@@ -9,10 +9,11 @@
 # finds no image by its config digest: an image fleet pushes is loaded with one more tag,
 # fleet-image:HEX (HEX: the config digest's), through which every engine finds it.
 
-# image_id IMAGE: the ID of the host's image IMAGE (a name, NAME@DIGEST or an ID), printed;
-# status 1 when the host has none, docker's statuses (20, 21, 22) when docker fails.
-image_id() {
-  inspected=$(d_bounded image inspect --format '{{.Id}}' "$1" 2>&1)
+# inspect_image FORMAT IMAGE: `docker image inspect --format FORMAT IMAGE`, printed;
+# status 1 when the host has no such image, docker's statuses (20, 21, 22) when docker fails
+# (its words printed, but for a timeout). Every engine's way of saying "no such image".
+inspect_image() {
+  inspected=$(d_bounded image inspect --format "$1" "$2" 2>&1)
   case $? in
     0) printf '%s\n' "$inspected"; return 0 ;;
     124) return 20 ;;  # DOCKER_TIMEOUT
@@ -22,6 +23,12 @@ image_id() {
     *"o such image"* | *"image not known"* | *"failed to find image"*) return 1 ;;
     *) printf '%s\n' "$inspected"; return 22 ;;  # DOCKER_FAILED
   esac
+}
+
+# image_id IMAGE: the ID of the host's image IMAGE (a name, NAME@DIGEST or an ID), printed;
+# statuses as inspect_image's.
+image_id() {
+  inspect_image '{{.Id}}' "$1"
 }
 
 # config_image IMAGE [DIFFID...]: as image_id, and an IMAGE that is a config digest
@@ -37,18 +44,12 @@ config_image() {
   esac
   want=$1
   shift
-  inspected=$(d_bounded image inspect --format '{{.Id}} {{range .RootFS.Layers}}{{.}} {{end}}' \
-    "fleet-image:${want#sha256:}" 2>&1)
-  case $? in
-    0) ;;
-    124) return 20 ;;  # DOCKER_TIMEOUT
-    127) printf '%s\n' "$inspected"; return 21 ;;  # DOCKER_MISSING
-    *)
-      case $inspected in
-        *"o such image"* | *"image not known"* | *"failed to find image"*) return 1 ;;
-        *) printf '%s\n' "$inspected"; return 22 ;;  # DOCKER_FAILED
-      esac ;;
-  esac
+  inspected=$(inspect_image '{{.Id}} {{range .RootFS.Layers}}{{.}} {{end}}' "fleet-image:${want#sha256:}")
+  status=$?
+  if [ "$status" -ne 0 ]; then
+    [ -z "$inspected" ] || printf '%s\n' "$inspected"
+    return "$status"
+  fi
   if [ "$#" -gt 0 ] && [ "${inspected#* }" != "$* " ]; then return 1; fi
   printf '%s\n' "${inspected%% *}"
 }

@@ -39,7 +39,7 @@ import platform
 import posixpath
 import re
 import tarfile
-from collections.abc import AsyncGenerator, Iterable, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -213,9 +213,7 @@ def _scan(file: BinaryIO, size: int, path: Path) -> list[Entry]:
             break
         body = info.size
         if "size" in pax:
-            if not (pax["size"].isascii() and pax["size"].isdigit() and len(pax["size"]) <= 19):
-                raise _refuse(path, f"a pax header gives the size {pax['size'][:40]!r}")
-            body = int(pax["size"])
+            body = _pax_size(pax["size"], lambda why: _refuse(path, why))
         raw_name = pax.get("path") or long_name or info.name
         raw_link = pax.get("linkpath") or long_link or info.linkname
         name = _inside(raw_name, path)
@@ -258,6 +256,13 @@ def _inside(name: str, path: Path) -> str:
             or normal.startswith("../")):
         raise _refuse(path, f"an entry named {name[:200]!r}")
     return normal
+
+
+def _pax_size(value: str, refuse: Callable[[str], InvalidInput]) -> int:
+    """A pax header's size record: at most 19 ASCII digits (beyond off_t no file holds)."""
+    if not (value.isascii() and value.isdigit() and len(value) <= 19):
+        raise refuse(f"a pax header gives the size {value[:40]!r}")
+    return int(value)
 
 
 def _pax_records(data: bytes, path: Path) -> dict[str, str]:
@@ -489,9 +494,7 @@ class LoadStream:
             return []
         size = info.size
         if "size" in self._pax:
-            if not (self._pax["size"].isascii() and self._pax["size"].isdigit() and len(self._pax["size"]) <= 19):
-                raise self._refuse(f"a pax header gives the size {self._pax['size'][:40]!r}")
-            size = int(self._pax["size"])
+            size = _pax_size(self._pax["size"], self._refuse)
         name = posixpath.normpath(self._pax.get("path") or self._long_name or info.name)
         if info.type not in (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE):
             size = 0
