@@ -164,6 +164,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-connections", type=int, metavar="N",
                        help="open connections served at once; more are answered 503 ServiceUnavailable "
                             "(default: half the open-files limit, at most 1024)")
+    serve.add_argument("--max-connections-per-client", type=int, metavar="N",
+                       help="open connections of one client address (IPv6: one /64) at once; more are answered "
+                            "503 ServiceUnavailable (default: a quarter of --max-connections)")
     serve.add_argument("--max-queued", type=int, default=500, metavar="N",
                        help="jobs waiting for hosts at most; CreateProcessingJob beyond is refused with "
                             "ResourceLimitExceeded (default: 500)")
@@ -496,7 +499,9 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
     api = Api(store, Scheduler(store, inventory, options, args.max_queued), region, account)
     if args.max_connections is not None and args.max_connections < 1:
         raise InvalidInput("--max-connections must be >= 1")
-    await serve(api, keys, args.listen, tls, console.notice, args.max_connections)
+    if args.max_connections_per_client is not None and args.max_connections_per_client < 1:
+        raise InvalidInput("--max-connections-per-client must be >= 1")
+    await serve(api, keys, args.listen, tls, console.notice, args.max_connections, args.max_connections_per_client)
     return 0
 
 

@@ -17,6 +17,7 @@ import resource
 import signal
 import ssl
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import cast
 
@@ -170,9 +171,31 @@ def max_connections() -> int:
     return max(8, min(1024, (soft - 64 - MAX_REFUSING) // 2))
 
 
-def _busy_response() -> bytes:
-    body = json.dumps({"__type": "ServiceUnavailable",
-                       "message": "fleet serve has too many open connections; retry later"}).encode()
+def max_connections_per_client(connections: int) -> int:
+    """The default cap on one client's open connections: a quarter of all, so that no one
+    address holds the server alone (four must join to fill it), while a well-behaved client
+    stays far below it (boto3 and the SageMaker SDK pool 10 connections)."""
+    return max(1, connections // 4)
+
+
+def client_of(peername: object) -> str:
+    """Whom a connection counts against: its IPv4 address (an IPv4-mapped IPv6 one as IPv4),
+    or its IPv6 /64 (one site's share: an address per connection costs nothing there)."""
+    if not isinstance(peername, tuple) or not peername:
+        return ""
+    try:
+        address = ipaddress.ip_address(str(peername[0]).partition("%")[0])
+    except ValueError:
+        return str(peername[0])
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
+def _busy_response(message: str) -> bytes:
+    body = json.dumps({"__type": "ServiceUnavailable", "message": message}).encode()
     head = (f"HTTP/1.1 503 Service Unavailable\r\nContent-Type: {CONTENT_TYPE}\r\n"
             f"x-amzn-ErrorType: ServiceUnavailable\r\nx-amzn-RequestId: {uuid.uuid4()}\r\n"
             f"Retry-After: 1\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n")
@@ -180,12 +203,15 @@ def _busy_response() -> bytes:
 
 
 class _Busy(asyncio.Protocol):
-    """A connection beyond the cap: answered 503 ServiceUnavailable (botocore retries it) at
+    """A connection beyond a cap: answered 503 ServiceUnavailable (botocore retries it) at
     once, whatever it sends (read and dropped, so that closing does not reset the answer away),
     and closed BUSY_LINGER later."""
 
     lingering = 0
     _closer: asyncio.TimerHandle | None = None
+
+    def __init__(self, message: str) -> None:
+        self.message = message
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)  # uvloop's is one, though not a subclass
@@ -193,7 +219,7 @@ class _Busy(asyncio.Protocol):
             transport.abort()
             return
         _Busy.lingering += 1
-        transport.write(_busy_response())
+        transport.write(_busy_response(self.message))
         self._closer = asyncio.get_running_loop().call_later(BUSY_LINGER, transport.close)
 
     def data_received(self, data: bytes) -> None:
@@ -205,11 +231,83 @@ class _Busy(asyncio.Protocol):
             _Busy.lingering -= 1
 
 
+class _Admission:
+    """The connections served, all and per client (client_of): at most `connections` and
+    `per_client`; a connection beyond either is given to _Busy."""
+
+    def __init__(self, handlers: Callable[[], asyncio.Protocol], connections: int, per_client: int) -> None:
+        self.handlers = handlers
+        self.connections = connections
+        self.per_client = per_client
+        self.open = 0
+        self.by_client: dict[str, int] = {}
+
+    def admit(self, client: str) -> asyncio.Protocol:
+        if self.open >= self.connections:
+            return _Busy("fleet serve has too many open connections; retry later")
+        held = self.by_client.get(client, 0)
+        if held >= self.per_client:
+            return _Busy(f"this client ({client}) holds {held} open connections, the most fleet serve allows "
+                         f"one client; retry later")
+        self.open += 1
+        self.by_client[client] = held + 1
+        return self.handlers()
+
+    def release(self, client: str) -> None:
+        self.open -= 1
+        held = self.by_client.pop(client) - 1
+        if held:
+            self.by_client[client] = held
+
+
+class _Connection(asyncio.Protocol):
+    """One accepted connection, admitted or refused once its peer is known (the protocol
+    factory is called before the peer is), then passed on whole to aiohttp's handler or _Busy."""
+
+    def __init__(self, admission: _Admission) -> None:
+        self.admission = admission
+        self.client: str | None = None  # set while it counts against its client
+        self.inner: asyncio.Protocol | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        client = client_of(transport.get_extra_info("peername"))
+        self.inner = self.admission.admit(client)
+        if not isinstance(self.inner, _Busy):
+            self.client = client
+        self.inner.connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        assert self.inner is not None
+        self.inner.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        assert self.inner is not None
+        return self.inner.eof_received()
+
+    def pause_writing(self) -> None:
+        assert self.inner is not None
+        self.inner.pause_writing()
+
+    def resume_writing(self) -> None:
+        assert self.inner is not None
+        self.inner.resume_writing()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            if self.inner is not None:
+                self.inner.connection_lost(exc)
+        finally:
+            if self.client is not None:
+                self.admission.release(self.client)
+                self.client = None
+
+
 async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None, notice,
-                connections: int | None = None) -> None:
+                connections: int | None = None, per_client: int | None = None) -> None:
     """Serve until SIGTERM or SIGINT; the scheduler runs alongside. Running jobs go on.
-    At most `connections` open connections (default: max_connections()); more are answered
-    503 and closed."""
+    At most `connections` open connections (default: max_connections()), `per_client` of
+    them from one client (default: max_connections_per_client()); more are answered 503 and
+    closed."""
     host, port = listen_address(listen)
     cap = connections or max_connections()
     app = web.Application(client_max_size=BODY_LIMIT)
@@ -219,11 +317,9 @@ async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None
     handlers = runner.server
     assert handlers is not None
 
-    def connection() -> asyncio.Protocol:
-        return _Busy() if len(handlers.connections) >= cap else handlers()
-
+    admission = _Admission(handlers, cap, per_client or max_connections_per_client(cap))
     loop = asyncio.get_running_loop()
-    listener = await loop.create_server(connection, host, port, ssl=tls, backlog=1024)
+    listener = await loop.create_server(lambda: _Connection(admission), host, port, ssl=tls, backlog=1024)
     stop = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)

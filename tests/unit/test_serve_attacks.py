@@ -29,6 +29,7 @@ from fleet.plan import record_hosts
 from fleet.runtime.store import JobStore, RunOptions, RunRecord
 from fleet.serve.api import LOG_GROUP, Api
 from fleet.serve.scheduler import STOP_ASKED, Scheduler
+from fleet.serve.server import client_of
 
 KEY, SECRET = "AKIDFLEETATTACK00001", "fleet-attack-test-secret"
 ROOT = Path(__file__).resolve().parents[2]
@@ -393,6 +394,72 @@ def test_a_flood_of_idle_connections_gets_503_and_serve_stays_up(tmp_path):
         for conn in flood:
             conn.close()
         server.close()
+
+
+def _connect_from(server: Served, source: str) -> socket.socket:
+    """A connection to the server from loopback address `source` (another client to it)."""
+    return socket.create_connection(("127.0.0.1", server.port), timeout=5, source_address=(source, 0))
+
+
+def test_one_client_beyond_its_share_of_connections_gets_503_while_another_is_served(tmp_path):
+    """--max-connections 8, so one client may hold 2 (a quarter): 127.0.0.2 opens all 8; its
+    first 2 are served, the other 6 are answered 503 ServiceUnavailable and closed, and
+    127.0.0.1 is still answered 200 meanwhile (without the per-client cap it got 503: one
+    address held the whole server)."""
+    server = Served(tmp_path, extra=("--max-connections", "8"))
+    greedy = [_connect_from(server, "127.0.0.2") for _ in range(8)]
+    try:
+        refused: list[socket.socket] = []
+        deadline = time.monotonic() + 3  # each 503 is written at once; the held ones stay silent
+        while time.monotonic() < deadline and len(refused) < 6:
+            readable, _, _ = select.select([c for c in greedy if c not in refused], [], [], 0.2)
+            for conn in readable:
+                answer = _read_answer(conn)
+                assert (answer.status, answer.code) == (503, "ServiceUnavailable"), answer
+                assert "127.0.0.2" in answer.body["message"]
+                assert answer.headers["connection"] == "close"
+                refused.append(conn)
+        held = [conn for conn in greedy if conn not in refused]
+        assert len(refused) == 6 and len(held) == 2, (len(refused), len(held))
+
+        for target, document in [("SageMaker.DescribeProcessingJob", {"ProcessingJobName": WAITING}),
+                                 ("SageMaker.ListProcessingJobs", {})]:
+            answer = server.call(target, document)  # from 127.0.0.1
+            assert answer.status == 200, answer
+        headers, body = server.sign("SageMaker.ListProcessingJobs", {})
+        request = ("POST / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())
+                   + f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+        held[0].sendall(request)
+        answer = _read_answer(held[0])  # a held connection of the capped client is served
+        assert answer.status == 200, answer
+
+        for conn in greedy:
+            conn.close()
+        # once its connections are closed (and the server has seen it), the client is served again
+        deadline = time.monotonic() + 15
+        while True:
+            with _connect_from(server, "127.0.0.2") as conn:
+                conn.sendall(request)
+                answer = _read_answer(conn)
+            if answer.status != 503 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert answer.status == 200, answer
+        server.alive()
+        _no_traceback(server)
+    finally:
+        for conn in greedy:
+            conn.close()
+        server.close()
+
+
+def test_a_client_is_one_ipv4_address_or_one_ipv6_64():
+    """An IPv6 client has a /64 of addresses to spread its connections over: they count as one."""
+    assert client_of(("127.0.0.2", 5000)) == "127.0.0.2"
+    assert client_of(("2001:db8::1", 5000, 0, 0)) == client_of(("2001:db8::ffff:2", 5001, 0, 0)) == "2001:db8::/64"
+    assert client_of(("2001:db8:0:1::1", 5000, 0, 0)) == "2001:db8:0:1::/64"
+    assert client_of(("::ffff:10.0.0.1", 5000, 0, 0)) == "10.0.0.1"
+    assert client_of(("fe80::1%eth0", 5000, 0, 2)) == "fe80::/64"
 
 
 # --- 6. a bounded queue ---
