@@ -161,7 +161,8 @@ class Api:
 
     def _shaped(self, record: dict) -> dict:
         """The record as DescribeProcessingJob answers it: timestamps as epoch seconds
-        (fleet's own fields, Hosts, Image, Transfers, ride along: clients ignore them);
+        (fleet's own fields, Hosts, Image, Transfers, Owner, ride along: clients ignore them;
+        Owner is filled in for a `fleet run` record, which names none);
         `Stopping` as soon as a stop was asked for (the job's own process writes its record:
         the server never does once it runs); a failed container's ExitMessage also in the
         FailureReason, which is all the SageMaker SDK shows of a failure."""
