@@ -2,7 +2,9 @@
 
     describe.json      the DescribeProcessingJob record, rewritten atomically on each change;
                        beside SageMaker's fields, fleet's own (Hosts, Image, Transfers, and
-                       ExitCode: what `fleet run` exited with, once the job ended)
+                       ExitCode: what `fleet run` exited with, once the job ended; Owner:
+                       the profile whose key created it through `fleet serve`, absent for
+                       `fleet run`'s, which are the controller's: serve/api.py)
     logs/algo-k.log    each host's container log, exactly the bytes received
     run.json           what another fleet needs to take the job over (`fleet attach`,
                        `fleet stop` when its `fleet run` is gone): the request, the hosts,

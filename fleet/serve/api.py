@@ -6,6 +6,14 @@ StopProcessingJob. CloudWatch Logs (what the SDK's `logs=True` reads): DescribeL
 and GetLogEvents on the log group /aws/sagemaker/ProcessingJobs, one stream per host,
 `JOBNAME/algo-k-EPOCH` (EPOCH: the job's creation, in seconds), each line an event.
 Errors are ApiError(code, message): botocore raises them as ClientError with that code.
+
+Each operation acts for the Principal whose key signed the request (auth.py). A job belongs
+to the principal that created it (the record's `Owner`; a record without one was made by
+`fleet run`: the controller's). A caller sees and stops only its own jobs unless it is an
+admin: another's job is answered exactly as a job that does not exist (ResourceNotFound,
+ResourceNotFoundException for its log streams; List leaves it out), as an IAM-scoped AWS
+account shows nothing of another account's. Names stay one namespace (one FLEET_HOME): a
+create of a name another principal uses is ResourceInUse, saying nothing more about that job.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from fleet.errors import FleetError, ResourceInUse
 from fleet.image.reference import parse_reference
 from fleet.plan import job_arn
 from fleet.runtime.store import JobStore, RecordCache
+from fleet.serve.auth import CONTROLLER, Principal
 from fleet.serve.scheduler import STARTING, Scheduler, spool_request
 
 log = logging.getLogger(__name__)
@@ -36,7 +45,8 @@ EVENT_BYTES = 256 * 1024  # a longer line is cut into events of this size (Cloud
 TIMESTAMPS = ("CreationTime", "LastModifiedTime", "ProcessingStartTime", "ProcessingEndTime")
 SUMMARY = ("ProcessingJobName", "ProcessingJobArn", "CreationTime", "ProcessingEndTime", "LastModifiedTime",
            "ProcessingJobStatus", "FailureReason", "ExitMessage")  # a ProcessingJobSummary's fields
-SUMMARY_FIELDS = (*SUMMARY, "Hosts")  # what List and the log streams' prefix search keep of each record
+OWNER = "Owner"  # fleet's field of the record: the name of the principal that created the job
+SUMMARY_FIELDS = (*SUMMARY, "Hosts", OWNER)  # what List and the log streams' prefix search keep of each record
 
 
 class ApiError(Exception):
@@ -47,6 +57,16 @@ class ApiError(Exception):
 
 def _validation(message: str) -> ApiError:
     return ApiError("ValidationException", message)
+
+
+def _owner(record: dict) -> str:
+    """Whose job it is: a record `fleet run` made names no owner, it is the controller's."""
+    return record.get(OWNER) or CONTROLLER.name
+
+
+def _sees(caller: Principal, record: dict) -> bool:
+    """Whether `caller` may see (and stop) the job: its own, or any for an admin."""
+    return caller.admin or _owner(record) == caller.name
 
 
 def _epoch(iso: str) -> float:
@@ -87,7 +107,7 @@ class Api:
         self.region = region
         self.account = account
         self.summaries = RecordCache(store, SUMMARY_FIELDS)  # for List: read again only when changed
-        self.operations: dict[str, Callable[[dict], Awaitable[dict]]] = {
+        self.operations: dict[str, Callable[[dict, Principal], Awaitable[dict]]] = {
             "SageMaker.CreateProcessingJob": self.create,
             "SageMaker.DescribeProcessingJob": self.describe,
             "SageMaker.ListProcessingJobs": self.list_jobs,
@@ -97,7 +117,7 @@ class Api:
         }
 
     # -- SageMaker -------------------------------------------------------------------------------
-    async def create(self, request: dict) -> dict:
+    async def create(self, request: dict, caller: Principal) -> dict:
         try:
             job = parse_job(request, "CreateProcessingJob")
             check_job_data(job, "CreateProcessingJob")
@@ -117,29 +137,37 @@ class Api:
         arn = job_arn(job, self.region, self.account)
         record = new_record(job, arn, {})
         record["SecondaryStatus"] = STARTING
+        record[OWNER] = caller.name
         try:
             self.store.create(record)
-        except ResourceInUse:
+        except ResourceInUse:  # whoever's it is: names are one namespace, its owner stays unsaid
             raise ApiError("ResourceInUse", f"Job {job.ProcessingJobName} already exists") from None
         spool_request(self.store, job.ProcessingJobName, job.model_dump(mode="json", exclude_none=True))
         self.scheduler.added(job.ProcessingJobName)
         return {"ProcessingJobArn": arn}
 
-    def _record(self, name: Any) -> dict:
+    def _record(self, name: Any, caller: Principal) -> dict:
+        """The record of job `name` if `caller` may see it; else ResourceNotFound, the same
+        answer as for a job that does not exist."""
         if not isinstance(name, str) or not re.fullmatch(JOB_NAME_PATTERN, name):
             raise _validation(f"ProcessingJobName {name!r} does not match {JOB_NAME_PATTERN}")
         try:
-            return self.store.load(name)
+            record = self.store.load(name)
         except FleetError:
-            raise ApiError("ResourceNotFound", f"Processing job {name} does not exist") from None
+            record = None
+        if record is None or not _sees(caller, record):
+            raise ApiError("ResourceNotFound", f"Processing job {name} does not exist")
+        return record
 
     def _shaped(self, record: dict) -> dict:
         """The record as DescribeProcessingJob answers it: timestamps as epoch seconds
-        (fleet's own fields, Hosts, Image, Transfers, ride along: clients ignore them);
+        (fleet's own fields, Hosts, Image, Transfers, Owner, ride along: clients ignore them;
+        Owner is filled in for a `fleet run` record, which names none);
         `Stopping` as soon as a stop was asked for (the job's own process writes its record:
         the server never does once it runs); a failed container's ExitMessage also in the
         FailureReason, which is all the SageMaker SDK shows of a failure."""
         shaped = dict(record)
+        shaped[OWNER] = _owner(record)
         for key in TIMESTAMPS:
             if isinstance(shaped.get(key), str):
                 shaped[key] = _epoch(shaped[key])
@@ -151,10 +179,10 @@ class Api:
             shaped["FailureReason"] = f"{reason}. ExitMessage: {message}"[:1024]
         return shaped
 
-    async def describe(self, request: dict) -> dict:
-        return self._shaped(self._record(request.get("ProcessingJobName")))
+    async def describe(self, request: dict, caller: Principal) -> dict:
+        return self._shaped(self._record(request.get("ProcessingJobName"), caller))
 
-    async def list_jobs(self, request: dict) -> dict:
+    async def list_jobs(self, request: dict, caller: Principal) -> dict:
         contains = _string(request, "NameContains")
         status = _string(request, "StatusEquals")
         bounds = {key: _number(request, key) for key in ("CreationTimeAfter", "CreationTimeBefore",
@@ -162,6 +190,8 @@ class Api:
         records = self.summaries.records()  # 10,000 jobs: 10,000 stats, and reads of the changed ones only
         chosen = []
         for record in records:
+            if not _sees(caller, record):
+                continue
             if contains and contains not in record.get("ProcessingJobName", ""):
                 continue
             if status and record.get("ProcessingJobStatus") != status:
@@ -196,8 +226,8 @@ class Api:
             answer["NextToken"] = base64.urlsafe_b64encode(json.dumps({"at": start + limit}).encode()).decode()
         return answer
 
-    async def stop(self, request: dict) -> dict:
-        record = self._record(request.get("ProcessingJobName"))
+    async def stop(self, request: dict, caller: Principal) -> dict:
+        record = self._record(request.get("ProcessingJobName"), caller)
         if record["ProcessingJobStatus"] in TERMINAL:
             raise _validation(f"The processing job {record['ProcessingJobName']} is "
                               f"{record['ProcessingJobStatus']}: it cannot be stopped")
@@ -205,19 +235,22 @@ class Api:
         return {}
 
     # -- CloudWatch Logs ---------------------------------------------------------------------------
-    def _streams(self, prefix: str) -> list[tuple[str, str, str, dict]]:
-        """(stream name, job name, algo, record) of every job whose stream names start with
-        `prefix` (which must name a job: JOBNAME/...)."""
+    def _streams(self, prefix: str, caller: Principal) -> list[tuple[str, str, str, dict]]:
+        """(stream name, job name, algo, record) of every job `caller` sees whose stream names
+        start with `prefix` (which must name a job: JOBNAME/...)."""
         job_name = prefix.split("/", 1)[0]
         if not job_name:
             return []
         names = [job_name] if "/" in prefix else \
-            [r["ProcessingJobName"] for r in self.summaries.records() if r["ProcessingJobName"].startswith(prefix)]
+            [r["ProcessingJobName"] for r in self.summaries.records()
+             if r["ProcessingJobName"].startswith(prefix) and _sees(caller, r)]
         streams = []
         for name in names:
             try:
                 record = self.store.load(name)
             except FleetError:
+                continue
+            if not _sees(caller, record):
                 continue
             epoch = int(_epoch(record["CreationTime"]))
             for algo in record.get("Hosts", {}):
@@ -230,13 +263,13 @@ class Api:
         if request.get("logGroupName") != LOG_GROUP:
             raise ApiError("ResourceNotFoundException", "The specified log group does not exist.")
 
-    async def describe_log_streams(self, request: dict) -> dict:
+    async def describe_log_streams(self, request: dict, caller: Principal) -> dict:
         self._group(request)
         prefix = request.get("logStreamNamePrefix") or ""
         if not isinstance(prefix, str) or not prefix:
             return {"logStreams": []}
         found = []
-        for stream, name, algo, record in self._streams(prefix):
+        for stream, name, algo, record in self._streams(prefix, caller):
             path = self.store.log_path(name, algo)
             try:
                 size, modified = path.stat().st_size, path.stat().st_mtime
@@ -257,7 +290,7 @@ class Api:
             answer["nextToken"] = base64.urlsafe_b64encode(json.dumps({"at": start + limit}).encode()).decode()
         return answer
 
-    async def get_log_events(self, request: dict) -> dict:
+    async def get_log_events(self, request: dict, caller: Principal) -> dict:
         """A host's log as events, a line each, from a byte offset on (`f/OFFSET` tokens;
         `startFromHead` or not, a page starts at the token, else at the start). Every event
         of a stream has the same timestamp (the job's start): the SDK's tailer, which asks
@@ -272,7 +305,7 @@ class Api:
             record = self.store.load(name)
         except FleetError:
             raise ApiError("ResourceNotFoundException", "The specified log stream does not exist.") from None
-        if algo not in record.get("Hosts", {}):
+        if algo not in record.get("Hosts", {}) or not _sees(caller, record):
             raise ApiError("ResourceNotFoundException", "The specified log stream does not exist.")
         token = request.get("nextToken")
         offset = 0

@@ -9,7 +9,10 @@ against AWS.
 
 The keys a server accepts are a `KeyRing`: the key the standard AWS chain gives the user who
 starts the server (`KeyRing.from_chain`), the keys of an AWS shared-credentials file
-(`KeyRing.from_file`), or both (`ring | other`).
+(`KeyRing.from_file`), or both (`ring | other`). Each key acts for a `Principal`: the profile
+that lists it (an admin if its section says `fleet_admin = true`), or CONTROLLER for the
+chain's key, the operator who started the server (always an admin). Jobs belong to the
+principal that created them (api.py).
 
 Only the Authorization header form is accepted (no presigned URLs: the APIs served take a JSON
 body, which a URL cannot sign).
@@ -58,6 +61,8 @@ _INVALID_TOKEN = "The security token included in the request is invalid."
 # An access key ends at "/" in the Credential scope and at "," in the Authorization header.
 _ACCESS_KEY = re.compile(r"[!-~]{1,128}")
 _ACCESS_KEY_FORBIDDEN = re.compile(r"[/,]")
+ADMIN_KEY = "fleet_admin"  # in a profile's section: true makes the profile see and stop every job
+_BOOLEANS = {"true": True, "false": False}
 _HEADER_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9a-z-]{1,64}")
 _SIGNATURE = re.compile(r"[0-9a-f]{64}")
 _AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
@@ -75,15 +80,32 @@ class AuthError(Exception):
 
 
 @dataclass(frozen=True)
+class Principal:
+    """Who a request acts for, and so who owns the jobs it creates: the name of the profile
+    whose key signed it. An admin sees and stops every job; anyone else only its own."""
+
+    name: str
+    admin: bool = False
+
+
+# The operator who started `fleet serve`: its AWS chain's key, and the owner of the jobs `fleet
+# run` made in the same FLEET_HOME (their records name no owner). A credentials file may not
+# name a profile so (its keys would act as the operator).
+CONTROLLER = Principal("fleet-controller", admin=True)
+
+
+@dataclass(frozen=True)
 class Credential:
     """An accepted access key. With a `session_token` (temporary credentials), a request must
     also carry that token in X-Amz-Security-Token; without one, a request's token is not
-    checked. `source` says where the key came from, for messages."""
+    checked. `source` says where the key came from, for messages; `principal` whom it acts
+    for (a key given without one is the controller's own)."""
 
     access_key: str
     secret_key: str = field(repr=False)
     session_token: str | None = field(default=None, repr=False)
     source: str = field(default="", compare=False)
+    principal: Principal = field(default=CONTROLLER, compare=False)
 
 
 class KeyRing:
@@ -115,16 +137,20 @@ class KeyRing:
         if not frozen.access_key or not frozen.secret_key:
             return cls()
         source = f"the AWS credential chain ({credentials.method})"
-        return cls([Credential(frozen.access_key, frozen.secret_key, frozen.token or None, source)])
+        return cls([Credential(frozen.access_key, frozen.secret_key, frozen.token or None, source, CONTROLLER)])
 
     @classmethod
     def from_file(cls, path: str | Path) -> KeyRing:
         """The keys of every profile of an AWS shared-credentials file (INI: a section per
-        profile with aws_access_key_id, aws_secret_access_key and optionally aws_session_token).
+        profile with aws_access_key_id, aws_secret_access_key and optionally aws_session_token),
+        each acting for its profile: an admin if the section says `fleet_admin = true` (botocore
+        and the AWS CLI ignore keys they do not know, so clients read the same file unchanged).
 
         Profiles with neither key (role, SSO or process profiles) are skipped. Raises
         InvalidInput naming the file and the profile for a profile with half a key or a malformed
-        one, for two profiles giving one access key different secrets, and for a file with no key.
+        one, a fleet_admin other than true or false, a profile named as CONTROLLER, two profiles
+        giving one access key different secrets or different fleet_admin values (a key listed
+        twice acts for the first profile listing it), and for a file with no key.
         """
         path = Path(path).expanduser()
         # default_section: AWS's [default] is an ordinary profile, not INI defaults for the others.
@@ -142,6 +168,10 @@ class KeyRing:
             secret_key = section.get("aws_secret_access_key", "").strip()
             token = section.get("aws_session_token", "").strip() or None
             where = f"{path}: profile [{profile}]"
+            admin_value = section.get(ADMIN_KEY, "false").strip()
+            admin = _BOOLEANS.get(admin_value.lower())
+            if admin is None:
+                raise InvalidInput(f"{where}: {ADMIN_KEY} must be true or false, not {admin_value!r}")
             if not access_key and not secret_key:
                 continue
             if not access_key or not secret_key:
@@ -153,7 +183,14 @@ class KeyRing:
                 )
             if any(character.isspace() for character in secret_key):
                 raise InvalidInput(f"{where}: aws_secret_access_key contains white space")
-            ring._add(Credential(access_key, secret_key, token, where))
+            if profile == CONTROLLER.name:
+                raise InvalidInput(f"{where}: the profile name {CONTROLLER.name} is fleet's name for the "
+                                   f"controller's own key; rename the profile")
+            known = ring.get(access_key)
+            if known is not None and known.principal.admin != admin:
+                raise InvalidInput(f"{where}: access key {access_key} is also in {known.source}, with another "
+                                   f"{ADMIN_KEY}: a key acts for one profile; give both the same {ADMIN_KEY}")
+            ring._add(Credential(access_key, secret_key, token, where, Principal(profile, admin)))
         if not ring:
             raise InvalidInput(f"{path}: no profile has an aws_access_key_id and aws_secret_access_key")
         return ring
@@ -163,7 +200,9 @@ class KeyRing:
         return self._keys.get(access_key)
 
     def __or__(self, other: KeyRing) -> KeyRing:
-        """Both rings' keys (InvalidInput if they give one access key different secrets)."""
+        """Both rings' keys (InvalidInput if they give one access key different secrets). A key
+        in both acts for this ring's principal: `from_chain() | from_file(...)` keeps the
+        controller's key the controller's, whichever profile of the file also lists it."""
         return KeyRing([*self, *other])
 
     def __iter__(self) -> Iterator[Credential]:

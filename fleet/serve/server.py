@@ -113,8 +113,8 @@ class Server:
             return response
         try:
             headers = _headers(request)
-            verify(self.keys, request.method, request.path_qs, headers, body, datetime.now(UTC),
-                   required=REQUIRED_SIGNED)
+            credential = verify(self.keys, request.method, request.path_qs, headers, body, datetime.now(UTC),
+                                required=REQUIRED_SIGNED)
         except AuthError as exc:
             return _error(exc.code, exc.message, exc.status)
         target = headers.get("x-amz-target", "")
@@ -128,7 +128,7 @@ class Server:
         except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             return _error("SerializationException", "the request body is not a JSON object")
         try:
-            return _answer(200, await operation(document))
+            return _answer(200, await operation(document, credential.principal))
         except ApiError as exc:
             return _error(exc.code, exc.message, exc.status)
         except FleetError as exc:

@@ -28,6 +28,7 @@ from fleet.inventory import parse_inventory
 from fleet.plan import record_hosts
 from fleet.runtime.store import JobStore, RunOptions, RunRecord
 from fleet.serve.api import LOG_GROUP, Api
+from fleet.serve.auth import Principal
 from fleet.serve.scheduler import STOP_ASKED, Scheduler
 from fleet.serve.server import client_of
 
@@ -125,7 +126,7 @@ class Served:
     def _seed(self, inventory) -> None:
         api = Api(self.store, Scheduler(self.store, inventory, RunOptions()), "us-east-1", "000000000000")
         for name in (BUSY, WAITING):
-            asyncio.run(api.create(_job(name)))
+            asyncio.run(api.create(_job(name), Principal("alice")))  # the key the tests sign with
         record = self.store.record(BUSY)
         record.save_run(RunRecord(RunId="r", Controller="c", Request=_job(BUSY), Hosts=inventory.hosts))
         record.update(Hosts=record_hosts(inventory.hosts), SecondaryStatus=None,
