@@ -19,10 +19,10 @@ supervise() {
     head -c "$offset" >/dev/null; dd bs=65536 2> "$streamed"
   }
   if ! wait "$waiter"; then
-    # As a Slurm step, the step's SIGTERM reaches its processes one at a time, children
-    # before this shell: `docker wait` can be ended, and this shell exit, before its own
-    # SIGTERM runs step_end (1 scancel in 4 left a container so). A step whose waiter was
-    # cut ends as on that SIGTERM.
+    # As a Slurm step, the step's SIGTERM reaches its processes one at a time, in an order
+    # of Slurm's (children may come first): `docker wait` can be ended, and this shell exit,
+    # before its own SIGTERM runs step_end (about 1 scancel in 4 left a container running).
+    # A step whose waiter was cut ends as on that SIGTERM.
     if [ "${FLEET_STEP:-}" = 1 ]; then step_end; fi
     exit 31  # WAIT_FAILED
   fi
