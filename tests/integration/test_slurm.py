@@ -123,30 +123,6 @@ def test_a_failing_script_gives_1_and_a_node_whose_docker_is_down_gives_75(slurm
     nothing_left(cluster, broken["ProcessingJobName"])
 
 
-def test_an_srun_that_cannot_read_slurms_config_names_the_host_and_exits_75(slurm, fleet, cluster, tmp_path):
-    """fleet's srun cannot read Slurm's config (SLURM_CONF a broken file, as a cluster's
-    config gone or half-written under it): each host's failure names it and what srun said,
-    as the machine's failure (75: a requeue may meet a sound config), never fleet's own
-    InternalServerError; nothing is left on any node."""
-    broken = tmp_path / "slurm-broken.conf"
-    broken.write_text(slurm.conf.read_text() + "NotASlurmKey=1\n")
-    inventory = tmp_path / "srun.yaml"
-    inventory.write_text(yaml.safe_dump({"hosts": [{"address": node, "transport": "srun"} for node in slurm.nodes]}))
-    job = make_job("echo should never run")
-    command = (f"SLURM_CONF={shlex.quote(str(broken))} exec {PYTHON} -m fleet run --inventory "
-               f"{shlex.quote(str(inventory))} {shlex.quote(str(job_file(tmp_path, job)))}")
-    job_id = slurm.sbatch(wrap=command, env=slurm.env(FLEET_HOME=str(fleet.home), PYTHONUNBUFFERED="1"), cwd=tmp_path)
-    state, code = slurm.wait_job(job_id, timeout=180)
-    output = slurm.output(job_id, tmp_path)
-    assert (state, code) == ("FAILED", "75:0"), output
-    reason = fleet.record(job["ProcessingJobName"])["FailureReason"]
-    assert "srun could not run" in reason and "NotASlurmKey" in reason, reason
-    assert any(f"({node})" in reason for node in slurm.nodes), reason
-    assert "InternalServerError" not in output and "Traceback" not in output, output
-    assert "should never run" not in output
-    nothing_left(cluster, job["ProcessingJobName"])
-
-
 def test_scancel_mid_job_stops_it_and_leaves_nothing_on_any_node(slurm, fleet, cluster, tmp_path):
     """scancel: Slurm sends SIGTERM to fleet (the batch step) and to every step (the hosts'
     sessions); SIGKILL after KillWait. The job ends Stopped (fleet's 130), each container

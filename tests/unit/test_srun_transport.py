@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -102,6 +103,38 @@ def test_an_srun_that_ended_before_the_controller_wrote_is_named_not_a_crash(sru
 
     assert uvloop.run(session()) == ("algo-2 (node-7): srun could not run fleet-session there: s_p_parse_file: "
                                      "unable to status file /gone/slurm.conf: No such file or directory")
+
+
+@pytest.mark.skipif(shutil.which("srun") is None, reason="needs Slurm's srun (slurm-client; scripts/setup)")
+def test_a_job_whose_srun_cannot_read_slurms_config_names_each_host_and_exits_75(tmp_path: Path):
+    """The real srun, with a Slurm config it cannot read (it fails before any network): the
+    job ended `InternalServerError: fleet failed unexpectedly: RuntimeError('unable to perform
+    operation on <WriteUnixTransport closed=True ...>; the handler is closed')` (its cleanup
+    wrote `clean` to a session srun had ended), exit 1. Now: the machine's failure (75), each
+    host named with srun's own words, as the Slurm job's exit code would tell a requeue."""
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=zq\nSlurmctldHost=zq(127.0.0.1)\nNodeName=node-[1-2]\n"
+                    "PartitionName=zq Nodes=ALL\nNotASlurmKey=1\n")
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text("hosts:\n- {address: node-1, transport: srun, ip: 127.0.0.1}\n"
+                         "- {address: node-2, transport: srun, ip: 127.0.0.1}\n")
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({
+        "ProcessingJobName": "zq-srun-conf",
+        "ProcessingResources": {"ClusterConfig": {"InstanceCount": 2, "InstanceType": "ml.m5.xlarge",
+                                                  "VolumeSizeInGB": 1}},
+        "AppSpecification": {"ImageUri": "127.0.0.1:9/zq:latest", "ContainerEntrypoint": ["true"]}}))
+    env = {**os.environ, "SLURM_JOB_ID": "7", "SLURM_CONF": str(conf), "FLEET_HOME": str(tmp_path / "home"),
+           "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    result = subprocess.run([sys.executable, "-m", "fleet", "run", "--inventory", str(inventory), str(job)],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 75, result.stderr
+    record = json.loads((tmp_path / "home" / "jobs" / "zq-srun-conf" / "describe.json").read_text())
+    assert record["ExitCode"] == 75 and record["ProcessingJobStatus"] == "Failed"
+    for k in (1, 2):
+        assert (f"algo-{k} (node-{k}): srun could not run fleet-session there: _parse_next_key: Parsing error "
+                f"at unrecognized key: NotASlurmKey; Unable to process configuration file") in record["FailureReason"]
+    assert "InternalServerError" not in result.stderr and "Traceback" not in result.stderr
 
 
 async def test_outside_an_allocation_the_host_is_named(srun: Path, monkeypatch):
