@@ -11,14 +11,26 @@ supervise() {
   # down.
   d wait "$name" > "$job_dir/.code.$$" &
   waiter=$!
-  d logs --follow "$name" 2>&1 | { head -c "$offset" >/dev/null; dd bs=65536 2> "$job_dir/.logged.$$"; }
-  wait "$waiter" || exit 31  # WAIT_FAILED
+  # As a Slurm step, the step's SIGTERM reaches every process of it: dd ignores it, so that
+  # the stream's count survives the follower's end and step_end sends the rest.
+  streamed=$job_dir/.logged.$$
+  d logs --follow "$name" 2>&1 | {
+    if [ "${FLEET_STEP:-}" = 1 ]; then trap '' TERM; fi
+    head -c "$offset" >/dev/null; dd bs=65536 2> "$streamed"
+  }
+  if ! wait "$waiter"; then
+    # As a Slurm step, the step's SIGTERM reaches its processes one at a time, in an order
+    # of Slurm's (children may come first): `docker wait` can be ended, and this shell exit,
+    # before its own SIGTERM runs step_end (about 1 scancel in 4 left a container running).
+    # A step whose waiter was cut ends as on that SIGTERM.
+    if [ "${FLEET_STEP:-}" = 1 ]; then step_end; fi
+    exit 31  # WAIT_FAILED
+  fi
   code=$(cat "$job_dir/.code.$$")
+  rm -f -- "$job_dir/.code.$$"
   # `docker logs --follow` can miss the last, unterminated line of a container that exits
   # (seen with Docker 20.10 in half the runs): send what it did not.
-  logged=$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "$job_dir/.logged.$$" 2>/dev/null)
-  rm -f -- "$job_dir/.logged.$$" "$job_dir/.code.$$"
-  d logs "$name" 2>&1 | tail -c +$((offset + ${logged:-0} + 1))
+  send_unstreamed
   printf 'fleet:exit-code:%s\n' "$code" >&2
   # A regular file only: a symlink planted by the container is never followed.
   if [ -f "$message" ] && [ ! -L "$message" ]; then
@@ -34,15 +46,32 @@ supervise() {
   printf 'fleet:cleaned\n' >&2
 }
 
+# send_unstreamed: the log's bytes after OFFSET that the stream (`docker logs --follow`, cut
+# short or ended) did not send, by dd's count in $streamed; once (streamed is emptied). A
+# missing count sends nothing: a byte twice is worse than the stream's own end.
+send_unstreamed() {
+  [ -n "${streamed:-}" ] || return 0
+  logged=$(sed -n 's/^\([0-9][0-9]*\) bytes.*/\1/p' "$streamed" 2>/dev/null)
+  rm -f -- "$streamed"
+  streamed=
+  [ -n "$logged" ] || return 0
+  d logs "$name" 2>&1 | tail -c +$((offset + logged + 1))
+}
+
 # step_end: as a Slurm job step (transport srun: FLEET_STEP=1), the session is what Slurm
 # signals when the job is cancelled or its time runs out (SIGTERM to every process of the
 # step, SIGKILL after KillWait), while the container is dockerd's, out of Slurm's sight. So
 # SIGTERM stops the container (SIGINT, then SIGKILL after its --stop-timeout, which the
-# controller made fit in KillWait), removes it and the job directory: an allocation that
-# ends leaves nothing behind. Uses the caller's name, job_dir and job_parent.
+# controller made fit in KillWait), sends what the container wrote that the stream did not
+# (its last words, the trap's "saving checkpoint": srun still relays them), removes it and
+# the job directory: an allocation that ends leaves nothing behind. A second SIGTERM must not
+# cut that short: TERM stays ignored (only KillWait's SIGKILL ends it). Uses the caller's
+# name, job_dir, job_parent (and offset, streamed: supervise's).
 step_end() {
-  trap - HUP INT TERM
+  trap - HUP INT
+  trap '' TERM
   d stop "$name" >/dev/null 2>&1
+  send_unstreamed
   d_bounded rm --force "$name" >/dev/null 2>&1
   rm -rf -- "$job_dir"; if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
   exit 143

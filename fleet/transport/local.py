@@ -27,6 +27,12 @@ class _LocalProcess(RemoteProcess):
 
     async def write(self, data: bytes) -> None:
         assert self._process.stdin is not None
+        if self._process.stdin.is_closing():
+            # The command ended and its stdin pipe is closed: uvloop raises RuntimeError("the
+            # handler is closed") on such a write, asyncio drops it. Dropped here too; the
+            # command's exit status tells why it ended.
+            log.debug("%s: %s ended before %d bytes could be written to it", self._label, self._name, len(data))
+            return
         self._process.stdin.write(data)
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the command ended;
             await self._process.stdin.drain()  # its exit status tells why

@@ -12,10 +12,14 @@ What differs from SSH:
   dockerd runs, lives on, as after a lost SSH connection. The session knows it runs as a
   step (`FLEET_STEP=1` in its environment; step_end in supervise.sh): on SIGTERM, which
   Slurm sends every step when the job is cancelled or reaches its time limit, it stops the
-  container, removes it and the job directory: a job whose allocation ends is never left
-  running on a node.
+  container, sends what the container said meanwhile (srun still relays it: on the bed,
+  after a scancel, a step's SIGTERM trap ran to its end and was relayed in 4 runs of 4,
+  srun's own SIGKILL of its step notwithstanding), removes it and the job directory: a job
+  whose allocation ends is never left running on a node.
 - Once the allocation ends, no step can start: whatever the controller still had to do on
-  the nodes fails at once (`srun: error: ...`), naming the node.
+  the nodes fails at once (`srun: error: ...`). srun failing (no step, Slurm's config or
+  slurmctld out of reach) is a HostError naming the node and srun's words, as an SSH
+  connection that fails: never a status of the command's.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ log = logging.getLogger(__name__)
 # the host scripts (PATH, locale), nothing secret. A node's own settings (DOCKER_HOST, say)
 # come from the node: Slurm's TaskProlog, or docker's defaults there.
 EXPORTED = ("PATH", "LANG", "LC_ALL", "HOME", "USER", "LOGNAME", "FLEET_STEP")
-SRUN_ERROR = re.compile(rb"(?m)^srun: error: (.*)$")
+SRUN_ERROR = re.compile(rb"(?m)^srun: (?:error|fatal): (.*)$")
 # srun's report of the task's own end: not srun failing (the status says what happened).
 TASK_ENDED = re.compile(rb"^\S+: tasks? [\d,\-]+: (?:Exited with exit code \d+|Killed|Terminated)")
 
@@ -63,21 +67,28 @@ class _StepProcess(_LocalProcess):
 
     def __init__(self, process: asyncio.subprocess.Process, label: str, name: str) -> None:
         super().__init__(process, label, name)
-        self._srun_said = b""  # srun's own last error (its step could not start, or died)
+        self._srun_said = b""  # srun's own errors (its step could not start, or died)
+        self._task_ended = False  # srun told the task's end: its status is the command's
 
     async def read_stderr(self) -> bytes:
         chunk = await super().read_stderr()
-        if b"srun: error:" in chunk:
+        if b"srun: error:" in chunk or b"srun: fatal:" in chunk:
             for said in SRUN_ERROR.findall(chunk):
-                if not TASK_ENDED.match(said):
-                    self._srun_said = said[:1024]
+                if TASK_ENDED.match(said):
+                    self._task_ended = True
+                else:
+                    self._srun_said = (self._srun_said + b"; " + said if self._srun_said else said)[-1024:]
         return chunk
 
     async def wait(self) -> int:
+        """The command's status; HostError naming the node and srun's words when srun itself
+        failed (no step: Slurm's config or slurmctld out of reach, the job ending; or the
+        step lost): its status says nothing of the command, as a lost SSH connection's."""
         status = await super().wait()
-        if self._srun_said and status != 0:
-            log.debug("%s: step %s: srun: %s", self._label, self._name, self._srun_said.decode(errors="replace"))
-            return -1  # srun's failure, not the command's: its status says nothing of the command
+        if self._srun_said and status != 0 and not self._task_ended:
+            said = self._srun_said.decode(errors="replace")
+            log.debug("%s: step %s: srun: %s", self._label, self._name, said)
+            raise HostError(self._label, f"srun could not run {self._name} there: {said}")
         return status
 
     def close(self) -> None:

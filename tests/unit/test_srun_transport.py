@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from fleet.errors import HostError
 from fleet.inventory import Host
 from fleet.slurm import config_value, seconds, stop_grace
 from fleet.transport import transport_for
+from fleet.transport.base import drain
 from fleet.transport.srun import EXPORTED, node_address
 
 FAKE_SRUN = r"""#!/bin/sh
@@ -72,9 +74,67 @@ async def test_the_commands_status_comes_back_and_srun_failing_is_not_a_status(s
     async with transport_for(node(), "algo-1 (node-7)") as transport:
         assert (await transport.run(["sh", "-c", "exit 3"])).exit_status == 3
         monkeypatch.setenv("SRUN_FAILS", "Unable to create step for job 7: Job/step already completing or completed")
-        result = await transport.run(["sh", "-c", "exit 0"])
-    assert result.exit_status == -1  # not the command's 1: the step never ran
-    assert b"Job/step already completing" in result.stderr
+        with pytest.raises(HostError, match=r"^algo-1 \(node-7\): srun could not run sh there: Unable to create "
+                                            r"step for job 7: Job/step already completing"):
+            await transport.run(["sh", "-c", "exit 0"])  # not the command's 1: the step never ran
+
+
+def test_an_srun_that_ended_before_the_controller_wrote_is_named_not_a_crash(srun: Path, monkeypatch):
+    """srun gone before fleet writes to it (here: Slurm's config out of reach, as at a job's
+    cleanup): on uvloop, fleet's loop, the write once raised RuntimeError('unable to perform
+    operation on <WriteUnixTransport closed=True>; the handler is closed') and the job ended
+    InternalServerError. The write is dropped; srun's end names the node and srun's words."""
+    import uvloop
+
+    monkeypatch.setenv("SRUN_FAILS",
+                       "s_p_parse_file: unable to status file /gone/slurm.conf: No such file or directory")
+
+    async def session() -> str:
+        async with transport_for(node(), "algo-2 (node-7)") as transport:
+            process = await transport.start(["sh", "-c", "cat", "fleet-session"])
+            await drain(process.read_stderr)
+            try:
+                await process.wait()
+            except HostError as exc:
+                error = exc.message
+            await process.write(b"clean\n")  # what cleanup sends a session
+            process.close_stdin()
+            return error
+
+    assert uvloop.run(session()) == ("algo-2 (node-7): srun could not run fleet-session there: s_p_parse_file: "
+                                     "unable to status file /gone/slurm.conf: No such file or directory")
+
+
+@pytest.mark.skipif(shutil.which("srun") is None, reason="needs Slurm's srun (slurm-client; scripts/setup)")
+def test_a_job_whose_srun_cannot_read_slurms_config_names_each_host_and_exits_75(tmp_path: Path):
+    """The real srun, with a Slurm config it cannot read (it fails before any network): the
+    job ended `InternalServerError: fleet failed unexpectedly: RuntimeError('unable to perform
+    operation on <WriteUnixTransport closed=True ...>; the handler is closed')` (its cleanup
+    wrote `clean` to a session srun had ended), exit 1. Now: the machine's failure (75), each
+    host named with srun's own words, as the Slurm job's exit code would tell a requeue."""
+    conf = tmp_path / "slurm.conf"
+    conf.write_text("ClusterName=zq\nSlurmctldHost=zq(127.0.0.1)\nNodeName=node-[1-2]\n"
+                    "PartitionName=zq Nodes=ALL\nNotASlurmKey=1\n")
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text("hosts:\n- {address: node-1, transport: srun, ip: 127.0.0.1}\n"
+                         "- {address: node-2, transport: srun, ip: 127.0.0.1}\n")
+    job = tmp_path / "job.json"
+    job.write_text(json.dumps({
+        "ProcessingJobName": "zq-srun-conf",
+        "ProcessingResources": {"ClusterConfig": {"InstanceCount": 2, "InstanceType": "ml.m5.xlarge",
+                                                  "VolumeSizeInGB": 1}},
+        "AppSpecification": {"ImageUri": "127.0.0.1:9/zq:latest", "ContainerEntrypoint": ["true"]}}))
+    env = {**os.environ, "SLURM_JOB_ID": "7", "SLURM_CONF": str(conf), "FLEET_HOME": str(tmp_path / "home"),
+           "DOCKER_HOST": f"unix://{tmp_path}/no-docker.sock"}
+    result = subprocess.run([sys.executable, "-m", "fleet", "run", "--inventory", str(inventory), str(job)],
+                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert result.returncode == 75, result.stderr
+    record = json.loads((tmp_path / "home" / "jobs" / "zq-srun-conf" / "describe.json").read_text())
+    assert record["ExitCode"] == 75 and record["ProcessingJobStatus"] == "Failed"
+    for k in (1, 2):
+        assert (f"algo-{k} (node-{k}): srun could not run fleet-session there: _parse_next_key: Parsing error "
+                f"at unrecognized key: NotASlurmKey; Unable to process configuration file") in record["FailureReason"]
+    assert "InternalServerError" not in result.stderr and "Traceback" not in result.stderr
 
 
 async def test_outside_an_allocation_the_host_is_named(srun: Path, monkeypatch):
@@ -107,24 +167,35 @@ def test_the_containers_grace_fits_in_killwait(asked, kill_wait, grace):
 # -- the session as a job step: SIGTERM (scancel, the time limit) stops and removes ---------------
 
 RUNNING_DOCKER = r"""#!/bin/sh
+# The container runs on; `docker stop` makes its trap say its last words, which `docker logs`
+# shows from then on (the follower, as the real one, only what came before its end).
 case "$1" in
-  wait|logs) printf '%s\n' "$1" >> "$FAKE_DIR/calls"; exec sleep 60 ;;
-  stop) printf 'stop %s\n' "$2" >> "$FAKE_DIR/calls"; exit 0 ;;
+  wait) printf 'wait\n' >> "$FAKE_DIR/calls"; exec sleep 60 ;;
+  logs)
+    printf 'logs\n' >> "$FAKE_DIR/calls"
+    printf 'running\n'
+    if [ "$2" = --follow ]; then exec sleep 60; fi
+    if [ -e "$FAKE_DIR/stopped" ]; then printf 'got-INT, saving checkpoint\n'; fi
+    exit 0 ;;
+  stop) printf 'stop %s\n' "$2" >> "$FAKE_DIR/calls"; : > "$FAKE_DIR/stopped"; exit 0 ;;
 esac
 exec "$FAKE_DIR/bin/docker.fake" "$@"
 """
 
 
-def session_signalled(tmp_path: Path, step: bool) -> tuple[int, FakeHost]:
-    """A session that started its container (which runs on), then SIGTERM to every process
-    of it, as slurmd signals a step: its status, and the fake host to look at."""
+def session_signalled(tmp_path: Path, step: bool, shell_too: bool = True) -> tuple[int, FakeHost, bytes]:
+    """A session that started its container (which runs on) and streamed its first line,
+    then SIGTERM to every process of it, as slurmd signals a step (with `shell_too` False,
+    to all but the session's shell: the signal has reached its children, not yet it): its
+    status, the fake host to look at, and the session's whole stdout (the container's log as
+    fleet stores it)."""
     fake = FakeHost(tmp_path)
     fake.docker.rename(tmp_path / "bin" / "docker.fake")
     fake.docker.write_text(RUNNING_DOCKER)
     fake.docker.chmod(0o755)
     env = {**fake.env, **({"FLEET_STEP": "1"} if step else {})}
     argv = hostscripts.session(fake.plan, docker_timeout=10)
-    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen(argv, stdin=subprocess.PIPE, stderr=subprocess.PIPE, stdout=subprocess.PIPE,
                                env=env, cwd=tmp_path, start_new_session=True)
     try:
         process.stdin.write(hostscripts.session_input(fake.plan) + hostscripts.image_use("sha256:0123456789abcdef")
@@ -132,19 +203,39 @@ def session_signalled(tmp_path: Path, step: bool) -> tuple[int, FakeHost]:
         process.stdin.flush()
         lines = [process.stderr.readline() for _ in range(4)]
         assert lines[-1] == b"fleet:started\n", lines
+        first = process.stdout.readline()  # the stream is under way
+        assert first == b"running\n"
         deadline = time.monotonic() + 10
         while fake.calls.count("wait") + fake.calls.count("logs") < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
-        os.killpg(process.pid, signal.SIGTERM)
-        return process.wait(timeout=20), fake
+        if shell_too:
+            os.killpg(process.pid, signal.SIGTERM)
+        else:
+            for pid in _group(process.pid) - {process.pid}:
+                os.kill(pid, signal.SIGTERM)
+        rest = process.stdout.read()
+        return process.wait(timeout=20), fake, first + rest
     finally:
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
 
 
+def _group(pgid: int) -> set[int]:
+    """The processes of process group `pgid`."""
+    pids = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid:
+            pids.add(int(stat.parent.name))
+    return pids
+
+
 def test_a_step_signalled_stops_then_removes_the_container_and_the_job_dir(tmp_path: Path):
-    status, fake = session_signalled(tmp_path, step=True)
+    status, fake, _ = session_signalled(tmp_path, step=True)
     assert status == 143
     calls = (tmp_path / "calls").read_text().splitlines()
     assert f"stop {fake.plan.container}" in calls and calls[-1] == "rm"  # stopped (its grace), then removed
@@ -152,8 +243,30 @@ def test_a_step_signalled_stops_then_removes_the_container_and_the_job_dir(tmp_p
     assert not Path(fake.plan.job_dir).exists()
 
 
+def test_a_step_signalled_sends_what_the_container_said_after_the_stream_was_cut(tmp_path: Path):
+    """Slurm's SIGTERM ends `docker logs --follow` with the rest of the step: what the
+    container writes on its stop signal (a trap's "saving checkpoint") still reaches the
+    controller, after what the stream sent, and nothing twice."""
+    status, _, stdout = session_signalled(tmp_path, step=True)
+    assert status == 143
+    assert stdout == b"running\ngot-INT, saving checkpoint\n"
+
+
+def test_a_step_whose_children_got_the_signal_first_still_stops_and_removes(tmp_path: Path):
+    """slurmstepd signals a step's processes one at a time, children first: the session's
+    `docker wait` and log stream may end before its shell has its SIGTERM. The step ends as
+    on that signal (nothing left, the last words sent), not with a lost supervision that
+    leaves the container running in an allocation where no new step can remove it."""
+    status, fake, stdout = session_signalled(tmp_path, step=True, shell_too=False)
+    assert status == 143
+    calls = (tmp_path / "calls").read_text().splitlines()
+    assert f"stop {fake.plan.container}" in calls and calls[-1] == "rm"
+    assert not Path(fake.plan.job_dir).exists()
+    assert stdout == b"running\ngot-INT, saving checkpoint\n"
+
+
 def test_over_ssh_a_signalled_session_leaves_the_container_to_the_controller(tmp_path: Path):
-    status, fake = session_signalled(tmp_path, step=False)
+    status, fake, _ = session_signalled(tmp_path, step=False)
     assert status != 0
     assert not any(call.startswith("stop") for call in (tmp_path / "calls").read_text().splitlines())
     assert Path(fake.plan.job_dir).exists()  # `fleet attach` / the controller's cleanup take it from here
