@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import logging
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Container, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fleet.data.locations import FileLocation, Location, parse_location, safe_relative_path
+from fleet.data.pathtable import PathTable, stamp_key
 from fleet.data.tarstream import TarEndedEarly, TarReader, TarStreamError
 from fleet.errors import ClientError, FleetError
 from fleet.fanout import settled, task_group
@@ -48,25 +48,78 @@ MAX_PARTS = 10_000  # S3's limit: a file above PART * MAX_PARTS (48.8 GiB) gets 
 # objects, sent by botocore) peaked at 297 MB RSS and took 10.9 s; 4 buffers of 5 MiB sent
 # by aiohttp peak at 133 MB and take 9.1 s (an S3 job that moves nothing: 96 MB).
 PART_BUFFERS = 4
-PathDigest = bytes  # (OutputCount's field `bytes` hides the type's name in its body)
+EXCLUSIONS_CHUNK = 64 * 1024  # bytes of tar's exclusion lines written to the host at a time
+
 
 @dataclass
 class OutputCount:
     objects: int = 0
     bytes: int = 0
-    # A digest of each relative path uploaded → the algo that wrote it: 16 bytes a file, not
-    # the path (300,000 paths of 1,000 bytes would hold 300 MB here).
-    written_by: dict[PathDigest, str] = field(default_factory=dict)
+    # Each relative path uploaded → the number of the algo that wrote it (1-based, in `algos`):
+    # 18 bytes of arrays a slot, 48 a file at most, no Python object per file (fleet.data.pathtable).
+    written_by: PathTable = field(default_factory=lambda: PathTable(algo="H"))
+    algos: list[str] = field(default_factory=list)
 
     def record(self) -> dict:
         return {"Objects": self.objects, "Bytes": self.bytes}
 
     def wrote(self, relative: str, algo: str) -> str | None:
         """Note that `algo` uploads `relative`; the other algo that uploaded it before, if any."""
-        key = hashlib.blake2b(relative.encode("utf-8", "surrogateescape"), digest_size=16).digest()
-        previous = self.written_by.get(key)
-        self.written_by[key] = algo
-        return previous if previous != algo else None
+        if algo not in self.algos:
+            self.algos.append(algo)
+        number = self.algos.index(algo) + 1
+        slot = self.written_by.add(relative)
+        column = self.written_by.columns["algo"]
+        previous = column[slot]
+        column[slot] = number
+        return self.algos[previous - 1] if previous and previous != number else None
+
+
+class ChangedFiles:
+    """What the Continuous passes over one host's output remember of its files, to upload
+    each file once per change: per file, the stamp (size and mtime) it had when last
+    uploaded and when last looked at, in a PathTable (40 bytes of arrays a slot, 107 a file at
+    most; the dicts of paths this replaces held 3.9 KB a file of 1,000-byte paths).
+
+    A pass: `begin()`, then `listed()` for each file of the host's listing (whether to
+    upload it), then `uploaded()` for each file that went up; `in` tells whether a name
+    was asked for in this pass (the tar stream's entries are checked against it)."""
+
+    def __init__(self) -> None:
+        self._files = PathTable(uploaded="Q", looked="Q", looked_in="L", wanted_in="L")
+        self._pass = 0
+        self.wanted = 0  # files asked for in this pass
+
+    def begin(self) -> None:
+        self._pass += 1
+        self.wanted = 0
+
+    def listed(self, relative: str, stamp: str, stable_only: bool) -> bool:
+        """Note a file of this pass's listing with its `SIZE MTIME` stamp; whether to upload it:
+        its stamp differs from its last upload's and, with `stable_only`, equals the previous
+        look's (a file being written waits for the next pass)."""
+        key = stamp_key(stamp)
+        slot = self._files.add(relative)
+        columns = self._files.columns
+        stable = columns["looked_in"][slot] == self._pass - 1 and columns["looked"][slot] == key
+        columns["looked"][slot], columns["looked_in"][slot] = key, self._pass
+        if columns["uploaded"][slot] == key or (stable_only and not stable):
+            return False
+        columns["wanted_in"][slot] = self._pass
+        self.wanted += 1
+        return True
+
+    def __contains__(self, relative: object) -> bool:
+        if not isinstance(relative, str):
+            return False
+        slot = self._files.find(relative)
+        return slot >= 0 and self._files.columns["wanted_in"][slot] == self._pass
+
+    def uploaded(self, relative: str) -> None:
+        """`relative`, asked for in this pass, went up with the stamp it was listed with."""
+        slot = self._files.find(relative)
+        if slot >= 0:
+            self._files.columns["uploaded"][slot] = self._files.columns["looked"][slot]
 
 
 class Uploader:
@@ -76,17 +129,27 @@ class Uploader:
         self._buffers = _PartBuffers(PART_BUFFERS)
 
     async def upload_host(self, transport: Transport, algo: str, directory: str, destination: Location,
-                          output_name: str, count: OutputCount, only: set[str] | None = None,
-                          leave_out: Iterable[str] = ()) -> set[str]:
+                          output_name: str, count: OutputCount, only: Container[str] | None = None,
+                          leave_out: Iterable[str] = (), uploaded: Callable[[str], None] | None = None) -> None:
         """Every regular file of `directory` on the host (or only the relative paths in
         `only`) to `destination`; the host's tar may leave out the relative paths in
-        `leave_out` (files known not to be wanted: fewer bytes). Returns what was uploaded."""
+        `leave_out` (files known not to be wanted: fewer bytes), streamed to it. `uploaded`
+        is told each relative path that went up (nothing is kept here per file)."""
         mode = "all" if only is None else "except"
         process = await transport.start(host_command("archive", [directory, mode]))
-        if only is not None:
-            await process.write(_exclusions(leave_out))
-        process.close_stdin()
-        uploaded: set[str] = set()
+        try:
+            if only is not None:
+                lines = bytearray()
+                for name in leave_out:
+                    lines += _exclusion(name)
+                    if len(lines) >= EXCLUSIONS_CHUNK:
+                        await process.write(bytes(lines))
+                        lines.clear()
+                await process.write(bytes(lines))
+            process.close_stdin()
+        except BaseException:
+            process.close()
+            raise
         try:
             async with task_group() as tasks:
                 errors = tasks.create_task(settled(lambda: drain(process.read_stderr)))
@@ -107,10 +170,10 @@ class Uploader:
         if status != 0 and not (status == 1 and only is not None):
             text = said.message if isinstance(said, FleetError) else said.decode(errors="replace").strip()
             raise ClientError(f"reading output {output_name} on {transport.label} failed: {text}")
-        return uploaded
 
     async def _read_archive(self, process: RemoteProcess, algo: str, destination: Location, output_name: str,
-                            count: OutputCount, only: set[str] | None, uploaded: set[str]) -> None:
+                            count: OutputCount, only: Container[str] | None,
+                            uploaded: Callable[[str], None] | None) -> None:
         reader = TarReader(process.read_stdout)
         while (entry := await reader.next()) is not None:
             if entry.kind == "dir":
@@ -134,7 +197,8 @@ class Uploader:
                 self.warn(f"output {output_name}: {previous} and {algo} both wrote {relative}; "
                           f"the last upload wins")
             await self._store(reader, entry.size, destination, relative, where)
-            uploaded.add(relative)
+            if uploaded is not None:
+                uploaded(entry.name)
             count.objects += 1
             count.bytes += entry.size
 
@@ -288,17 +352,20 @@ def _is_utf8(name: str) -> bool:
     return True
 
 
+def _exclusion(name: str) -> bytes:
+    """The `./RELATIVE-PATH` line for the host's `tar -X -`, b"" for a name it cannot say. tar
+    reads that file by lines and cuts trailing whitespace: a name with a newline, or ending in
+    whitespace (or a byte a locale might count as such), could leave out another file than
+    this one, so it is not listed (it is sent, then skipped here)."""
+    raw = name.encode("utf-8", "surrogateescape")
+    if raw and b"\n" not in raw and raw[-1] < 0x80 and not chr(raw[-1]).isspace():
+        return b"./" + raw + b"\n"
+    return b""
+
+
 def _exclusions(names: Iterable[str]) -> bytes:
-    """`./RELATIVE-PATH` lines for the host's `tar -X -`. tar reads that file by lines and cuts
-    trailing whitespace: a name with a newline, or ending in whitespace (or a byte a locale
-    might count as such), could leave out another file than this one, so it is not listed
-    (it is sent, then skipped here)."""
-    lines = []
-    for name in sorted(names):
-        raw = name.encode("utf-8", "surrogateescape")
-        if raw and b"\n" not in raw and raw[-1] < 0x80 and not chr(raw[-1]).isspace():
-            lines.append(b"./" + raw + b"\n")
-    return b"".join(lines)
+    """`./RELATIVE-PATH` lines for the host's `tar -X -`, for the names it can say."""
+    return b"".join(map(_exclusion, names))
 
 
 def output_location(uri: str) -> Location:

@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+import tempfile
+from collections.abc import Iterator
+from typing import IO, TYPE_CHECKING
 
 from fleet.contract.job import ProcessingJob
 from fleet.data.direct import (
@@ -19,7 +21,7 @@ from fleet.data.direct import (
     upload_host_direct,
 )
 from fleet.data.locations import FileLocation, S3Location, parse_location
-from fleet.data.outputs import OutputCount, Uploader, output_location
+from fleet.data.outputs import EXCLUSIONS_CHUNK, ChangedFiles, OutputCount, Uploader, output_location
 from fleet.data.sources import InputObject, assignments, check_supported, list_input
 from fleet.data.staging import Destination, Sources, TransferCount, stage_input
 from fleet.errors import ClientError, HostError
@@ -34,6 +36,7 @@ from fleet.transport import Transport
 
 log = logging.getLogger(__name__)
 
+UNWANTED_IN_MEMORY = 256 * 1024  # bytes of a pass's unwanted names kept in memory; more go to a temporary file
 CONTINUOUS_INTERVAL = 2.0  # seconds between looks at a Continuous output; a file unchanged
                            # for one interval is uploaded
 
@@ -48,8 +51,7 @@ class JobData:
         self.output_counts = {o.OutputName: OutputCount() for o in job.outputs}
         self._stack = contextlib.AsyncExitStack()
         self.s3: S3 | None = None
-        self._uploaded: dict[tuple[str, str, str], tuple[str, str]] = {}  # (output, algo, path) → (size, mtime)
-        self._last_look: dict[tuple[str, str], dict[str, tuple[str, str]]] = {}
+        self._changes: dict[tuple[str, str], ChangedFiles] = {}  # (output, algo) → its Continuous passes' memory
 
     @property
     def needed(self) -> bool:
@@ -155,39 +157,39 @@ class JobData:
         if not continuous:
             await uploader.upload_host(transport, plan.algo, directory, destination, name, count)
             return
-        changed = await self._changed_files(transport, plan.algo, directory, name, stable_only=not final)
-        if changed:
-            # The host's tar walks the whole tree, leaving out the files listed but not wanted;
-            # the uploader takes only the wanted ones from its stream: a path listed a moment
-            # ago may lead through a symlink now (the container runs), and is never opened.
-            unwanted = self._last_look[(name, plan.algo)].keys() - changed.keys()
-            uploaded = await uploader.upload_host(transport, plan.algo, directory, destination, name, count,
-                                                  only=set(changed), leave_out=unwanted)
-            for path in uploaded:  # a file not in the stream is looked at again next pass
-                self._uploaded[(name, plan.algo, path)] = changed[path]
+        changes = self._changes.setdefault((name, plan.algo), ChangedFiles())
+        # The names of the files listed but not wanted go to the host's tar (fewer bytes) from
+        # a file: 300,000 names are 60 MB, on disk rather than in memory.
+        with tempfile.SpooledTemporaryFile(max_size=UNWANTED_IN_MEMORY) as unwanted:
+            await self._changed_files(transport, directory, name, changes, unwanted, stable_only=not final)
+            if changes.wanted:
+                # The host's tar walks the whole tree, leaving out the unwanted files; the
+                # uploader takes only the wanted ones from its stream: a path listed a moment
+                # ago may lead through a symlink now (the container runs), and is never opened.
+                unwanted.seek(0)
+                await uploader.upload_host(transport, plan.algo, directory, destination, name, count,
+                                           only=changes, leave_out=_names(unwanted), uploaded=changes.uploaded)
 
-    async def _changed_files(self, transport: Transport, algo: str, directory: str, name: str,
-                             stable_only: bool) -> dict[str, tuple[str, str]]:
-        """Regular files whose size or mtime differ from their last upload. With
-        `stable_only`, only those unchanged since the previous look (a file being written
-        waits for the next pass)."""
-        now: dict[str, tuple[str, str]] = {}
-        # Record by record: the listing is never held whole beside what is kept of it.
+    async def _changed_files(self, transport: Transport, directory: str, name: str, changes: ChangedFiles,
+                             unwanted: IO[bytes], stable_only: bool) -> None:
+        """A look at the host's output: `changes` learns the regular files whose size or mtime
+        differ from their last upload (with `stable_only`, only those unchanged since the
+        previous look: a file being written waits for the next pass); the others' names go to
+        `unwanted`, NUL-terminated."""
+        changes.begin()
+        # Record by record: neither the listing nor its names are ever held whole.
         async with transport.records(host_command("changed-files", [directory]), separator=b"\0") as listing:
             async for record in listing:
                 if record:
-                    fields = record.decode("utf-8", "surrogateescape").split(" ", 2)
+                    fields = record.split(b" ", 2)
                     if len(fields) != 3 or not fields[2]:
                         raise ClientError(f"listing output {name} on {transport.label}: an unreadable line "
                                           f"{record[:80]!r}")
-                    size, mtime, path = fields
-                    now[path] = (size, mtime)
+                    path = fields[2].decode("utf-8", "surrogateescape")
+                    if not changes.listed(path, (fields[0] + b" " + fields[1]).decode("ascii", "replace"),
+                                          stable_only):
+                        unwanted.write(fields[2] + b"\0")
             await listing.end()
-        previous = self._last_look.get((name, algo), {})
-        self._last_look[(name, algo)] = now
-        return {path: stamp for path, stamp in now.items()
-                if self._uploaded.get((name, algo, path)) != stamp
-                and (not stable_only or previous.get(path) == stamp)}
 
     async def continuous(self, plans: list[HostPlan], transports: list[Transport]) -> None:
         """While the containers run: Continuous outputs, every CONTINUOUS_INTERVAL."""
@@ -215,3 +217,12 @@ class JobData:
             return None
         return {"Inputs": {name: c.record() for name, c in self.input_counts.items()},
                 "Outputs": {name: c.record() for name, c in self.output_counts.items()}}
+
+
+def _names(file: IO[bytes]) -> Iterator[str]:
+    """The NUL-terminated names of `file`, from where it stands, a buffer at a time."""
+    rest = b""
+    while chunk := file.read(EXCLUSIONS_CHUNK):
+        *names, rest = (rest + chunk).split(b"\0")
+        for raw in names:
+            yield raw.decode("utf-8", "surrogateescape")

@@ -356,11 +356,11 @@ async def test_a_file_that_appeared_after_the_listing_waits_for_the_next_pass(tm
     listed = await listing(root)
     (root / "new.txt").write_bytes(b"new")
     s3 = FakeS3()
-    uploaded = await Uploader(s3, lambda w: None).upload_host(transport(), "algo-1", str(root),
-                                                              parse_location("s3://b/out/"), "model", OutputCount(),
-                                                              only=listed)
+    uploaded: list[str] = []
+    await Uploader(s3, lambda w: None).upload_host(transport(), "algo-1", str(root), parse_location("s3://b/out/"),
+                                                   "model", OutputCount(), only=listed, uploaded=uploaded.append)
     assert s3.objects == {"s3://b/out/listed.txt": b"listed"}
-    assert uploaded == {"listed.txt"}
+    assert uploaded == ["listed.txt"]
 
 
 AWKWARD = ["sp", "sp ", " lead", "tab\t", "new\nline", "star*", "q?", "[ab]", "back\\slash", "-rf", "é", "日本",
@@ -429,8 +429,10 @@ async def test_a_file_changed_as_tar_read_it_fails_an_end_of_job_upload_only():
     # files do, and are uploaded again once settled; an exited container's never do.
     s3 = FakeS3()
     uploader = Uploader(s3, lambda w: None)
-    assert await uploader.upload_host(_answering(_one_file_archive(), 1), "algo-1", "/unused",
-                                      S3Location("b", "out/"), "model", OutputCount(), only={"a.txt"}) == {"a.txt"}
+    uploaded: list[str] = []
+    await uploader.upload_host(_answering(_one_file_archive(), 1), "algo-1", "/unused", S3Location("b", "out/"),
+                               "model", OutputCount(), only={"a.txt"}, uploaded=uploaded.append)
+    assert uploaded == ["a.txt"]
     with pytest.raises(ClientError, match="reading output model on algo-1"):
         await uploader.upload_host(_answering(_one_file_archive(), 1), "algo-1", "/unused",
                                    S3Location("b", "out/"), "model", OutputCount())
