@@ -1,6 +1,6 @@
 # shellcheck shell=sh
 # The job's whole life on one host (see fleet/host/__init__.py), after docker.sh,
-# checks.sh and supervise.sh. Arguments, every path from fleet.plan.HostPlan:
+# checks.sh, users.sh and supervise.sh. Arguments, every path from fleet.plan.HostPlan:
 #   WORKDIR JOB_PARENT JOB_DIR RUN_FILE PRIVATE_DIR ENV_FILE MESSAGE IMAGE_AT NAME
 #   RUN CONTROLLER NEED_KB GPUS(1|0) NDIRS NFILES NINPUTS NVARS
 #   then NDIRS (mode, directory) pairs to make in PRIVATE_DIR (mode `container`: 0755, then
