@@ -34,16 +34,16 @@ def users_images(cluster, tmp_path_factory):
     """(root image, USER worker image) on the first test host: the test image with an
     /etc/passwd naming worker and guest, committed as it runs (root) and as USER worker."""
     host = cluster.hosts[0]
-    files = tmp_path_factory.mktemp("users")
-    (files / "passwd").write_text(PASSWD)
-    (files / "group").write_text(GROUP)
+    etc = tmp_path_factory.mktemp("users") / "etc"
+    etc.mkdir()
+    (etc / "passwd").write_text(PASSWD)
+    (etc / "group").write_text(GROUP)
     tag = f"fleet-test:users-{secrets.token_hex(3)}"
     root_image, worker_image = f"{tag}-root", f"{tag}-worker"
     name = f"zq-build-{secrets.token_hex(4)}"
     host.docker("create", "--name", name, IMAGE)
     try:
-        for file in ("passwd", "group"):
-            host.docker("cp", str(files / file), f"{name}:/etc/{file}")
+        host.docker("cp", str(etc), f"{name}:/")  # /etc made if the image has none
         host.docker("commit", name, root_image)
         host.docker("commit", "--change", "USER worker", name, worker_image)
     finally:
