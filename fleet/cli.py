@@ -31,7 +31,7 @@ from fleet.errors import FleetError, InvalidInput, JobStopped
 from fleet.home import fleet_home
 from fleet.image.reference import parse_reference
 from fleet.inventory import load_inventory
-from fleet.plan import PRIVATE_DIR, ClusterPlan, job_arn, plan_cluster, record_hosts, select_hosts
+from fleet.plan import CONTAINER_OWNED, PRIVATE_DIR, ClusterPlan, job_arn, plan_cluster, record_hosts, select_hosts
 from fleet.runtime.console import Console
 from fleet.runtime.store import JobStore, OwnerUnproven, RunOptions, RunRecord, controller_id
 
@@ -211,7 +211,8 @@ def _print_plan(plan: ClusterPlan) -> None:
         print(f"\n{hp.algo}: {host.label} ({where}), reached by the other hosts at {hp.address}")
         print(f"  job directory: {hp.job_dir} (0711; its {PRIVATE_DIR}/ 0700: the SSH user's alone)")
         for directory, mode in hp.tree:
-            print(f"  mkdir  {PRIVATE_DIR}/{directory}/ ({mode})")
+            shown = "0755, the image's user's" if mode == CONTAINER_OWNED else mode
+            print(f"  mkdir  {PRIVATE_DIR}/{directory}/ ({shown})")
         for path, content in hp.files.items():
             print(f"  write  {PRIVATE_DIR}/{path} ({len(content)} bytes)")
         # Values are often secrets: a terminal line (and a scrollback, a CI log) never shows them.

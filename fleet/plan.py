@@ -16,19 +16,23 @@ a host. Everything else asks it.
           env.1, env.2, ...       env_value_file(i) (0600): each value it cannot carry (a newline), for
                                   docker's own environment; as long as the env file
           config/                 → /opt/ml/config (read-only), 0755; its files 0644
-          output/                 → /opt/ml/output, 0777; output/message is the ExitMessage
+          output/                 → /opt/ml/output, 0755, the container's user's; output/message
+                                  is the ExitMessage
           inputs/                 0755
-            N/, N.partial/        ProcessingInputs[N-1], 0777: staged as N.partial, renamed on go
+            N/, N.partial/        ProcessingInputs[N-1], 0755: staged as N.partial, renamed on go
           outputs/                0755
-            N/                    ProcessingOutputs[N-1], 0777
+            N/                    ProcessingOutputs[N-1], 0755, the container's user's
 
 Other local users of a host must neither read the job (processingjobconfig.json holds the
 Environment) nor write into it (a directory planted in inputs/ would make `tar -x` write
 wherever its links point). Permissions keep them out, not secret names: any path fleet uses
-shows up in some process's argv (`docker create --volume`, `tar -C`). The mount sources are
-0777, for whatever USER the image runs as, yet unreachable for other users: `ml/` is 0700
-(a bind mount does not need its source's ancestors to be traversable by the container's
-user). `algo-k/` stays 0711 so that another SSH user's `fleet gc` can read `.fleet-run` and
+shows up in some process's argv (`docker create --volume`, `tar -C`). `ml/` is 0700 (a bind
+mount does not need its source's ancestors to be traversable by the container's user), and
+no mount source is writable by others either: a local user whose uid some process of the
+container has reaches the mounts through /proc/PID/root. The directories the container
+writes are given to the uid its image's User names once the container is created (the
+session's give_dirs), the inputs and config are the SSH user's, 0755, for any USER to read.
+`algo-k/` stays 0711 so that another SSH user's `fleet gc` can read `.fleet-run` and
 leave the directory alone. The session creates every directory with a plain `mkdir` (never
 `-p`), so one that exists already (planted) is refused, naming it.
 """
@@ -58,6 +62,7 @@ HOST_LABEL = "fleet.host"
 RUN_LABEL = "fleet.run"  # one run of a job (its record's RunId)
 CONTROLLER_LABEL = "fleet.controller"  # machine:FLEET_HOME of the fleet that ran it
 RUN_FILE = ".fleet-run"  # in each job directory: the run id, then the controller
+CONTAINER_OWNED = "container"  # a HostPlan.tree mode: 0755, given to the container's user
 PRIVATE_DIR = "ml"  # in each job directory: the mount sources, only the SSH user may enter
 
 
@@ -149,16 +154,17 @@ class HostPlan:
     @property
     def tree(self) -> list[tuple[str, str]]:
         """Every directory the session makes inside private_dir, parents first, with its
-        mode: the mount sources 0777 (any USER of the image writes them), the rest 0755."""
-        made = [("config", "0755"), ("output", "0777")]
+        mode: `container` for the directories the container writes (0755, then its user's:
+        the session resolves the image's User), 0755 for the rest."""
+        made = [("config", "0755"), ("output", CONTAINER_OWNED)]
         inputs = [directory for directory in self.dirs if posixpath.dirname(directory) == "inputs"]
         outputs = [directory for directory in self.dirs if posixpath.dirname(directory) == "outputs"]
         if inputs:
             made.append(("inputs", "0755"))
-            made += [(path, "0777") for directory in inputs for path in (directory, directory + ".partial")]
+            made += [(path, "0755") for directory in inputs for path in (directory, directory + ".partial")]
         if outputs:
             made.append(("outputs", "0755"))
-            made += [(directory, "0777") for directory in outputs]
+            made += [(directory, CONTAINER_OWNED) for directory in outputs]
         return made
 
     def output_dir(self, index: int) -> str:

@@ -99,7 +99,7 @@ KEEP = b"keep\n"
 # Each script's text: these files of this folder, in order (shared functions first).
 # Those starting with "docker" take the host's docker command as their first arguments.
 _PARTS: dict[str, tuple[str, ...]] = {
-    "session": ("docker", "images", "checks", "supervise", "session"),
+    "session": ("docker", "images", "checks", "users", "supervise", "session"),
     "resume": ("docker", "supervise", "resume"),
     "cleanup": ("docker", "cleanup"),
     "check": ("docker", "images", "checks", "check"),

@@ -1,9 +1,10 @@
 # shellcheck shell=sh
 # The job's whole life on one host (see fleet/host/__init__.py), after docker.sh,
-# checks.sh and supervise.sh. Arguments, every path from fleet.plan.HostPlan:
+# checks.sh, users.sh and supervise.sh. Arguments, every path from fleet.plan.HostPlan:
 #   WORKDIR JOB_PARENT JOB_DIR RUN_FILE PRIVATE_DIR ENV_FILE MESSAGE IMAGE_AT NAME
 #   RUN CONTROLLER NEED_KB GPUS(1|0) NDIRS NFILES NINPUTS NVARS
-#   then NDIRS (mode, directory) pairs to make in PRIVATE_DIR, NFILES paths to write,
+#   then NDIRS (mode, directory) pairs to make in PRIVATE_DIR (mode `container`: 0755, then
+#   the container's user's, once it is known), NFILES paths to write,
 #   NINPUTS (partial, final) directory pairs, NVARS keys, and the `docker create` argv,
 #   whose word IMAGE_AT (from 0) the ID of the image the host has for the job replaces.
 # Stdin first brings what no other local user may see (argvs are public: /proc/PID/cmdline):
@@ -81,9 +82,14 @@ take() {
 }
 
 # Every directory with a plain mkdir: one that exists already was not made by this session
-# (planted), and is refused, named by mkdir's error.
+# (planted), and is refused, named by mkdir's error. Those the container writes are listed
+# (a line each: no path has a newline) for give_dirs.
+given=
 while [ "$ndirs" -gt 0 ]; do
-  said=$(mkdir -m "$1" -- "$private_dir/$2" 2>&1) || fail 24 "$said"  # WRITE_FAILED
+  mode=$1
+  if [ "$mode" = container ]; then mode=0755 given="$given$private_dir/$2
+"; fi
+  said=$(mkdir -m "$mode" -- "$private_dir/$2" 2>&1) || fail 24 "$said"  # WRITE_FAILED
   shift 2; ndirs=$((ndirs - 1))
 done
 while [ "$nfiles" -gt 0 ]; do
@@ -202,6 +208,17 @@ forget_environment() {
 # Docker keeps the environment in the container's config: the files go at once.
 if ! docker_create "$@" >/dev/null; then forget_environment; exit 25; fi  # CREATE_FAILED
 forget_environment
+# The directories the container writes become its user's (see users.sh); the container is
+# removed when that fails, as on abort.
+uid=$(container_uid "$name" "$private_dir/.passwd")
+status=$?
+if [ "$status" -eq 0 ] && [ -n "$uid" ]; then
+  # shellcheck disable=SC2086 # on purpose: the list, split on newlines
+  uid=$(IFS='
+'; set -f; give_dirs "$uid" $given)
+  status=$?
+fi
+if [ "$status" -ne 0 ]; then d_bounded rm --force "$name" >/dev/null; fail "$status" "$uid"; fi
 printf 'fleet:prepared\n' >&2
 IFS= read -r go || go=abort
 if [ "$go" != go ]; then

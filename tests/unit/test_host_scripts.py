@@ -291,6 +291,7 @@ case "$1" in
   inspect)
     [ -n "$FAKE_GONE" ] && { echo "Error: No such object: $3" >&2; exit 1; }
     case "$3" in
+      *Config.User*) echo "${FAKE_USER:-}" ;;
       *State.Status*) echo "${FAKE_RUN:-zq0run} ${FAKE_STATE:-running}" ;;
       *) echo "${FAKE_RUN:-zq0run}" ;;
     esac ;;
@@ -299,6 +300,9 @@ case "$1" in
   pull)
     [ -n "$FAKE_PULL_FAILS" ] && { echo "pull access denied for $3" >&2; exit 1; }
     : > "$FAKE_DIR/pulled" ;;
+  cp)  # the image's /etc/passwd, as a tar on stdout: FAKE_DIR/etc/passwd if there is one
+    [ -f "$FAKE_DIR/etc/passwd" ] || { echo "Error: Could not find the file /etc/passwd in container $3" >&2; exit 1; }
+    tar -C "$FAKE_DIR/etc" -c passwd ;;
   ps) printf 'container\tc1\tzq-job-7-algo-1\tzq-job-7\tzq0run\tzq-controller:/x\n' ;;
   *) echo "fake docker: unexpected $*" >&2; exit 99 ;;
 esac
@@ -719,12 +723,53 @@ def test_only_the_ssh_user_can_enter_the_job_directorys_mount_sources(tmp_path: 
     assert mode(fake.plan.job_dir) == 0o711  # others: the run file by name, nothing else
     assert mode(fake.plan.run_file) == 0o644
     assert mode(private) == 0o700
-    expected = {"config": 0o755, "output": 0o777, "inputs": 0o755, "inputs/1": 0o777, "outputs": 0o755,
-                "outputs/1": 0o777}
+    expected = {"config": 0o755, "output": 0o755, "inputs": 0o755, "inputs/1": 0o755, "outputs": 0o755,
+                "outputs/1": 0o755}
     assert {str(p.relative_to(private)): mode(p) for p in private.rglob("*") if p.is_dir()} == expected
     for path in fake.plan.files:
         assert mode(private / path) == 0o644  # the container's USER may be anyone
     assert sorted(p.name for p in Path(fake.plan.job_dir).iterdir()) == [".fleet-run", "ml"]
+
+
+@pytest.mark.parametrize("user, uid", [("", 0), ("1000", 1000), ("1000:50", 1000), ("alice", 1234),
+                                       ("alice:staff", 1234), ("0", 0), ("root", 0)])
+def test_the_directories_the_container_writes_are_its_users_alone(tmp_path: Path, user, uid):
+    """output/ and outputs/N become the uid the image's User names (a name: from the image's
+    /etc/passwd, never the host's), 0755: writable by that user alone (issue 19, 11)."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nalice:x:1234:50::/home/alice:/bin/sh\n")
+    fake = FakeHost(tmp_path)
+    _, report = fake.session(b"go\nkeep\n", FAKE_USER=user)
+    assert report.events[-1] == "cleaned", report.errors
+    private = Path(fake.plan.private_dir)
+    owners = {str(p.relative_to(private)): (os.lstat(p).st_uid, mode(p)) for p in private.rglob("*") if p.is_dir()}
+    assert owners == {"config": (0, 0o755), "output": (uid, 0o755), "inputs": (0, 0o755), "inputs/1": (0, 0o755),
+                      "outputs": (0, 0o755), "outputs/1": (uid, 0o755)}
+    assert ("cp" in fake.calls) == (user.startswith("alice") or user == "root")
+    assert not (private / ".passwd").exists()
+
+
+def test_a_user_the_images_passwd_lacks_gets_nothing_and_dockers_start_says_so(tmp_path: Path):
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\n")
+    fake = FakeHost(tmp_path)
+    _, report = fake.session(b"go\nkeep\n", FAKE_USER="mallory")
+    assert report.events[-1] == "cleaned", report.errors
+    assert os.lstat(Path(fake.plan.private_dir) / "output").st_uid == 0
+
+
+def test_a_non_root_ssh_user_cannot_give_the_outputs_away_and_is_refused_naming_the_uid(tmp_path: Path):
+    """Only root may chown: rather than make them writable by everyone, the session fails
+    (WRITE_FAILED) naming the image's uid and the SSH user, and removes the container."""
+    fake_id = tmp_path / "bin" / "id"
+    fake = FakeHost(tmp_path)
+    fake_id.write_text('#!/bin/sh\ncase $1 in -u) echo 4242 ;; -un) echo bob ;; *) exec /usr/bin/id "$@" ;; esac\n')
+    fake_id.chmod(0o755)
+    result, report = fake.session(b"go\nkeep\n", FAKE_USER="1000", PATH=f"{fake_id.parent}:{os.environ['PATH']}")
+    assert result.returncode == Status.WRITE_FAILED
+    assert "uid 1000" in report.errors and "bob" in report.errors and "chown" in report.errors
+    assert "start" not in fake.calls and fake.calls[-1] == "rm"
+    assert mode(Path(fake.plan.private_dir) / "output") == 0o755
 
 
 def test_a_job_directory_that_exists_already_is_never_used(tmp_path: Path):

@@ -100,12 +100,14 @@ def test_every_mount_source_is_a_distinct_directory_of_the_private_dir():
         assert sorted(relative) == sorted(hp.dirs)
 
 
-def test_the_session_makes_every_directory_parents_first_mount_sources_0777():
+def test_the_session_makes_every_directory_parents_first_none_writable_by_others():
+    """The directories the container writes are given to its user (`container`), the
+    inputs are 0755: no mount source is 0777 (issue 19, 11)."""
     hp = plan(job(count=1), inventory("a")).hosts[0]
-    assert hp.tree == [("config", "0755"), ("output", "0777"), ("inputs", "0755"),
-                       ("inputs/1", "0777"), ("inputs/1.partial", "0777"), ("inputs/2", "0777"),
-                       ("inputs/2.partial", "0777"), ("outputs", "0755"), ("outputs/1", "0777"),
-                       ("outputs/2", "0777")]
+    assert hp.tree == [("config", "0755"), ("output", "container"), ("inputs", "0755"),
+                       ("inputs/1", "0755"), ("inputs/1.partial", "0755"), ("inputs/2", "0755"),
+                       ("inputs/2.partial", "0755"), ("outputs", "0755"), ("outputs/1", "container"),
+                       ("outputs/2", "container")]
     assert [hp.partial_input_dir(i) for i in (1, 2)] == [f"{hp.private_dir}/inputs/{i}.partial" for i in (1, 2)]
     assert [hp.output_dir(i) for i in (1, 2)] == [f"{hp.private_dir}/outputs/{i}" for i in (1, 2)]
 

@@ -1,0 +1,52 @@
+# shellcheck shell=sh
+# The container's user, for the session: the directories the container writes (output/,
+# outputs/N) are given to that user alone, never made writable by everyone (another local
+# user who reaches them, through /proc/PID/root of a container process of its uid, would
+# put files into the job's uploads). Needs docker.sh.
+
+# container_uid NAME SCRATCH: the uid the created container NAME runs as (its config's User, which
+# is the image's: `uid`, `uid:gid`, `name`, `name:group`; empty is root), printed; nothing
+# printed when it is a name its image's /etc/passwd lacks (its start then fails, with the
+# engine's words). A name is looked up in the container's own /etc/passwd (`docker cp`, one
+# call, its tar in the file SCRATCH; the host's users mean nothing in the image). Status 20 (DOCKER_TIMEOUT) or 22
+# (DOCKER_FAILED, the words printed) when docker fails.
+container_uid() {
+  said=$(d_bounded inspect --format '{{.Config.User}}' "$1" 2>&1)
+  case $? in
+    0) ;;
+    124) return 20 ;;  # DOCKER_TIMEOUT
+    *) printf '%s\n' "$said"; return 22 ;;  # DOCKER_FAILED
+  esac
+  user=${said%%:*}
+  case $user in
+    '') printf '0\n'; return 0 ;;
+    *[!0-9]*) ;;
+    *) printf '%s\n' "$user"; return 0 ;;
+  esac
+  # A tar of the one file (-L: the file an /etc/passwd link names); none: docker's start
+  # will say the user is unknown.
+  d_bounded cp -L "$1:/etc/passwd" - > "$2" 2>/dev/null
+  status=$?
+  if [ "$status" -eq 124 ]; then rm -f -- "$2"; return 20; fi  # DOCKER_TIMEOUT
+  if [ "$status" -eq 0 ]; then
+    tar -xOf - < "$2" 2>/dev/null | awk -F: -v user="$user" '$1 == user && $3 ~ /^[0-9]+$/ { print $3; exit }'
+  fi
+  rm -f -- "$2"
+  return 0
+}
+
+# give_dirs UID DIR...: the DIRs become the user UID's (0755: its to write, the others'
+# to read), so that a container running as UID writes them. Root (0) writes them as they
+# are. Only root may give a directory away (chown): a non-root SSH user (the docker group,
+# a rootless engine) is refused, naming the user, rather than the directories made
+# writable by everyone.
+give_dirs() {
+  uid=$1
+  shift
+  [ "$uid" != 0 ] || return 0
+  if [ "$(id -u)" != 0 ]; then
+    printf '%s\n' "the image runs as uid $uid, which must write the job's output directories: fleet gives them to it with chown, which only root may do, but the SSH user is $(id -un) (use user: root for this host, or an image that runs as root)"
+    return 24  # WRITE_FAILED
+  fi
+  chown -- "$uid" "$@" || return 24  # WRITE_FAILED
+}
