@@ -5,7 +5,9 @@ host's session runs before any container starts, each reported as a KEY=VALUE li
 `check_row`, pure. The image is never pulled here: the IMAGE column says `present (ID)`,
 `will be pulled (auth: ECR | docker config | none, the digest)` or `will be pushed (bytes)`.
 A host of `data_path: direct` also runs fleet/host/reach.sh: it needs curl or GNU wget, and to
-reach the S3 endpoint its presigned URLs will point to (a problem of its row otherwise)."""
+reach the S3 endpoint its presigned URLs will point to (a problem of its row otherwise).
+The ENGINE API column says how fleet reaches each host's engine API (fleet.engine.connect:
+`socket PATH`, `dial-stdio (WHY)`, or `scripts (WHY)`)."""
 
 from __future__ import annotations
 
