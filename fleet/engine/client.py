@@ -59,9 +59,10 @@ class Conflict(EngineRefused):
 class EngineFailed(HostError):
     """The engine failed (5xx), did not answer in time, or the connection to it broke."""
 
-    def __init__(self, host: str, message: str, status: int | None = None) -> None:
+    def __init__(self, host: str, message: str, status: int | None = None, *, timed_out: bool = False) -> None:
         super().__init__(host, message)
         self.status = status
+        self.timed_out = timed_out  # the engine did not answer in time (hung, or down behind its socket)
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,8 @@ class Engine:
                     self._release(connection)
                     return response.status, answer
         except TimeoutError:
-            raise EngineFailed(self.label, f"docker did not answer within {wait:g} s ({doing})") from None
+            raise EngineFailed(self.label, f"docker did not answer within {wait:g} s ({doing})",
+                               timed_out=True) from None
         except EngineProtocolError as exc:
             raise EngineFailed(self.label, f"the engine's answer is broken ({doing}): {exc}") from None
         except OSError as exc:
@@ -288,9 +290,28 @@ class Engine:
         """The container's output as (stream, bytes) pieces, from its byte `skip` on (the
         container's stdout and stderr in order, as `docker logs 2>&1` writes them), to the
         container's end (`follow`) or the log's. `idle`: how long the stream may stay
-        silent (None: without end, for a container that prints nothing for hours)."""
+        silent (None: without end, for a container that prints nothing for hours).
+
+        Docker 20.10's follow can miss the last, unterminated line of a container that
+        exits, through the API as through `docker logs --follow` (supervise.sh's workaround):
+        once a followed log ends, the log is read once more, unfollowed, from the byte
+        where the followed one stopped."""
         if tty is None:
             tty = bool((await self.inspect(container)).get("Config", {}).get("Tty"))
+        seen = skip
+        async for stream, piece in self._log(container, follow=follow, skip=skip, tty=tty, idle=idle):
+            seen += len(piece)
+            yield stream, piece
+        if follow:
+            try:
+                async for stream, piece in self._log(container, follow=False, skip=seen, tty=tty, idle=idle):
+                    yield stream, piece
+            except NoSuchObject:  # removed meanwhile: the followed log was all of it
+                return
+
+    async def _log(self, container: str, *, follow: bool, skip: int, tty: bool,
+                   idle: float | None) -> AsyncIterator[tuple[int, bytes]]:
+        """One log request (see `logs`)."""
         doing = f"reading the log of {container}"
         target = self._target(f"/containers/{_quote(container)}/logs",
                               {"stdout": "1", "stderr": "1", "follow": "1" if follow else "0"}, True)
@@ -308,7 +329,8 @@ class Engine:
                     connection.close()
                     raise self._error(response.status, answer, doing)
         except TimeoutError:
-            raise EngineFailed(self.label, f"docker did not answer within {self.timeout:g} s ({doing})") from None
+            raise EngineFailed(self.label, f"docker did not answer within {self.timeout:g} s ({doing})",
+                               timed_out=True) from None
         except (OSError, EngineProtocolError, HostError) as exc:
             if isinstance(exc, EngineRefused | EngineFailed):
                 raise

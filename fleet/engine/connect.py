@@ -30,7 +30,7 @@ import weakref
 from dataclasses import dataclass
 
 from fleet import host as scripts
-from fleet.engine.client import Engine
+from fleet.engine.client import Engine, EngineFailed
 from fleet.engine.http import ByteStream
 from fleet.errors import FleetError
 from fleet.inventory import Host
@@ -160,13 +160,20 @@ def engine_path(transport: Transport) -> str | None:
 
 async def engine_for(transport: Transport, host: Host, docker_timeout: int) -> Engine | None:
     """The host's engine API, reached as the module says; None where only its scripts work
-    (the reason is kept: engine_path). Asked once per transport."""
+    (the reason is kept: engine_path). Asked once per transport. An engine that answers
+    neither way in time raises EngineFailed (docker did not answer): its scripts would wait
+    for it as long, and say the same."""
     found = _engines.get(transport)
     if found is None:
         try:
             found = await _open(transport, host, docker_timeout)
+        except EngineFailed as exc:
+            if exc.timed_out:
+                raise
+            found = f"scripts ({exc.message.removeprefix(transport.label + ': ')})"
         except FleetError as exc:
             found = f"scripts ({exc.message.removeprefix(transport.label + ': ')})"
+        if isinstance(found, str):
             log.debug("%s: engine API unavailable: %s", transport.label, found)
         _engines[transport] = found
     return found if isinstance(found, Engine) else None
@@ -199,10 +206,15 @@ async def _open(transport: Transport, host: Host, docker_timeout: int) -> Engine
                 return await transport.open_socket(socket)
             try:
                 return await Engine.open(socket_connector, transport.label, timeout=timeout, path=f"socket {socket}")
-            except FleetError as exc:  # something else listens there: try the CLI's way
+            except EngineFailed as exc:  # something else listens there: try the CLI's way
                 opened.close()
+                if exc.timed_out:
+                    raise
                 why = f"{socket} answered not as an engine: {exc.message.removeprefix(transport.label + ': ')}"
-    stream, state = await _dial(transport, host, plan.socket or "", docker_timeout)
+    try:
+        stream, state = await _dial(transport, host, plan.socket or "", docker_timeout)
+    except (OSError, TimeoutError) as exc:
+        return f"scripts (docker system dial-stdio: {str(exc) or 'no answer'})"
     if not why:
         why = SOCKET_STATES.get(state, f"socket: {state[:40]}").format(socket=plan.socket, docker=host.docker)
     first_dial: ByteStream | None = stream

@@ -380,3 +380,16 @@ def test_the_socket_tried_is_the_one_the_docker_command_names(docker, socket):
     from fleet.engine.connect import engine_plan
     assert engine_plan(Host(address="h1", docker=docker)).socket == socket
     assert engine_plan(Host(address="h1", docker=docker, engine_socket="/srv/e.sock")).socket == "/srv/e.sock"
+
+
+async def test_a_followed_log_that_missed_its_last_unterminated_line_gets_it(engine_at):
+    """Docker 20.10's follow drops the last line without a newline of a container that exits:
+    once the followed log ends, the rest is read unfollowed from the byte it stopped at."""
+    async def handler(method, target, body, writer):
+        frames = LOG if "follow=0" in target else LOG[:-1]
+        stream = b"".join(frame(s, p) for s, p in frames)
+        writer.write(head(200, length=len(stream)) + stream)
+    engine, fake = await engine_at(handler)
+    got = b"".join(piece for _, piece in await _read(engine, tty=False, skip=2))
+    assert got == b"".join(p for _, p in LOG)[2:]
+    assert [r.split("?")[1] for r in fake.requests[1:]] == ["stdout=1&stderr=1&follow=1", "stdout=1&stderr=1&follow=0"]
