@@ -393,3 +393,71 @@ async def test_a_followed_log_that_missed_its_last_unterminated_line_gets_it(eng
     got = b"".join(piece for _, piece in await _read(engine, tty=False, skip=2))
     assert got == b"".join(p for _, p in LOG)[2:]
     assert [r.split("?")[1] for r in fake.requests[1:]] == ["stdout=1&stderr=1&follow=1", "stdout=1&stderr=1&follow=0"]
+
+
+# -- the ways to the engine (fleet.engine.connect) over the local transport --------------------
+
+FAKE_DOCKER = r'''
+import os, socket, sys, threading
+if sys.argv[1:] != ["system", "dial-stdio"]:
+    print(f"docker: unknown command {sys.argv[1:]}", file=sys.stderr)
+    sys.exit(1)
+engine = socket.socket(socket.AF_UNIX)
+engine.connect(os.environ["FAKE_ENGINE"])
+def pump_in():
+    while data := os.read(0, 65536):
+        engine.sendall(data)
+    engine.shutdown(socket.SHUT_WR)
+threading.Thread(target=pump_in, daemon=True).start()
+while data := engine.recv(65536):
+    os.write(1, data)
+'''
+
+
+async def test_the_engine_is_reached_by_its_socket_else_through_dial_stdio_saying_why(tmp_path, monkeypatch):
+    import sys
+
+    from fleet.engine.connect import engine_for, engine_path
+    monkeypatch.setenv("FLEET_ENGINE_API", "1")
+
+    async def handler(method, target, body, writer):
+        writer.write(json_answer({"Id": "sha256:" + "d" * 64}))
+    fake = FakeEngine(tmp_path / "engine.sock", handler)
+    server = await asyncio.start_unix_server(fake.serve, path=str(fake.path))
+    docker = tmp_path / "docker.py"
+    docker.write_text(FAKE_DOCKER)
+    monkeypatch.setenv("FAKE_ENGINE", str(fake.path))
+    plain = tmp_path / "plain-file"
+    plain.write_text("")
+
+    async def not_http(reader, writer):
+        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+        writer.close()
+    other = await asyncio.start_unix_server(not_http, path=str(tmp_path / "other.sock"))
+    cases = [(str(fake.path), f"socket {fake.path}"),
+             (str(tmp_path / "none.sock"), f"dial-stdio (no socket {tmp_path / 'none.sock'})"),
+             (str(plain), f"dial-stdio (no socket {plain})"),
+             (str(tmp_path / "other.sock"), f"dial-stdio ({tmp_path / 'other.sock'} answered not as an engine: ")]
+    try:
+        for socket_path, path in cases:
+            host = Host(address="localhost", transport="local", docker=f"{sys.executable} {docker}",
+                        engine_socket=socket_path)
+            transport = LocalTransport(host, LABEL)
+            engine = await engine_for(transport, host, 10)
+            assert engine_path(transport).startswith(path), engine_path(transport)
+            assert engine is not None and (await engine.image_inspect("x"))["Id"] == "sha256:" + "d" * 64
+            engine.close()
+        # A docker without dial-stdio (and no socket): the scripts do the work.
+        host = Host(address="localhost", transport="local", docker=f"{sys.executable} {docker} old",
+                    engine_socket=str(tmp_path / "none.sock"))
+        transport = LocalTransport(host, LABEL)
+        assert await engine_for(transport, host, 10) is None
+        assert engine_path(transport).startswith("scripts (")
+    finally:
+        for task in fake.tasks:
+            task.cancel()
+        await asyncio.gather(*fake.tasks, return_exceptions=True)
+        for listener in (server, other):
+            listener.close()
+            await listener.wait_closed()
+        await asyncio.sleep(0.2)  # the killed dial-stdio commands reaped before the loop closes
