@@ -461,3 +461,10 @@ async def test_the_engine_is_reached_by_its_socket_else_through_dial_stdio_sayin
             listener.close()
             await listener.wait_closed()
         await asyncio.sleep(0.2)  # the killed dial-stdio commands reaped before the loop closes
+
+
+def test_an_engine_socket_that_is_no_absolute_path_is_refused_naming_the_field():
+    from fleet.errors import InvalidInput
+    from fleet.inventory import parse_inventory
+    with pytest.raises(InvalidInput, match=r"hosts.yaml.*engine_socket.*must be an absolute path on the host"):
+        parse_inventory({"hosts": [{"address": "h1", "engine_socket": "docker.sock"}]}, "hosts.yaml")
