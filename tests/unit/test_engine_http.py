@@ -79,7 +79,13 @@ class FakeEngine:
                                if k.lower() == "content-length"), 0)
                 body = await reader.readexactly(length) if length else b""
                 self.requests.append(f"{method} {target}")
-                if target == "/version":
+                if target == "/_ping":
+                    podman = any("Podman" in c["Name"] for c in self.version.get("Components", []))
+                    extra = ("Libpod-API-Version: 5.8.0\r\nServer: Libpod/5.8.0 (linux)" if podman
+                             else f"Server: Docker/{self.version['Version']} (linux)")
+                    writer.write(head(200, length=2, extra=f"API-Version: {self.version['ApiVersion']}\r\n{extra}")
+                                 + b"OK")
+                elif target == "/version":
                     writer.write(json_answer(self.version))
                 else:
                     await self.handler(method, target, body, writer)
@@ -136,8 +142,21 @@ async def test_calls_go_to_the_negotiated_version_on_one_kept_connection(engine_
     engine, fake = await engine_at(handler, version={**VERSION, "ApiVersion": "1.60", "MinAPIVersion": "1.50"})
     for _ in range(3):
         assert (await engine.image_inspect("busybox:1"))["Id"] == "sha256:" + "a" * 64
-    assert fake.requests == ["GET /version"] + ["GET /v1.50/images/busybox:1/json"] * 3
-    assert fake.connections == 1  # keep-alive: one connection for the four calls
+    # A server newer than fleet: its /version says the oldest it speaks
+    assert fake.requests == ["GET /_ping", "GET /version"] + ["GET /v1.50/images/busybox:1/json"] * 3
+    assert fake.connections == 1  # keep-alive: one connection for the five calls
+    assert engine.server.version == "28.5.1" and not engine.server.podman
+
+
+async def test_a_server_no_newer_than_fleet_is_asked_only_its_ping(engine_at):
+    """Podman's /version runs conmon and the OCI runtime for their versions: not asked."""
+    async def handler(method, target, body, writer):
+        writer.write(json_answer({"Id": "x"}))
+    podman = {"Version": "5.8.0", "ApiVersion": "1.41", "Components": [{"Name": "Podman Engine"}]}
+    engine, fake = await engine_at(handler, version=podman)
+    await engine.image_inspect("x")
+    assert fake.requests == ["GET /_ping", "GET /v1.41/images/x/json"]
+    assert engine.server.podman and engine.server.version == "5.8.0"
 
 
 # -- errors -------------------------------------------------------------------------------------
@@ -392,7 +411,8 @@ async def test_a_followed_log_that_missed_its_last_unterminated_line_gets_it(eng
     engine, fake = await engine_at(handler)
     got = b"".join(piece for _, piece in await _read(engine, tty=False, skip=2))
     assert got == b"".join(p for _, p in LOG)[2:]
-    assert [r.split("?")[1] for r in fake.requests[1:]] == ["stdout=1&stderr=1&follow=1", "stdout=1&stderr=1&follow=0"]
+    assert [r.split("?")[1] for r in fake.requests if "/logs" in r] == ["stdout=1&stderr=1&follow=1",
+                                                                      "stdout=1&stderr=1&follow=0"]
 
 
 # -- the ways to the engine (fleet.engine.connect) over the local transport --------------------
