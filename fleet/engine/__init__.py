@@ -15,6 +15,10 @@ Why not a library:
     frames.py   the multiplexed / TTY log stream → the container's bytes; resume at a byte
     client.py   Engine: version negotiation, image and container calls, errors → fleet's
     connect.py  SSH socket forwarding, `docker system dial-stdio` fallback, local socket
+
+Measured (scripts/bench-engine-probe, the bed, 20 rounds, one SSH connection): the image-have
+probe of an image the host has, API against the exec-channel script: Docker 20.10 wall 4.0
+against 24.8 ms, host CPU 2 against 28.5 ms; Podman 5.8 5.3 against 25.8 ms, 5 against 29 ms.
 """
 
 from fleet.engine.client import Conflict, Engine, EngineFailed, EngineRefused, NoSuchObject
