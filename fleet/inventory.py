@@ -52,6 +52,11 @@ class Host(BaseModel):
     workdir: str | None = None
     docker: str = "docker"
     docker_args: list[str] = []
+    # The engine's API socket on the host (fleet.engine: reached through the SSH connection
+    # itself). Unset: from the docker command (DOCKER_HOST=unix://..., -H unix://...), else
+    # /var/run/docker.sock (podman: /run/podman/podman.sock). Set it where the host's login
+    # environment or a docker context points the CLI elsewhere.
+    engine_socket: str | None = None
     # How the host gets the job's image: `pull` from its registry (credentials lent by the
     # controller), `push` from the controller's Docker (or --image-archive) over SSH, or
     # `auto`: push when the controller has the image and the host lacks it, else pull.
@@ -93,6 +98,13 @@ class Host(BaseModel):
         if not shlex.split(docker):
             raise ValueError("must name the docker command, e.g. 'docker' or 'sudo docker'")
         return docker
+
+    @field_validator("engine_socket")
+    @classmethod
+    def _engine_socket(cls, socket: str | None) -> str | None:
+        if socket is not None and (not socket.startswith("/") or "\n" in socket):
+            raise ValueError(f"must be an absolute path on the host, got {socket!r}")
+        return socket
 
     @field_validator("workdir")
     @classmethod

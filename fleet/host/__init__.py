@@ -107,6 +107,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "gc-remove": ("docker", "gc-remove"),
     "image-have": ("docker", "images", "image-have"),
     "load": ("docker", "images", "load"),
+    "engine-dial": ("docker", "engine-dial"),
     "extract": ("extract",),
     "archive": ("archive",),
     "changed-files": ("changed-files",),
@@ -161,6 +162,12 @@ def image_have(docker: list[str], image: str, layers: Sequence[str], docker_time
     prefix of `layers` some image of the host starts with, where its engine's load skips
     those: 0 elsewhere). `docker` is the host's docker command (see images.sh)."""
     return _with_docker(docker, "image-have", [image, *layers], docker_timeout)
+
+
+def engine_dial(docker: list[str], socket: str, docker_timeout: int) -> list[str]:
+    """The engine's API on stdin/stdout through `docker system dial-stdio`, after one line
+    `fleet:socket open|denied|missing|none` saying what is at `socket` ("" for none tried)."""
+    return _with_docker(docker, "engine-dial", [socket], docker_timeout)
 
 
 def image_load(docker: list[str], image_id: str, layers: Sequence[str], docker_timeout: int) -> list[str]:

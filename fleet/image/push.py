@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.data.tarstream import END_OF_ARCHIVE
+from fleet.engine.connect import engine_for
 from fleet.errors import ClientError, FleetError, HostError
 from fleet.fanout import all_of, settled, task_group
 from fleet.host import Status, docker_failure, image_have, image_load
@@ -113,9 +114,21 @@ async def host_has(transport: Transport, docker: list[str], image: LocalImage, d
 
 async def _image_have(transport: Transport, docker: list[str], image: str, layers: tuple[str, ...],
                       docker_timeout: int) -> tuple[str, str]:
-    """fleet-image-have's answer: ("present", the engine's ID) or ("layers", K)."""
-    argv = image_have(docker, image, layers, docker_timeout)
+    """fleet-image-have's answer: ("present", the engine's ID) or ("layers", K). Asked of
+    the engine's API where the host's engine answers it (fleet.engine: no command on the
+    host), else of the host script."""
     label = transport.label
+    engine = await engine_for(transport, transport.host, docker_timeout)
+    if engine is not None:
+        try:
+            async with asyncio.timeout(5 * docker_timeout + 30):
+                return await engine.image_have(image, layers)
+        except TimeoutError:
+            raise HostError(label, f"docker did not answer within {docker_timeout} s (looking for the image "
+                                   f"{image})") from None
+        finally:
+            engine.close()  # its idle connections: the channel (or dial-stdio) is not kept
+    argv = image_have(docker, image, layers, docker_timeout)
     try:
         async with asyncio.timeout(5 * docker_timeout + 30):  # five bounded docker calls at most
             result = await transport.run(argv)

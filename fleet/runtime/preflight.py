@@ -5,7 +5,9 @@ host's session runs before any container starts, each reported as a KEY=VALUE li
 `check_row`, pure. The image is never pulled here: the IMAGE column says `present (ID)`,
 `will be pulled (auth: ECR | docker config | none, the digest)` or `will be pushed (bytes)`.
 A host of `data_path: direct` also runs fleet/host/reach.sh: it needs curl or GNU wget, and to
-reach the S3 endpoint its presigned URLs will point to (a problem of its row otherwise)."""
+reach the S3 endpoint its presigned URLs will point to (a problem of its row otherwise).
+The ENGINE API column says how fleet reaches each host's engine API (fleet.engine.connect:
+`socket PATH`, `dial-stdio (WHY)`, or `scripts (WHY)`)."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass, field
 from fleet.contract.job import ProcessingJob
 from fleet.data.direct import reach_row
 from fleet.data.locations import S3Location, parse_location
+from fleet.engine.connect import engine_for, engine_path
 from fleet.errors import FleetError
 from fleet.fanout import all_of
 from fleet.host import command, on_host
@@ -37,6 +40,7 @@ class CheckRow:
     host: str
     ssh: str = "-"
     docker: str = "-"
+    api: str = "-"  # how fleet reaches the engine's API (fleet.engine.connect)
     image: str = "-"
     disk: str = "-"
     gpus: str = "-"
@@ -212,18 +216,26 @@ async def check(inventory: Inventory, job: ProcessingJob | None, console: Consol
                     report = _parse_report(result.stdout.decode(errors="replace"))
                     if local is not None and report.get("image") == "missing" and host.image_source != "pull":
                         have = await host_has(transport, host.docker_command, local, docker_timeout)
+                    api = "-"
+                    if report.get("docker", "").startswith("ok"):
+                        engine = await engine_for(transport, host, docker_timeout)
+                        if engine is not None:
+                            engine.close()
+                        api = engine_path(transport) or "-"
         except FleetError as exc:
             return CheckRow(label, ssh="FAIL", problems=[exc.message])
         except TimeoutError:
             return CheckRow(label, ssh="ok", problems=["the check did not finish"])
-        return check_row(label, report, need_kb=need_kb, image=image, gpus=bool(host.gpus),
-                         source=host.image_source, view=view, have=have)
+        row = check_row(label, report, need_kb=need_kb, image=image, gpus=bool(host.gpus),
+                        source=host.image_source, view=view, have=have)
+        row.api = api
+        return row
 
     rows = await all_of(*(one(h) for h in inventory.hosts))
-    table = [("HOST", "SSH", "DOCKER", "IMAGE", "DISK", "GPUS", "RESULT")]
-    table += [(r.host, r.ssh, r.docker, r.image, r.disk, r.gpus, "ok" if r.ok else "FAIL: " + "; ".join(r.problems))
-              for r in rows]
-    widths = [max(len(row[i]) for row in table) for i in range(6)]
+    table = [("HOST", "SSH", "DOCKER", "ENGINE API", "IMAGE", "DISK", "GPUS", "RESULT")]
+    table += [(r.host, r.ssh, r.docker, r.api, r.image, r.disk, r.gpus,
+               "ok" if r.ok else "FAIL: " + "; ".join(r.problems)) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(7)]
     for row in table:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[6])
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[7])
     return 0 if all(r.ok for r in rows) else 1

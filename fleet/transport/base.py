@@ -16,8 +16,10 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextlib
+import errno
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from fleet.errors import HostError
 from fleet.fanout import all_of, task_group
@@ -115,6 +117,14 @@ class Transport(abc.ABC):
         HostError if that fails within `timeout` seconds."""
         return None
 
+    async def open_socket(self, path: str) -> SocketStream:
+        """A byte stream to the unix socket `path` on the host (the engine's API socket:
+        fleet.engine): over SSH a direct-streamlocal channel of the one connection, no
+        command started. OSError when it cannot be opened (sshd refusing to forward, no
+        socket there, one this user may not open: OpenSSH says "open failed" for all of
+        them); a transport without a way to a socket (srun) raises it always."""
+        raise OSError(errno.EOPNOTSUPP, f"the {self.host.transport} transport reaches no socket")
+
     @property
     @abc.abstractmethod
     def peer_address(self) -> str:
@@ -192,6 +202,34 @@ async def drain(read: Callable, sink: OnBytes | None = None, *, keep: int = STDE
         else:
             sink(chunk)
     return bytes(kept)
+
+
+class SocketStream:
+    """A (reader, writer) pair of asyncio's or asyncssh's streams as one byte stream (what
+    fleet.engine.http reads and writes); `errors` are the stream's own failures, raised as
+    ConnectionResetError."""
+
+    def __init__(self, reader: Any, writer: Any, errors: tuple[type[BaseException], ...] = ()) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._errors = errors
+
+    async def read(self) -> bytes:
+        try:
+            return bytes(await self._reader.read(READ_SIZE))
+        except self._errors as exc:
+            raise ConnectionResetError(str(exc)) from exc
+
+    async def write(self, data: bytes) -> None:
+        try:
+            self._writer.write(data)
+            await self._writer.drain()
+        except self._errors as exc:
+            raise ConnectionResetError(str(exc)) from exc
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError, *self._errors):
+            self._writer.close()
 
 
 class Records:

@@ -8,7 +8,7 @@ import logging
 from collections.abc import Sequence
 
 from fleet.errors import HostError
-from fleet.transport.base import READ_SIZE, RemoteProcess, Transport, command_name
+from fleet.transport.base import READ_SIZE, RemoteProcess, SocketStream, Transport, command_name
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,11 @@ class LocalTransport(Transport):
             )
         except OSError as exc:
             raise HostError(self.label, f"cannot run {argv[0]}: {exc.strerror}") from exc
+
+    async def open_socket(self, path: str) -> SocketStream:
+        """The unix socket `path` of this machine, straight."""
+        reader, writer = await asyncio.open_unix_connection(path, limit=READ_SIZE)
+        return SocketStream(reader, writer)
 
     async def close(self) -> None:
         return None

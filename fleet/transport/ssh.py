@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import getpass
 import ipaddress
 import logging
@@ -26,7 +27,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fleet.errors import HostError
 from fleet.inventory import Host
-from fleet.transport.base import READ_SIZE, RemoteProcess, Transport, command_name
+from fleet.transport.base import READ_SIZE, RemoteProcess, SocketStream, Transport, command_name
 
 log = logging.getLogger(__name__)
 
@@ -607,6 +608,24 @@ class SSHTransport(Transport):
             log.debug("%s: channel %s opened", self.label, name)
             return _SSHProcess(process, self.label, name)
         raise AssertionError("unreachable")
+
+    async def open_socket(self, path: str) -> SocketStream:
+        """A direct-streamlocal channel to `path` on the host (`ssh -L LOCAL:PATH`'s channel).
+        OpenSSH answers "open failed" whether forwarding is disabled for the key or the
+        server (`restrict`, `no-port-forwarding`, `AllowStreamLocalForwarding no`), there is
+        no socket, or the user may not open it: fleet.engine.connect tells them apart."""
+        if self._conn is not None and self._conn.is_closed():
+            await self.reconnect(self.host.connect_timeout)
+        if self._conn is None:
+            raise HostError(self.label, "not connected")
+        try:
+            reader, writer = await self._conn.open_unix_connection(path)
+        except asyncssh.ChannelOpenError as exc:
+            log.debug("%s: socket %s not opened: %s (code %d)", self.label, path, exc.reason, exc.code)
+            raise ConnectionRefusedError(errno.ECONNREFUSED, f"sshd: {exc.reason}") from exc
+        except asyncssh.Error as exc:
+            raise ConnectionResetError(errno.ECONNRESET, f"lost the SSH connection: {exc}") from exc
+        return SocketStream(reader, writer, (asyncssh.Error,))
 
     async def _closes_soon(self) -> bool:
         assert self._conn is not None
