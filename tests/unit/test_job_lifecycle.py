@@ -1,5 +1,5 @@
 """The whole lifecycle of a job (JobExecution) against fake hosts that play fleet's host
-scripts (fleet.transport.scripted.FakeHost): for each kind of end, the final record, the
+scripts (tests/hostprotocol: FakeHost): for each kind of end, the final record, the
 error `fleet run` would exit with, the stored logs byte for byte, and what each host was
 asked to do."""
 
@@ -20,7 +20,9 @@ from fleet.plan import container_name, job_arn, record_hosts
 from fleet.runtime.console import Console
 from fleet.runtime.executor import JobExecution
 from fleet.runtime.store import JobStore, RunOptions, RunRecord
-from fleet.transport.scripted import ALWAYS, Container, FakeHost
+from fleet.transport.scripted import ALWAYS
+
+from hostprotocol.fakehost import Container, FakeHost
 
 NAME = "lc-job"
 RUN_ID = "lc0run"
