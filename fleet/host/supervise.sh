@@ -12,7 +12,7 @@ supervise() {
   d wait "$name" > "$job_dir/.code.$$" &
   waiter=$!
   d logs --follow "$name" 2>&1 | { head -c "$offset" >/dev/null; dd bs=65536 2> "$job_dir/.logged.$$"; }
-  wait "$waiter" || exit 31  # WAIT_FAILED
+  wait "$waiter" || exit "$WAIT_FAILED"
   code=$(cat "$job_dir/.code.$$")
   # `docker logs --follow` can miss the last, unterminated line of a container that exits
   # (seen with Docker 20.10 in half the runs): send what it did not.
@@ -45,5 +45,5 @@ step_end() {
   d stop "$name" >/dev/null 2>&1
   d_bounded rm --force "$name" >/dev/null 2>&1
   rm -rf -- "$job_dir"; if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
-  exit 143
+  exit "$STEP_ENDED"
 }

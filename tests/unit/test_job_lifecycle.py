@@ -212,15 +212,16 @@ async def test_max_runtime_stops_every_container_and_fails_the_job(tmp_path):
 
 async def test_a_host_failing_preparation_starts_nothing_anywhere(tmp_path):
     fakes = [FakeHost(Container([b"never\n"])),
-             FakeHost(fail_preparation=Status.PULL_FAILED, said=b"pull access denied for zq\n"),
+             FakeHost(fail_preparation=Status.PULL_FAILED, said=b"dial tcp 10.0.0.9:443: connect: connection "
+                                                                b"refused\n"),
              FakeHost(Container([b"never\n"]))]
     run = Run(tmp_path, fakes)
     error = await run()
-    assert error is not None and error.exit_code == 75  # the machinery's
+    assert error is not None and error.exit_code == 75  # the machinery's: the registry out of reach
     described = run.described
     assert described["ProcessingJobStatus"] == "Failed"
     assert described["FailureReason"] == ("ClientError: algo-2 (h2, h2.lab): cannot pull image zq:1: "
-                                          "pull access denied for zq")
+                                          "dial tcp 10.0.0.9:443: connect: connection refused")
     assert "ProcessingStartTime" not in described
     assert run.exit_codes() == [None, None, None]
     for k, fake in enumerate(fakes, start=1):
