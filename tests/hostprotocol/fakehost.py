@@ -150,7 +150,9 @@ class FakeHost:
     Trouble: `unreachable` (every connection attempt fails), `fail_preparation` (a Status:
     WRITE_FAILED, NO_SPACE and IN_USE before `fleet:written`, the others after it), `cut_at`
     (the connection is cut once the sessions have sent that many bytes of the log, the
-    bytes before it sent; then `refuse_after_cut` connection attempts fail; ALWAYS: all).
+    bytes before it sent; then `refuse_after_cut` connection attempts fail; ALWAYS: all);
+    on demand: `cut` (now), `freeze_engine` / `thaw_engine` (a SIGSTOPped dockerd: docker
+    calls hang, cleanup's bounded ones give up after --docker-timeout: DOCKER_SILENT).
     """
 
     def __init__(self, container: Container | None = None, *, unreachable: bool = False,
@@ -176,6 +178,8 @@ class FakeHost:
         self.received_auth = b""  # the registry credentials that came with a pull
         self._box: _Box | None = None
         self._heard = asyncio.Event()
+        self._engine = asyncio.Event()  # set: the engine answers (freeze_engine: it hangs, as SIGSTOPped)
+        self._engine.set()
 
     # -- what a test looks at -------------------------------------------------------------------
     @property
@@ -217,6 +221,22 @@ class FakeHost:
                          started_at=asyncio.get_running_loop().time() - ago)
         self.directory = "written"
 
+    # -- trouble on demand ------------------------------------------------------------------------
+    def freeze_engine(self) -> None:
+        """The engine stops answering (a SIGSTOPped dockerd): the session's image step,
+        `docker stop` and `docker kill` hang, the log stops flowing, and cleanup gives docker
+        its --docker-timeout, as cleanup.sh's bounded calls do."""
+        self._engine.clear()
+
+    def thaw_engine(self) -> None:
+        """The engine answers again: whatever waited for it goes on."""
+        self._engine.set()
+
+    def cut(self, refuse: int | None = 0) -> None:
+        """Cut the connection now (every command on it is lost); then `refuse` connection
+        attempts fail (ALWAYS: all)."""
+        self._cut(self.transports[-1], refuse)
+
     # -- the transport ------------------------------------------------------------------------------
     def transport(self, host: Host, label: str) -> ScriptedTransport:
         """A transport to this host (JobExecution's `transports` factory)."""
@@ -243,18 +263,19 @@ class FakeHost:
             if verb == "stop":
                 return await self._stop(command, argv[-1])
             if verb == "kill":
-                return self._kill(command, argv[-1])
+                return await self._kill(command, argv[-1])
             command.write_stderr(f"fake host: unknown command {argv[0]}\n".encode())
             return 127
         self._heard_of(script, self.commands)
         args = command.args
+        docker_timeout = int(args[0])
         args = args[2 + int(args[1]):]  # after the docker prelude's TIMEOUT COUNT WORDS...
         if script == "fleet-session":
             return await self._session(command, args)
         if script == "fleet-resume":
             return await self._resume(command, args)
         if script == "fleet-cleanup":
-            return self._cleanup(args)
+            return await self._cleanup(args, docker_timeout)
         if script == "fleet-image-have":
             command.write_stdout(f"present {self.image_id}\n".encode() if self.holds_image else b"layers 0\n")
             return 0
@@ -303,6 +324,7 @@ class FakeHost:
         if failing is not None:
             command.write_stderr(self.said)
             return int(failing)
+        await self._engine.wait()
         self._box = _Box(self.spec, name, run)
         self._heard_of("created")
         command.write_stderr(b"fleet:prepared\n")
@@ -334,12 +356,13 @@ class FakeHost:
     async def _supervise(self, command: ScriptedCommand, box: _Box, offset: int) -> int:
         sent = offset
         while True:
+            await self._engine.wait()
             log = box.log()
             if len(log) > sent:
                 if self.cut_at is not None and sent < self.cut_at <= len(log):
                     command.write_stdout(log[sent:self.cut_at])
                     await asyncio.sleep(0)
-                    self._cut(command.transport)
+                    self._cut(command.transport, self.refuse_after_cut)
                     return 0  # ignored: the channel is lost
                 command.write_stdout(log[sent:])
                 sent = len(log)
@@ -365,13 +388,14 @@ class FakeHost:
         command.write_stderr(b"fleet:cleaned\n")
         return 0
 
-    def _cut(self, transport: ScriptedTransport) -> None:
+    def _cut(self, transport: ScriptedTransport, refuse: int | None) -> None:
         self.cut_at = None
-        transport.fail_connects(self.refuse_after_cut)
+        transport.fail_connects(refuse)
         transport.cut()
         self._heard_of("cut")
 
     async def _stop(self, command: ScriptedCommand, name: str) -> int:
+        await self._engine.wait()
         box = self._box
         if box is None or box.name != name or box.state in ("removed", "created"):
             command.write_stderr(f"Error response from daemon: No such container: {name}\n".encode())
@@ -389,7 +413,8 @@ class FakeHost:
         command.write_stdout(f"{name}\n".encode())
         return 0
 
-    def _kill(self, command: ScriptedCommand, name: str) -> int:
+    async def _kill(self, command: ScriptedCommand, name: str) -> int:
+        await self._engine.wait()
         box = self._box
         if box is None or box.name != name or box.state != "running":
             command.write_stderr(f"Error response from daemon: container {name} is not running\n".encode())
@@ -399,8 +424,17 @@ class FakeHost:
         command.write_stdout(f"{name}\n".encode())
         return 0
 
-    def _cleanup(self, args: list[str]) -> int:
-        name, run, keep = args[0], args[5], args[6]
+    async def _cleanup(self, args: list[str], docker_timeout: int) -> int:
+        name, run, keep, started = args[0], args[5], args[6], args[7]
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(docker_timeout):
+                await self._engine.wait()
+        if not self._engine.is_set():
+            if started == "started":
+                return int(Status.DOCKER_SILENT)  # it may run on: everything stays, for fleet gc
+            if keep != "keep" and self.directory is not None:
+                self.directory = "removed"
+            return 0
         box = self._box
         if box is not None and box.name == name and box.run == run and box.state != "removed":
             box.poll()
