@@ -113,8 +113,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              (Program(("one", "two"), message="done"), Program(("three",))),
              Seen("Completed", 0, ("one\ntwo\n", "three\n"), (0, 0), message="done")),
     Scenario("fails",
-             (_UP, Program(("working",), exit_code=3, pause=0.5)),
-             Seen("Failed", 1, ("up\ngot-INT\n", "working\n"), (0, 3),
+             (_UP, Program(("working", "failing"), exit_code=3, pause=1.0)),  # algo-1's trap is set by then
+             Seen("Failed", 1, ("up\ngot-INT\n", "working\nfailing\n"), (0, 3),
                   reason="AlgorithmError: algo-2 exited with code 3. See job logs for more information")),
     Scenario("stopped",
              (_UP, _UP),

@@ -236,6 +236,23 @@ async def test_a_host_failing_preparation_starts_nothing_anywhere(tmp_path):
     assert fakes[1].commands == ["fleet-session", "fleet-cleanup"]
 
 
+@pytest.mark.parametrize("said", [
+    b"Error response from daemon: Get \"http://r.lab/v2/zq/manifests/1\": no basic auth credentials\n",
+    b"Error response from daemon: manifest for zq:1 not found: manifest unknown: manifest unknown\n",
+    b"Error: initializing source docker://r.lab/zq:1: reading manifest 1 in r.lab/zq: unauthorized\n",
+])
+async def test_a_registry_refusing_a_hosts_pull_fails_the_job_as_the_users_exit_1(tmp_path, said):
+    # A scheduler requeuing on 75 could never fix a refused pull: it is the user's failure.
+    fakes = [FakeHost(Container([b"never\n"])), FakeHost(fail_preparation=Status.PULL_FAILED, said=said)]
+    run = Run(tmp_path, fakes)
+    error = await run()
+    assert error is not None and error.exit_code == 1
+    assert run.described["ProcessingJobStatus"] == "Failed"
+    assert run.described["FailureReason"] == ("ClientError: algo-2 (h2, h2.lab): cannot pull image zq:1: "
+                                              + said.decode().strip())
+    assert all("go" not in fake.answers for fake in fakes)
+
+
 @pytest.mark.parametrize("status, said, reason", [
     (Status.NO_SPACE, b"1024\n", "not enough free space in /srv/fleet: the job's VolumeSizeInGB needs 1.0 GiB, "
                                  "0.0 GiB free"),
