@@ -302,6 +302,8 @@ class FakeHost:
         # `try NAME 0` (`image-missing` unless it holds the image, then pull or abort).
         verb, _, rest = (await command.read_stdin_line()).rstrip(b"\n").decode().partition(" ")
         reference, _, count = rest.partition(" ")
+        if verb in ("use", "try", "pull"):
+            await self._engine.wait()  # the image is looked for first (image_id, config_image, check_image)
         if verb == "try":
             self.tried = reference
             if self.holds_image:
