@@ -44,6 +44,8 @@ class FakeBed:
     def __init__(self, tmp_path, scenario: Scenario) -> None:
         self.scenario = scenario
         self.fakes = [FakeHost(container(program, scenario.stop_grace)) for program in scenario.programs]
+        for fake in self.fakes:
+            fake.holds_image = True  # as the bed's hosts hold fleet-test:busybox: present beats pull
         job = parse_job({"ProcessingJobName": NAME,
                          "ProcessingResources": {"ClusterConfig": {
                              "InstanceCount": 2, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 1}},
