@@ -131,4 +131,4 @@ def test_the_real_session_plays_the_scenario_as_the_fake_host_does(fleet, cluste
     bed.play()
     assert bed.exit is not None
     scenario.seen.check(fleet.record(bed.name), bed.exit, [bed._stored(1), bed._stored(2)], bed.stderr)
-    assert cluster.leftovers(bed.name) == []
+    assert cluster.leftovers(bed.name) == [], bed.stderr
