@@ -365,6 +365,9 @@ class Instance:
                 log.debug("%s: the session did not clean up within %s s", self.algo, bound)
         try:
             async with asyncio.timeout(bound):
+                # A take-over that ends before any session (the controller died before go:
+                # `fleet attach`) has not connected yet: connect now (a no-op when connected).
+                await self.transport.reconnect(bound)
                 result = await self.transport.run(
                     scripts.cleanup(plan, keep, self.options.docker_timeout, started=self.has("started")))
         except TimeoutError as exc:
