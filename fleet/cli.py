@@ -52,11 +52,12 @@ exit codes of `fleet run` (also with --detach), `fleet attach` and `fleet wait`:
   0    Completed: every container exited 0
   1    Failed, and running it again would fail again: a container exited non-zero
        (AlgorithmError), the job cannot run as asked (ClientError: the registry refuses the
-       image, an input matches nothing, docker refuses the container), or a bug of fleet's
+       image: credentials, an unknown tag; an input matches nothing, docker refuses the
+       container), or a bug of fleet's
   2    invalid input or usage: nothing was started, no record was written
   75   Failed because of the machinery (EX_TEMPFAIL: worth retrying, e.g. Slurm's
        RequeueExit=75): a host unreachable, lost or refusing SSH, its host key, docker
-       down or hung, a pull failed, a disk full, a write on a host failed. Several hosts
+       down or hung, a registry out of reach, a disk full, a write on a host failed. Several hosts
        failing: 75 only if every one failed so. `fleet wait`: also when the job's fleet
        process is gone without ending it (fleet attach NAME)
   124  Failed with MaxRuntimeExceeded: StoppingCondition.MaxRuntimeInSeconds elapsed

@@ -9,10 +9,12 @@ The exit code and the FailureReason prefix are separate on purpose: the prefix i
 SageMaker's word (a host that cannot pull is a `ClientError` there too), the exit code is
 for a batch scheduler deciding whether to run the job again. Failures of the machinery
 (HostError, HostLost: a host unreachable or lost, SSH refused, docker down or hung, a
-pull failed, a disk full) exit MACHINERY_EXIT, so that a retry policy (Slurm's
+registry out of reach, a disk full) exit MACHINERY_EXIT, so that a retry policy (Slurm's
 `RequeueExit=75`) can requeue those and only those; the job's own failures
-(AlgorithmError), a request that cannot run as asked (ClientError) and fleet's bugs
-(InternalError) exit 1, as running them again would fail again.
+(AlgorithmError), a request that cannot run as asked (ClientError: a registry refusing the
+pull for want of credentials, an unknown tag) and fleet's bugs
+(InternalError) exit 1, as running them again would fail again. What each status of the
+host scripts means is one table: fleet/host/statuses.py.
 """
 
 from __future__ import annotations
@@ -50,7 +52,8 @@ class ResourceInUse(InvalidInput):
 
 
 class HostError(FleetError):
-    """A host cannot be reached or used: SSH, host key, docker, a pull, its disk (exit 75)."""
+    """A host cannot be reached or used: SSH, host key, docker, a registry out of its reach,
+    its disk (exit 75)."""
 
     exit_code = MACHINERY_EXIT
     failure_kind = "ClientError"

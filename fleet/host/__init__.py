@@ -38,7 +38,6 @@ reports each as a KEY=VALUE line.
 
 from __future__ import annotations
 
-import enum
 import functools
 import logging
 import posixpath
@@ -46,49 +45,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 
-from fleet.errors import HostError, InvalidInput
+from fleet.errors import InvalidInput
+from fleet.host.statuses import (  # the statuses and what each means to a user, for the callers
+    Status as Status,
+    host_failure as host_failure,
+    shell_definitions,
+)
 from fleet.inventory import Host
 from fleet.plan import RUN_LABEL, HostPlan
 
 log = logging.getLogger(__name__)
-
-
-class Status(enum.IntEnum):
-    """Exit statuses of the session script before the container exists, and of resume.
-    The .sh files use the same numbers (a unit test keeps the two in step)."""
-
-    DOCKER_TIMEOUT = 20
-    DOCKER_MISSING = 21
-    DOCKER_FAILED = 22
-    PULL_FAILED = 23
-    WRITE_FAILED = 24
-    CREATE_FAILED = 25
-    NO_SPACE = 26
-    NO_GPU_RUNTIME = 27
-    IN_USE = 28
-    START_FAILED = 30
-    WAIT_FAILED = 31
-    GONE = 32  # resume: the container is gone, or not this run's
-    NOT_STARTED = 33  # resume: the container was never started
-    LOAD_FAILED = 34  # load: docker load failed, or gave no image of the pushed ID
-    NO_HTTP_CLIENT = 40  # fetch, put (the direct data path): neither curl nor GNU wget
-    # A Slurm job step's SIGTERM (scancel, the time limit; transport srun only): the session
-    # stopped the container, removed it and the job directory (step_end in supervise.sh).
-    STEP_ENDED = 143
-
-
-def docker_failure(label: str, status: int | None, said: str, docker_timeout: int, *, doing: str = "",
-                   docker: str = "") -> HostError | None:
-    """The HostError for a script's docker status (DOCKER_TIMEOUT, DOCKER_MISSING,
-    DOCKER_FAILED), else None; `doing` says what docker was asked, `docker` how it is called."""
-    where = f" ({doing})" if doing else ""
-    if status == Status.DOCKER_TIMEOUT:
-        return HostError(label, f"docker did not answer within {docker_timeout} s{where}")
-    if status == Status.DOCKER_MISSING:
-        return HostError(label, f"docker command not found ({docker or doing}): {said}")
-    if status == Status.DOCKER_FAILED:
-        return HostError(label, f"docker is not answering{where}: {said}")
-    return None
 
 
 GO = b"go\n"
@@ -120,9 +86,11 @@ _PARTS: dict[str, tuple[str, ...]] = {
 
 @functools.cache
 def script_text(script: str) -> str:
-    """The fixed text `sh -c` runs for `script`, read from the package once."""
+    """The fixed text `sh -c` runs for `script`, read from the package once: the statuses'
+    definitions (fleet.host.statuses), then its parts."""
     folder = resources.files(__name__)
-    return "".join(folder.joinpath(f"{part}.sh").read_text(encoding="utf-8") for part in _PARTS[script])
+    parts = (folder.joinpath(f"{part}.sh").read_text(encoding="utf-8") for part in _PARTS[script])
+    return shell_definitions() + "".join(parts)
 
 
 def _argv(script: str, args: list[str]) -> list[str]:

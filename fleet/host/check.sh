@@ -10,7 +10,7 @@ last_line() { printf '%s' "$1" | tail -n 1; }
 said=$(check_docker)
 case $? in
   0) printf 'docker=ok %s\n' "$said" ;;
-  20) echo 'docker=did not answer'; exit 0 ;;
+  "$DOCKER_TIMEOUT") echo 'docker=did not answer'; exit 0 ;;
   *) printf 'docker=%s\n' "$(last_line "$said")"; exit 0 ;;
 esac
 if [ -n "$image" ]; then
@@ -18,7 +18,7 @@ if [ -n "$image" ]; then
   case $? in
     0) printf 'image=present %s\n' "$said" ;;
     1) echo 'image=missing' ;;
-    20) echo 'image=docker did not answer' ;;
+    "$DOCKER_TIMEOUT") echo 'image=docker did not answer' ;;
     *) printf 'image=%s\n' "$(last_line "$said")" ;;
   esac
 fi

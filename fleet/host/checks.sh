@@ -10,8 +10,8 @@ free_kb() { df -Pk -- "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
 
 # check_workdir WORKDIR: it exists (made when missing) and takes new entries.
 check_workdir() {
-  mkdir -p -- "$1" 2>&1 || return 24  # WRITE_FAILED
-  mkdir -- "$1/.fleet-probe.$$" 2>&1 || return 24  # WRITE_FAILED
+  mkdir -p -- "$1" 2>&1 || return "$WRITE_FAILED"
+  mkdir -- "$1/.fleet-probe.$$" 2>&1 || return "$WRITE_FAILED"
   rmdir -- "$1/.fleet-probe.$$"
   return 0
 }
@@ -21,7 +21,7 @@ check_workdir() {
 check_space() {
   free=$(free_kb "$1")
   printf '%s\n' "$free"
-  if [ -n "$free" ] && [ "$free" -lt "$2" ]; then return 26; fi  # NO_SPACE
+  if [ -n "$free" ] && [ "$free" -lt "$2" ]; then return "$NO_SPACE"; fi
   return 0
 }
 
@@ -30,9 +30,9 @@ check_docker() {
   version=$(d_bounded version --format '{{.Server.Version}}' 2>&1)
   case $? in
     0) printf '%s\n' "$version" ;;
-    124) return 20 ;;  # DOCKER_TIMEOUT
-    127) printf '%s\n' "$version"; return 21 ;;  # DOCKER_MISSING
-    *) printf '%s\n' "$version"; return 22 ;;  # DOCKER_FAILED
+    124) return "$DOCKER_TIMEOUT" ;;
+    127) printf '%s\n' "$version"; return "$DOCKER_MISSING" ;;
+    *) printf '%s\n' "$version"; return "$DOCKER_FAILED" ;;
   esac
 }
 
@@ -54,14 +54,14 @@ check_image() {
   status=$?
   if [ "$status" -ne 0 ]; then
     printf '%s\n' "$pulled"
-    return 23  # PULL_FAILED
+    return "$PULL_FAILED"
   fi
-  said=$(image_id "$1") || { printf 'pulled, then: %s\n' "$said"; return 23; }  # PULL_FAILED
+  said=$(image_id "$1") || { printf 'pulled, then: %s\n' "$said"; return "$PULL_FAILED"; }
   printf 'pulled %s\n' "$said"
 }
 
 # check_gpus: docker has the NVIDIA runtime, or the host has NVIDIA CDI devices.
 check_gpus() {
   d_bounded info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"' && return 0
-  grep -qs 'nvidia.com/gpu' /etc/cdi/* /var/run/cdi/* || return 27  # NO_GPU_RUNTIME
+  grep -qs 'nvidia.com/gpu' /etc/cdi/* /var/run/cdi/* || return "$NO_GPU_RUNTIME"
 }

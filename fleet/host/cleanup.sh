@@ -3,10 +3,10 @@
 # whose session did not get to clean up itself. Idempotent. After docker.sh.
 # Arguments: NAME JOB_DIR JOB_PARENT RUN_FILE RUN_LABEL RUN keep|remove started|unstarted
 name=$1 job_dir=$2 job_parent=$3 run_file=$4 run_label=$5 run=$6 keep=$7 started=$8
-# silent: docker did not answer in time (124). A container that was started may run on:
-# then everything stays, for `fleet gc` (status 3); one never started runs nothing.
+# silent: docker did not answer in time (124, timeout's status). A container that was started
+# may run on: then everything stays, for `fleet gc` (DOCKER_SILENT); one never started runs nothing.
 silent() {
-  [ "$1" -eq 124 ] && [ "$started" = started ] && exit 3
+  [ "$1" -eq 124 ] && [ "$started" = started ] && exit "$DOCKER_SILENT"
 }
 owner=$(d_bounded inspect --format "{{index .Config.Labels \"$run_label\"}}" "$name" 2>/dev/null)
 silent $?

@@ -13,7 +13,7 @@
 #   HTTP: the status, 000 for none; CODE: S3's error code, - for none).
 # The controller decides what to do about a failure: resume, sign again, give up.
 dir=$1 work=$2
-client=$(http_client) || { echo 'fleet:no-http-client' >&2; exit 40; }  # NO_HTTP_CLIENT
+client=$(http_client) || { echo 'fleet:no-http-client' >&2; exit "$NO_HTTP_CLIENT"; }
 { mkdir -m 0755 -- "$dir" 2>/dev/null || [ -d "$dir" ]; } || exit
 mkdir -p -- "$work" || exit
 trap 'rm -rf -- "$work"' EXIT

@@ -8,7 +8,7 @@
 workdir=$1 run_file=$2 job_label=$3 run_label=$4 controller_label=$5
 d_bounded ps -a --filter "label=$job_label" --format \
   "container\\t{{.ID}}\\t{{.Names}}\\t{{.Label \"$job_label\"}}\\t{{.Label \"$run_label\"}}\\t{{.Label \"$controller_label\"}}" \
-  || exit 3
+  || exit "$DOCKER_FAILED"
 for dir in "$workdir"/*/algo-*; do
   [ -d "$dir" ] || continue
   { head -n 2 -- "$dir/$run_file" 2>/dev/null; echo; echo; } | {

@@ -9,7 +9,7 @@
 #               Always 0 where the engine reads every layer file (classic_store: the
 #               containerd image store, Podman), and without DIFFIDs (a name).
 # After docker.sh and images.sh. Every docker call is time-bounded; docker's words go on
-# stderr (their first 4 KiB); docker failures exit with fleet.host.Status (20, 21, 22).
+# stderr (their first 4 KiB); docker failures exit with fleet.host.Status (DOCKER_TIMEOUT, DOCKER_MISSING, DOCKER_FAILED).
 image=$1
 shift
 
@@ -17,15 +17,15 @@ said=$(config_image "$image" "$@")
 case $? in
   0) printf 'present %s\n' "$said"; exit 0 ;;
   1) ;;
-  20) exit 20 ;;  # DOCKER_TIMEOUT
-  21) printf '%s\n' "$said" | head -c 4096 >&2; exit 21 ;;  # DOCKER_MISSING
-  *) printf '%s\n' "$said" | head -c 4096 >&2; exit 22 ;;  # DOCKER_FAILED
+  "$DOCKER_TIMEOUT") exit "$DOCKER_TIMEOUT" ;;
+  "$DOCKER_MISSING") printf '%s\n' "$said" | head -c 4096 >&2; exit "$DOCKER_MISSING" ;;
+  *) printf '%s\n' "$said" | head -c 4096 >&2; exit "$DOCKER_FAILED" ;;
 esac
 if [ "$#" -eq 0 ] || ! classic_store; then echo 'layers 0'; exit 0; fi
 
 if ! ids=$(d_bounded images -aq --no-trunc 2>&1); then
   printf '%s\n' "$ids" | head -c 4096 >&2
-  exit 22  # DOCKER_FAILED (or did not answer: the listing either way)
+  exit "$DOCKER_FAILED"  # or did not answer: the listing either way
 fi
 if [ -z "$ids" ]; then echo 'layers 0'; exit 0; fi
 # One inspect for every image: a line of its layers each. An image removed meanwhile makes

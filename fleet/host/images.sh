@@ -10,18 +10,18 @@
 # fleet-image:HEX (HEX: the config digest's), through which every engine finds it.
 
 # inspect_image FORMAT IMAGE: `docker image inspect --format FORMAT IMAGE`, printed;
-# status 1 when the host has no such image, docker's statuses (20, 21, 22) when docker fails
+# status 1 when the host has no such image, docker's statuses (DOCKER_TIMEOUT, DOCKER_MISSING, DOCKER_FAILED) when docker fails
 # (its words printed, but for a timeout). Every engine's way of saying "no such image".
 inspect_image() {
   inspected=$(d_bounded image inspect --format "$1" "$2" 2>&1)
   case $? in
     0) printf '%s\n' "$inspected"; return 0 ;;
-    124) return 20 ;;  # DOCKER_TIMEOUT
-    127) printf '%s\n' "$inspected"; return 21 ;;  # DOCKER_MISSING
+    124) return "$DOCKER_TIMEOUT" ;;
+    127) printf '%s\n' "$inspected"; return "$DOCKER_MISSING" ;;
   esac
   case $inspected in
     *"o such image"* | *"image not known"* | *"failed to find image"*) return 1 ;;
-    *) printf '%s\n' "$inspected"; return 22 ;;  # DOCKER_FAILED
+    *) printf '%s\n' "$inspected"; return "$DOCKER_FAILED" ;;
   esac
 }
 

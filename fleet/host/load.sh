@@ -11,12 +11,12 @@ shift
 said=$(d load 2>&1)
 case $? in
   0) ;;
-  127) printf '%s\n' "$said" | tail -c 4096 >&2; exit 21 ;;  # DOCKER_MISSING
-  *) printf '%s\n' "$said" | tail -c 4096 >&2; exit 34 ;;  # LOAD_FAILED
+  127) printf '%s\n' "$said" | tail -c 4096 >&2; exit "$DOCKER_MISSING" ;;
+  *) printf '%s\n' "$said" | tail -c 4096 >&2; exit "$LOAD_FAILED" ;;
 esac
 if ! loaded=$(config_image "$image_id" "$@"); then
   printf 'docker load ended well, yet no image of the config %s is there: %s\n' "$image_id" "$loaded" |
     head -c 4096 >&2
-  exit 34  # LOAD_FAILED
+  exit "$LOAD_FAILED"
 fi
 printf 'fleet:loaded %s\n' "$loaded" >&2

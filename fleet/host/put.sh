@@ -11,7 +11,7 @@
 # Stdout: a line per request, in order: `ID done BYTES`, `ID gone` (no longer a regular
 # file), `ID refused`, or `ID fail 0 HTTP CLIENT-STATUS CODE` (as fetch.sh).
 dir=$1 work=$2
-client=$(http_client) || { echo 'fleet:no-http-client' >&2; exit 40; }  # NO_HTTP_CLIENT
+client=$(http_client) || { echo 'fleet:no-http-client' >&2; exit "$NO_HTTP_CLIENT"; }
 cd -- "$dir" || exit
 mkdir -p -- "$work" || exit
 trap 'rm -rf -- "$work"' EXIT

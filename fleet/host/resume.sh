@@ -6,12 +6,12 @@ name=$1 job_dir=$2 job_parent=$3 message=$4 run_label=$5 run=$6 offset=$7
 if ! state=$(d_bounded inspect --format "{{index .Config.Labels \"$run_label\"}} {{.State.Status}}" "$name" 2>&1)
 then
   printf '%s\n' "$state" >&2
-  exit 32  # GONE
+  exit "$GONE"
 fi
 case $state in
-  "$run created") exit 33 ;;  # NOT_STARTED
+  "$run created") exit "$NOT_STARTED" ;;
   "$run "*) ;;
-  *) printf '%s\n' "the container $name is not this job run's" >&2; exit 32 ;;  # GONE
+  *) printf '%s\n' "the container $name is not this job run's" >&2; exit "$GONE" ;;
 esac
 if [ "${FLEET_STEP:-}" = 1 ]; then trap step_end TERM; fi
 printf 'fleet:started\n' >&2

@@ -37,12 +37,12 @@ shared_dir() {
 said=$(check_workdir "$workdir") || fail "$?" "$said"
 said=$(check_space "$workdir" "$need_kb") || fail "$?" "$said"
 if shared_dir "$workdir"; then
-  fail 24 "the workdir $workdir is writable by other users: make it 0755 (or sticky, as /tmp)"  # WRITE_FAILED
+  fail "$WRITE_FAILED" "the workdir $workdir is writable by other users: make it 0755 (or sticky, as /tmp)"
 fi
 # WORKDIR/NAME: made here, or made before by this same user and private to it.
 if ! mkdir -m 0755 -- "$job_parent" 2>/dev/null; then
   if [ -L "$job_parent" ] || [ ! -d "$job_parent" ] || [ ! -O "$job_parent" ] || shared_dir "$job_parent"; then
-    fail 24 "$job_parent exists and is not a directory of $(id -un) that only it can change"  # WRITE_FAILED
+    fail "$WRITE_FAILED" "$job_parent exists and is not a directory of $(id -un) that only it can change"
   fi
 fi
 # The job directory is this run's alone, made afresh: another job of the same name (another
@@ -50,29 +50,29 @@ fi
 if ! said=$(mkdir -m 0711 -- "$job_dir" 2>&1); then
   if [ -e "$job_dir" ] || [ -L "$job_dir" ]; then
     owner=$(head -n 1 -- "$run_file" 2>/dev/null)
-    if [ "$owner" != "$run" ]; then printf '%s\n' "${owner:-unknown}" >&2; exit 28; fi  # IN_USE
-    fail 24 "$job_dir exists already"  # WRITE_FAILED
+    if [ "$owner" != "$run" ]; then printf '%s\n' "${owner:-unknown}" >&2; exit "$IN_USE"; fi
+    fail "$WRITE_FAILED" "$job_dir exists already"
   fi
-  fail 24 "$said"  # WRITE_FAILED
+  fail "$WRITE_FAILED" "$said"
 fi
-{ printf '%s\n' "$run" "$controller" > "$run_file" && chmod 0644 -- "$run_file"; } || exit 24  # WRITE_FAILED
-said=$(mkdir -m 0700 -- "$private_dir" 2>&1) || fail 24 "$said"  # WRITE_FAILED
+{ printf '%s\n' "$run" "$controller" > "$run_file" && chmod 0644 -- "$run_file"; } || exit "$WRITE_FAILED"
+said=$(mkdir -m 0700 -- "$private_dir" 2>&1) || fail "$WRITE_FAILED" "$said"
 # As a Slurm job step (transport srun), SIGTERM ends the job on this host: see step_end.
 if [ "${FLEET_STEP:-}" = 1 ]; then trap step_end TERM; fi
 
 # The files' bytes, from stdin: all at once into one private file (`head -c` may read ahead
 # from a pipe; nothing else comes before `prepared`), then cut into pieces.
-IFS=' ' read -r lengths || fail 24 "the job's files did not arrive on stdin"  # WRITE_FAILED
+IFS=' ' read -r lengths || fail "$WRITE_FAILED" "the job's files did not arrive on stdin"
 total=0 count=0
 for n in $lengths; do
-  case $n in ''|*[!0-9]*) fail 24 "the job's files are announced as '$lengths'" ;; esac  # WRITE_FAILED
+  case $n in ''|*[!0-9]*) fail "$WRITE_FAILED" "the job's files are announced as '$lengths'" ;; esac
   total=$((total + n)) count=$((count + 1))
 done
 [ "$count" -eq $((nfiles + 1 + nvars)) ] ||
-  fail 24 "$count pieces for $nfiles file(s), the env file and $nvars value(s)"  # WRITE_FAILED
+  fail "$WRITE_FAILED" "$count pieces for $nfiles file(s), the env file and $nvars value(s)"
 stash=$private_dir/.stdin
-head -c "$total" > "$stash" || exit 24  # WRITE_FAILED
-[ "$(($(wc -c < "$stash")))" -eq "$total" ] || fail 24 "the job's files were cut short on stdin"  # WRITE_FAILED
+head -c "$total" > "$stash" || exit "$WRITE_FAILED"
+[ "$(($(wc -c < "$stash")))" -eq "$total" ] || fail "$WRITE_FAILED" "the job's files were cut short on stdin"
 rest="$lengths " offset=0
 # take DEST: the next piece into DEST.
 take() {
@@ -89,17 +89,17 @@ while [ "$ndirs" -gt 0 ]; do
   mode=$1
   if [ "$mode" = container ]; then mode=0755 given="$given$private_dir/$2
 "; fi
-  said=$(mkdir -m "$mode" -- "$private_dir/$2" 2>&1) || fail 24 "$said"  # WRITE_FAILED
+  said=$(mkdir -m "$mode" -- "$private_dir/$2" 2>&1) || fail "$WRITE_FAILED" "$said"
   shift 2; ndirs=$((ndirs - 1))
 done
 while [ "$nfiles" -gt 0 ]; do
-  { take "$1" && chmod 0644 -- "$1"; } || exit 24  # WRITE_FAILED (the container's user reads them)
+  { take "$1" && chmod 0644 -- "$1"; } || exit "$WRITE_FAILED"  # the container's user reads them
   shift; nfiles=$((nfiles - 1))
 done
-take "$env_file" || exit 24  # WRITE_FAILED
+take "$env_file" || exit "$WRITE_FAILED"
 i=1
 while [ "$i" -le "$nvars" ]; do
-  take "$env_file.$i" || exit 24  # WRITE_FAILED
+  take "$env_file.$i" || exit "$WRITE_FAILED"
   i=$((i + 1))
 done
 rm -f -- "$stash"
@@ -134,7 +134,7 @@ if [ "$verb:$n" = try:0 ]; then
 fi
 case $verb:$n in
   use:0 | pull:0) auth_dir= ;;
-  pull:*[!0-9]* | pull:) fail 23 "the controller's pull was announced as '$n' bytes" ;;  # PULL_FAILED
+  pull:*[!0-9]* | pull:) fail "$PULL_FAILED" "the controller's pull was announced as '$n' bytes" ;;
   pull:*)
     auth_dir=$private_dir/.docker
     # A signal (the connection gone, a stop) first removes the credentials, then kills.
@@ -146,8 +146,8 @@ case $verb:$n in
     trap 'forget_credentials HUP' HUP
     trap 'forget_credentials INT' INT
     trap 'forget_credentials TERM' TERM
-    mkdir -m 0700 -- "$auth_dir" || fail 24 "cannot make $auth_dir"  # WRITE_FAILED
-    head -c "$n" > "$auth_dir/config.json" || { rm -rf -- "$auth_dir"; exit 24; }  # WRITE_FAILED
+    mkdir -m 0700 -- "$auth_dir" || fail "$WRITE_FAILED" "cannot make $auth_dir"
+    head -c "$n" > "$auth_dir/config.json" || { rm -rf -- "$auth_dir"; exit "$WRITE_FAILED"; }
     ;;
   *)  # abort (or the controller gone): nothing was created yet
     rm -rf -- "$job_dir"; if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
@@ -157,7 +157,7 @@ if [ "$verb" = use ]; then
   if [ -z "$image" ]; then
     image=$(config_image "$ref")
     status=$?
-    if [ "$status" -eq 1 ]; then fail 23 "the image $ref is not on this host"; fi  # PULL_FAILED
+    if [ "$status" -eq 1 ]; then fail "$PULL_FAILED" "the image $ref is not on this host"; fi
     [ "$status" -eq 0 ] || fail "$status" "$image"
   fi
   how=present
@@ -185,8 +185,8 @@ docker_create() (
   shift $((2 * ninputs))
   i=1
   while [ "$i" -le "$nvars" ]; do
-    case $1 in ''|[!A-Za-z_]*|*[!A-Za-z0-9_]*) printf '%s is not a variable name\n' "$1" >&2; exit 25 ;; esac
-    value=$(cat -- "$env_file.$i" && printf x) || exit 25  # CREATE_FAILED
+    case $1 in ''|[!A-Za-z_]*|*[!A-Za-z0-9_]*) printf '%s is not a variable name\n' "$1" >&2; exit "$CREATE_FAILED" ;; esac
+    value=$(cat -- "$env_file.$i" && printf x) || exit "$CREATE_FAILED"
     export "$1=${value%x}"
     shift; i=$((i + 1))
   done
@@ -206,7 +206,7 @@ forget_environment() {
   while [ "$i" -le "$nvars" ]; do rm -f -- "$env_file.$i"; i=$((i + 1)); done
 }
 # Docker keeps the environment in the container's config: the files go at once.
-if ! docker_create "$@" >/dev/null; then forget_environment; exit 25; fi  # CREATE_FAILED
+if ! docker_create "$@" >/dev/null; then forget_environment; exit "$CREATE_FAILED"; fi
 forget_environment
 # The directories the container writes become its user's (see users.sh); the container is
 # removed when that fails, as on abort.
@@ -230,11 +230,11 @@ fi
 # names.
 while [ "$ninputs" -gt 0 ]; do
   if [ -d "$1" ]; then
-    rm -rf -- "$2" || exit 24  # WRITE_FAILED
-    mv -- "$1" "$2" || exit 24  # WRITE_FAILED
+    rm -rf -- "$2" || exit "$WRITE_FAILED"
+    mv -- "$1" "$2" || exit "$WRITE_FAILED"
   fi
   shift 2; ninputs=$((ninputs - 1))
 done
-d start "$name" >/dev/null || exit 30  # START_FAILED
+d start "$name" >/dev/null || exit "$START_FAILED"
 printf 'fleet:started\n' >&2
 supervise "$name" "$job_dir" "$job_parent" "$message" 0

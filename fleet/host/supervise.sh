@@ -24,7 +24,7 @@ supervise() {
     # before its own SIGTERM runs step_end (about 1 scancel in 4 left a container running).
     # A step whose waiter was cut ends as on that SIGTERM.
     if [ "${FLEET_STEP:-}" = 1 ]; then step_end; fi
-    exit 31  # WAIT_FAILED
+    exit "$WAIT_FAILED"
   fi
   code=$(cat "$job_dir/.code.$$")
   rm -f -- "$job_dir/.code.$$"
@@ -74,5 +74,5 @@ step_end() {
   send_unstreamed
   d_bounded rm --force "$name" >/dev/null 2>&1
   rm -rf -- "$job_dir"; if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
-  exit 143
+  exit "$STEP_ENDED"
 }

@@ -8,14 +8,14 @@
 # is the image's: `uid`, `uid:gid`, `name`, `name:group`; empty is root), printed; nothing
 # printed when it is a name its image's /etc/passwd lacks (its start then fails, with the
 # engine's words). A name is looked up in the container's own /etc/passwd (`docker cp`, one
-# call, its tar in the file SCRATCH; the host's users mean nothing in the image). Status 20 (DOCKER_TIMEOUT) or 22
-# (DOCKER_FAILED, the words printed) when docker fails.
+# call, its tar in the file SCRATCH; the host's users mean nothing in the image). Status DOCKER_TIMEOUT or
+# DOCKER_FAILED (the words printed) when docker fails.
 container_uid() {
   said=$(d_bounded inspect --format '{{.Config.User}}' "$1" 2>&1)
   case $? in
     0) ;;
-    124) return 20 ;;  # DOCKER_TIMEOUT
-    *) printf '%s\n' "$said"; return 22 ;;  # DOCKER_FAILED
+    124) return "$DOCKER_TIMEOUT" ;;
+    *) printf '%s\n' "$said"; return "$DOCKER_FAILED" ;;
   esac
   user=${said%%:*}
   case $user in
@@ -27,7 +27,7 @@ container_uid() {
   # will say the user is unknown.
   d_bounded cp -L "$1:/etc/passwd" - > "$2" 2>/dev/null
   status=$?
-  if [ "$status" -eq 124 ]; then rm -f -- "$2"; return 20; fi  # DOCKER_TIMEOUT
+  if [ "$status" -eq 124 ]; then rm -f -- "$2"; return "$DOCKER_TIMEOUT"; fi
   if [ "$status" -eq 0 ]; then
     tar -xOf - < "$2" 2>/dev/null | awk -F: -v user="$user" '$1 == user && $3 ~ /^[0-9]+$/ { print $3; exit }'
   fi
@@ -46,7 +46,7 @@ give_dirs() {
   [ "$uid" != 0 ] || return 0
   if [ "$(id -u)" != 0 ]; then
     printf '%s\n' "the image runs as uid $uid, which must write the job's output directories: fleet gives them to it with chown, which only root may do, but the SSH user is $(id -un) (use user: root for this host, or an image that runs as root)"
-    return 24  # WRITE_FAILED
+    return "$WRITE_FAILED"
   fi
-  chown -- "$uid" "$@" || return 24  # WRITE_FAILED
+  chown -- "$uid" "$@" || return "$WRITE_FAILED"
 }

@@ -36,7 +36,7 @@ from fleet.data.tarstream import END_OF_ARCHIVE
 from fleet.engine.connect import engine_for
 from fleet.errors import ClientError, FleetError, HostError
 from fleet.fanout import all_of, settled, task_group
-from fleet.host import Status, docker_failure, image_have, image_load
+from fleet.host import host_failure, image_have, image_load
 from fleet.image.archive import ImageArchive, LoadStream, open_archive
 from fleet.image.local import DIGEST, LocalImage
 from fleet.transport.base import RemoteProcess, Transport
@@ -315,11 +315,8 @@ class _Loads:
                 log.debug("%s: loaded the image %s", label, self.name)
                 return
             words = "\n".join(line for line in words.splitlines() if not line.startswith("fleet:loaded"))
-            if status == Status.LOAD_FAILED:
-                self._fail(label, HostError(label, f"docker load of the image {self.name} failed: {words}"))
-            else:
-                self._fail(label, _docker_error(label, status, words, self.docker_timeout,
-                                                f"loading the image {self.name}"))
+            self._fail(label, _docker_error(label, status, words, self.docker_timeout,
+                                            f"loading the image {self.name}", image=self.name))
         await all_of(*(one(label) for label in self.live))
         return dict(self.failed)
 
@@ -336,10 +333,11 @@ def _words(label: str, error: FleetError) -> str:
     return error.message.removeprefix(f"{label}: ")
 
 
-def _docker_error(label: str, status: int, said: str, docker_timeout: int, doing: str) -> FleetError:
-    docker = docker_failure(label, status, said, docker_timeout, doing=doing)
-    if docker is not None:
-        return docker
+def _docker_error(label: str, status: int, said: str, docker_timeout: int, doing: str,
+                  **fields: object) -> FleetError:
+    known = host_failure(status, label, said, docker_timeout=docker_timeout, doing=doing, **fields)
+    if known is not None:
+        return known
     if status < 0:
         return HostError(label, f"the connection was lost ({doing})")
     return ClientError(f"{label}: {doing} failed (status {status}): {said}")

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from fleet import host as scripts, retry
-from fleet.errors import ClientError, FleetError, HostError, HostLost
+from fleet.errors import FleetError, HostError, HostLost
 from fleet.fanout import all_of, first_of
 from fleet.host import Status
 from fleet.inventory import Host
@@ -34,7 +34,6 @@ from fleet.transport.base import RemoteProcess, drain
 log = logging.getLogger(__name__)
 
 CLEANUP_MARGIN = 10  # seconds a cleanup may take beyond --docker-timeout
-CLEANUP_DOCKER_SILENT = 3  # cleanup.sh: docker did not answer in time (all left for fleet gc)
 STOP_MARGIN = 10  # seconds a stop may take beyond the grace and --docker-timeout
 
 
@@ -240,31 +239,20 @@ class Instance:
     def _preparation_error(self, image: str) -> FleetError:
         if self._lost is not None:
             return self._lost
-        plan, said, status, label = self._plan(), self.report.errors, self._status, self.label
-        docker = scripts.docker_failure(label, status, said, self.options.docker_timeout, docker=repr(self.host.docker))
-        if docker is not None:
-            return docker
-        if status == Status.PULL_FAILED:
-            how = f" (as {self.pulled_as})" if self.pulled_as and self.pulled_as != image else ""
-            return HostError(label, f"cannot pull image {image}{how}: {said}")  # the machinery's (exit 75)
-        if status == Status.CREATE_FAILED:
-            return ClientError(f"{label}: docker could not create the container: {said}")
-        if status == Status.NO_SPACE:
-            free = said.splitlines()[-1] if said else "?"
-            return HostError(label, f"not enough free space in {plan.workdir}: the job's "
-                                    f"VolumeSizeInGB needs {_gib(self._volume_kb)}, {_gib(free)} free")
-        if status == Status.NO_GPU_RUNTIME:
-            return HostError(label, "the inventory gives this host GPUs but Docker there has no NVIDIA "
-                                    "runtime and no CDI GPU devices; install the NVIDIA Container Toolkit "
-                                    "on that host, or remove `gpus` from its inventory entry")
-        if status == Status.IN_USE:
-            owner = said.splitlines()[-1] if said else "unknown"
-            return ClientError(f"{label}: the job directory {plan.job_dir} belongs to another run of a "  # the name's
-                               f"job named {plan.job_name} (run {owner}); choose "  # (exit 1: a retry meets it)
-                               f"another name with --name, or remove leftovers with `fleet gc`")
-        if status == Status.WRITE_FAILED:
-            return HostError(label, f"cannot write the job directory {plan.job_dir}: {said}")
-        return HostError(label, f"preparing the host failed (status {status}): {said}")
+        return self._failure(f"preparing the host failed (status {self._status})", image=image,
+                             how=f" (as {self.pulled_as})" if self.pulled_as and self.pulled_as != image else "",
+                             need=_gib(self._volume_kb), free=_gib(self.report.errors.splitlines()[-1]
+                                                                   if self.report.errors else "?"))
+
+    def _failure(self, otherwise: str, status: int | None = None, **fields: object) -> FleetError:
+        """The error the session's exit status means (fleet.host.statuses: its kind and
+        words), else HostError(`otherwise`)."""
+        plan, said = self._plan(), self.report.errors
+        status = self._status if status is None else status
+        error = scripts.host_failure(status, self.label, said, docker_timeout=self.options.docker_timeout,
+                                     docker=repr(self.host.docker), workdir=plan.workdir, job_dir=plan.job_dir,
+                                     job_name=plan.job_name, container=plan.container, **fields)
+        return error or HostError(self.label, f"{otherwise}: {said}")
 
     async def go(self) -> None:
         await self._send(scripts.GO)
@@ -289,19 +277,12 @@ class Instance:
         finally:
             if self._lines is not None:
                 self._lines.flush()
-        plan = self._plan()
         if self._lost is not None:
             raise self._lost
-        if self._status == Status.GONE:
-            raise HostError(self.label, f"the container {plan.container} is gone: {self.report.errors}")
-        if self._status == Status.NOT_STARTED:
-            raise HostError(self.label, f"the container {plan.container} was never started")
-        if self._status == Status.STEP_ENDED:
-            raise HostError(self.label, "Slurm ended the job step (scancel, or the time limit): the "
-                                        "container was stopped and removed there")
-        if not self.has("started"):
-            raise _start_error(self.label, self.report.errors)
-        raise HostError(self.label, f"lost track of the container (status {self._status}): {self.report.errors}")
+        status = self._status
+        if not self.has("started") and status not in set(Status):
+            status = Status.START_FAILED  # ended before `started`, saying nothing else: the start failed
+        raise self._failure(f"lost track of the container (status {self._status})", status)
 
     # -- stop, kill, cleanup ----------------------------------------------------------------
     @property
@@ -384,15 +365,16 @@ class Instance:
                 log.debug("%s: the session did not clean up within %s s", self.algo, bound)
         try:
             async with asyncio.timeout(bound):
+                # A take-over that ends before any session (the controller died before go:
+                # `fleet attach`) has not connected yet: connect now (a no-op when connected).
+                await self.transport.reconnect(bound)
                 result = await self.transport.run(
                     scripts.cleanup(plan, keep, self.options.docker_timeout, started=self.has("started")))
         except TimeoutError as exc:
             raise HostError(self.label, f"cleanup did not finish within {bound} s; "
                                         f"container {plan.container} may remain") from exc
-        if result.exit_status == CLEANUP_DOCKER_SILENT:
-            raise HostError(self.label, f"docker did not answer within {self.options.docker_timeout} s; "
-                                        f"container {plan.container} and {plan.job_dir} may remain: "
-                                        f"`fleet gc` removes them")
+        if result.exit_status == Status.DOCKER_SILENT:
+            raise self._failure("cleanup failed", Status.DOCKER_SILENT)
         if result.exit_status != 0:
             raise HostError(self.label, f"could not remove the job directory {plan.job_dir}: "
                                         f"{result.stderr.decode(errors='replace').strip()}")
@@ -417,12 +399,3 @@ def _gib(kib: object) -> str:
         return f"{int(kib) / 1024 / 1024:.1f} GiB"  # type: ignore[call-overload]
     except (TypeError, ValueError):
         return f"{kib} KiB"
-
-
-def _start_error(label: str, text: str) -> FleetError:
-    if "could not select device driver" in text:
-        return HostError(label, (  # the host's setup, as NO_GPU_RUNTIME (exit 75)
-            f"Docker there cannot give the container GPUs ({text.strip()}); "
-            f"install the NVIDIA Container Toolkit on that host, or remove `gpus` from its "
-            f"inventory entry"))
-    return ClientError(f"{label}: docker could not start the container: {text.strip() or 'no reason given'}")

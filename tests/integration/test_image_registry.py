@@ -189,6 +189,31 @@ def test_ecr_refusing_fails_the_job_naming_the_image_and_what_ecr_said(fleet, cl
         assert host.containers(job["ProcessingJobName"]) == []
 
 
+def test_a_registry_refusing_the_hosts_pull_for_want_of_credentials_is_the_users_failure_exit_1(
+        fleet, cluster, auth_registry, tmp_path):
+    # The controller has no credentials (an empty DOCKER_CONFIG) for the private registry:
+    # every host's pull is refused ("no basic auth credentials"). A scheduler's requeue on 75
+    # could never fix that: exit 1, ClientError, the host and the registry's words named.
+    # (Exited 75 before: a refused pull counted as the machine's.)
+    ref = f"{auth_registry.address}/fleet/refused-{uuid.uuid4().hex[:8]}:1"
+    config = tmp_path / "no-docker-config"
+    config.mkdir()
+    job = make_job("echo never", count=2)
+    job["AppSpecification"]["ImageUri"] = ref
+    inventory = _inventory(fleet, cluster, 2, insecure_registries=[auth_registry.address])
+    result = fleet("run", "--inventory", str(inventory), str(fleet.write_job(job)),
+                   env=fleet.env(DOCKER_CONFIG=str(config)), timeout=180)
+    assert result.returncode == 1, result.stderr
+    record = fleet.record(job["ProcessingJobName"])
+    assert record["ProcessingJobStatus"] == "Failed"
+    reason = record["FailureReason"]
+    assert reason.startswith("ClientError: ") and "algo-1 (h1, " in reason and ref in reason, reason
+    assert "no basic auth credentials" in reason, reason
+    assert "Traceback" not in result.stderr
+    for host in cluster.hosts:  # nothing was started anywhere
+        assert host.containers(job["ProcessingJobName"]) == []
+
+
 class _MovingProxy:
     """An HTTP proxy in front of the registry that moves the tag the moment the first host
     asks for the image's manifest by digest: every host's pull comes after the first

@@ -20,6 +20,7 @@ from fleet import host as hostscripts
 from fleet.contract.job import parse_job
 from fleet.errors import InvalidInput
 from fleet.host import SessionReport, Status
+from fleet.host.statuses import shell_definitions
 from fleet.inventory import Host
 from fleet.plan import CONTROLLER_LABEL, JOB_LABEL, RUN_FILE, RUN_LABEL, plan_cluster
 from fleet.runtime.leftovers import parse_leftovers
@@ -223,7 +224,7 @@ def test_every_script_is_fixed_text_from_the_package():
     for script in ["session", "resume", "cleanup", "check", "gc-list", "gc-remove", "extract", "archive",
                    "changed-files"]:
         text = hostscripts.script_text(script)
-        assert text.startswith("# shellcheck shell=sh\n")
+        assert text.startswith(shell_definitions() + "# shellcheck shell=sh\n")
         assert hostscripts.script_text(script) is text  # read once
     assert hostscripts.command("extract", ["/x/1.partial"]) == \
         ["sh", "-c", hostscripts.script_text("extract"), "fleet-extract", "/x/1.partial"]
@@ -234,12 +235,23 @@ def test_every_script_is_fixed_text_from_the_package():
 SCRIPTS = sorted(Path(hostscripts.__file__).parent.glob("*.sh"))
 
 
-def test_the_scripts_exit_with_the_statuses_python_knows():
-    """Every Status is an exit (or return) status in the scripts, and every such status of
-    20 and over is a Status: the numbers cannot drift apart."""
-    used = {int(n) for path in SCRIPTS for n in re.findall(r"\b(?:exit|return) (\d+)\b", path.read_text())}
-    assert {s.value for s in Status} <= used
-    assert {n for n in used if n >= 20} == {s.value for s in Status}
+def test_the_scripts_name_their_statuses_as_python_does():
+    """The scripts exit (or return, or `fail`) with statuses by name, each a Status, and every
+    Status is used; no number but 0 and 1 (done, a script's own generic failure) is left:
+    the names and numbers cannot drift apart (the numbers are Python's alone)."""
+    texts = [path.read_text() for path in SCRIPTS]
+    named = {n for text in texts for n in re.findall(r'\b(?:exit|return|fail) "\$([A-Z_]+)"', text)}
+    matched = {n for text in texts for n in re.findall(r'^\s*"\$([A-Z_]+)"\)', text, re.MULTILINE)}
+    assert named | matched <= {s.name for s in Status}
+    assert named == {s.name for s in Status}
+    numbers = {int(n) for text in texts for n in re.findall(r"\b(?:exit|return|fail) (\d+)\b", text)}
+    assert numbers <= {0, 1}
+
+
+def test_a_shell_reading_the_definitions_gets_pythons_numbers():
+    script = shell_definitions() + "".join(f'echo "{s.name}=${s.name}"\n' for s in Status)
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, check=True).stdout
+    assert out.splitlines() == [f"{s.name}={s.value}" for s in Status]
 
 
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck is not installed (scripts/setup)")

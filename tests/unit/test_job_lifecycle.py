@@ -1,5 +1,5 @@
 """The whole lifecycle of a job (JobExecution) against fake hosts that play fleet's host
-scripts (fleet.transport.scripted.FakeHost): for each kind of end, the final record, the
+scripts (tests/hostprotocol: FakeHost): for each kind of end, the final record, the
 error `fleet run` would exit with, the stored logs byte for byte, and what each host was
 asked to do."""
 
@@ -20,7 +20,9 @@ from fleet.plan import container_name, job_arn, record_hosts
 from fleet.runtime.console import Console
 from fleet.runtime.executor import JobExecution
 from fleet.runtime.store import JobStore, RunOptions, RunRecord
-from fleet.transport.scripted import ALWAYS, Container, FakeHost
+from fleet.transport.scripted import ALWAYS
+
+from hostprotocol.fakehost import Container, FakeHost
 
 NAME = "lc-job"
 RUN_ID = "lc0run"
@@ -210,15 +212,16 @@ async def test_max_runtime_stops_every_container_and_fails_the_job(tmp_path):
 
 async def test_a_host_failing_preparation_starts_nothing_anywhere(tmp_path):
     fakes = [FakeHost(Container([b"never\n"])),
-             FakeHost(fail_preparation=Status.PULL_FAILED, said=b"pull access denied for zq\n"),
+             FakeHost(fail_preparation=Status.PULL_FAILED, said=b"dial tcp 10.0.0.9:443: connect: connection "
+                                                                b"refused\n"),
              FakeHost(Container([b"never\n"]))]
     run = Run(tmp_path, fakes)
     error = await run()
-    assert error is not None and error.exit_code == 75  # the machinery's
+    assert error is not None and error.exit_code == 75  # the machinery's: the registry out of reach
     described = run.described
     assert described["ProcessingJobStatus"] == "Failed"
     assert described["FailureReason"] == ("ClientError: algo-2 (h2, h2.lab): cannot pull image zq:1: "
-                                          "pull access denied for zq")
+                                          "dial tcp 10.0.0.9:443: connect: connection refused")
     assert "ProcessingStartTime" not in described
     assert run.exit_codes() == [None, None, None]
     for k, fake in enumerate(fakes, start=1):
@@ -231,6 +234,23 @@ async def test_a_host_failing_preparation_starts_nothing_anywhere(tmp_path):
         assert fake.commands == ["fleet-session", "fleet-cleanup"]
     assert fakes[1].answers == []
     assert fakes[1].commands == ["fleet-session", "fleet-cleanup"]
+
+
+@pytest.mark.parametrize("said", [
+    b"Error response from daemon: Get \"http://r.lab/v2/zq/manifests/1\": no basic auth credentials\n",
+    b"Error response from daemon: manifest for zq:1 not found: manifest unknown: manifest unknown\n",
+    b"Error: initializing source docker://r.lab/zq:1: reading manifest 1 in r.lab/zq: unauthorized\n",
+])
+async def test_a_registry_refusing_a_hosts_pull_fails_the_job_as_the_users_exit_1(tmp_path, said):
+    # A scheduler requeuing on 75 could never fix a refused pull: it is the user's failure.
+    fakes = [FakeHost(Container([b"never\n"])), FakeHost(fail_preparation=Status.PULL_FAILED, said=said)]
+    run = Run(tmp_path, fakes)
+    error = await run()
+    assert error is not None and error.exit_code == 1
+    assert run.described["ProcessingJobStatus"] == "Failed"
+    assert run.described["FailureReason"] == ("ClientError: algo-2 (h2, h2.lab): cannot pull image zq:1: "
+                                              + said.decode().strip())
+    assert all("go" not in fake.answers for fake in fakes)
 
 
 @pytest.mark.parametrize("status, said, reason", [
