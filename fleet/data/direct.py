@@ -45,7 +45,7 @@ from fleet.data.sources import InputObject
 from fleet.data.staging import Destination, TransferCount
 from fleet.errors import ClientError, HostError
 from fleet.fanout import all_of, settled, task_group
-from fleet.host import command as host_command, host_failure
+from fleet.host import Status, command as host_command, host_failure
 from fleet.retry import S3_REQUESTS, Retrying
 from fleet.transport.base import RemoteProcess, Transport, drain
 
@@ -282,7 +282,9 @@ async def _exchange(lane: _Lane, process: RemoteProcess, requests: deque[_Reques
             status = await process.wait()
             said = await stderr
             said = said.decode(errors="replace").strip()[-SAID_LIMIT:] if isinstance(said, bytes) else ""
-            known = host_failure(status, label, said)  # NO_HTTP_CLIENT
+            # Only put.sh's own status means something here: another (a curl's, a shell's)
+            # is no other script's status of the same number.
+            known = host_failure(status, label, said) if status == Status.NO_HTTP_CLIENT else None
             if known is not None:
                 raise known
             raise HostError(label, f"the direct transfer ended early (status {status}){': ' + said if said else ''}")
