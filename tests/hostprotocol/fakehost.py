@@ -4,8 +4,8 @@ for one configurable `Container`, and records what it was asked (`commands`, `an
 `resumed_at`), so a test reads like the contract.
 
 It is a second implementation of the host session, kept honest by one table of scenarios
-(hostprotocol.scenarios) that runs against it (tests/unit/test_host_protocol.py) and against
-the real session on the test bed (tests/integration/test_host_protocol.py). It lives in
+(hostprotocol.scenarios) that runs against it (tests/unit/test_host_protocol_fake.py) and against
+the real session on the test bed (tests/integration/test_host_protocol_real.py). It lives in
 tests/, not in the package: nothing of fleet's runs it.
 """
 

@@ -1,6 +1,6 @@
 """One table of scenarios of the host protocol, run against the fake host (FakeHost, in the
-unit session: tests/unit/test_host_protocol.py) and the real session on a real engine (the
-test bed: tests/integration/test_host_protocol.py), so the two cannot drift.
+unit session: tests/unit/test_host_protocol_fake.py) and the real session on a real engine (the
+test bed: tests/integration/test_host_protocol_real.py), so the two cannot drift.
 
 A scenario is a job of 2 hosts (algo-1 on h1, algo-2 on h2), what each host's container
 does (a `Program`, which each side turns into its own container: a Container of the fake,

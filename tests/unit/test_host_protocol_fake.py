@@ -1,6 +1,6 @@
 """The scenario table of the host protocol (hostprotocol.scenarios) against the fake host:
 JobExecution as `fleet run` makes it, each host a FakeHost. The same table runs against the
-real session on the test bed (tests/integration/test_host_protocol.py): what the user sees
+real session on the test bed (tests/integration/test_host_protocol_real.py): what the user sees
 must be the same."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The scenario table of the host protocol (hostprotocol.scenarios) against the real session
 (fleet/host/session.sh and the rest) on the bed's real engines, through the real CLI. The
-same table runs against the fake host in the unit session (tests/unit/test_host_protocol.py):
+same table runs against the fake host in the unit session (tests/unit/test_host_protocol_fake.py):
 what the user sees must be the same."""
 
 from __future__ import annotations
