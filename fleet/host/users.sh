@@ -23,9 +23,8 @@ container_uid() {
     *[!0-9]*) ;;
     *) printf '%s\n' "$user"; return 0 ;;
   esac
-  # A tar of the one file (-L: the file an /etc/passwd link names); none: docker's start
-  # will say the user is unknown.
-  d_bounded cp -L "$1:/etc/passwd" - > "$2" 2>/dev/null
+  # A tar of the one file; none: the engine's start will say the user is unknown.
+  passwd_tar "$1" "$2"
   status=$?
   if [ "$status" -eq 124 ]; then rm -f -- "$2"; return "$DOCKER_TIMEOUT"; fi
   if [ "$status" -eq 0 ]; then
@@ -35,15 +34,30 @@ container_uid() {
   return 0
 }
 
+# passwd_tar NAME SCRATCH: the container NAME's /etc/passwd as a tar in the file SCRATCH, at
+# most 4 MiB (ulimit -f 8192: 512-byte blocks in dash and POSIX, 8 MiB where sh is bash; the
+# image chooses the file: a bigger one fails, as a missing one).
+# `cp -L` copies the file an /etc/passwd link names; Podman's own CLI has no -L (its cp
+# follows the link anyway): plain `cp` when -L fails for any reason but the time limit.
+passwd_tar() {
+  (ulimit -f 8192 && d_bounded cp -L "$1:/etc/passwd" -) > "$2" 2>/dev/null
+  status=$?
+  case $status in 0 | 124) return "$status" ;; esac
+  (ulimit -f 8192 && d_bounded cp "$1:/etc/passwd" -) > "$2" 2>/dev/null
+}
+
 # give_dirs UID DIR...: the DIRs become the user UID's (0755: its to write, the others'
 # to read), so that a container running as UID writes them. Root (0) writes them as they
-# are. Only root may give a directory away (chown): a non-root SSH user (the docker group,
-# a rootless engine) is refused, naming the user, rather than the directories made
-# writable by everyone.
+# are, and so does the SSH user its own. Only root may give a directory away (chown): a
+# non-root SSH user (the docker group, a rootless engine) with an image of another uid is
+# refused, naming the user, rather than the directories made writable by everyone.
 give_dirs() {
   uid=$1
   shift
   [ "$uid" != 0 ] || return 0
+  # The SSH user's own uid (a uid-1000 user of the docker group, an image of USER 1000): the
+  # directories are its already.
+  [ "$uid" != "$(id -u)" ] || return 0
   if [ "$(id -u)" != 0 ]; then
     printf '%s\n' "the image runs as uid $uid, which must write the job's output directories: fleet gives them to it with chown, which only root may do, but the SSH user is $(id -un) (use user: root for this host, or an image that runs as root)"
     return "$WRITE_FAILED"

@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fleet.data.tarstream import END_OF_ARCHIVE
+from fleet.engine.client import EngineFailed
 from fleet.engine.connect import engine_for
 from fleet.errors import ClientError, FleetError, HostError
 from fleet.fanout import all_of, settled, task_group
@@ -126,6 +127,14 @@ async def _image_have(transport: Transport, docker: list[str], image: str, layer
         except TimeoutError:
             raise HostError(label, f"docker did not answer within {docker_timeout} s (looking for the image "
                                    f"{image})") from None
+        except EngineFailed as exc:
+            if exc.timed_out:
+                raise
+            # An answer past the API client's bounds (a host of thousands of images lists more
+            # than its 4 MiB), an engine error: the script, which reads no such list whole,
+            # asks again.
+            log.info("%s: the engine's API could not say whether it has %s (%s): asking the host script",
+                     label, image, exc.message)
         finally:
             engine.close()  # its idle connections: the channel (or dial-stdio) is not kept
     argv = image_have(docker, image, layers, docker_timeout)

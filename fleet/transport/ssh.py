@@ -330,6 +330,21 @@ if BULK_PATCHES:
 
 
 _deliver_data = asyncssh.channel.SSHChannel._deliver_data
+_accept_data = asyncssh.channel.SSHChannel._accept_data
+
+
+def _accept_data_counted(self: Any, data: bytes, datatype: Any = None) -> None:
+    """asyncssh's, counting the bytes it leaves waiting in the channel (`_recv_buf`, while
+    the reader's buffer is full) in `_fleet_waiting`: _deliver_data_once_read reads a count,
+    never sums the list (20,000 small packets waiting: 5.9 s of the event loop per drain)."""
+    before = len(self._recv_buf)
+    self._fleet_direct = True
+    try:
+        _accept_data(self, data, datatype)
+    finally:
+        self._fleet_direct = False
+    if len(self._recv_buf) > before:
+        self._fleet_waiting = getattr(self, "_fleet_waiting", 0) + len(self._recv_buf[-1][0])
 
 
 def _deliver_data_once_read(self: Any, data: bytes, datatype: Any) -> None:
@@ -340,8 +355,14 @@ def _deliver_data_once_read(self: Any, data: bytes, datatype: Any) -> None:
     RSS, issue 19). The bug apache/mina-sshd#292 fixed in its own window logic. Here the
     window opens only while less than half a window waits in the channel: a channel holds at
     most 1.5 windows there plus the reader's buffer (2 MiB), ~5 MiB; a fast reader, whose
-    packets never wait, is not slowed."""
-    if sum(len(waiting) for waiting, _ in self._recv_buf) < self._init_recv_window // 2:
+    packets never wait, is not slowed. A packet handed on from the wait (not straight from
+    _accept_data) leaves the count."""
+    waiting = getattr(self, "_fleet_waiting", 0)
+    if not self._recv_buf:  # nothing waits (and the last packet of a drain always adjusts)
+        waiting = self._fleet_waiting = 0
+    elif not getattr(self, "_fleet_direct", False):
+        waiting = self._fleet_waiting = max(0, waiting - len(data))
+    if waiting < self._init_recv_window // 2:
         _deliver_data(self, data, datatype)
         return
     window = self._recv_window
@@ -353,6 +374,7 @@ def _deliver_data_once_read(self: Any, data: bytes, datatype: Any) -> None:
 
 
 if BULK_PATCHES:
+    asyncssh.channel.SSHChannel._accept_data = _accept_data_counted  # type: ignore[method-assign]
     asyncssh.channel.SSHChannel._deliver_data = _deliver_data_once_read  # type: ignore[method-assign]
 
 

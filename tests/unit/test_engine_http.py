@@ -488,3 +488,37 @@ def test_an_engine_socket_that_is_no_absolute_path_is_refused_naming_the_field()
     from fleet.inventory import parse_inventory
     with pytest.raises(InvalidInput, match=r"hosts.yaml.*engine_socket.*must be an absolute path on the host"):
         parse_inventory({"hosts": [{"address": "h1", "engine_socket": "docker.sock"}]}, "hosts.yaml")
+
+
+async def test_a_host_whose_image_list_is_past_the_apis_bound_is_asked_through_the_script(tmp_path, monkeypatch):
+    """Thousands of images list more than the API client reads (4 MiB): the probe is not a
+    failed push (exit 75) but asked again of the host script, which reads no list whole
+    (review of issue 20: 6,000 images failed the push)."""
+    from fleet.image.push import _image_have
+    monkeypatch.setenv("FLEET_ENGINE_API", "1")
+    other = {"Id": "sha256:" + "9" * 64, "RootFS": {"Layers": LAYERS[:2]}}
+
+    async def handler(method, target, body, writer):
+        path = "/" + target.split("?")[0].split("/", 2)[2]
+        if path == "/info":
+            writer.write(json_answer({"DriverStatus": [["Backing", "extfs"]]}))
+        elif path == "/images/json":  # ~6 MiB of summaries
+            writer.write(json_answer([{"Id": other["Id"], "Labels": {"x": "y" * 1000}}] * 6000))
+        else:
+            writer.write(json_answer({"message": "No such image"}, 404))
+    fake = FakeEngine(tmp_path / "engine.sock", handler)
+    server = await asyncio.start_unix_server(fake.serve, path=str(fake.path))
+    docker = tmp_path / "docker"  # the CLI the script calls: it has the image
+    docker.write_text(f"#!/bin/sh\ncase \"$*\" in *inspect*) echo {CONFIG} ;; *) exit 1 ;; esac\n")
+    docker.chmod(0o755)
+    host = Host(address="localhost", transport="local", docker=str(docker), engine_socket=str(fake.path))
+    try:
+        said = await _image_have(LocalTransport(host, LABEL), [str(docker)], CONFIG, LAYERS, 10)
+    finally:
+        for task in fake.tasks:
+            task.cancel()
+        await asyncio.gather(*fake.tasks, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
+    assert said == ("present", CONFIG)
+    assert any("/images/json" in request for request in fake.requests)  # the API was asked first

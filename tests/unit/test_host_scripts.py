@@ -313,6 +313,8 @@ case "$1" in
     [ -n "$FAKE_PULL_FAILS" ] && { echo "pull access denied for $3" >&2; exit 1; }
     : > "$FAKE_DIR/pulled" ;;
   cp)  # the image's /etc/passwd, as a tar on stdout: FAKE_DIR/etc/passwd if there is one
+    # Podman's own CLI: no -L (its cp follows a link anyway)
+    [ -n "$FAKE_NO_CP_L" ] && [ "$2" = -L ] && { echo "Error: unknown shorthand flag: 'L' in -L" >&2; exit 125; }
     [ -f "$FAKE_DIR/etc/passwd" ] || { echo "Error: Could not find the file /etc/passwd in container $3" >&2; exit 1; }
     tar -C "$FAKE_DIR/etc" -c passwd ;;
   ps) printf 'container\tc1\tzq-job-7-algo-1\tzq-job-7\tzq0run\tzq-controller:/x\n' ;;
@@ -782,6 +784,40 @@ def test_a_non_root_ssh_user_cannot_give_the_outputs_away_and_is_refused_naming_
     assert "uid 1000" in report.errors and "bob" in report.errors and "chown" in report.errors
     assert "start" not in fake.calls and fake.calls[-1] == "rm"
     assert mode(Path(fake.plan.private_dir) / "output") == 0o755
+
+
+def test_an_engine_whose_cp_has_no_follow_flag_still_gives_a_named_user_the_outputs(tmp_path: Path):
+    """Podman's own CLI has no `cp -L`: the user is looked up with a plain cp (review of
+    issue 19, 11: the outputs stayed the SSH user's and the container could not write)."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_text("root:x:0:0::/root:/bin/sh\nworker:x:2345:50::/w:/bin/sh\n")
+    fake = FakeHost(tmp_path)
+    _, report = fake.session(b"go\nkeep\n", FAKE_USER="worker", FAKE_NO_CP_L="1")
+    assert report.events[-1] == "cleaned", report.errors
+    assert os.lstat(Path(fake.plan.private_dir) / "output").st_uid == 2345
+
+
+def test_an_images_passwd_past_4_mib_is_not_read(tmp_path: Path):
+    """The image chooses its /etc/passwd: one past 4 MiB is not copied whole onto the host
+    (the user is then unknown, and the engine's start says so)."""
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "passwd").write_bytes(b"#" * (6 << 20) + b"\nworker:x:2345:50::/w:/bin/sh\n")
+    fake = FakeHost(tmp_path)
+    _, report = fake.session(b"go\nkeep\n", FAKE_USER="worker")
+    assert report.events[-1] == "cleaned", report.errors
+    assert os.lstat(Path(fake.plan.private_dir) / "output").st_uid == 0
+
+
+def test_a_non_root_ssh_user_running_an_image_of_its_own_uid_is_not_refused(tmp_path: Path):
+    """A uid-1000 user of the docker group and an image of USER 1000: the directories are
+    its already (review of issue 19, 11)."""
+    fake_id = tmp_path / "bin" / "id"
+    fake = FakeHost(tmp_path)
+    fake_id.write_text('#!/bin/sh\ncase $1 in -u) echo 1000 ;; -un) echo bob ;; *) exec /usr/bin/id "$@" ;; esac\n')
+    fake_id.chmod(0o755)
+    result, report = fake.session(b"go\nkeep\n", FAKE_USER="1000", PATH=f"{fake_id.parent}:{os.environ['PATH']}")
+    assert report.events[-1] == "cleaned", report.errors
+    assert "start" in fake.calls
 
 
 def test_a_job_directory_that_exists_already_is_never_used(tmp_path: Path):
