@@ -6,7 +6,7 @@ host's session runs before any container starts, each reported as a KEY=VALUE li
 `will be pulled (auth: ECR | docker config | none, the digest)` or `will be pushed (bytes)`.
 A host of `data_path: direct` also runs fleet/host/reach.sh: it needs curl or GNU wget, and to
 reach the S3 endpoint its presigned URLs will point to (a problem of its row otherwise).
-The ENGINE API column says how fleet reaches each host's engine API (fleet.engine.connect:
+The ENGINE-API column says how fleet reaches each host's engine API (fleet.engine.connect:
 `socket PATH`, `dial-stdio (WHY)`, or `scripts (WHY)`)."""
 
 from __future__ import annotations
@@ -232,7 +232,7 @@ async def check(inventory: Inventory, job: ProcessingJob | None, console: Consol
         return row
 
     rows = await all_of(*(one(h) for h in inventory.hosts))
-    table = [("HOST", "SSH", "DOCKER", "ENGINE API", "IMAGE", "DISK", "GPUS", "RESULT")]
+    table = [("HOST", "SSH", "DOCKER", "ENGINE-API", "IMAGE", "DISK", "GPUS", "RESULT")]
     table += [(r.host, r.ssh, r.docker, r.api, r.image, r.disk, r.gpus,
                "ok" if r.ok else "FAIL: " + "; ".join(r.problems)) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(7)]

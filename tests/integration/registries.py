@@ -314,6 +314,13 @@ class AuthRegistry:
             "storage": {"filesystem": {"rootdirectory": str(self.root / "data")}, "delete": {"enabled": True}},
             "http": {"addr": f"{self.address}:{REGISTRY_PORT}", "secret": secrets.token_hex(16)},
             "auth": {"htpasswd": {"realm": "fleet-test", "path": str(self.root / "htpasswd")}}}))
+        try:  # a registry another run left (a pytest killed before its teardown) would answer in its place
+            socket.create_connection((self.address, REGISTRY_PORT), timeout=0.2).close()
+        except OSError:
+            pass
+        else:
+            raise AssertionError(f"something listens on {self.address}:{REGISTRY_PORT} already (a registry an "
+                                 "earlier, killed test run left?): stop it by its pid (ss -ltnp)")
         with open(self.root / "registry.log", "ab") as log:
             self.process = subprocess.Popen(["docker-registry", "serve", str(config)],
                                             stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)

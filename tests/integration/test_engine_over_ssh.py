@@ -166,7 +166,7 @@ def test_a_restricted_key_falls_back_to_dial_stdio_and_fleet_check_says_so(clust
     job = fleet.write_job(make_job("true", count=3))
     ok = fleet("check", "--inventory", str(cluster.inventory), str(job))
     assert ok.returncode == 0, ok.stdout + ok.stderr
-    assert "ENGINE API" in ok.stdout
+    assert "ENGINE-API" in ok.stdout
     for index, test_host in enumerate(cluster.hosts):
         row = next(line for line in ok.stdout.splitlines() if line.startswith(f"h{index + 1} "))
         assert f"socket {test_host.dir / 'docker.sock'}" in row, row

@@ -307,7 +307,7 @@ def test_check_prints_a_row_per_host_and_names_what_fails(fleet, cluster, tmp_pa
     ok = fleet("check", "--inventory", str(cluster.inventory), str(fleet.write_job(job)))
     assert ok.returncode == 0, ok.stdout + ok.stderr
     rows = ok.stdout.splitlines()
-    assert rows[0].split()[:6] == ["HOST", "SSH", "DOCKER", "IMAGE", "DISK", "GPUS"]
+    assert rows[0].split()[:7] == ["HOST", "SSH", "DOCKER", "ENGINE-API", "IMAGE", "DISK", "GPUS"]
     assert len(rows) == 4 and all(row.rstrip().endswith("ok") for row in rows[1:])
     doc = cluster.inventory_doc()
     doc["hosts"][2]["gpus"] = "all"
