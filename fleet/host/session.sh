@@ -219,7 +219,9 @@ if [ "$status" -eq 0 ] && [ -n "$uid" ]; then
   status=$?
 fi
 if [ "$status" -ne 0 ]; then d_bounded rm --force "$name" >/dev/null; fail "$status" "$uid"; fi
-printf 'fleet:prepared\n' >&2
+# In a subshell: a controller gone meanwhile closed this stderr, and the write's SIGPIPE
+# ends the subshell alone; this shell goes on to read no go and remove what it made.
+(printf 'fleet:prepared\n' >&2)
 IFS= read -r go || go=abort
 if [ "$go" != go ]; then
   d_bounded rm --force "$name" >/dev/null
