@@ -176,6 +176,7 @@ class Fleet:
         self.home = home
         self.tmp = tmp
         self.cluster = cluster
+        self.started: list[subprocess.Popen] = []  # killed after the test if still running
 
     def env(self, **extra: str) -> dict[str, str]:
         return {**os.environ, "FLEET_HOME": str(self.home), "PYTHONUNBUFFERED": "1", **extra}
@@ -189,8 +190,10 @@ class Fleet:
         return Run(result.returncode, result.stdout, result.stderr)
 
     def start(self, *args: str, env: dict | None = None) -> subprocess.Popen:
-        return subprocess.Popen(self.command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=env or self.env(), cwd=self.tmp)
+        process = subprocess.Popen(self.command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   text=True, env=env or self.env(), cwd=self.tmp)
+        self.started.append(process)
+        return process
 
     def run_job(self, job: dict, *args: str, inventory: Path | None = None, timeout: float = 120) -> Run:
         path = self.write_job(job)
@@ -215,9 +218,18 @@ def fleet(fleet_home, tmp_path, cluster) -> Fleet:
     directory on any host."""
     runner = Fleet(fleet_home, tmp_path, cluster)
     yield runner
-    jobs = fleet_home / "jobs"
-    for path in jobs.iterdir() if jobs.exists() else []:
-        assert cluster.leftovers(path.name) == [], f"job {path.name} left things behind"
+    try:
+        jobs = fleet_home / "jobs"
+        for path in jobs.iterdir() if jobs.exists() else []:
+            assert cluster.leftovers(path.name) == [], f"job {path.name} left things behind"
+    finally:
+        # A test that fails midway must not leave its fleet processes running (they would
+        # reconnect to the next test bed).
+        while runner.started:
+            process = runner.started.pop()
+            if process.poll() is None:
+                process.kill()
+                process.communicate(timeout=30)
 
 
 def wait_running(cluster: Cluster, name: str, count: int = 3) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import subprocess
 import time
 
 import pytest
@@ -16,18 +15,7 @@ import pytest
 from conftest import make_job
 from hostprotocol.scenarios import SCENARIOS, Scenario
 
-STARTED: list[subprocess.Popen] = []
 WAIT = 60  # seconds a step may wait for the bed (a bound: the test fails past it)
-
-
-@pytest.fixture(autouse=True)
-def _no_fleet_left_running():
-    yield
-    while STARTED:
-        process = STARTED.pop()
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=30)
 
 
 def _until(condition, what: str) -> None:
@@ -73,7 +61,6 @@ class RealBed:
         process = self.fleet.start("run", "--inventory", str(self.inventory), str(self.fleet.write_job(self.job)),
                                    "--stop-grace", str(scenario.stop_grace),
                                    "--docker-timeout", str(scenario.docker_timeout))
-        STARTED.append(process)
         for step in scenario.steps:
             if step == "running":
                 _until(lambda: all(self._stored(k).startswith(f"{p.first}\n".encode())

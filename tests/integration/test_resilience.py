@@ -15,8 +15,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import pytest
-
 from conftest import make_job, wait_running
 
 LINES = 16  # each container prints this many numbered lines, one every 0.5 s
@@ -61,25 +59,8 @@ def _wait_for_log(fleet, name: str, algo: str, text: str, timeout: float = 60) -
     raise AssertionError(f"{algo} never logged {text!r}")
 
 
-STARTED: list[subprocess.Popen] = []
-
-
-@pytest.fixture(autouse=True)
-def _no_fleet_left_running():
-    """A test that fails midway must not leave its fleet processes running (they would
-    reconnect to the next test bed)."""
-    yield
-    while STARTED:
-        process = STARTED.pop()
-        if process.poll() is None:
-            process.kill()
-            process.communicate(timeout=30)
-
-
 def _start(fleet, cluster, job: dict, *args: str):
-    process = fleet.start("run", "--inventory", str(cluster.inventory), str(fleet.write_job(job)), *args)
-    STARTED.append(process)
-    return process
+    return fleet.start("run", "--inventory", str(cluster.inventory), str(fleet.write_job(job)), *args)
 
 
 def _start_long(fleet, cluster, *args: str) -> tuple[str, object]:
@@ -163,7 +144,6 @@ def test_attach_waits_for_a_host_out_of_reach_for_a_while(fleet, cluster, tmp_pa
     _sigkill(process)
     cluster.hosts[1].link(up=False)
     attach = fleet.start("attach", name)
-    STARTED.append(attach)
     try:
         time.sleep(4)
     finally:
