@@ -149,6 +149,8 @@ async def _dial(transport: Transport, host: Host, socket: str, docker_timeout: i
 
 
 _engines: weakref.WeakKeyDictionary[Transport, Engine | str] = weakref.WeakKeyDictionary()
+# One opening at a time per transport: the session and the image probe may ask at once.
+_opening: weakref.WeakKeyDictionary[Transport, asyncio.Lock] = weakref.WeakKeyDictionary()
 
 
 def engine_path(transport: Transport) -> str | None:
@@ -163,6 +165,12 @@ async def engine_for(transport: Transport, host: Host, docker_timeout: int) -> E
     (the reason is kept: engine_path). Asked once per transport. An engine that answers
     neither way in time raises EngineFailed (docker did not answer): its scripts would wait
     for it as long, and say the same."""
+    lock = _opening.setdefault(transport, asyncio.Lock())
+    async with lock:
+        return await _engine_for(transport, host, docker_timeout)
+
+
+async def _engine_for(transport: Transport, host: Host, docker_timeout: int) -> Engine | None:
     found = _engines.get(transport)
     if found is None:
         try:

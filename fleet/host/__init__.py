@@ -28,6 +28,12 @@ The session is the whole life of the job on the host in one command:
     → report the exit code and the first 1 KB of /opt/ml/output/message
     → wait for `clean` or `keep` on stdin → remove the container (and the job directory).
 
+Where the controller reaches the host's engine API (fleet.engine), it says `go api`: after
+`docker start` the session only waits, and the controller follows the log, waits for the
+exit and removes the container through the API (no `docker logs`, `docker wait` nor
+`docker rm` process on the host); it says `ended` once it has the exit code and the whole
+log, and the session answers with the message, then removes the job directory on `clean`.
+
 The container is detached: losing the session never kills it. EOF on stdin before `go`
 aborts; EOF later leaves everything in place, for a controller that comes back.
 
@@ -58,9 +64,12 @@ log = logging.getLogger(__name__)
 
 
 GO = b"go\n"
+GO_API = b"go api\n"  # go; the controller follows the container through the engine's API
+ENDED = b"ended\n"  # (API) the container has ended and its log is all in: the message, please
 ABORT = b"abort\n"
 CLEAN = b"clean\n"
 KEEP = b"keep\n"
+REMOVED = b" removed"  # (API) before CLEAN's or KEEP's newline: the controller removed the container
 
 # Each script's text: these files of this folder, in order (shared functions first).
 # Those starting with "docker" take the host's docker command as their first arguments.
@@ -189,10 +198,12 @@ def image_pull(reference: str, docker_config: bytes) -> bytes:
     return f"pull {reference} {len(docker_config)}\n".encode() + docker_config
 
 
-def resume(plan: HostPlan, offset: int, docker_timeout: int) -> list[str]:
+def resume(plan: HostPlan, offset: int, docker_timeout: int, *, api: bool = False) -> list[str]:
     """A session for this run's container, already started: its log from byte `offset` on,
-    its exit, then clean / keep as in `session`."""
-    args = [plan.container, plan.job_dir, plan.job_parent, plan.message_file, RUN_LABEL, plan.run_id, str(offset)]
+    its exit, then clean / keep as in `session`. `api`: the controller follows the container
+    through the engine's API and says ENDED (supervise.sh's await_end)."""
+    args = [plan.container, plan.job_dir, plan.job_parent, plan.message_file, RUN_LABEL, plan.run_id, str(offset),
+            "api" if api else "script"]
     return _with_docker(plan.docker, "resume", args, docker_timeout)
 
 

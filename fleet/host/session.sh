@@ -10,9 +10,10 @@
 # Stdin first brings what no other local user may see (argvs are public: /proc/PID/cmdline):
 # a line of byte counts, one per file, one for the env file, one per key's value, then
 # those bytes; then, once the files are written, how this host gets the image (see below);
-# then, as always, go / abort and clean / keep. A key's value is one docker's env file
-# cannot carry (a newline): it goes to ENV_FILE.i (i from 1) and, from there, into the
-# environment of `docker create` alone, whose argv names the key only (`--env KEY`).
+# then, as always, go (`go api`: see await_end) / abort and clean / keep. A key's value is
+# one docker's env file cannot carry (a newline): it goes to ENV_FILE.i (i from 1) and, from
+# there, into the environment of `docker create` alone, whose argv names the key only
+# (`--env KEY`).
 workdir=$1 job_parent=$2 job_dir=$3 run_file=$4 private_dir=$5 env_file=$6 message=$7 image_at=$8 name=$9
 shift 9
 run=$1 controller=$2 need_kb=$3 gpus=$4 ndirs=$5 nfiles=$6 ninputs=$7 nvars=$8
@@ -222,7 +223,7 @@ if [ "$status" -ne 0 ]; then d_bounded rm --force "$name" >/dev/null; fail "$sta
 # In a subshell: a controller gone meanwhile closed this stderr, and the write's SIGPIPE
 # ends the subshell alone; this shell goes on to read no go and remove what it made.
 (printf 'fleet:prepared\n' >&2)
-IFS= read -r go || go=abort
+IFS=' ' read -r go supervisor || go=abort
 if [ "$go" != go ]; then
   d_bounded rm --force "$name" >/dev/null
   rm -rf -- "$job_dir"; if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
@@ -239,4 +240,10 @@ while [ "$ninputs" -gt 0 ]; do
 done
 d start "$name" >/dev/null || exit "$START_FAILED"
 printf 'fleet:started\n' >&2
-supervise "$name" "$job_dir" "$job_parent" "$message" 0
+# `go api`: the controller follows the container through the engine's API (await_end);
+# `go`: this session does (supervise).
+if [ "$supervisor" = api ]; then
+  await_end "$name" "$job_dir" "$job_parent" "$message"
+else
+  supervise "$name" "$job_dir" "$job_parent" "$message" 0
+fi

@@ -32,14 +32,40 @@ supervise() {
   # (seen with Docker 20.10 in half the runs): send what it did not.
   send_unstreamed
   printf 'fleet:exit-code:%s\n' "$code" >&2
-  # A regular file only: a symlink planted by the container is never followed.
-  if [ -f "$message" ] && [ ! -L "$message" ]; then
-    printf 'fleet:message:%s\n' "$(head -c 1024 -- "$message" | wc -c)" >&2
-    head -c 1024 -- "$message" >&2
-  fi
+  tell_message "$message"
   printf 'fleet:exited\n' >&2
   IFS= read -r after || exit 0
   d_bounded rm --force "$name" >/dev/null
+  if [ "$after" = clean ]; then
+    rm -rf -- "$job_dir" && if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
+  fi
+  printf 'fleet:cleaned\n' >&2
+}
+
+# tell_message MESSAGE: the first 1 KB of the container's /opt/ml/output/message, if any, on
+# stderr after its count. A regular file only: a symlink planted by the container is never
+# followed.
+tell_message() {
+  if [ -f "$1" ] && [ ! -L "$1" ]; then
+    printf 'fleet:message:%s\n' "$(head -c 1024 -- "$1" | wc -c)" >&2
+    head -c 1024 -- "$1" >&2
+  fi
+}
+
+# await_end NAME JOB_DIR JOB_PARENT MESSAGE: supervision by the controller, which follows the
+# container through the engine's API (its log, its exit code: fleet/runtime/instance.py) and
+# says `ended` once it has both: then the message and `exited`, as supervise's; then `clean`
+# or `keep`, followed by ` removed` when the controller removed the container itself (else
+# it is removed here). EOF at any point leaves everything in place, for a controller that
+# comes back.
+await_end() {
+  name=$1 job_dir=$2 job_parent=$3 message=$4
+  IFS= read -r ended || exit 0
+  [ "$ended" = ended ] || exit 0
+  tell_message "$message"
+  printf 'fleet:exited\n' >&2
+  IFS=' ' read -r after removed || exit 0
+  if [ "$removed" != removed ]; then d_bounded rm --force "$name" >/dev/null; fi
   if [ "$after" = clean ]; then
     rm -rf -- "$job_dir" && if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
   fi

@@ -11,6 +11,14 @@ answers go / abort, then clean / keep. Once the container has started, a lost co
 does not end the session: the instance reconnects with backoff and resumes (resume.sh) at
 the last log byte it stored, for up to --host-timeout seconds; then the host counts as lost
 (HostLost).
+
+Where the host's engine API answers (fleet.engine: a socket forwarded over the same SSH
+connection, or `docker system dial-stdio`), the session says `go api`: once the container
+has started, the instance itself follows its log (from the byte the store has), waits for
+its exit and removes it through the API, and the session only waits (supervise.sh's
+await_end) to send the message and remove the job directory. An engine call that fails is
+handled as a lost connection (reconnect, resume); after API_FAILURES of them the host's
+scripts supervise, as they do where there is no API (srun, FLEET_ENGINE_API=0).
 """
 
 from __future__ import annotations
@@ -21,6 +29,8 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from fleet import host as scripts, retry
+from fleet.engine.client import Engine
+from fleet.engine.connect import engine_for
 from fleet.errors import FleetError, HostError, HostLost
 from fleet.fanout import all_of, first_of
 from fleet.host import Status
@@ -35,6 +45,8 @@ log = logging.getLogger(__name__)
 
 CLEANUP_MARGIN = 10  # seconds a cleanup may take beyond --docker-timeout
 STOP_MARGIN = 10  # seconds a stop may take beyond the grace and --docker-timeout
+API_FAILURES = 2  # engine API failures of one host before its scripts supervise instead
+RUN_BOUND = 10 * 365 * 86400.0  # seconds a container may run (the job's own limits stop it first)
 
 
 @dataclass
@@ -72,6 +84,11 @@ class Instance:
         self._volume_kb = 0
         self._given_up = False  # give_up(): no more reconnects
         self.pulled_as: str | None = None  # the reference the host was told to pull (NAME@DIGEST)
+        self._engine_task: asyncio.Task[Engine | None] | None = None  # reaching the engine's API
+        self._engine: Engine | None = None
+        self._api = False  # the current session command's container is followed through the API
+        self._api_failures = 0
+        self._session_started = asyncio.Event()  # the current session command said `started`
 
     @property
     def label(self) -> str:
@@ -126,6 +143,8 @@ class Instance:
         plan = self._plan()
         self._process = await self.transport.start(
             scripts.session(plan, self.options.docker_timeout, volume_gb))
+        # The engine's API is reached while the host is prepared: `go` says which way it is.
+        self._engine_task = tasks.create_task(self._reach_engine(), name=f"{self.algo} engine")
         self._reader = tasks.create_task(self._read(), name=f"{self.algo} session")
         try:
             await self._process.write(scripts.session_input(plan))
@@ -150,6 +169,53 @@ class Instance:
         for event in self.report.feed(chunk):
             log.debug("%s: %s", self.algo, event)
             self._events[event].set()
+            if event == "started":
+                self._session_started.set()
+
+    async def _reach_engine(self) -> Engine | None:
+        """The host's engine API for following the container; None where the host's
+        scripts supervise (no API, or API_FAILURES failures already). Never raises."""
+        if self._api_failures >= API_FAILURES:
+            return None
+        try:
+            return await engine_for(self.transport, self.host, self.options.docker_timeout)
+        except FleetError as exc:  # the engine did not answer: the session's docker calls say so
+            log.debug("%s: no engine API: %s", self.algo, exc.message)
+            return None
+
+    async def _progress_of(self, process: RemoteProcess, over: asyncio.Event) -> None:
+        try:
+            await drain(process.read_stderr, self._progress)
+        finally:
+            over.set()
+
+    async def _follow(self, process: RemoteProcess, over: asyncio.Event) -> None:
+        """Through the engine's API (when this session command said `go api` or resumed so):
+        once the container has started, its log from the byte the store has on, its exit
+        code, then ENDED to the session (which answers with the message and `exited`). Ends
+        at once when the session ends before the container started (its status tells why).
+        An engine failure closes the session command and is raised: the caller reconnects
+        and resumes, as after a lost connection."""
+        if await first_of(self._session_started.wait(), over.wait()) != 0:
+            return
+        engine = self._engine  # `go` (or the reconnect) chose, before the container started
+        if not self._api or engine is None:
+            return
+        container = self._plan().container
+        try:
+            async for _, piece in engine.logs(container, follow=True, skip=self.received):
+                self._output(piece)
+            code = await engine.wait(container, timeout=RUN_BOUND)
+            # A follow the engine cut short (a daemon restarted with live-restore) ended before
+            # the container did: what it wrote meanwhile.
+            async for _, piece in engine.logs(container, follow=False, skip=self.received):
+                self._output(piece)
+        except FleetError:
+            self._api_failures += 1
+            process.close()
+            raise
+        self.report.exit_code = code
+        await process.write(scripts.ENDED)
 
     async def _read(self) -> None:
         try:
@@ -157,9 +223,10 @@ class Instance:
                 if self._process is None:  # taking over: reach the host (as after a loss)
                     self._process = await self._reconnect(None)
                 process = self._process
+                over = asyncio.Event()  # this session command's stderr has ended
                 try:
-                    await all_of(drain(process.read_stdout, self._output),
-                                 drain(process.read_stderr, self._progress))
+                    await all_of(drain(process.read_stdout, self._output), self._progress_of(process, over),
+                                 self._follow(process, over))
                     self._status = await process.wait()
                     if not process.lost:
                         return
@@ -190,8 +257,13 @@ class Instance:
                 if left <= 0:
                     raise HostError(self.label, "no time left to reconnect")
                 await self.transport.reconnect(min(retry.RECONNECT_ATTEMPT_TIMEOUT, left))
+                if self._engine is not None:
+                    self._engine.close()  # its idle connections went with the old connection
+                self._engine = await self._reach_engine()
+                self._api = self._engine is not None
+                self._session_started.clear()
                 process = await self.transport.start(
-                    scripts.resume(self._plan(), self.received, self.options.docker_timeout))
+                    scripts.resume(self._plan(), self.received, self.options.docker_timeout, api=self._api))
             except FleetError as exc:
                 log.debug("%s: reconnecting: %s", self.algo, exc.message)
                 if await retrying.pause():
@@ -255,7 +327,10 @@ class Instance:
         return error or HostError(self.label, f"{otherwise}: {said}")
 
     async def go(self) -> None:
-        await self._send(scripts.GO)
+        """Start the container; say how it is followed (`go api`: the engine's API)."""
+        self._engine = await self._engine_task if self._engine_task is not None else None
+        self._api = self._engine is not None
+        await self._send(scripts.GO_API if self._api else scripts.GO)
 
     async def abort(self) -> None:
         await self._send(scripts.ABORT)
@@ -339,7 +414,14 @@ class Instance:
         True once it has."""
         if self._process is None:
             return False
-        await self._send(scripts.KEEP if keep else scripts.CLEAN)
+        line = scripts.KEEP if keep else scripts.CLEAN
+        if self._api and self._engine is not None and self.has("exited") and not self._ended.is_set():
+            try:
+                await self._engine.remove(self._plan().container)
+                line = line.rstrip(b"\n") + scripts.REMOVED + b"\n"
+            except FleetError as exc:  # the session removes it, through its docker command
+                log.debug("%s: removing the container through the API: %s", self.algo, exc.message)
+        await self._send(line)
         if not self._ended.is_set():
             self._process.close_stdin()
         await self._ended.wait()
@@ -391,6 +473,8 @@ class Instance:
             self._lines.flush()
         if self._log is not None:
             self._log.close()
+        if self._engine is not None:
+            self._engine.close()
         await self.transport.close()
 
 

@@ -1,0 +1,61 @@
+"""The session through the engine's API (fleet/runtime/instance.py, supervise.sh's
+await_end): once the container has started, the controller follows its log, waits for its
+exit and removes it through the API over the host's SSH connection; the host runs no
+`docker logs`, `docker wait` nor `docker rm`. Seen by a docker command that writes down each
+call it is asked to make (the inventory's `docker`), on every engine of the bed, against the
+same job with the API turned off (FLEET_ENGINE_API=0: the host scripts make those calls)."""
+
+from __future__ import annotations
+
+import shlex
+
+import pytest
+
+from conftest import make_job
+
+pytestmark = pytest.mark.engines
+
+# algo-2 fails with a message; every host ends on a line without a newline (the one Docker
+# 20.10's follow can miss).
+SCRIPT = ("printf 'one\\ntwo\\n'; printf 'last-of-%s' \"$(hostname)\"; "
+          "if [ \"$(hostname)\" = algo-2 ]; then echo 'failed here' > /opt/ml/output/message; exit 3; fi")
+
+
+def _logged_docker(cluster, tmp_path, calls):
+    """The bed's inventory, each host's docker command wrapped in a script that appends its
+    first word (the docker verb) to `calls`, then runs it."""
+    doc = cluster.inventory_doc()
+    for index, entry in enumerate(doc["hosts"]):
+        words = shlex.split(str(entry.get("docker") or doc["defaults"].get("docker") or "docker"))
+        wrapper = tmp_path / f"docker-logged-{index}"
+        wrapper.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$1\" >> {shlex.quote(str(calls))}\n"
+                           f"exec {shlex.join(words)} \"$@\"\n")
+        wrapper.chmod(0o755)
+        entry["docker"] = str(wrapper)
+    return cluster.write_inventory(tmp_path / "logged.yaml", doc)
+
+
+@pytest.mark.parametrize("api", [True, False], ids=["api", "scripts"])
+def test_the_container_is_followed_through_the_api_with_no_docker_process_for_it(cluster, fleet, tmp_path,
+                                                                                   api):
+    calls = tmp_path / "calls"
+    inventory = _logged_docker(cluster, tmp_path, calls)
+    job = make_job(SCRIPT, count=3)
+    name = job["ProcessingJobName"]
+    env = fleet.env() if api else fleet.env(FLEET_ENGINE_API="0")
+    ran = fleet("run", "--inventory", str(inventory), str(fleet.write_job(job)), timeout=180, env=env)
+    assert ran.returncode == 1, ran.stderr
+
+    record = fleet.record(name)
+    assert {algo: host["ExitCode"] for algo, host in record["Hosts"].items()} == {
+        "algo-1": 0, "algo-2": 3, "algo-3": 0}
+    assert record["ExitMessage"] == "failed here\n", record
+    for k in (1, 2, 3):  # the container's bytes exactly, the last unterminated line too
+        assert fleet.log(name, f"algo-{k}") == f"one\ntwo\nlast-of-algo-{k}"
+    verbs = calls.read_text().split()
+    assert verbs.count("create") == 3 and verbs.count("start") == 3, verbs
+    followed = {"logs", "wait", "rm"} & set(verbs)
+    if api:
+        assert followed == set(), verbs
+    else:  # the same job, supervised by the host scripts: the test sees those calls
+        assert followed == {"logs", "wait", "rm"}, verbs
