@@ -19,7 +19,9 @@ from test_serve_attacks import BUSY, KEY, WAITING, Served, _job
 
 from fleet.contract.describe import new_record
 from fleet.contract.job import parse_job
+from fleet.inventory import parse_inventory
 from fleet.runtime.store import JobStore
+from fleet.serve.metrics import MAX_ERRORS, Metrics
 
 TOKEN = "s3cret-metrics-token-0123456789"
 # name -> (status, seconds from start to end); seeded before serve starts
@@ -222,3 +224,22 @@ def test_without_a_token_file_metrics_are_off_on_a_non_loopback_listen(tmp_path,
         server.alive()  # the API still answers
     finally:
         server.close()
+
+
+def test_a_million_invented_operations_and_error_codes_stay_within_fixed_series(tmp_path):
+    inventory = parse_inventory({"hosts": [{"address": "localhost", "transport": "local"}]}, "hosts.yaml")
+    metrics = Metrics(JobStore(tmp_path / "home"), inventory, ["SageMaker.DescribeProcessingJob"], token=None,
+                      open_without_token=True)
+    metrics.requests.count("SageMaker.DescribeProcessingJob", 200, "", 0.002)
+    before = metrics.exposition()
+
+    for n in range(1_000_000):
+        metrics.requests.count(f"SageMaker.Invented{n}", 400 + n % 300, f"Error{n}" if n % 2 else "", 0.001)
+
+    after = metrics.exposition()
+    assert len(after.splitlines()) <= len(before.splitlines()) + 16 + (32 + 2) * 300
+    assert len(metrics.requests.requests) <= 1 + (MAX_ERRORS + 2) * 301
+    assert {operation for operation, _, _ in metrics.requests.requests} == {"SageMaker.DescribeProcessingJob",
+                                                                           "unknown"}
+    assert set(metrics.requests.latency.counts) == {"SageMaker.DescribeProcessingJob", "unknown"}
+    assert "Invented" not in after
