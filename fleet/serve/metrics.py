@@ -46,6 +46,11 @@ STATUSES = ("InProgress", "Stopping", "Completed", "Failed", "Stopped")  # Proce
 WAITING = "Starting"  # SecondaryStatus of a job waiting for hosts (scheduler.STARTING)
 STOP_ASKED = "stop-asked"  # scheduler.STOP_ASKED: Describe says Stopping
 UNKNOWN = "unknown"  # the operation label of a request naming none serve answers
+# A handler dispatching on something else than X-Amz-Target (STS's Query protocol: an Action in
+# a form body) names its operation to the middleware as request[OPERATION]; counted by name if
+# it is one of Metrics' operations or KNOWN_ELSEWHERE, else as UNKNOWN.
+OPERATION = web.RequestKey("fleet.operation", str)
+KNOWN_ELSEWHERE = ("STS.GetCallerIdentity",)
 OTHER = "other"  # the error label once MAX_ERRORS distinct ones were counted
 MAX_ERRORS = 32  # distinct AWS error codes counted by name (serve's own are ~15)
 # Seconds. An API call is a few ms (Describe p99 < 50 ms under load); GetLogEvents reads up to 1 MB.
@@ -180,7 +185,7 @@ class RequestCounts:
     100-599 as 0, error codes past MAX_ERRORS distinct ones as OTHER."""
 
     def __init__(self, operations: Iterable[str]) -> None:
-        self.operations = frozenset(operations)
+        self.operations = frozenset(operations).union(KNOWN_ELSEWHERE)
         self.requests: dict[tuple[str, int, str], int] = {}
         self.latency = Histogram(REQUEST_BUCKETS)
         self._errors: set[str] = set()
@@ -285,7 +290,7 @@ class Metrics:
             status, error = exc.status, ""
             raise
         finally:
-            self.requests.count(target, status, error, time.monotonic() - start)
+            self.requests.count(request.get(OPERATION, target), status, error, time.monotonic() - start)
 
 
 def read_token(path: Path) -> str:

@@ -21,7 +21,7 @@ from fleet.contract.describe import new_record
 from fleet.contract.job import parse_job
 from fleet.inventory import parse_inventory
 from fleet.runtime.store import JobStore
-from fleet.serve.metrics import MAX_ERRORS, Metrics
+from fleet.serve.metrics import MAX_ERRORS, OPERATION, Metrics
 
 TOKEN = "s3cret-metrics-token-0123456789"
 # name -> (status, seconds from start to end); seeded before serve starts
@@ -243,3 +243,28 @@ def test_a_million_invented_operations_and_error_codes_stay_within_fixed_series(
                                                                            "unknown"}
     assert set(metrics.requests.latency.counts) == {"SageMaker.DescribeProcessingJob", "unknown"}
     assert "Invented" not in after
+
+
+async def test_a_handler_not_dispatching_on_x_amz_target_names_its_operation(tmp_path):
+    """STS's Query protocol names its Action in the body: its handler tells the middleware."""
+    from aiohttp import web
+    from aiohttp.test_utils import TestClient, TestServer
+
+    inventory = parse_inventory({"hosts": [{"address": "localhost", "transport": "local"}]}, "hosts.yaml")
+    metrics = Metrics(JobStore(tmp_path / "home"), inventory, ["SageMaker.ListProcessingJobs"], token=None,
+                      open_without_token=True)
+
+    async def handle(request: web.Request) -> web.Response:
+        request[OPERATION] = (await request.post())["Action"]
+        return web.Response(text="ok")
+
+    app = web.Application(middlewares=[metrics.middleware])
+    app.router.add_post("/", handle)
+    app.router.add_get("/metrics", metrics.handle)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        for action in ("STS.GetCallerIdentity", "STS.AssumeRole", "STS.GetCallerIdentity"):
+            assert (await client.post("/", data={"Action": action})).status == 200
+        text = await (await client.get("/metrics")).text()
+    assert 'fleet_api_requests_total{operation="STS.GetCallerIdentity",code="200",error=""} 2' in text
+    assert 'fleet_api_requests_total{operation="unknown",code="200",error=""} 1' in text
+    assert "AssumeRole" not in text
