@@ -13,7 +13,10 @@ the ProcessingJobStatus values, the operations serve answers, HTTP statuses):
 A scrape costs O(jobs not ended), not O(records): JobCensus reads every record once (at
 serve's start), then a job that ended is never looked at again (an ended job's status does
 not change); the jobs still running are stat'ed (read only when their record changed), and
-the jobs directory is listed again only when it changed (a job created or removed).
+the jobs directory is listed again only when it changed (a job created or removed). With
+10,000 records (100 waiting): 1.7 ms a scrape, 7.3 ms when a record was added since (the
+listing), against 0.14 ms for an empty store and 120 ms for a ListProcessingJobs
+(scripts/bench-metrics).
 
 Written by hand rather than with prometheus_client: six families of fixed labels are ~100
 lines, and serve takes no dependency and no process-global registry for them (the tests parse
@@ -38,13 +41,12 @@ from fleet.contract.describe import TERMINAL
 from fleet.errors import InvalidInput
 from fleet.inventory import Inventory
 from fleet.runtime.store import RACY_SECONDS, JobStore, RecordCache
+from fleet.serve.scheduler import STARTING, STOP_ASKED
 
 log = logging.getLogger(__name__)
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 STATUSES = ("InProgress", "Stopping", "Completed", "Failed", "Stopped")  # ProcessingJobStatus
-WAITING = "Starting"  # SecondaryStatus of a job waiting for hosts (scheduler.STARTING)
-STOP_ASKED = "stop-asked"  # scheduler.STOP_ASKED: Describe says Stopping
 UNKNOWN = "unknown"  # the operation label of a request naming none serve answers
 # A handler dispatching on something else than X-Amz-Target (STS's Query protocol: an Action in
 # a form body) names its operation to the middleware as request[OPERATION]; counted by name if
@@ -168,7 +170,7 @@ class JobCensus:
         if status == "InProgress" and (self.store.job_dir(name) / STOP_ASKED).exists():
             status = "Stopping"
         self.active[name] = _Active(str(status), _epoch(record.get("CreationTime")),
-                                    status == "InProgress" and record.get("SecondaryStatus") == WAITING, labels)
+                                    status == "InProgress" and record.get("SecondaryStatus") == STARTING, labels)
 
     def by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)
