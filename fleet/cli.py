@@ -171,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queued", type=int, default=500, metavar="N",
                        help="jobs waiting for hosts at most; CreateProcessingJob beyond is refused with "
                             "ResourceLimitExceeded (default: 500)")
+    serve.add_argument("--metrics-token-file", type=Path, metavar="FILE",
+                       help="GET /metrics (Prometheus) then needs `Authorization: Bearer TOKEN`, TOKEN the "
+                            "file's line (0600). Without it /metrics is open on a loopback --listen, off otherwise")
     worker = verbs.add_parser("serve-worker", help=argparse.SUPPRESS)  # the fleet process of one served job
     worker.add_argument("name")
     logs = verbs.add_parser("logs", help="the job's stored logs")
@@ -466,6 +469,7 @@ def _logs(args: argparse.Namespace, console: Console) -> int:
 async def _serve(args: argparse.Namespace, console: Console) -> int:
     from fleet.serve.api import Api
     from fleet.serve.auth import KeyRing
+    from fleet.serve.metrics import read_token
     from fleet.serve.scheduler import Scheduler
     from fleet.serve.server import is_loopback, listen_address, serve
 
@@ -503,7 +507,12 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
         raise InvalidInput("--max-connections must be >= 1")
     if args.max_connections_per_client is not None and args.max_connections_per_client < 1:
         raise InvalidInput("--max-connections-per-client must be >= 1")
-    await serve(api, keys, args.listen, tls, console.notice, args.max_connections, args.max_connections_per_client)
+    metrics_token = read_token(args.metrics_token_file) if args.metrics_token_file else None
+    if metrics_token is None and not is_loopback(host):
+        console.notice(f"GET /metrics is off: --listen {args.listen} is not loopback and there is no "
+                       f"--metrics-token-file")
+    await serve(api, keys, args.listen, tls, console.notice, args.max_connections, args.max_connections_per_client,
+                metrics_token)
     return 0
 
 

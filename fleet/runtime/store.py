@@ -322,6 +322,10 @@ class RecordCache:
         self._known[name] = (stamp, settled, record)
         return record
 
+    def forget(self, name: str) -> None:
+        """Drop what is kept of `name` (a job the caller will not look at again)."""
+        self._known.pop(name, None)
+
     def records(self) -> list[dict[str, Any]]:
         """Every job's record, newest first; unreadable ones are skipped."""
         try:

@@ -26,6 +26,7 @@ from aiohttp import web
 from fleet.errors import FleetError
 from fleet.serve.api import Api, ApiError
 from fleet.serve.auth import AuthError, KeyRing, verify
+from fleet.serve.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -303,15 +304,21 @@ class _Connection(asyncio.Protocol):
 
 
 async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None, notice,
-                connections: int | None = None, per_client: int | None = None) -> None:
+                connections: int | None = None, per_client: int | None = None,
+                metrics_token: str | None = None) -> None:
     """Serve until SIGTERM or SIGINT; the scheduler runs alongside. Running jobs go on.
     At most `connections` open connections (default: max_connections()), `per_client` of
     them from one client (default: max_connections_per_client()); more are answered 503 and
-    closed."""
+    closed. GET /metrics: Prometheus metrics (metrics.py), for `metrics_token`'s bearer, or
+    anyone on a loopback `listen` without one."""
     host, port = listen_address(listen)
     cap = connections or max_connections()
-    app = web.Application(client_max_size=BODY_LIMIT)
+    metrics = Metrics(api.store, api.scheduler.inventory, api.operations, token=metrics_token,
+                      open_without_token=is_loopback(host))
+    metrics.census.refresh()  # every record read once now, not at the first scrape
+    app = web.Application(client_max_size=BODY_LIMIT, middlewares=[metrics.middleware])
     app.router.add_post("/", Server(api, keys).handle)
+    app.router.add_get("/metrics", metrics.handle)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS)
     await runner.setup()
     handlers = runner.server
