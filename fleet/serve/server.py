@@ -24,6 +24,7 @@ from typing import cast
 from aiohttp import web
 
 from fleet.errors import FleetError
+from fleet.serve import sts
 from fleet.serve.api import Api, ApiError
 from fleet.serve.auth import AuthError, KeyRing, verify
 
@@ -105,6 +106,8 @@ class Server:
         self.keys = keys
 
     async def handle(self, request: web.Request) -> web.Response:
+        if sts.is_query(request.headers):  # STS: a form body and no X-Amz-Target (sts.py)
+            return await sts.handle(request, self.keys, self.api.account, _body, _headers)
         try:
             body = await _body(request)
         except ApiError as exc:  # the rest of the body is not read: the connection ends with the answer
@@ -303,11 +306,12 @@ class _Connection(asyncio.Protocol):
 
 
 async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None, notice,
-                connections: int | None = None, per_client: int | None = None) -> None:
+                connections: int | None = None, per_client: int | None = None,
+                on_listening: Callable[[str], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT; the scheduler runs alongside. Running jobs go on.
     At most `connections` open connections (default: max_connections()), `per_client` of
     them from one client (default: max_connections_per_client()); more are answered 503 and
-    closed."""
+    closed. `on_listening` is called with the server's URL once it listens."""
     host, port = listen_address(listen)
     cap = connections or max_connections()
     app = web.Application(client_max_size=BODY_LIMIT)
@@ -326,6 +330,8 @@ async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None
     scheme = "https" if tls else "http"
     notice(f"serving the SageMaker API on {scheme}://{listen} (AWS_ENDPOINT_URL_SAGEMAKER and "
            f"AWS_ENDPOINT_URL_CLOUDWATCH_LOGS); jobs run on {len(api.scheduler.inventory.hosts)} host(s)")
+    if on_listening is not None:
+        on_listening(f"{scheme}://{listen}")
     try:
         async with asyncio.TaskGroup() as tasks:
             scheduling = tasks.create_task(api.scheduler.run(), name="scheduler")
