@@ -2,7 +2,7 @@
 a JSON body), every request SigV4-verified (auth.py) before anything else is read from it.
 Answers in the protocol's shape: 200 with the JSON output; errors `{"__type": CODE,
 "message": ...}` with HTTP 400 (403 for authentication), which botocore raises as ClientError
-with that code.
+with that code. A form-encoded POST without X-Amz-Target is STS's Query protocol (sts.py).
 """
 
 from __future__ import annotations
