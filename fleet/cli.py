@@ -70,8 +70,9 @@ host passed (was cleaned), else 1. A usage error, or `fleet` alone: 2.
 environment:
   FLEET_HOME   where the records and logs are kept: $FLEET_HOME/jobs/NAME/ (default ~/.fleet)
   FLEET_DEBUG  1: as --debug
-  AWS_REGION or AWS_DEFAULT_REGION, FLEET_ACCOUNT_ID: the job's ARN; S3 is reached through
-               the standard AWS chain (AWS_ENDPOINT_URL, AWS_PROFILE, ~/.aws)
+  AWS_REGION or AWS_DEFAULT_REGION, FLEET_ACCOUNT_ID (12 digits, default 000000000000): the
+               job's ARN (and fleet serve's STS account); S3 is reached through the standard
+               AWS chain (AWS_ENDPOINT_URL, AWS_PROFILE, ~/.aws)
 """
 
 

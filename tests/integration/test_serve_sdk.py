@@ -401,8 +401,10 @@ def test_with_only_the_printed_exports_an_unchanged_script_processor_runs_on_3_h
     data.mkdir()
     for i in range(3):
         (data / f"part-{i}.txt").write_text(f"{i} {token}\n")
+    # The files wherever under LocalPath they land: the SDK uploads a local source to
+    # s3://BUCKET/JOB/input/input-1 (no trailing '/'), which fleet places under input-1/.
     code = _script(tmp_path, (
-        f"files = sorted(os.listdir({INPUT!r}))\n"
+        f"files = sorted(f for _, _, names in os.walk({INPUT!r}) for f in names)\n"
         f"os.makedirs({OUTPUT!r}, exist_ok=True)\n"
         f"open(os.path.join({OUTPUT!r}, HOST + '.txt'), 'w').write(' '.join(files))\n"
         f"print('zq-zero-{token}', HOST, len(files), flush=True)\n"))

@@ -259,3 +259,35 @@ def test_a_bad_default_bucket_stops_serve_naming_the_flag(tmp_path):
     assert result.returncode == 2, result
     assert "--default-bucket 'Bad_Bucket'" in result.stderr and "Traceback" not in result.stderr, result.stderr
     assert result.stdout == ""
+
+
+def _raw(served: Served, head: str) -> tuple[int, str, bytes]:
+    with socket.create_connection(("127.0.0.1", served.port), timeout=30) as conn:
+        conn.sendall(head.encode())
+        data = b""
+        while chunk := conn.recv(65536):  # until the answer is whole (the server may linger)
+            data += chunk
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = [int(line.split(b":")[1]) for line in head.lower().split(b"\r\n")
+                      if line.startswith(b"content-length:")]
+            if length and len(body) >= length[0]:
+                break
+    status_line, _, headers = head.partition(b"\r\n")
+    return int(status_line.split()[1]), headers.decode().lower(), body
+
+
+def test_an_unsigned_or_oversized_form_is_answered_in_stss_xml_error_shape(served):
+    form = "Action=GetCallerIdentity&Version=2011-06-15"
+    status, headers, body = _raw(served, f"POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                         f"Content-Type: application/x-www-form-urlencoded; charset=utf-8\r\n"
+                                         f"Content-Length: {len(form)}\r\n\r\n{form}")
+    assert status == 403 and "content-type: text/xml" in headers
+    assert _parse(body, status)["Error"]["Code"] == "MissingAuthenticationToken"
+    status, headers, body = _raw(served, "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+                                         "Content-Type: application/x-www-form-urlencoded\r\n"
+                                         "Content-Length: 3000000\r\n\r\n")
+    assert status == 413 and "content-type: text/xml" in headers
+    assert _parse(body, status)["Error"]["Type"] == "Sender"
+    # the JSON protocols are answered as before, on the same server
+    assert served.client("sagemaker", ALICE_KEY, ALICE_SECRET).list_processing_jobs()["ProcessingJobSummaries"] == []
+    assert "Traceback" not in served.err.read_text()
