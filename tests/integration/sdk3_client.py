@@ -16,7 +16,6 @@ import json
 import logging
 import socket
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -49,7 +48,7 @@ def _guard() -> None:
 def script_processor(image: str, role: str, name: str) -> dict:
     from sagemaker.core.processing import ScriptProcessor
 
-    code = Path(tempfile.mkdtemp()) / "script.py"
+    code = Path.cwd() / "script.py"  # the test's tmp_path
     code.write_text("import json\n"
                     "host = json.load(open('/opt/ml/config/resourceconfig.json'))['current_host']\n"
                     f"print('zq-v3-{name}', host, flush=True)\n")
