@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from fleet.contract.configfiles import DEFAULT_ACCOUNT
 from fleet.contract.describe import TERMINAL, new_record
 from fleet.contract.job import ignored_fields, load_job
 from fleet.data.sources import check_job_data
@@ -69,8 +70,9 @@ host passed (was cleaned), else 1. A usage error, or `fleet` alone: 2.
 environment:
   FLEET_HOME   where the records and logs are kept: $FLEET_HOME/jobs/NAME/ (default ~/.fleet)
   FLEET_DEBUG  1: as --debug
-  AWS_REGION or AWS_DEFAULT_REGION, FLEET_ACCOUNT_ID: the job's ARN; S3 is reached through
-               the standard AWS chain (AWS_ENDPOINT_URL, AWS_PROFILE, ~/.aws)
+  AWS_REGION or AWS_DEFAULT_REGION, FLEET_ACCOUNT_ID (12 digits, default 000000000000): the
+               job's ARN (and fleet serve's STS account); S3 is reached through the standard
+               AWS chain (AWS_ENDPOINT_URL, AWS_PROFILE, ~/.aws)
 """
 
 
@@ -147,9 +149,10 @@ def _parser() -> argparse.ArgumentParser:
     serve = verbs.add_parser(
         "serve", help="serve the SageMaker API (Create/Describe/List/StopProcessingJob, and the CloudWatch "
                       "Logs calls of the SDK) for the inventory's hosts",
-        description="Point boto3, the AWS CLI or the SageMaker Python SDK at it with "
-                    "AWS_ENDPOINT_URL_SAGEMAKER=http://HOST:PORT and "
-                    "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS=http://HOST:PORT. "
+        description="Point boto3, the AWS CLI or the SageMaker Python SDK at it with the `export` lines it "
+                    "prints on standard output when it listens (AWS_ENDPOINT_URL_SAGEMAKER, "
+                    "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS, AWS_ENDPOINT_URL_STS, and "
+                    "SAGEMAKER_USER_CONFIG_OVERRIDE: an SDK config file with the default bucket, in FLEET_HOME). "
                     "Requests are SigV4-verified against the key of your AWS credential chain (and --credentials). "
                     "Jobs wait for free hosts, first come first served; each runs in a fleet process of its own "
                     "that outlives the server (SIGTERM stops serving, never the jobs).")
@@ -157,6 +160,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen", default="127.0.0.1:8180", metavar="HOST:PORT")
     serve.add_argument("--credentials", type=Path, metavar="FILE",
                        help="more accepted keys: an AWS shared-credentials file (every profile)")
+    serve.add_argument("--default-bucket", metavar="BUCKET",
+                       help="the SDK's default bucket (in your S3), written to the SDK config file serve prints "
+                            "(default: sagemaker-REGION-ACCOUNT, as sagemaker.Session() names it)")
     serve.add_argument("--tls-cert", type=Path, metavar="FILE")
     serve.add_argument("--tls-key", type=Path, metavar="FILE")
     serve.add_argument("--stop-grace", type=int, default=30, metavar="SECONDS")
@@ -192,7 +198,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def _region_and_account() -> tuple[str, str]:
     region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return region, os.environ.get("FLEET_ACCOUNT_ID", "000000000000")
+    account = os.environ.get("FLEET_ACCOUNT_ID") or DEFAULT_ACCOUNT
+    if not (len(account) == 12 and account.isascii() and account.isdigit()):
+        raise InvalidInput(f"FLEET_ACCOUNT_ID {account!r}: an AWS account id is 12 digits")
+    return region, account
 
 
 def _dry_run_address(host) -> str:
@@ -471,6 +480,7 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
     from fleet.serve.auth import KeyRing
     from fleet.serve.metrics import read_token
     from fleet.serve.scheduler import Scheduler
+    from fleet.serve.sdkconfig import MERGE_HINT, check_bucket, default_bucket_name, exports, write_sdk_config
     from fleet.serve.server import is_loopback, listen_address, serve
 
     inventory = load_inventory(args.inventory)
@@ -511,8 +521,25 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
     if metrics_token is None and not is_loopback(host):
         console.notice(f"GET /metrics is off: --listen {args.listen} is not loopback and there is no "
                        f"--metrics-token-file")
+    if args.default_bucket is not None:
+        bucket = check_bucket(args.default_bucket, "--default-bucket")
+    else:
+        bucket = check_bucket(default_bucket_name(region, account), "the default bucket (AWS_REGION, FLEET_ACCOUNT_ID)")
+    config_file = write_sdk_config(fleet_home().absolute(), bucket)
+
+    def listening(url: str) -> None:
+        """The exports on standard output (`fleet serve ... >serve.env` keeps them to source),
+        what they do on standard error."""
+        console.out.write("".join(f"{line}\n" for line in exports(url, config_file)).encode())
+        console.out.flush()
+        console.notice(f"the export lines above point the SageMaker SDK, boto3 and the AWS CLI here (give them your "
+                       f"S3's endpoint and key as for fleet run)\n"
+                       f"{config_file}: the SDK's default bucket {bucket} (so Session() asks STS nothing), "
+                       f"telemetry off\n"
+                       f"if you have an SDK config file already: {MERGE_HINT}")
+
     await serve(api, keys, args.listen, tls, console.notice, args.max_connections, args.max_connections_per_client,
-                metrics_token)
+                metrics_token, on_listening=listening)
     return 0
 
 

@@ -7,6 +7,10 @@ from typing import Any
 
 from fleet.contract.job import ProcessingJob
 
+# The account of every ARN fleet makes (jobs, log groups) and of STS GetCallerIdentity in
+# `fleet serve`, unless FLEET_ACCOUNT_ID says another: no AWS account has it.
+DEFAULT_ACCOUNT = "000000000000"
+
 
 def job_arn(name: str, region: str, account: str) -> str:
     # SageMaker lower-cases the job name in its ARNs.

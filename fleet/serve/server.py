@@ -2,7 +2,7 @@
 a JSON body), every request SigV4-verified (auth.py) before anything else is read from it.
 Answers in the protocol's shape: 200 with the JSON output; errors `{"__type": CODE,
 "message": ...}` with HTTP 400 (403 for authentication), which botocore raises as ClientError
-with that code.
+with that code. A form-encoded POST without X-Amz-Target is STS's Query protocol (sts.py).
 """
 
 from __future__ import annotations
@@ -24,9 +24,10 @@ from typing import cast
 from aiohttp import web
 
 from fleet.errors import FleetError
+from fleet.serve import sts
 from fleet.serve.api import Api, ApiError
 from fleet.serve.auth import AuthError, KeyRing, verify
-from fleet.serve.metrics import Metrics
+from fleet.serve.metrics import OPERATION, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +107,9 @@ class Server:
         self.keys = keys
 
     async def handle(self, request: web.Request) -> web.Response:
+        if sts.is_query(request.headers):  # STS: a form body and no X-Amz-Target (sts.py)
+            request[OPERATION] = "STS.GetCallerIdentity"  # its one action, for the metrics
+            return await sts.handle(request, self.keys, self.api.account, _body, _headers)
         try:
             body = await _body(request)
         except ApiError as exc:  # the rest of the body is not read: the connection ends with the answer
@@ -305,12 +309,13 @@ class _Connection(asyncio.Protocol):
 
 async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None, notice,
                 connections: int | None = None, per_client: int | None = None,
-                metrics_token: str | None = None) -> None:
+                metrics_token: str | None = None, on_listening: Callable[[str], None] | None = None) -> None:
     """Serve until SIGTERM or SIGINT; the scheduler runs alongside. Running jobs go on.
     At most `connections` open connections (default: max_connections()), `per_client` of
     them from one client (default: max_connections_per_client()); more are answered 503 and
     closed. GET /metrics: Prometheus metrics (metrics.py), for `metrics_token`'s bearer, or
-    anyone on a loopback `listen` without one."""
+    anyone on a loopback `listen` without one. `on_listening` is called with the server's URL
+    once it listens."""
     host, port = listen_address(listen)
     cap = connections or max_connections()
     metrics = Metrics(api.store, api.scheduler.inventory, api.operations, token=metrics_token,
@@ -333,6 +338,8 @@ async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None
     scheme = "https" if tls else "http"
     notice(f"serving the SageMaker API on {scheme}://{listen} (AWS_ENDPOINT_URL_SAGEMAKER and "
            f"AWS_ENDPOINT_URL_CLOUDWATCH_LOGS); jobs run on {len(api.scheduler.inventory.hosts)} host(s)")
+    if on_listening is not None:
+        on_listening(f"{scheme}://{listen}")
     try:
         async with asyncio.TaskGroup() as tasks:
             scheduling = tasks.create_task(api.scheduler.run(), name="scheduler")

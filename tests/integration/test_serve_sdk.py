@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import secrets
+import shlex
 import signal
 import socket
 import subprocess
@@ -71,6 +72,20 @@ class Serve:
 
     def log_text(self) -> str:
         return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def exports(self) -> dict[str, str]:
+        """The variables of the `export NAME=VALUE` lines serve printed at start (as a shell
+        would read them), once all 4 are there."""
+        deadline = time.monotonic() + 30
+        while True:
+            found = {}
+            for line in self.log_text().splitlines():
+                if line.startswith("export "):
+                    name, _, value = line.removeprefix("export ").partition("=")
+                    found[name] = shlex.split(value)[0]
+            if len(found) == 4 or time.monotonic() > deadline:
+                return found
+            time.sleep(0.1)
 
 
 @pytest.fixture
@@ -317,3 +332,211 @@ def test_stop_of_a_long_running_job_goes_stopping_then_stopped(sdk, session, ser
     _assert_clean(cluster, job.job_name)
     # SageMaker answers StopProcessingJob once the job is Stopping: a describe right after says so.
     assert right_after in ("Stopping", "Stopped"), right_after
+
+
+# --- issue 21: zero code change, STS, the CLI's waiter ---
+
+SDK_BUCKET = "sagemaker-us-east-1-000000000000"  # sagemaker-REGION-ACCOUNT: serve's default, as the SDK names it
+
+
+class ApiCalls:
+    """Every API call any botocore client of this process makes (service, operation, endpoint):
+    an observer of BaseClient._make_api_call, which changes nothing the SDK does."""
+
+    def __init__(self, monkeypatch) -> None:
+        from botocore.client import BaseClient
+
+        self.calls: list[tuple[str, str, str]] = []
+        original = BaseClient._make_api_call
+
+        def record(client, operation_name, api_params):
+            self.calls.append((client.meta.service_model.service_name, operation_name, client.meta.endpoint_url))
+            return original(client, operation_name, api_params)
+
+        monkeypatch.setattr(BaseClient, "_make_api_call", record)
+
+    def services(self) -> set[str]:
+        return {service for service, _, _ in self.calls}
+
+
+@pytest.fixture
+def user_shell(serve, s3, monkeypatch, loopback_only):
+    """This process's environment as a user's shell after running serve's export lines, plus
+    their S3 (endpoint, key, region) and nothing else of AWS's or the SDK's: no
+    AWS_ENDPOINT_URL catch-all, so a call to any other service would go to AWS (and the
+    loopback guard would refuse and list it)."""
+    import boto3
+
+    exports = serve.exports()
+    assert sorted(exports) == ["AWS_ENDPOINT_URL_CLOUDWATCH_LOGS", "AWS_ENDPOINT_URL_SAGEMAKER",
+                               "AWS_ENDPOINT_URL_STS", "SAGEMAKER_USER_CONFIG_OVERRIDE"], serve.log_text()
+    for key in [k for k in os.environ if k.startswith(("AWS_", "SAGEMAKER_"))]:
+        monkeypatch.delenv(key)
+    no_file = str(serve.log.parent / "no-such-aws-file")
+    for key, value in {**exports, "AWS_ENDPOINT_URL_S3": s3.endpoint, "AWS_ACCESS_KEY_ID": s3.access_key,
+                       "AWS_SECRET_ACCESS_KEY": s3.secret_key, "AWS_DEFAULT_REGION": REGION,
+                       "AWS_CONFIG_FILE": no_file, "AWS_SHARED_CREDENTIALS_FILE": no_file,
+                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(boto3, "DEFAULT_SESSION", None)
+    return exports
+
+
+def _drop_bucket(s3, name: str) -> None:
+    with contextlib.suppress(Exception):
+        for key in s3.keys(name):
+            s3.delete(name, key)
+        s3.client.delete_bucket(Bucket=name)
+
+
+def test_with_only_the_printed_exports_an_unchanged_script_processor_runs_on_3_hosts(
+        sdk, serve, s3, cluster, user_shell, monkeypatch, tmp_path, capfd):
+    """The code of a SageMaker user, unchanged: no session, no bucket, no endpoint in it."""
+    from sagemaker.processing import ProcessingInput, ProcessingOutput, ScriptProcessor
+
+    _drop_bucket(s3, SDK_BUCKET)  # the SDK finds it missing and creates it in the user's S3
+    calls = ApiCalls(monkeypatch)
+    token = secrets.token_hex(6)
+    data = tmp_path / "data"
+    data.mkdir()
+    for i in range(3):
+        (data / f"part-{i}.txt").write_text(f"{i} {token}\n")
+    # The files wherever under LocalPath they land: the SDK uploads a local source to
+    # s3://BUCKET/JOB/input/input-1 (no trailing '/'), which fleet places under input-1/.
+    code = _script(tmp_path, (
+        f"files = sorted(f for _, _, names in os.walk({INPUT!r}) for f in names)\n"
+        f"os.makedirs({OUTPUT!r}, exist_ok=True)\n"
+        f"open(os.path.join({OUTPUT!r}, HOST + '.txt'), 'w').write(' '.join(files))\n"
+        f"print('zq-zero-{token}', HOST, len(files), flush=True)\n"))
+    try:
+        processor = ScriptProcessor(command=["python3"], image_uri=PYTHON_IMAGE, role=ROLE, instance_count=3,
+                                    instance_type="ml.m5.xlarge")
+        processor.run(code=code, inputs=[ProcessingInput(source=str(data), destination=INPUT)],
+                      outputs=[ProcessingOutput(source=OUTPUT)], wait=True, logs=True)
+        job = processor.jobs[-1]
+        out = capfd.readouterr().out
+        described = job.describe()
+        assert described["ProcessingJobStatus"] == "Completed", described
+        for k in (1, 2, 3):
+            assert f"zq-zero-{token} algo-{k} 3" in out, out
+        # the SDK's default bucket is the one serve's config file named, in the user's S3
+        assert processor.sagemaker_session.default_bucket() == SDK_BUCKET
+        destination = described["ProcessingOutputConfig"]["Outputs"][0]["S3Output"]["S3Uri"]
+        assert destination.startswith(f"s3://{SDK_BUCKET}/{job.job_name}/"), destination
+        prefix = destination.removeprefix(f"s3://{SDK_BUCKET}/")
+        assert sorted(s3.keys(SDK_BUCKET, prefix)) == [f"{prefix}/algo-{k}.txt" for k in (1, 2, 3)]
+        assert s3.get(SDK_BUCKET, f"{prefix}/algo-1.txt").decode() == "part-0.txt part-1.txt part-2.txt"
+        assert f"{job.job_name}/input/code/script.py" in s3.keys(SDK_BUCKET, job.job_name)
+        # no STS call at all (the config file gave the bucket), and every call went to serve or S3
+        assert calls.services() <= {"sagemaker", "logs", "s3"}, calls.calls
+        assert {endpoint for _, _, endpoint in calls.calls} <= {serve.endpoint, s3.endpoint}, calls.calls
+        assert ("s3", "CreateBucket", s3.endpoint) in calls.calls
+        _assert_clean(cluster, job.job_name)
+    finally:
+        _drop_bucket(s3, SDK_BUCKET)
+
+
+def test_boto3_and_the_aws_cli_get_the_caller_identity_from_serve(sdk, serve, s3, user_shell, monkeypatch):
+    """AWS_ENDPOINT_URL_STS from the exports: answered by serve (the guard refuses AWS), with the
+    account of the ARNs of serve's jobs and the signing key's profile (the operator's here)."""
+    import boto3
+
+    calls = ApiCalls(monkeypatch)
+    identity = boto3.client("sts").get_caller_identity()
+    assert calls.calls == [("sts", "GetCallerIdentity", serve.endpoint)]
+    assert identity["Account"] == "000000000000"
+    assert identity["Arn"] == "arn:aws:iam::000000000000:user/fleet-controller"
+    cli = Path(sys.executable).with_name("aws")
+    result = subprocess.run([str(cli), "sts", "get-caller-identity", "--output", "json"], capture_output=True,
+                            text=True, timeout=120, env=dict(os.environ))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {k: identity[k] for k in ("UserId", "Account", "Arn")}
+
+
+def test_the_aws_clis_waiter_returns_when_the_job_completes_and_fails_on_a_failed_job(
+        sdk, serve, s3, user_shell, cluster):
+    import boto3
+
+    client = boto3.client("sagemaker")
+    cli = [str(Path(sys.executable).with_name("aws")), "sagemaker", "wait", "processing-job-completed-or-stopped",
+           "--processing-job-name"]
+
+    def create(name: str, script: str) -> None:
+        client.create_processing_job(
+            ProcessingJobName=name, RoleArn=ROLE,
+            ProcessingResources={"ClusterConfig": {"InstanceCount": 3, "InstanceType": "ml.m5.xlarge",
+                                                   "VolumeSizeInGB": 1}},
+            AppSpecification={"ImageUri": PYTHON_IMAGE, "ContainerEntrypoint": ["python3", "-c", script]})
+
+    failing = f"zq-wait-fail-{secrets.token_hex(3)}"
+    create(failing, "import sys; sys.exit(3)")
+    for _ in range(600):
+        if client.describe_processing_job(ProcessingJobName=failing)["ProcessingJobStatus"] == "Failed":
+            break
+        time.sleep(0.2)
+    result = subprocess.run([*cli, failing], capture_output=True, text=True, timeout=120, env=dict(os.environ))
+    assert result.returncode == 255, result
+    assert "Waiter ProcessingJobCompletedOrStopped failed" in result.stderr, result.stderr
+    _assert_clean(cluster, failing)
+    # a job still running when the waiter starts: it polls (every 60 s, botocore's model) until Completed
+    name = f"zq-wait-{secrets.token_hex(3)}"
+    create(name, "import time; time.sleep(3)")
+    result = subprocess.run([*cli, name], capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert result.returncode == 0, result
+    assert client.describe_processing_job(ProcessingJobName=name)["ProcessingJobStatus"] == "Completed"
+    _assert_clean(cluster, name)
+
+
+# --- the SDK v3 line, in its own virtualenv (scripts/setup: .venv-sdk3) ---
+
+SDK3_PYTHON = Path(__file__).resolve().parents[2] / ".venv-sdk3" / "bin" / "python"
+
+
+def _sdk3(scenario: str, serve, s3, name: str) -> tuple[dict, str]:
+    """tests/integration/sdk3_client.py SCENARIO in .venv-sdk3, its environment a user's shell
+    after serve's exports (plus the test S3): what it found, and what it printed."""
+    if not SDK3_PYTHON.exists():
+        pytest.skip(f"{SDK3_PYTHON} is missing: scripts/setup builds it (the SDK v3 line, sagemaker-core 2.x)")
+    no_file = str(serve.log.parent / "no-such-aws-file")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "SAGEMAKER_", "PYTHON"))}
+    env.update(serve.exports(), AWS_ENDPOINT_URL_S3=s3.endpoint, AWS_ACCESS_KEY_ID=s3.access_key,
+               AWS_SECRET_ACCESS_KEY=s3.secret_key, AWS_DEFAULT_REGION=REGION, AWS_CONFIG_FILE=no_file,
+               AWS_SHARED_CREDENTIALS_FILE=no_file, AWS_EC2_METADATA_DISABLED="true")
+    result = subprocess.run([str(SDK3_PYTHON), str(Path(__file__).with_name("sdk3_client.py")), scenario,
+                             PYTHON_IMAGE, ROLE, name], capture_output=True, text=True, timeout=360, env=env,
+                            cwd=serve.log.parent)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result.returncode == 0 and lines, f"{result.stdout}\n{result.stderr}"
+    found = json.loads(lines[-1].removeprefix("RESULT "))
+    assert found["refused"] == [], found["refused"]
+    assert {call[2] for call in found["calls"]} <= {serve.endpoint, s3.endpoint}, found["calls"]
+    assert "sts" not in {call[0] for call in found["calls"]}, found["calls"]
+    return found, result.stdout
+
+
+def test_sdk3_script_processor_runs_on_3_hosts_with_only_the_exports(sdk, serve, s3, cluster):
+    name = f"zq-v3sp-{secrets.token_hex(3)}"
+    _drop_bucket(s3, SDK_BUCKET)
+    try:
+        found, out = _sdk3("script-processor", serve, s3, name)
+        assert found["status"] == "Completed", found
+        assert found["bucket"] == SDK_BUCKET
+        assert found["code"] and found["code"][0].startswith(f"s3://{SDK_BUCKET}/"), found
+        for k in (1, 2, 3):
+            assert f"zq-v3-{name} algo-{k}" in out, out
+        _assert_clean(cluster, found["name"])
+    finally:
+        _drop_bucket(s3, SDK_BUCKET)
+
+
+def test_sdk3_processing_job_resource_creates_waits_with_logs_stops_and_lists(sdk, serve, s3, cluster):
+    name = f"zq-v3res-{secrets.token_hex(3)}"
+    found, out = _sdk3("resources", serve, s3, name)
+    assert found["done"] == "Completed", found
+    for k in (1, 2, 3):
+        assert f"zq-v3-res algo-{k}" in out, out
+    assert found["right_after_stop"] in ("Stopping", "Stopped"), found
+    assert found["stopped"] == "Stopped", found
+    assert found["all"] == [f"{name}-done", f"{name}-stop"], found
+    _assert_clean(cluster, f"{name}-done")
+    _assert_clean(cluster, f"{name}-stop")
