@@ -371,7 +371,7 @@ def _millis(request: dict, key: str) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ApiError("InvalidParameterException", f"{key} must be a whole number of milliseconds since the epoch")
+        raise _validation(f"{key} must be a whole number of milliseconds since the epoch")
     return value
 
 

@@ -106,7 +106,7 @@ async def test_start_time_is_inclusive_and_end_time_exclusive(api):
     assert (await get(api, stream, startFromHead=True, startTime=T0 + 9000))["events"] == []
     with pytest.raises(ApiError) as bad:
         await get(api, stream, startTime="yesterday")
-    assert bad.value.code == "InvalidParameterException" and "startTime" in bad.value.message
+    assert bad.value.code == "ValidationException" and "startTime" in bad.value.message
 
 
 async def test_a_running_jobs_unfinished_line_waits_and_an_ended_jobs_is_an_event(api):
