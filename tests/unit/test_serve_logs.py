@@ -207,3 +207,14 @@ async def test_a_large_log_is_read_in_bounded_memory(api):
     assert last["events"][-1]["timestamp"] == T0 + 39 and len(last["events"]) == logs.PAGE_BYTES // (99 + 26)
     assert found["events"] == [] and "nextToken" in found  # SCAN_BYTES read, then a token to go on
     assert peak < 12 * 2**20, peak  # 48 MB of log: a page (about 1 MB of events as dicts) at a time
+
+
+async def test_a_line_longer_than_an_event_is_cut_alike_forward_and_backward(api):
+    long = b"L" * (logs.EVENT_BYTES * 2 + 10) + b"\n"
+    stream = (await job_with_lines(api, "zq-long", {"algo-1": [(T0, b"before\n" + long), (T0 + 5, b"after\n")]}))[
+        "algo-1"]
+    forward = await get(api, stream, startFromHead=True)
+    backward = await get(api, stream)
+    cut = ["before", "L" * logs.EVENT_BYTES, "L" * logs.EVENT_BYTES, "L" * 10, "after"]
+    assert messages(forward) == cut and messages(backward) == cut
+    assert [e["timestamp"] for e in forward["events"]] == [T0] * 4 + [T0 + 5]
