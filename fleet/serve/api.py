@@ -46,7 +46,8 @@ TIMESTAMPS = ("CreationTime", "LastModifiedTime", "ProcessingStartTime", "Proces
 SUMMARY = ("ProcessingJobName", "ProcessingJobArn", "CreationTime", "ProcessingEndTime", "LastModifiedTime",
            "ProcessingJobStatus", "FailureReason", "ExitMessage")  # a ProcessingJobSummary's fields
 OWNER = "Owner"  # fleet's field of the record: the name of the principal that created the job
-SUMMARY_FIELDS = (*SUMMARY, "Hosts", OWNER)  # what List and the log streams' prefix search keep of each record
+# what List and the log streams' prefix search keep of each record
+SUMMARY_FIELDS = (*SUMMARY, "Hosts", OWNER, "ProcessingStartTime")
 
 
 class ApiError(Exception):
@@ -242,15 +243,16 @@ class Api:
         job_name = prefix.split("/", 1)[0]
         if not job_name and prefix:
             return []
-        names = [job_name] if "/" in prefix else \
-            [r["ProcessingJobName"] for r in self.summaries.records()
-             if r["ProcessingJobName"].startswith(prefix) and _sees(caller, r)]
-        streams = []
-        for name in names:
+        if "/" in prefix:
             try:
-                record = self.store.load(name)
+                records = [self.store.load(job_name)]
             except FleetError:
-                continue
+                records = []
+        else:  # many jobs, maybe every one: their summaries (a stat each), which keep what a stream needs
+            records = [r for r in self.summaries.records() if r["ProcessingJobName"].startswith(prefix)]
+        streams = []
+        for record in records:
+            name = record["ProcessingJobName"]
             if not _sees(caller, record):
                 continue
             epoch = int(_epoch(record["CreationTime"]))
