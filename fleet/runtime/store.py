@@ -6,6 +6,7 @@
                        the profile whose key created it through `fleet serve`, absent for
                        `fleet run`'s, which are the controller's: serve/api.py)
     logs/algo-k.log    each host's container log, exactly the bytes received
+    logs/algo-k.log.times  when those bytes arrived (runtime/logindex.py: each line's time)
     run.json           what another fleet needs to take the job over (`fleet attach`,
                        `fleet stop` when its `fleet run` is gone): the request, the hosts,
                        their addresses, the options, the run's id
@@ -37,6 +38,7 @@ from fleet.contract.job import JOB_NAME_PATTERN, ProcessingJob, parse_job
 from fleet.errors import InvalidInput, ResourceInUse
 from fleet.inventory import Host
 from fleet.runtime import owner as owner_lock
+from fleet.runtime.logindex import IndexedLog, index_path
 
 
 class RunOptions(BaseModel):
@@ -274,9 +276,17 @@ class JobRecord:
             return 0
 
     def open_log(self, algo: str) -> BinaryIO:
+        """The host's log, opened to append, unbuffered; its writes keep the index of arrival
+        times beside it (logindex.IndexedLog)."""
         _private(self.directory / "logs")
-        return os.fdopen(_open_private(self.directory / "logs" / f"{algo}.log", os.O_WRONLY | os.O_APPEND), "ab",
-                         buffering=0)
+        path = self.directory / "logs" / f"{algo}.log"
+        log_fd = _open_private(path, os.O_WRONLY | os.O_APPEND)
+        try:
+            index_fd = _open_private(index_path(path), os.O_RDWR | os.O_APPEND)
+        except BaseException:
+            os.close(log_fd)
+            raise
+        return IndexedLog(log_fd, index_fd)
 
 
 RACY_SECONDS = 1.0  # a record read this soon after its write may hide a later one of the same stat

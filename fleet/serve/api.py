@@ -2,9 +2,10 @@
 botocore's service models (SageMaker 2017-07-24, CloudWatch Logs 2014-03-28).
 
 SageMaker: CreateProcessingJob, DescribeProcessingJob, ListProcessingJobs,
-StopProcessingJob. CloudWatch Logs (what the SDK's `logs=True` reads): DescribeLogStreams
-and GetLogEvents on the log group /aws/sagemaker/ProcessingJobs, one stream per host,
-`JOBNAME/algo-k-EPOCH` (EPOCH: the job's creation, in seconds), each line an event.
+StopProcessingJob. CloudWatch Logs (what the SDK's `logs=True` and `aws logs tail` read):
+DescribeLogStreams, GetLogEvents and FilterLogEvents on the log group
+/aws/sagemaker/ProcessingJobs, one stream per host, `JOBNAME/algo-k-EPOCH` (EPOCH: the job's
+creation, in seconds), each line an event timed by its arrival on the controller (logs.py).
 Errors are ApiError(code, message): botocore raises them as ClientError with that code.
 
 Each operation acts for the Principal whose key signed the request (auth.py). A job belongs
@@ -18,6 +19,7 @@ create of a name another principal uses is ResourceInUse, saying nothing more ab
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
@@ -33,20 +35,19 @@ from fleet.errors import FleetError, ResourceInUse
 from fleet.image.reference import parse_reference
 from fleet.plan import job_arn
 from fleet.runtime.store import JobStore, RecordCache
+from fleet.serve import logs
 from fleet.serve.auth import CONTROLLER, Principal
 from fleet.serve.scheduler import STARTING, Scheduler, spool_request
 
 log = logging.getLogger(__name__)
 
 LOG_GROUP = "/aws/sagemaker/ProcessingJobs"
-PAGE_BYTES = 1_048_576  # GetLogEvents: at most 1 MB of events a page (as CloudWatch)
-PAGE_EVENTS = 10_000  # and at most 10,000 events
-EVENT_BYTES = 256 * 1024  # a longer line is cut into events of this size (CloudWatch's limit)
 TIMESTAMPS = ("CreationTime", "LastModifiedTime", "ProcessingStartTime", "ProcessingEndTime")
 SUMMARY = ("ProcessingJobName", "ProcessingJobArn", "CreationTime", "ProcessingEndTime", "LastModifiedTime",
            "ProcessingJobStatus", "FailureReason", "ExitMessage")  # a ProcessingJobSummary's fields
 OWNER = "Owner"  # fleet's field of the record: the name of the principal that created the job
-SUMMARY_FIELDS = (*SUMMARY, "Hosts", OWNER)  # what List and the log streams' prefix search keep of each record
+# what List and the log streams' prefix search keep of each record
+SUMMARY_FIELDS = (*SUMMARY, "Hosts", OWNER, "ProcessingStartTime")
 
 
 class ApiError(Exception):
@@ -114,6 +115,7 @@ class Api:
             "SageMaker.StopProcessingJob": self.stop,
             "Logs_20140328.DescribeLogStreams": self.describe_log_streams,
             "Logs_20140328.GetLogEvents": self.get_log_events,
+            "Logs_20140328.FilterLogEvents": self.filter_log_events,
         }
 
     # -- SageMaker -------------------------------------------------------------------------------
@@ -237,19 +239,20 @@ class Api:
     # -- CloudWatch Logs ---------------------------------------------------------------------------
     def _streams(self, prefix: str, caller: Principal) -> list[tuple[str, str, str, dict]]:
         """(stream name, job name, algo, record) of every job `caller` sees whose stream names
-        start with `prefix` (which must name a job: JOBNAME/...)."""
+        start with `prefix` (every stream `caller` sees for "")."""
         job_name = prefix.split("/", 1)[0]
-        if not job_name:
+        if not job_name and prefix:
             return []
-        names = [job_name] if "/" in prefix else \
-            [r["ProcessingJobName"] for r in self.summaries.records()
-             if r["ProcessingJobName"].startswith(prefix) and _sees(caller, r)]
-        streams = []
-        for name in names:
+        if "/" in prefix:
             try:
-                record = self.store.load(name)
+                records = [self.store.load(job_name)]
             except FleetError:
-                continue
+                records = []
+        else:  # many jobs, maybe every one: their summaries (a stat each), which keep what a stream needs
+            records = [r for r in self.summaries.records() if r["ProcessingJobName"].startswith(prefix)]
+        streams = []
+        for record in records:
+            name = record["ProcessingJobName"]
             if not _sees(caller, record):
                 continue
             epoch = int(_epoch(record["CreationTime"]))
@@ -270,15 +273,12 @@ class Api:
             return {"logStreams": []}
         found = []
         for stream, name, algo, record in self._streams(prefix, caller):
-            path = self.store.log_path(name, algo)
-            try:
-                size, modified = path.stat().st_size, path.stat().st_mtime
-            except FileNotFoundError:
+            first, last, size = logs.stream_times(self._source(stream, name, algo, record))
+            if not size:
                 continue  # no event yet: CloudWatch shows a stream once it has one
             created = int(_epoch(record["CreationTime"]) * 1000)
-            stamp = _stamp(record)
-            found.append({"logStreamName": stream, "creationTime": created, "firstEventTimestamp": stamp,
-                          "lastEventTimestamp": stamp, "lastIngestionTime": int(modified * 1000),
+            found.append({"logStreamName": stream, "creationTime": created, "firstEventTimestamp": first,
+                          "lastEventTimestamp": last, "lastIngestionTime": last,
                           "uploadSequenceToken": "0", "storedBytes": size,
                           "arn": f"arn:aws:logs:{self.region}:{self.account}:log-group:{LOG_GROUP}:"
                                  f"log-stream:{stream}"})
@@ -290,14 +290,10 @@ class Api:
             answer["nextToken"] = base64.urlsafe_b64encode(json.dumps({"at": start + limit}).encode()).decode()
         return answer
 
-    async def get_log_events(self, request: dict, caller: Principal) -> dict:
-        """A host's log as events, a line each, from a byte offset on (`f/OFFSET` tokens;
-        `startFromHead` or not, a page starts at the token, else at the start). Every event
-        of a stream has the same timestamp (the job's start): the SDK's tailer, which asks
-        again from the last timestamp skipping what it has seen, then sees each line once."""
-        self._group(request)
-        stream = _string(request, "logStreamName")
-        match = re.fullmatch(r"([^/]+)/(algo-\d+)-(\d+)", stream or "")
+    def _stream(self, stream: Any, caller: Principal) -> logs.Source:
+        """The stream `stream` names, if `caller` may read it; else ResourceNotFoundException,
+        the same answer as for a stream that does not exist."""
+        match = re.fullmatch(r"([^/]+)/(algo-\d+)-(\d+)", stream if isinstance(stream, str) else "")
         if not match:
             raise ApiError("ResourceNotFoundException", "The specified log stream does not exist.")
         name, algo = match[1], match[2]
@@ -307,24 +303,78 @@ class Api:
             raise ApiError("ResourceNotFoundException", "The specified log stream does not exist.") from None
         if algo not in record.get("Hosts", {}) or not _sees(caller, record):
             raise ApiError("ResourceNotFoundException", "The specified log stream does not exist.")
+        return self._source(stream, name, algo, record)
+
+    def _source(self, stream: str, name: str, algo: str, record: dict) -> logs.Source:
+        return logs.Source(stream, self.store.log_path(name, algo), _stamp(record),
+                           record.get("ProcessingJobStatus") in TERMINAL)
+
+    async def get_log_events(self, request: dict, caller: Principal) -> dict:
+        """A host's log as events, a line each, timed by their arrival on the controller
+        (logs.py): `f/OFFSET` and `b/OFFSET` tokens; without one, the first page
+        (`startFromHead`) or the last (the default, as CloudWatch's)."""
+        self._group(request)
+        source = self._stream(_string(request, "logStreamName"), caller)
         token = request.get("nextToken")
-        offset = 0
-        if token:
-            if not isinstance(token, str) or not re.fullmatch(r"[fb]/\d{1,18}", token):
-                raise _validation(f"The specified nextToken is invalid: {token!r}")
-            offset = int(token[2:])
-        limit = _integer(request, "limit", PAGE_EVENTS, 1, PAGE_EVENTS)
-        stamp = _stamp(record)
-        start_time, end_time = _number(request, "startTime"), _number(request, "endTime")
-        if (start_time is not None and stamp < start_time) or (end_time is not None and stamp >= end_time):
-            return {"events": [], "nextForwardToken": f"f/{offset}", "nextBackwardToken": f"b/{offset}"}
-        events, end = _read_events(self.store.log_path(name, algo), offset, limit, stamp)
-        return {"events": events, "nextForwardToken": f"f/{end}", "nextBackwardToken": f"b/{offset}"}
+        if token is not None and (not isinstance(token, str) or not re.fullmatch(r"[fb]/\d{1,18}", token)):
+            raise _validation(f"The specified nextToken is invalid: {token!r}")
+        head = request.get("startFromHead", False)
+        if not isinstance(head, bool):
+            raise _validation("startFromHead must be true or false")
+        return await asyncio.to_thread(
+            logs.get_events, source, start_time=_millis(request, "startTime"), end_time=_millis(request, "endTime"),
+            token=token, from_head=head, limit=_integer(request, "limit", logs.PAGE_EVENTS, 1, logs.PAGE_EVENTS))
+
+    async def filter_log_events(self, request: dict, caller: Principal) -> dict:
+        """FilterLogEvents on the streams named (logStreamNames) or starting with
+        logStreamNamePrefix (every stream the caller sees without either), interleaved by time
+        (logs.filter_events). Streams the caller may not see are left out, as unknown ones."""
+        self._group(request)
+        names, prefix = request.get("logStreamNames"), _string(request, "logStreamNamePrefix")
+        if names is not None and prefix is not None:
+            raise ApiError("InvalidParameterException",
+                           "logStreamNames and logStreamNamePrefix cannot both be specified.")
+        if names is not None and (not isinstance(names, list) or not 1 <= len(names) <= 100
+                                  or not all(isinstance(n, str) for n in names)):
+            raise ApiError("InvalidParameterException", "logStreamNames must be a list of 1 to 100 stream names")
+        if request.get("startFromHead", True) is not True:
+            raise ApiError("InvalidParameterException", "fleet serve answers FilterLogEvents oldest first only "
+                                                        "(startFromHead true)")
+        pattern, token = _string(request, "filterPattern") or "", _string(request, "nextToken")
+        try:
+            matches = logs.parse_pattern(pattern)
+            after = logs.parse_token(token) if token is not None else None
+        except ValueError as exc:
+            raise ApiError("InvalidParameterException", str(exc)) from None
+        if names is not None:
+            sources = []
+            for name in dict.fromkeys(names):
+                try:
+                    sources.append(self._stream(name, caller))
+                except ApiError:
+                    continue
+        else:
+            sources = [self._source(*found) for found in self._streams(prefix or "", caller)]
+        return await asyncio.to_thread(
+            logs.filter_events, sources, start_time=_millis(request, "startTime"),
+            end_time=_millis(request, "endTime"), pattern=matches, token=after,
+            limit=_integer(request, "limit", logs.PAGE_EVENTS, 1, logs.PAGE_EVENTS))
 
 
 def _stamp(record: dict) -> int:
-    """The timestamp (ms) of a stream's events: when the job started (else was created)."""
+    """The time (ms) of the lines of a stream that no index times (an older fleet's run):
+    when the job started (else was created)."""
     return int(_epoch(record.get("ProcessingStartTime") or record["CreationTime"]) * 1000)
+
+
+def _millis(request: dict, key: str) -> int | None:
+    """request[key], a time in ms since the epoch (CloudWatch's Timestamp: a whole number)."""
+    value = request.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise _validation(f"{key} must be a whole number of milliseconds since the epoch")
+    return value
 
 
 def _token(token: Any) -> int:
@@ -337,28 +387,3 @@ def _token(token: Any) -> int:
     except (ValueError, KeyError, TypeError):
         pass
     raise _validation("The NextToken is invalid")
-
-
-def _read_events(path, offset: int, limit: int, stamp: int) -> tuple[list[dict], int]:
-    """Whole lines from `offset` (a line still being written waits for its newline, unless
-    it is EVENT_BYTES long already): the events and the offset after them."""
-    try:
-        with open(path, "rb") as file:
-            file.seek(offset)
-            data = file.read(PAGE_BYTES)
-    except FileNotFoundError:
-        return [], offset
-    events: list[dict] = []
-    position = 0
-    while len(events) < limit and position < len(data):
-        end = data.find(b"\n", position, position + EVENT_BYTES)
-        if end < 0:
-            if len(data) - position < EVENT_BYTES:
-                break  # an unfinished line: the next page
-            end = position + EVENT_BYTES
-            line, position = data[position:end], end
-        else:
-            line, position = data[position:end], end + 1
-        events.append({"timestamp": stamp, "message": line.decode("utf-8", errors="replace"),
-                       "ingestionTime": stamp})
-    return events, offset + position

@@ -224,6 +224,20 @@ def test_log_streams_and_events_of_another_profile_are_not_found(served):
     assert _error(bob.describe_processing_job, ProcessingJobName="zq-alice-logs")[0] == "ResourceNotFound"
 
 
+def test_filter_log_events_leaves_out_another_profiles_streams(served):
+    served.client("alice").create_processing_job(**_job("zq-alice-filter"))
+    stream = served.log("zq-alice-filter", "alice's filtered line\n")
+    alice_logs, bob_logs = served.client("alice", "logs"), served.client("bob", "logs")
+    events = alice_logs.filter_log_events(logGroupName=LOG_GROUP, logStreamNamePrefix="zq-alice-filter")["events"]
+    assert [(e["logStreamName"], e["message"]) for e in events] == [(stream, "alice's filtered line")]
+    for found in (bob_logs.filter_log_events(logGroupName=LOG_GROUP, logStreamNamePrefix="zq-alice-filter"),
+                  bob_logs.filter_log_events(logGroupName=LOG_GROUP, logStreamNames=[stream]),
+                  bob_logs.filter_log_events(logGroupName=LOG_GROUP, filterPattern="alice")):
+        assert found["events"] == []
+    root = served.client("root", "logs").filter_log_events(logGroupName=LOG_GROUP, logStreamNames=[stream])
+    assert [e["message"] for e in root["events"]] == ["alice's filtered line"]
+
+
 def test_an_admin_profile_and_the_operator_see_and_stop_every_job(served):
     served.client("alice").create_processing_job(**_job("zq-alice-admin"))
     served.client("bob").create_processing_job(**_job("zq-bob-admin"))
