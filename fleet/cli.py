@@ -171,6 +171,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queued", type=int, default=500, metavar="N",
                        help="jobs waiting for hosts at most; CreateProcessingJob beyond is refused with "
                             "ResourceLimitExceeded (default: 500)")
+    serve.add_argument("--page-profile", action="append", metavar="NAME",
+                       help="print a login URL of the jobs page (at /) acting for this profile of --credentials "
+                            "(repeatable; default: fleet-controller, the operator, who sees every job)")
     worker = verbs.add_parser("serve-worker", help=argparse.SUPPRESS)  # the fleet process of one served job
     worker.add_argument("name")
     logs = verbs.add_parser("logs", help="the job's stored logs")
@@ -465,7 +468,8 @@ def _logs(args: argparse.Namespace, console: Console) -> int:
 
 async def _serve(args: argparse.Namespace, console: Console) -> int:
     from fleet.serve.api import Api
-    from fleet.serve.auth import KeyRing
+    from fleet.serve.auth import CONTROLLER, KeyRing
+    from fleet.serve.page import Page, PageAccess
     from fleet.serve.scheduler import Scheduler
     from fleet.serve.server import is_loopback, listen_address, serve
 
@@ -503,7 +507,16 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
         raise InvalidInput("--max-connections must be >= 1")
     if args.max_connections_per_client is not None and args.max_connections_per_client < 1:
         raise InvalidInput("--max-connections-per-client must be >= 1")
-    await serve(api, keys, args.listen, tls, console.notice, args.max_connections, args.max_connections_per_client)
+    access = PageAccess(secure=tls is not None)
+    for profile in args.page_profile or [CONTROLLER.name]:
+        principal = CONTROLLER if profile == CONTROLLER.name else \
+            next((c.principal for c in keys if c.principal.name == profile), None)
+        if principal is None:
+            raise InvalidInput(f"--page-profile {profile}: no profile of that name in --credentials "
+                               f"{args.credentials or '(none given)'}")
+        access.mint(principal)
+    await serve(api, keys, args.listen, tls, console.notice, args.max_connections, args.max_connections_per_client,
+                Page(api, access))
     return 0
 
 

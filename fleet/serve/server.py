@@ -26,6 +26,7 @@ from aiohttp import web
 from fleet.errors import FleetError
 from fleet.serve.api import Api, ApiError
 from fleet.serve.auth import AuthError, KeyRing, verify
+from fleet.serve.page import Page
 
 log = logging.getLogger(__name__)
 
@@ -303,15 +304,17 @@ class _Connection(asyncio.Protocol):
 
 
 async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None, notice,
-                connections: int | None = None, per_client: int | None = None) -> None:
+                connections: int | None = None, per_client: int | None = None, page: Page | None = None) -> None:
     """Serve until SIGTERM or SIGINT; the scheduler runs alongside. Running jobs go on.
     At most `connections` open connections (default: max_connections()), `per_client` of
     them from one client (default: max_connections_per_client()); more are answered 503 and
-    closed."""
+    closed. With `page`, the page too (page.py), its login URLs printed."""
     host, port = listen_address(listen)
     cap = connections or max_connections()
     app = web.Application(client_max_size=BODY_LIMIT)
     app.router.add_post("/", Server(api, keys).handle)
+    if page is not None:
+        page.add_routes(app)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS)
     await runner.setup()
     handlers = runner.server
@@ -326,6 +329,8 @@ async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None
     scheme = "https" if tls else "http"
     notice(f"serving the SageMaker API on {scheme}://{listen} (AWS_ENDPOINT_URL_SAGEMAKER and "
            f"AWS_ENDPOINT_URL_CLOUDWATCH_LOGS); jobs run on {len(api.scheduler.inventory.hosts)} host(s)")
+    for profile, url in page.login_urls(f"{scheme}://{listen}") if page is not None else ():
+        notice(f"the jobs page for {profile}: {url}")
     try:
         async with asyncio.TaskGroup() as tasks:
             scheduling = tasks.create_task(api.scheduler.run(), name="scheduler")

@@ -1,0 +1,69 @@
+// fleet serve's page: refreshes the jobs list, follows a job's logs and state (Server-Sent
+// Events). Data from the server is only ever set as text (textContent, text nodes), never as
+// markup: log lines are the container's to choose.
+'use strict';
+
+const MAX_LINES = 5000; // lines kept on the page per host; older ones are dropped from view
+
+function refreshList() {
+  // Re-read the list every 3 s, unless the filter is being typed in; the new table comes from
+  // the server's escaped HTML, parsed inertly (DOMParser runs no script) and swapped whole.
+  setInterval(async () => {
+    const active = document.activeElement;
+    if (active && active.closest && active.closest('#filter')) return;
+    const answer = await fetch(location.href, {credentials: 'same-origin'});
+    if (!answer.ok) return;
+    const parsed = new DOMParser().parseFromString(await answer.text(), 'text/html');
+    const table = parsed.getElementById('jobs');
+    if (table) document.getElementById('jobs').replaceWith(document.adoptNode(table));
+  }, 3000);
+}
+
+function appendLines(pre, lines) {
+  const atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 8;
+  for (const line of lines) {
+    const div = document.createElement('div');
+    div.className = 'line';
+    div.textContent = line;
+    pre.appendChild(div);
+  }
+  while (pre.childElementCount > MAX_LINES) pre.firstElementChild.remove();
+  if (atBottom) window.scrollTo(0, document.body.scrollHeight);
+}
+
+function showState(state) {
+  const status = document.getElementById('status');
+  status.textContent = state.status;
+  status.className = 'status ' + state.status;
+  document.getElementById('failure').textContent = state.failure;
+  document.getElementById('exit-message').textContent = state.exitMessage;
+  document.getElementById('ended').textContent = state.ended;
+  for (const [host, code] of Object.entries(state.exitCodes)) {
+    const row = document.querySelector('#hosts tr[data-host="' + CSS.escape(host) + '"] .exit');
+    if (row) row.textContent = code === null || code === undefined ? '' : String(code);
+  }
+  if (['Completed', 'Failed', 'Stopped'].includes(state.status)) {
+    const stop = document.getElementById('stop');
+    if (stop) stop.remove();
+  }
+}
+
+function followJob(url) {
+  const events = new EventSource(url);
+  events.addEventListener('lines', (event) => {
+    const data = JSON.parse(event.data);
+    const pre = document.getElementById('log-' + data.host);
+    if (pre) appendLines(pre, data.lines);
+  });
+  events.addEventListener('state', (event) => showState(JSON.parse(event.data)));
+  events.addEventListener('end', () => {
+    events.close();
+    document.body.dataset.ended = '1';
+  });
+}
+
+document.addEventListener('DOMContentLoaded', () => {
+  const view = document.body.dataset.view;
+  if (view === 'list' && document.body.dataset.refresh) refreshList();
+  if (view === 'job') followJob(document.body.dataset.events);
+});

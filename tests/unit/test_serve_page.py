@@ -1,0 +1,168 @@
+"""The jobs page of `fleet serve` (issue 21, point 6) through aiohttp's test client on a real
+store, without a browser: no page without the login, the cookie's flags, Stop refused without
+the CSRF token or from another origin, each profile seeing only its own jobs, and container
+text shown as text (tests/integration/test_serve_page.py drives the same page in Chromium)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from fleet.inventory import parse_inventory
+from fleet.runtime.store import JobStore, RunOptions
+from fleet.serve.api import Api
+from fleet.serve.auth import CONTROLLER, Principal
+from fleet.serve.page import COOKIE, Page, PageAccess
+from fleet.serve.scheduler import Scheduler
+
+ALICE, BOB = Principal("alice"), Principal("bob")
+HOSTILE = b"<script>window.pwned=1</script> \x1b]52;c;Zm9v\x07\x1b[2J\x9b31m done\r\n"
+
+
+def _request(name: str, **fields) -> dict:
+    return {"ProcessingJobName": name, "RoleArn": "arn:aws:iam::000000000000:role/x",
+            "ProcessingResources": {"ClusterConfig": {"InstanceCount": 1, "InstanceType": "ml.m5.xlarge",
+                                                      "VolumeSizeInGB": 1}},
+            "AppSpecification": {"ImageUri": "zq:1"}, **fields}
+
+
+@pytest.fixture
+async def page(tmp_path: Path):
+    """A served page with alice's job (a hostile log and failure), bob's, and a login token
+    for each of alice, bob and the operator."""
+    inventory = parse_inventory({"hosts": [{"address": "h1"}]}, "hosts.yaml")
+    store = JobStore(tmp_path / "home")
+    api = Api(store, Scheduler(store, inventory, RunOptions()), "us-east-1", "000000000000")
+    await api.create(_request("zq-alice", Environment={"API_TOKEN": "s3cr3t-value"}), ALICE)
+    await api.create(_request("zq-bob"), BOB)
+    record = store.record("zq-alice")
+    record.update(Hosts={"algo-1": {"Name": "h1"}}, FailureReason="AlgorithmError: <img src=x onerror=alert(1)>")
+    store.log_path("zq-alice", "algo-1").write_bytes(b"first line\n" + HOSTILE)
+    access = PageAccess()
+    tokens = {who.name: access.mint(who) for who in (ALICE, BOB, CONTROLLER)}
+    app = web.Application()
+    Page(api, access).add_routes(app)
+    client = TestClient(TestServer(app))
+    await client.start_server()
+    try:
+        yield client, tokens, api
+    finally:
+        await client.close()
+
+
+async def _login(client: TestClient, token: str) -> None:
+    answer = await client.get("/login", params={"token": token}, allow_redirects=False)
+    assert answer.status == 303, await answer.text()
+
+
+async def _csrf(client: TestClient, job: str) -> str:
+    text = await (await client.get(f"/jobs/{job}")).text()
+    return re.search(r'name="csrf" value="([^"]+)"', text)[1]
+
+
+async def test_no_page_without_the_login_token(page):
+    client, _, _ = page
+    for path in ("/", "/jobs/zq-alice", "/jobs/zq-alice/events"):
+        answer = await client.get(path)
+        assert answer.status == 401, path
+        assert "login URL" in await answer.text()
+        assert "frame-ancestors 'none'" in answer.headers["Content-Security-Policy"]
+        assert answer.headers["X-Content-Type-Options"] == "nosniff"
+    assert (await client.post("/jobs/zq-alice/stop", data={"csrf": "x"})).status == 401
+    answer = await client.get("/login", params={"token": "not-the-token"}, allow_redirects=False)
+    assert answer.status == 401 and COOKIE not in answer.cookies
+    client.session.cookie_jar.update_cookies({COOKIE: "made-up-session"})
+    assert (await client.get("/")).status == 401
+
+
+async def test_login_sets_an_httponly_samesite_strict_cookie_secure_under_tls(page):
+    client, tokens, _ = page
+    answer = await client.get("/login", params={"token": tokens["alice"]}, allow_redirects=False)
+    assert answer.status == 303 and answer.headers["Location"] == "/"
+    assert answer.headers["Referrer-Policy"] == "no-referrer"
+    cookie = answer.headers["Set-Cookie"]
+    assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
+    assert "Secure" not in cookie  # plain HTTP on loopback: a Secure cookie would never come back
+    assert (await client.get("/")).status == 200
+    access = PageAccess(secure=True)
+    app = web.Application()
+    Page(page[2], access).add_routes(app)
+    async with TestClient(TestServer(app)) as tls_client:
+        answer = await tls_client.get("/login", params={"token": access.mint(ALICE)}, allow_redirects=False)
+        assert "Secure" in answer.headers["Set-Cookie"]
+
+
+async def test_each_profile_sees_only_its_own_jobs_and_the_operator_all(page):
+    client, tokens, _ = page
+    await _login(client, tokens["alice"])
+    listed = await (await client.get("/")).text()
+    assert 'data-job="zq-alice"' in listed and "zq-bob" not in listed
+    assert (await client.get("/jobs/zq-bob")).status == 404
+    assert (await client.get("/jobs/zq-bob/events")).status == 404
+    csrf = await _csrf(client, "zq-alice")
+    origin = {"Origin": str(client.make_url("")).rstrip("/")}
+    answer = await client.post("/jobs/zq-bob/stop", data={"csrf": csrf}, headers=origin, allow_redirects=False)
+    assert answer.status == 404
+    client.session.cookie_jar.clear()
+    await _login(client, tokens["fleet-controller"])
+    listed = await (await client.get("/")).text()
+    assert 'data-job="zq-alice"' in listed and 'data-job="zq-bob"' in listed
+    filtered = await (await client.get("/", params={"name": "bob"})).text()
+    assert 'data-job="zq-bob"' in filtered and "zq-alice" not in filtered
+
+
+async def test_stop_needs_the_sessions_csrf_token_and_this_origin(page):
+    client, tokens, api = page
+    await _login(client, tokens["alice"])
+    csrf = await _csrf(client, "zq-alice")
+    origin = {"Origin": str(client.make_url("")).rstrip("/")}
+    stop = "/jobs/zq-alice/stop"
+    assert (await client.post(stop, data={}, headers=origin)).status == 403
+    assert (await client.post(stop, data={"csrf": csrf[:-1] + ("B" if csrf[-1] == "A" else "A")}, headers=origin)).status == 403
+    assert (await client.post(stop, data={"csrf": csrf}, headers={"Origin": "http://evil.example"})).status == 403
+    assert (await client.post(stop, data={"csrf": csrf})).status == 403  # no Origin
+    assert api.store.load("zq-alice")["ProcessingJobStatus"] == "InProgress"
+    answer = await client.post(stop, data={"csrf": csrf}, headers=origin, allow_redirects=False)
+    assert answer.status == 303 and answer.headers["Location"] == "/jobs/zq-alice"
+    assert api.store.load("zq-alice")["ProcessingJobStatus"] == "Stopped"  # it waited for hosts: stopped at once
+    described = await (await client.get("/jobs/zq-alice")).text()
+    assert '<dd id="status" class="status">Stopped</dd>' in described and 'id="stop"' not in described
+    client.session.cookie_jar.clear()
+    await _login(client, tokens["bob"])
+    assert (await client.post("/jobs/zq-bob/stop", data={"csrf": csrf}, headers=origin)).status == 403
+
+
+async def test_container_text_is_shown_as_text_and_environment_values_never(page):
+    client, tokens, api = page
+    await _login(client, tokens["alice"])
+    listed = await (await client.get("/")).text()
+    assert "&lt;img src=x onerror=alert(1)&gt;" in listed and "<img" not in listed
+    described = await (await client.get("/jobs/zq-alice")).text()
+    assert "API_TOKEN" in described and "s3cr3t-value" not in described and "(redacted)" in described
+    assert "<img" not in described and "<script>window" not in described
+    api.store.record("zq-alice").update(ProcessingJobStatus="Stopped")  # the stream drains the log, then ends
+    answer = await client.get("/jobs/zq-alice/events")
+    assert answer.headers["Content-Type"].startswith("text/event-stream")
+    stream = await answer.text()
+    assert "<" not in stream and "\x1b" not in stream and "\x9b" not in stream
+    events = [json.loads(line[6:]) for line in stream.splitlines() if line.startswith("data: ")]
+    lines = [line for event in events if "lines" in event for line in event["lines"]]
+    assert lines == ["first line", "<script>window.pwned=1</script> \\x1b]52;c;Zm9v\\x07\\x1b[2J\\x9b31m done"]
+    assert any(event.get("status") == "Stopped" for event in events)
+    assert "event: end" in stream
+
+
+async def test_the_event_stream_resumes_at_the_last_event_id(page):
+    client, tokens, api = page
+    await _login(client, tokens["alice"])
+    api.store.record("zq-alice").update(ProcessingJobStatus="Completed")
+    stream = await (await client.get("/jobs/zq-alice/events", headers={"Last-Event-ID": "algo-1:11"})).text()
+    assert "first line" not in stream and "window.pwned" in stream
+    # a malformed id starts over
+    stream = await (await client.get("/jobs/zq-alice/events", headers={"Last-Event-ID": "algo-1:x"})).text()
+    assert "first line" in stream
