@@ -68,7 +68,7 @@ HEADERS = {
                                "img-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
-    "Referrer-Policy": "no-referrer",
+    "Referrer-Policy": "same-origin",  # no-referrer would make a form POST's Origin "null"
     "Cache-Control": "no-store",
 }
 _STREAM_ID = re.compile(r"(algo-\d{1,4}:\d{1,18},?){0,128}")

@@ -84,7 +84,7 @@ async def test_login_sets_an_httponly_samesite_strict_cookie_secure_under_tls(pa
     client, tokens, _ = page
     answer = await client.get("/login", params={"token": tokens["alice"]}, allow_redirects=False)
     assert answer.status == 303 and answer.headers["Location"] == "/"
-    assert answer.headers["Referrer-Policy"] == "no-referrer"
+    assert answer.headers["Referrer-Policy"] == "same-origin"
     cookie = answer.headers["Set-Cookie"]
     assert "HttpOnly" in cookie and "SameSite=Strict" in cookie and "Path=/" in cookie
     assert "Secure" not in cookie  # plain HTTP on loopback: a Secure cookie would never come back

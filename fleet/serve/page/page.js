@@ -20,7 +20,8 @@ function refreshList() {
 }
 
 function appendLines(pre, lines) {
-  const atBottom = window.innerHeight + window.scrollY >= document.body.scrollHeight - 8;
+  // Follow the tail while the reader is at it; leave the view alone once they scroll up.
+  const atBottom = pre.scrollTop + pre.clientHeight >= pre.scrollHeight - 8;
   for (const line of lines) {
     const div = document.createElement('div');
     div.className = 'line';
@@ -28,7 +29,7 @@ function appendLines(pre, lines) {
     pre.appendChild(div);
   }
   while (pre.childElementCount > MAX_LINES) pre.firstElementChild.remove();
-  if (atBottom) window.scrollTo(0, document.body.scrollHeight);
+  if (atBottom) pre.scrollTop = pre.scrollHeight;
 }
 
 function showState(state) {
