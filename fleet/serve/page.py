@@ -44,7 +44,8 @@ from aiohttp import web
 
 from fleet.contract.describe import ECHOED, TERMINAL
 from fleet.runtime.console import HostLines, visible
-from fleet.serve.api import Api, ApiError
+from fleet.runtime.store import RecordCache
+from fleet.serve.api import SUMMARY_FIELDS, Api, ApiError
 from fleet.serve.auth import Principal
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,8 @@ HEADERS = {
     "Referrer-Policy": "same-origin",  # no-referrer would make a form POST's Origin "null"
     "Cache-Control": "no-store",
 }
-_STREAM_ID = re.compile(r"(algo-\d{1,4}:\d{1,18},?){0,128}")
+_STREAM_POSITION = r"algo-\d{1,4}:\d{1,18}"
+_STREAM_ID = re.compile(f"({_STREAM_POSITION}(,{_STREAM_POSITION}){{0,127}})?")
 
 
 @dataclass
@@ -237,6 +239,9 @@ class Page:
         self.api = api
         self.access = access
         self.streams = 0
+        # A list row's fields beyond a ProcessingJobSummary's (the start, the hosts): read again
+        # only when a record changed, as the API's own list does.
+        self.rows = RecordCache(api.store, (*SUMMARY_FIELDS, "ProcessingStartTime"))
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._signed_in(self.jobs))
@@ -294,7 +299,7 @@ class Page:
         rows = []
         for summary in listed["ProcessingJobSummaries"]:
             job = summary["ProcessingJobName"]
-            record = self.api.summaries.load(job) or {}
+            record = self.rows.load(job) or {}
             start = _epoch(record.get("ProcessingStartTime")) or summary.get("CreationTime")
             end = summary.get("ProcessingEndTime")
             rows.append(

@@ -5,8 +5,16 @@ text shown as text (tests/integration/test_serve_page.py drives the same page in
 
 from __future__ import annotations
 
+import http.cookiejar
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -20,6 +28,7 @@ from fleet.serve.auth import CONTROLLER, Principal
 from fleet.serve.page import COOKIE, Page, PageAccess
 from fleet.serve.scheduler import Scheduler
 
+ROOT = Path(__file__).resolve().parents[2]
 ALICE, BOB = Principal("alice"), Principal("bob")
 HOSTILE = b"<script>window.pwned=1</script> \x1b]52;c;Zm9v\x07\x1b[2J\x9b31m done\r\n"
 
@@ -123,7 +132,8 @@ async def test_stop_needs_the_sessions_csrf_token_and_this_origin(page):
     origin = {"Origin": str(client.make_url("")).rstrip("/")}
     stop = "/jobs/zq-alice/stop"
     assert (await client.post(stop, data={}, headers=origin)).status == 403
-    assert (await client.post(stop, data={"csrf": csrf[:-1] + ("B" if csrf[-1] == "A" else "A")}, headers=origin)).status == 403
+    wrong = csrf[:-1] + ("B" if csrf[-1] == "A" else "A")
+    assert (await client.post(stop, data={"csrf": wrong}, headers=origin)).status == 403
     assert (await client.post(stop, data={"csrf": csrf}, headers={"Origin": "http://evil.example"})).status == 403
     assert (await client.post(stop, data={"csrf": csrf})).status == 403  # no Origin
     assert api.store.load("zq-alice")["ProcessingJobStatus"] == "InProgress"
@@ -163,6 +173,53 @@ async def test_the_event_stream_resumes_at_the_last_event_id(page):
     api.store.record("zq-alice").update(ProcessingJobStatus="Completed")
     stream = await (await client.get("/jobs/zq-alice/events", headers={"Last-Event-ID": "algo-1:11"})).text()
     assert "first line" not in stream and "window.pwned" in stream
-    # a malformed id starts over
-    stream = await (await client.get("/jobs/zq-alice/events", headers={"Last-Event-ID": "algo-1:x"})).text()
-    assert "first line" in stream
+    for malformed in ("algo-1:x", "algo-1:1algo-2:2", "algo-1:1,"):  # starts over
+        answer = await client.get("/jobs/zq-alice/events", headers={"Last-Event-ID": malformed})
+        assert answer.status == 200 and "first line" in await answer.text()
+
+
+def test_serve_prints_a_login_url_per_page_profile_acting_for_it(tmp_path):
+    """A real `fleet serve` on loopback: --page-profile alice prints alice's login URL, whose
+    session sees alice's jobs only; an unknown profile is refused, naming it."""
+    inventory = tmp_path / "hosts.yaml"
+    inventory.write_text(json.dumps({"hosts": [{"address": "localhost", "name": "h1", "transport": "local"}]}))
+    credentials = tmp_path / "credentials"
+    credentials.write_text("[alice]\naws_access_key_id = AKIDFLEETPAGEALICE01\naws_secret_access_key = a-secret\n")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
+    env.update(FLEET_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT), AWS_CONFIG_FILE="/dev/null",
+               AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true", AWS_REGION="us-east-1")
+    command = [sys.executable, "-m", "fleet", "serve", "--inventory", str(inventory), "--credentials",
+               str(credentials)]
+    refused = subprocess.run([*command, "--page-profile", "nobody"], env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode != 0 and "--page-profile nobody: no profile of that name" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([*command, "--page-profile", "alice", "--listen", f"127.0.0.1:{port}"], env=env,
+                                   stdout=out, stderr=out)
+    try:
+        for _ in range(300):
+            found = re.search(r"the jobs page for (\S+): (\S+)", log.read_text())
+            if found:
+                break
+            assert process.poll() is None, log.read_text()
+            time.sleep(0.1)
+        assert found and found[1] == "alice", log.read_text()
+        assert "fleet-controller" not in log.read_text()
+        url = found[2]
+        assert url.startswith(f"http://127.0.0.1:{port}/login?token=")
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        for _ in range(100):
+            try:
+                page = opener.open(url, timeout=10).read().decode()
+                break
+            except urllib.error.URLError:
+                time.sleep(0.1)
+        assert "Signed in as alice" in page
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

@@ -32,6 +32,40 @@ function appendLines(pre, lines) {
   if (atBottom) pre.scrollTop = pre.scrollHeight;
 }
 
+// A job that waited for hosts has none on its page yet: its hosts' rows and logs are made as
+// they appear (names set as text).
+function hostLog(host) {
+  let pre = document.getElementById('log-' + host);
+  if (!pre) {
+    const section = document.createElement('section');
+    section.className = 'log';
+    const title = document.createElement('h3');
+    title.textContent = host;
+    pre = document.createElement('pre');
+    pre.id = 'log-' + host;
+    pre.dataset.host = host;
+    section.append(title, pre);
+    document.getElementById('logs').appendChild(section);
+  }
+  return pre;
+}
+
+function hostExit(host) {
+  let row = document.querySelector('#hosts tr[data-host="' + CSS.escape(host) + '"]');
+  if (!row) {
+    row = document.createElement('tr');
+    row.dataset.host = host;
+    for (const name of ['name', 'machine', 'exit']) {
+      const cell = document.createElement('td');
+      cell.className = name;
+      row.appendChild(cell);
+    }
+    row.firstChild.textContent = host;
+    document.querySelector('#hosts tbody').appendChild(row);
+  }
+  return row.querySelector('.exit');
+}
+
 function showState(state) {
   const status = document.getElementById('status');
   status.textContent = state.status;
@@ -40,8 +74,8 @@ function showState(state) {
   document.getElementById('exit-message').textContent = state.exitMessage;
   document.getElementById('ended').textContent = state.ended;
   for (const [host, code] of Object.entries(state.exitCodes)) {
-    const row = document.querySelector('#hosts tr[data-host="' + CSS.escape(host) + '"] .exit');
-    if (row) row.textContent = code === null || code === undefined ? '' : String(code);
+    hostExit(host).textContent = code === null || code === undefined ? '' : String(code);
+    hostLog(host);
   }
   if (['Completed', 'Failed', 'Stopped'].includes(state.status)) {
     const stop = document.getElementById('stop');
@@ -53,8 +87,7 @@ function followJob(url) {
   const events = new EventSource(url);
   events.addEventListener('lines', (event) => {
     const data = JSON.parse(event.data);
-    const pre = document.getElementById('log-' + data.host);
-    if (pre) appendLines(pre, data.lines);
+    appendLines(hostLog(data.host), data.lines);
   });
   events.addEventListener('state', (event) => showState(JSON.parse(event.data)));
   events.addEventListener('end', () => {
