@@ -239,6 +239,7 @@ class Page:
         self.api = api
         self.access = access
         self.streams = 0
+        self.closing = False  # serve is stopping: the event streams end (else shutdown waits for them)
         # A list row's fields beyond a ProcessingJobSummary's (the start, the hosts): read again
         # only when a record changed, as the API's own list does.
         self.rows = RecordCache(api.store, (*SUMMARY_FIELDS, "ProcessingStartTime"))
@@ -250,6 +251,10 @@ class Page:
         app.router.add_get("/jobs/{name}/events", self._signed_in(self.events))
         app.router.add_post("/jobs/{name}/stop", self._signed_in(self.stop))
         app.router.add_get("/static/{file}", self.static)
+        app.on_shutdown.append(self._close)
+
+    async def _close(self, app: web.Application) -> None:
+        self.closing = True
 
     def login_urls(self, base: str) -> list[tuple[str, str]]:
         """(profile, login URL) for each token minted."""
@@ -407,7 +412,7 @@ class Page:
             await response.write(b"retry: 1000\n\n")
             state = None
             deadline = time.monotonic() + STREAM_SECONDS
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not self.closing:
                 ended = record.get("ProcessingJobStatus") in TERMINAL  # read before the logs: then they are whole
                 for algo in record.get("Hosts") or {}:
                     tail = tails.get(algo) or tails.setdefault(

@@ -178,48 +178,87 @@ async def test_the_event_stream_resumes_at_the_last_event_id(page):
         assert answer.status == 200 and "first line" in await answer.text()
 
 
-def test_serve_prints_a_login_url_per_page_profile_acting_for_it(tmp_path):
-    """A real `fleet serve` on loopback: --page-profile alice prints alice's login URL, whose
-    session sees alice's jobs only; an unknown profile is refused, naming it."""
+def _serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, list[str], dict[str, str], list[str]]:
+    """A real `fleet serve` on loopback (one local host; the operator's key from the
+    environment, alice's from --credentials): (the process, its command, its environment, the
+    (profile, URL) pairs it printed)."""
     inventory = tmp_path / "hosts.yaml"
     inventory.write_text(json.dumps({"hosts": [{"address": "localhost", "name": "h1", "transport": "local"}]}))
     credentials = tmp_path / "credentials"
     credentials.write_text("[alice]\naws_access_key_id = AKIDFLEETPAGEALICE01\naws_secret_access_key = a-secret\n")
     env = {key: value for key, value in os.environ.items() if not key.startswith("AWS_")}
     env.update(FLEET_HOME=str(tmp_path / "home"), PYTHONPATH=str(ROOT), AWS_CONFIG_FILE="/dev/null",
-               AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true", AWS_REGION="us-east-1")
+               AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true", AWS_REGION="us-east-1",
+               AWS_ACCESS_KEY_ID="AKIDFLEETPAGEOPERATOR", AWS_SECRET_ACCESS_KEY="operator-secret")
     command = [sys.executable, "-m", "fleet", "serve", "--inventory", str(inventory), "--credentials",
-               str(credentials)]
+               str(credentials), *args]
+    if "--listen" not in args:
+        return subprocess.Popen(["true"]), command, env, []
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, env=env, stdout=out, stderr=out)
+    for _ in range(300):
+        if "the jobs page for" in log.read_text() and log.read_text().endswith("\n"):
+            break
+        assert process.poll() is None, log.read_text()
+        time.sleep(0.1)
+    time.sleep(0.2)
+    return process, command, env, re.findall(r"the jobs page for (\S+): (\S+)", log.read_text())
+
+
+def _listen() -> list[str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return ["--listen", f"127.0.0.1:{s.getsockname()[1]}"]
+
+
+def _signed_in(url: str) -> urllib.request.OpenerDirector:
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+    for _ in range(100):
+        try:
+            opener.open(url, timeout=10).read()
+            return opener
+        except urllib.error.URLError:
+            time.sleep(0.1)
+    raise AssertionError(f"{url} did not answer")
+
+
+def test_serve_prints_a_login_url_per_page_profile_acting_for_it(tmp_path):
+    """--page-profile alice prints alice's login URL (and not the operator's), whose session
+    sees what alice sees; an unknown profile is refused, naming it."""
+    _, command, env, _ = _serve(tmp_path)
     refused = subprocess.run([*command, "--page-profile", "nobody"], env=env, capture_output=True, text=True,
                              timeout=60)
     assert refused.returncode != 0 and "--page-profile nobody: no profile of that name" in refused.stderr
     assert "Traceback" not in refused.stderr
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = tmp_path / "serve.log"
-    with open(log, "wb") as out:
-        process = subprocess.Popen([*command, "--page-profile", "alice", "--listen", f"127.0.0.1:{port}"], env=env,
-                                   stdout=out, stderr=out)
+    listen = _listen()
+    process, _, _, urls = _serve(tmp_path, "--page-profile", "alice", *listen)
     try:
-        for _ in range(300):
-            found = re.search(r"the jobs page for (\S+): (\S+)", log.read_text())
-            if found:
-                break
-            assert process.poll() is None, log.read_text()
-            time.sleep(0.1)
-        assert found and found[1] == "alice", log.read_text()
-        assert "fleet-controller" not in log.read_text()
-        url = found[2]
-        assert url.startswith(f"http://127.0.0.1:{port}/login?token=")
-        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
-        for _ in range(100):
-            try:
-                page = opener.open(url, timeout=10).read().decode()
-                break
-            except urllib.error.URLError:
-                time.sleep(0.1)
+        assert [profile for profile, _ in urls] == ["alice"]
+        assert urls[0][1].startswith(f"http://{listen[1]}/login?token=")
+        page = _signed_in(urls[0][1]).open(f"http://{listen[1]}/", timeout=10).read().decode()
         assert "Signed in as alice" in page
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def test_serve_stops_at_once_while_a_page_follows_a_log(tmp_path):
+    """An open event stream ends when serve is told to stop (aiohttp would wait for it)."""
+    store = JobStore(tmp_path / "home")
+    store.create({"ProcessingJobName": "zq-open", "ProcessingJobStatus": "InProgress",
+                  "CreationTime": "2026-01-01T00:00:00+00:00", "Hosts": {"algo-1": {"Name": "h1"}}})
+    store.log_path("zq-open", "algo-1").write_bytes(b"a line\n")
+    listen = _listen()
+    process, _, _, urls = _serve(tmp_path, *listen)
+    try:
+        assert [profile for profile, _ in urls] == ["fleet-controller"]
+        stream = _signed_in(urls[0][1]).open(f"http://{listen[1]}/jobs/zq-open/events", timeout=30)
+        assert b"a line" in b"".join(stream.readline() for _ in range(8))
+        process.terminate()
+        process.wait(timeout=10)  # its stream's longest life is 300 s
+        assert not stream.read().strip()  # the stream ended
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
