@@ -243,21 +243,28 @@ def test_serve_prints_a_login_url_per_page_profile_acting_for_it(tmp_path):
         process.wait(timeout=30)
 
 
-def test_serve_stops_at_once_while_a_page_follows_a_log(tmp_path):
-    """An open event stream ends when serve is told to stop (aiohttp would wait for it)."""
+def test_event_streams_count_against_the_connection_caps_and_end_when_serve_stops(tmp_path):
+    """Each open event stream holds a connection of its client's share (a third connection
+    past --max-connections-per-client 2 is answered 503), and ends when serve is told to stop
+    (aiohttp would wait for it)."""
     store = JobStore(tmp_path / "home")
     store.create({"ProcessingJobName": "zq-open", "ProcessingJobStatus": "InProgress",
                   "CreationTime": "2026-01-01T00:00:00+00:00", "Hosts": {"algo-1": {"Name": "h1"}}})
     store.log_path("zq-open", "algo-1").write_bytes(b"a line\n")
     listen = _listen()
-    process, _, _, urls = _serve(tmp_path, *listen)
+    process, _, _, urls = _serve(tmp_path, *listen, "--max-connections-per-client", "2")
     try:
         assert [profile for profile, _ in urls] == ["fleet-controller"]
-        stream = _signed_in(urls[0][1]).open(f"http://{listen[1]}/jobs/zq-open/events", timeout=30)
-        assert b"a line" in b"".join(stream.readline() for _ in range(8))
+        opener = _signed_in(urls[0][1])
+        streams = [opener.open(f"http://{listen[1]}/jobs/zq-open/events", timeout=30) for _ in range(2)]
+        for stream in streams:
+            assert b"a line" in b"".join(stream.readline() for _ in range(8))
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            opener.open(f"http://{listen[1]}/", timeout=10)
+        assert refused.value.code == 503
         process.terminate()
         process.wait(timeout=10)  # its stream's longest life is 300 s
-        assert not stream.read().strip()  # the stream ended
+        assert all(not stream.read().strip() for stream in streams)  # they ended
     finally:
         if process.poll() is None:
             process.kill()
