@@ -5,6 +5,7 @@ text shown as text (tests/integration/test_serve_page.py drives the same page in
 
 from __future__ import annotations
 
+import html
 import http.cookiejar
 import json
 import os
@@ -123,6 +124,23 @@ async def test_each_profile_sees_only_its_own_jobs_and_the_operator_all(page):
     assert 'data-job="zq-alice"' in listed and 'data-job="zq-bob"' in listed
     filtered = await (await client.get("/", params={"name": "bob"})).text()
     assert 'data-job="zq-bob"' in filtered and "zq-alice" not in filtered
+
+
+async def test_the_list_is_newest_first_paged_and_filtered_by_status(page):
+    client, tokens, api = page
+    for i in range(30):
+        await api.create(_request(f"zq-many-{i:02d}"), ALICE)
+    api.store.record("zq-many-07").update(ProcessingJobStatus="Failed", FailureReason="AlgorithmError: boom")
+    await _login(client, tokens["alice"])
+    first = await (await client.get("/")).text()
+    names = re.findall(r'<tr data-job="([^"]+)"', first)
+    assert names == [f"zq-many-{i:02d}" for i in range(29, 4, -1)]  # 25, newest first
+    older = html.unescape(re.search(r'<a id="older" href="([^"]+)"', first)[1])
+    rest = re.findall(r'<tr data-job="([^"]+)"', await (await client.get(older)).text())
+    assert rest == ["zq-many-04", "zq-many-03", "zq-many-02", "zq-many-01", "zq-many-00", "zq-alice"]
+    failed = await (await client.get("/", params={"status": "Failed"})).text()
+    assert re.findall(r'<tr data-job="([^"]+)"', failed) == ["zq-many-07"] and "AlgorithmError: boom" in failed
+    assert (await client.get("/", params={"next": "not-a-token"})).status == 400
 
 
 async def test_stop_needs_the_sessions_csrf_token_and_this_origin(page):
