@@ -180,6 +180,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--metrics-token-file", type=Path, metavar="FILE",
                        help="GET /metrics (Prometheus) then needs `Authorization: Bearer TOKEN`, TOKEN the "
                             "file's line (0600). Without it /metrics is open on a loopback --listen, off otherwise")
+    serve.add_argument("--page-profile", action="append", metavar="NAME",
+                       help="print a login URL of the jobs page (at /) acting for this profile of --credentials "
+                            "(repeatable; default: fleet-controller, the operator, who sees every job)")
     worker = verbs.add_parser("serve-worker", help=argparse.SUPPRESS)  # the fleet process of one served job
     worker.add_argument("name")
     logs = verbs.add_parser("logs", help="the job's stored logs")
@@ -477,8 +480,9 @@ def _logs(args: argparse.Namespace, console: Console) -> int:
 
 async def _serve(args: argparse.Namespace, console: Console) -> int:
     from fleet.serve.api import Api
-    from fleet.serve.auth import KeyRing
+    from fleet.serve.auth import CONTROLLER, KeyRing
     from fleet.serve.metrics import read_token
+    from fleet.serve.page import Page, PageAccess
     from fleet.serve.scheduler import Scheduler
     from fleet.serve.sdkconfig import MERGE_HINT, check_bucket, default_bucket_name, exports, write_sdk_config
     from fleet.serve.server import is_loopback, listen_address, serve
@@ -538,8 +542,16 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
                        f"telemetry off\n"
                        f"if you have an SDK config file already: {MERGE_HINT}")
 
+    access = PageAccess(secure=tls is not None)
+    for profile in args.page_profile or [CONTROLLER.name]:
+        principal = CONTROLLER if profile == CONTROLLER.name else \
+            next((c.principal for c in keys if c.principal.name == profile), None)
+        if principal is None:
+            raise InvalidInput(f"--page-profile {profile}: no profile of that name in --credentials "
+                               f"{args.credentials or '(none given)'}")
+        access.mint(principal)
     await serve(api, keys, args.listen, tls, console.notice, args.max_connections, args.max_connections_per_client,
-                metrics_token, on_listening=listening)
+                metrics_token, on_listening=listening, page=Page(api, access))
     return 0
 
 

@@ -309,7 +309,7 @@ class RecordCache:
 
     def load(self, name: str) -> dict[str, Any] | None:
         """The record of `name`, or None when it has none (or it cannot be read)."""
-        path = self.store.job_dir(name) / "describe.json"
+        path = os.path.join(self.store.jobs, name, "describe.json")  # not pathlib: it was half a 10,000-job list
         try:
             stat = os.stat(path)
         except OSError:
@@ -320,7 +320,8 @@ class RecordCache:
         if known is not None and known[0] == stamp and known[1]:
             return known[2]
         try:
-            record = json.loads(path.read_bytes())
+            with open(path, "rb") as file:
+                record = json.loads(file.read())
         except (OSError, ValueError):
             self._known.pop(name, None)
             return None

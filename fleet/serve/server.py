@@ -28,6 +28,7 @@ from fleet.serve import sts
 from fleet.serve.api import Api, ApiError
 from fleet.serve.auth import AuthError, KeyRing, verify
 from fleet.serve.metrics import OPERATION, Metrics
+from fleet.serve.page import Page
 
 log = logging.getLogger(__name__)
 
@@ -309,13 +310,14 @@ class _Connection(asyncio.Protocol):
 
 async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None, notice,
                 connections: int | None = None, per_client: int | None = None,
-                metrics_token: str | None = None, on_listening: Callable[[str], None] | None = None) -> None:
+                metrics_token: str | None = None, on_listening: Callable[[str], None] | None = None,
+                page: Page | None = None) -> None:
     """Serve until SIGTERM or SIGINT; the scheduler runs alongside. Running jobs go on.
     At most `connections` open connections (default: max_connections()), `per_client` of
     them from one client (default: max_connections_per_client()); more are answered 503 and
     closed. GET /metrics: Prometheus metrics (metrics.py), for `metrics_token`'s bearer, or
     anyone on a loopback `listen` without one. `on_listening` is called with the server's URL
-    once it listens."""
+    once it listens. With `page`, the page too (page.py), its login URLs printed."""
     host, port = listen_address(listen)
     cap = connections or max_connections()
     metrics = Metrics(api.store, api.scheduler.inventory, api.operations, token=metrics_token,
@@ -324,6 +326,8 @@ async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None
     app = web.Application(client_max_size=BODY_LIMIT, middlewares=[metrics.middleware])
     app.router.add_post("/", Server(api, keys).handle)
     app.router.add_get("/metrics", metrics.handle)
+    if page is not None:
+        page.add_routes(app)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=KEEPALIVE_SECONDS)
     await runner.setup()
     handlers = runner.server
@@ -340,6 +344,8 @@ async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None
            f"AWS_ENDPOINT_URL_CLOUDWATCH_LOGS); jobs run on {len(api.scheduler.inventory.hosts)} host(s)")
     if on_listening is not None:
         on_listening(f"{scheme}://{listen}")
+    for profile, url in page.login_urls(f"{scheme}://{listen}") if page is not None else ():
+        notice(f"the jobs page for {profile}: {url}")
     try:
         async with asyncio.TaskGroup() as tasks:
             scheduling = tasks.create_task(api.scheduler.run(), name="scheduler")
