@@ -33,14 +33,13 @@ from fleet import host as scripts
 from fleet.engine.client import Engine, EngineFailed
 from fleet.engine.http import ByteStream
 from fleet.errors import FleetError
-from fleet.inventory import Host
+from fleet.inventory import PRIVILEGE_PROGRAMS, Host
 from fleet.transport.base import STDERR_TAIL, RemoteProcess, Transport, drain
 
 log = logging.getLogger(__name__)
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 PODMAN_SOCKET = "/run/podman/podman.sock"  # rootful Podman's API service (podman.socket)
-PRIVILEGE_PROGRAMS = ("sudo", "doas", "pkexec", "su", "run0")
 LINE_LIMIT = 200  # bytes of the dial script's first line
 
 # What the dial script found at the socket → why the socket was not used.

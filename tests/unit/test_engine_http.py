@@ -20,7 +20,7 @@ from fleet.engine import Conflict, Engine, EngineFailed, EngineRefused, NoSuchOb
 from fleet.engine.client import negotiate
 from fleet.engine.frames import FrameError, LogFrames
 from fleet.errors import MACHINERY_EXIT, ClientError, HostError
-from fleet.inventory import Host
+from fleet.inventory import PRIVILEGE_PROGRAMS, Host
 from fleet.transport.local import LocalTransport
 
 LABEL = "algo-1 (h1)"
@@ -522,3 +522,15 @@ async def test_a_host_whose_image_list_is_past_the_apis_bound_is_asked_through_t
         await server.wait_closed()
     assert said == ("present", CONFIG)
     assert any("/images/json" in request for request in fake.requests)  # the API was asked first
+
+
+@pytest.mark.parametrize("program", PRIVILEGE_PROGRAMS)
+def test_a_docker_command_run_as_another_user_is_one_list_for_the_socket_and_the_environment(program):
+    """`su docker` / `run0 docker`: no socket is tried (it may not be the SSH user's to open)
+    and the environment check (a value only docker's environment carries) refuses it, from
+    the same list, so the two cannot disagree on a program."""
+    from fleet.engine.connect import engine_plan
+    host = Host(address="h1", docker=f"/usr/bin/{program} docker")
+    assert engine_plan(host).socket is None
+    assert host.privilege_program == program
+    assert Host(address="h1", docker="docker").privilege_program is None
