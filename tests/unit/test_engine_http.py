@@ -534,3 +534,36 @@ def test_a_docker_command_run_as_another_user_is_one_list_for_the_socket_and_the
     assert engine_plan(host).socket is None
     assert host.privilege_program == program
     assert Host(address="h1", docker="docker").privilege_program is None
+
+
+@pytest.mark.parametrize("api", ["1", "0"])
+async def test_a_silent_engine_gets_one_message_from_the_api_probe_and_from_the_script(tmp_path, monkeypatch, api):
+    """The image-have probe is cut at one bound, with the statuses table's message, whether
+    the API or the host script asked (they were two copies of the text)."""
+    from fleet.errors import HostError
+    from fleet.image import push
+    monkeypatch.setenv("FLEET_ENGINE_API", api)
+    monkeypatch.setattr(push, "_probe_bound", lambda docker_timeout: 0.5)
+
+    async def handler(method, target, body, writer):
+        await asyncio.sleep(60)  # the engine takes the request and never answers
+    fake = FakeEngine(tmp_path / "engine.sock", handler)
+    server = await asyncio.start_unix_server(fake.serve, path=str(fake.path))
+    docker = tmp_path / "docker"  # the script's docker: as silent
+    docker.write_text("#!/bin/sh\nexec sleep 60\n")
+    docker.chmod(0o755)
+    host = Host(address="localhost", transport="local", docker=str(docker), engine_socket=str(fake.path))
+    try:
+        with pytest.raises(HostError) as caught:
+            await push._image_have(LocalTransport(host, LABEL), [str(docker)], CONFIG, LAYERS, 1)
+    finally:
+        for task in fake.tasks:
+            task.cancel()
+        await asyncio.gather(*fake.tasks, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
+        # The killed script's docker ends at its own bound (docker_timeout), then is reaped
+        # before the loop closes.
+        await asyncio.sleep(1.5 if api == "0" else 0)
+    assert caught.value.message == f"{LABEL}: docker did not answer within 1 s (looking for the image {CONFIG})"
+    assert any("/images/" in request for request in fake.requests) == (api == "1")
