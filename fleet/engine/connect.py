@@ -11,6 +11,16 @@
     scripts (WHY)          neither answered as an engine (an old CLI without dial-stdio, srun):
                            the host scripts do the work, as before
 
+The socket's engine must be the one the host's docker command talks to (its user's login may
+set DOCKER_HOST, a docker context, to another engine; an inventory's engine_socket may name
+another daemon): once per host and run, `engine_identity` asks the docker command (one exec
+channel, fleet/host/engine-id.sh) and compares with the API's /info. Docker: the engine ID.
+Podman: its compat /info makes a new ID up at every call (pkg/api/handlers/compat/info.go:
+uuid.New()), so the storage's graph root (DockerRootDir; `podman info`'s .Store.GraphRoot),
+which tells a rootful Podman from a rootless one and from one with another --root. Where
+they differ, the host uses dial-stdio (the docker command's engine by construction), and
+`fleet check` says why. Measured on the bed: see scripts/bench-fanout (host CPU).
+
 OpenSSH answers "open failed" (SSH2_OPEN_CONNECT_FAILED) whether forwarding is disabled, the
 socket is missing, or connect() was denied: the dial script's first line says what is at
 the path (engine-dial.sh), which tells them apart.
@@ -26,6 +36,7 @@ import asyncio
 import logging
 import os
 import posixpath
+import re
 import weakref
 from dataclasses import dataclass
 
@@ -147,6 +158,43 @@ async def _dial(transport: Transport, host: Host, socket: str, docker_timeout: i
     return stream, line.removeprefix("fleet:socket ").strip()
 
 
+_IDENTITY = re.compile(r"id=(\S*) root=(.*)")
+
+
+def _identity(engine_id: str, root: str, podman: bool) -> tuple[str, str]:
+    """What tells two engines apart (see the module's docstring), and its words."""
+    if podman or not engine_id:
+        return root, f"storage {root}"
+    return engine_id, f"ID {engine_id}"
+
+
+async def _another_engine(transport: Transport, host: Host, engine: Engine, socket: str,
+                          docker_timeout: int) -> str | None:
+    """Why the engine at `socket` is not the one the host's docker command talks to, or
+    None when it is, or when the docker command cannot say (then the socket's engine is the
+    best there is: dial-stdio and the scripts would need that very command)."""
+    try:
+        async with asyncio.timeout(2 * docker_timeout + 10):  # two bounded docker calls at most
+            result = await transport.run(scripts.engine_id(host.docker_command, docker_timeout))
+            found = _IDENTITY.fullmatch(result.stdout[:LINE_LIMIT].decode(errors="replace").strip())
+            if result.exit_status != 0 or found is None:
+                log.debug("%s: which engine `%s` talks to is unknown (status %d)", transport.label, host.docker,
+                          result.exit_status)
+                return None
+            info = await engine.info()
+    except (TimeoutError, FleetError) as exc:
+        log.debug("%s: which engine `%s` talks to is unknown: %s", transport.label, host.docker, exc)
+        return None
+    assert engine.server is not None
+    cli, cli_words = _identity(found[1], found[2], engine.server.podman)
+    api, api_words = _identity(str(info.get("ID") or ""), str(info.get("DockerRootDir") or ""),
+                               engine.server.podman)
+    if cli == api:
+        return None
+    return (f"{socket} is not the engine `{host.docker}` talks to ({api_words}, not {cli_words}: a DOCKER_HOST "
+            f"or docker context of the login?)")
+
+
 _engines: weakref.WeakKeyDictionary[Transport, Engine | str] = weakref.WeakKeyDictionary()
 
 
@@ -204,12 +252,24 @@ async def _open(transport: Transport, host: Host, docker_timeout: int) -> Engine
                     return stream
                 return await transport.open_socket(socket)
             try:
-                return await Engine.open(socket_connector, transport.label, timeout=timeout, path=f"socket {socket}")
+                engine = await Engine.open(socket_connector, transport.label, timeout=timeout,
+                                           path=f"socket {socket}")
             except EngineFailed as exc:  # something else listens there: try the CLI's way
                 opened.close()
                 if exc.timed_out:
                     raise
                 why = f"{socket} answered not as an engine: {exc.message.removeprefix(transport.label + ': ')}"
+            else:
+                try:
+                    other = await _another_engine(transport, host, engine, socket, docker_timeout)
+                except BaseException:
+                    engine.close()
+                    raise
+                if other is None:
+                    return engine
+                engine.close()
+                log.info("%s: %s", transport.label, other)
+                why = other
     try:
         stream, state = await _dial(transport, host, plan.socket or "", docker_timeout)
     except (OSError, TimeoutError) as exc:

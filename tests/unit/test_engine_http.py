@@ -567,3 +567,76 @@ async def test_a_silent_engine_gets_one_message_from_the_api_probe_and_from_the_
         await asyncio.sleep(1.5 if api == "0" else 0)
     assert caught.value.message == f"{LABEL}: docker did not answer within 1 s (looking for the image {CONFIG})"
     assert any("/images/" in request for request in fake.requests) == (api == "1")
+
+
+FAKE_CLI = r'''
+import os, sys
+if sys.argv[1] == "info":  # the engine the CLI talks to, as engine-id.sh asks
+    if os.environ["FAKE_CLI"] == "broken":
+        sys.exit(1)
+    kind, _, rest = os.environ["FAKE_CLI"].partition(":")
+    engine_id, _, root = rest.partition(":")
+    if kind == "podman" and "{{.ID}}" in sys.argv[3]:
+        print("Error: template: info:1:5: executing at <.ID>: can't evaluate field ID", file=sys.stderr)
+        sys.exit(125)
+    print(f"id={engine_id if kind == 'docker' else ''} root={root}")
+    sys.exit(0)
+'''
+PODMAN = {"Version": "5.8.0", "ApiVersion": "1.41", "MinAPIVersion": "1.24", "Components": [{"Name": "Podman Engine"}]}
+
+
+@pytest.mark.parametrize(("podman", "socket_engine", "cli", "path"), [
+    (False, ("A", "/var/lib/docker"), "docker:A:/var/lib/docker", "socket"),
+    (False, ("A", "/var/lib/docker"), "docker:B:/var/lib/docker", "dial-stdio"),  # another dockerd
+    (False, ("A", "/var/lib/docker"), "broken", "socket"),  # the CLI cannot say: the socket is all there is
+    (True, (None, "/var/lib/containers/storage"), "podman::/var/lib/containers/storage", "socket"),
+    (True, (None, "/var/lib/containers/storage"), "podman::/root/.local/share/containers/storage", "dial-stdio"),
+    (True, (None, "/var/lib/containers/storage"), "docker:x:/var/lib/containers/storage", "socket"),  # docker CLI
+], ids=["same-docker", "other-docker", "cli-broken", "same-podman", "rootless-podman", "docker-cli-on-podman"])
+async def test_a_socket_of_another_engine_than_the_docker_commands_is_not_used(tmp_path, monkeypatch, podman,
+                                                                               socket_engine, cli, path):
+    """The engine API must reach the engine the host's docker command talks to (a login's
+    DOCKER_HOST may name another): compared by engine ID (Docker) or storage root (Podman,
+    whose compat /info makes a new ID up at every call); where they differ, dial-stdio,
+    which is the docker command's engine, saying why."""
+    import sys
+    import uuid
+
+    from fleet.engine.connect import engine_for, engine_path
+    monkeypatch.setenv("FLEET_ENGINE_API", "1")
+    engine_id, root = socket_engine
+
+    def engine(name: str):
+        async def handler(method, target, body, writer):
+            if target.split("?")[0].endswith("/info"):
+                writer.write(json_answer({"ID": engine_id or str(uuid.uuid4()), "DockerRootDir": root}))
+            else:
+                writer.write(json_answer({"Id": name}))
+        return FakeEngine(tmp_path / f"{name}.sock", handler, PODMAN if podman else None)
+    at_socket, clis = engine("socket-engine"), engine("cli-engine")
+    servers = [await asyncio.start_unix_server(e.serve, path=str(e.path)) for e in (at_socket, clis)]
+    docker = tmp_path / "docker.py"
+    docker.write_text(FAKE_CLI + FAKE_DOCKER)
+    monkeypatch.setenv("FAKE_ENGINE", str(clis.path))  # where the CLI's dial-stdio goes
+    monkeypatch.setenv("FAKE_CLI", cli)
+    host = Host(address="localhost", transport="local", docker=f"{sys.executable} {docker}",
+                engine_socket=str(at_socket.path))
+    transport = LocalTransport(host, LABEL)
+    try:
+        found = await engine_for(transport, host, 10)
+        assert found is not None
+        answered = (await found.image_inspect("x"))["Id"]
+        found.close()
+    finally:
+        for task in at_socket.tasks + clis.tasks:
+            task.cancel()
+        await asyncio.gather(*at_socket.tasks, *clis.tasks, return_exceptions=True)
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+        await asyncio.sleep(0.2)  # the dial-stdio command reaped before the loop closes
+    said = engine_path(transport)
+    assert said is not None and said.startswith(path), said
+    assert answered == ("socket-engine" if path == "socket" else "cli-engine")
+    if path == "dial-stdio":
+        assert f"{at_socket.path} is not the engine" in said
