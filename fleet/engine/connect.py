@@ -13,7 +13,8 @@
 
 The socket's engine must be the one the host's docker command talks to (its user's login may
 set DOCKER_HOST, a docker context, to another engine; an inventory's engine_socket may name
-another daemon): once per host and run, `engine_identity` asks the docker command (one exec
+another daemon): once per host and run, unless the docker command names the socket itself
+(`docker -H unix://P`), `_another_engine` asks the docker command (one exec
 channel, fleet/host/engine-id.sh) and compares with the API's /info. Docker: the engine ID.
 Podman: its compat /info makes a new ID up at every call (pkg/api/handlers/compat/info.go:
 uuid.New()), so the storage's graph root (DockerRootDir; `podman info`'s .Store.GraphRoot),
@@ -68,6 +69,9 @@ class EnginePlan:
 
     socket: str | None  # None: go straight to dial-stdio
     why: str = ""  # why no socket is tried
+    # The docker command itself names the socket (`docker -H unix://P`, `env DOCKER_HOST=...`):
+    # it talks to that engine whatever the login sets, so nothing to compare.
+    named_by_command: bool = False
 
 
 def engine_plan(host: Host) -> EnginePlan:
@@ -97,7 +101,7 @@ def engine_plan(host: Host) -> EnginePlan:
             named = word.partition("=")[2]
     if named is not None:
         if named.startswith("unix://"):
-            return EnginePlan(named.removeprefix("unix://"))
+            return EnginePlan(named.removeprefix("unix://"), named_by_command=True)
         return EnginePlan(None, f"the engine is at {named}")
     return EnginePlan(PODMAN_SOCKET if program == "podman" else DOCKER_SOCKET)
 
@@ -261,7 +265,8 @@ async def _open(transport: Transport, host: Host, docker_timeout: int) -> Engine
                 why = f"{socket} answered not as an engine: {exc.message.removeprefix(transport.label + ': ')}"
             else:
                 try:
-                    other = await _another_engine(transport, host, engine, socket, docker_timeout)
+                    other = None if plan.named_by_command else await _another_engine(transport, host, engine,
+                                                                                    socket, docker_timeout)
                 except BaseException:
                     engine.close()
                     raise

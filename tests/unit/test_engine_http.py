@@ -640,3 +640,14 @@ async def test_a_socket_of_another_engine_than_the_docker_commands_is_not_used(t
     assert answered == ("socket-engine" if path == "socket" else "cli-engine")
     if path == "dial-stdio":
         assert f"{at_socket.path} is not the engine" in said
+
+
+def test_a_socket_the_docker_command_names_itself_needs_no_engine_comparison():
+    """`docker -H unix://P` talks to P whatever the login sets: nothing to compare; the
+    default socket and engine_socket are compared (test above)."""
+    from fleet.engine.connect import engine_plan
+    assert engine_plan(Host(address="h1", docker="docker -H unix:///x.sock")).named_by_command
+    assert engine_plan(Host(address="h1", docker="env DOCKER_HOST=unix:///x.sock docker")).named_by_command
+    assert not engine_plan(Host(address="h1", docker="docker")).named_by_command
+    named_elsewhere = Host(address="h1", docker="docker -H unix:///x.sock", engine_socket="/y.sock")
+    assert not engine_plan(named_elsewhere).named_by_command
