@@ -15,10 +15,12 @@ The socket's engine must be the one the host's docker command talks to (its user
 set DOCKER_HOST, a docker context, to another engine; an inventory's engine_socket may name
 another daemon): once per host and run, unless the docker command names the socket itself
 (`docker -H unix://P`), `_another_engine` asks the docker command (one exec
-channel, fleet/host/engine-id.sh) and compares with the API's /info. Docker: the engine ID.
-Podman: its compat /info makes a new ID up at every call (pkg/api/handlers/compat/info.go:
-uuid.New()), so the storage's graph root (DockerRootDir; `podman info`'s .Store.GraphRoot),
-which tells a rootful Podman from a rootless one and from one with another --root. Where
+channel, fleet/host/engine-id.sh) and compares with the API's /info. Docker: the engine ID
+and its root dir (Docker 20.10's ID is its trust key's, /etc/docker/key.json: daemons of one
+machine share it; two daemons never share a root). Podman: its compat /info makes a new ID
+up at every call (pkg/api/handlers/compat/info.go: uuid.New()), so the storage's graph root
+(DockerRootDir; `podman info`'s .Store.GraphRoot), which tells a rootful Podman from a
+rootless one and from one with another --root. Where
 they differ, the host uses dial-stdio (the docker command's engine by construction), and
 `fleet check` says why. Measured on the bed: see scripts/bench-fanout (host CPU).
 
@@ -169,7 +171,7 @@ def _identity(engine_id: str, root: str, podman: bool) -> tuple[str, str]:
     """What tells two engines apart (see the module's docstring), and its words."""
     if podman or not engine_id:
         return root, f"storage {root}"
-    return engine_id, f"ID {engine_id}"
+    return f"{engine_id} {root}", f"ID {engine_id}, root {root}"
 
 
 async def _another_engine(transport: Transport, host: Host, engine: Engine, socket: str,

@@ -589,10 +589,13 @@ PODMAN = {"Version": "5.8.0", "ApiVersion": "1.41", "MinAPIVersion": "1.24", "Co
     (False, ("A", "/var/lib/docker"), "docker:A:/var/lib/docker", "socket"),
     (False, ("A", "/var/lib/docker"), "docker:B:/var/lib/docker", "dial-stdio"),  # another dockerd
     (False, ("A", "/var/lib/docker"), "broken", "socket"),  # the CLI cannot say: the socket is all there is
+    # Docker 20.10's ID is /etc/docker/key.json's: two daemons of one machine share it, not a root
+    (False, ("A", "/srv/h2/docker-data"), "docker:A:/srv/h1/docker-data", "dial-stdio"),
     (True, (None, "/var/lib/containers/storage"), "podman::/var/lib/containers/storage", "socket"),
     (True, (None, "/var/lib/containers/storage"), "podman::/root/.local/share/containers/storage", "dial-stdio"),
     (True, (None, "/var/lib/containers/storage"), "docker:x:/var/lib/containers/storage", "socket"),  # docker CLI
-], ids=["same-docker", "other-docker", "cli-broken", "same-podman", "rootless-podman", "docker-cli-on-podman"])
+], ids=["same-docker", "other-docker", "cli-broken", "shared-trust-key", "same-podman", "rootless-podman",
+        "docker-cli-on-podman"])
 async def test_a_socket_of_another_engine_than_the_docker_commands_is_not_used(tmp_path, monkeypatch, podman,
                                                                                socket_engine, cli, path):
     """The engine API must reach the engine the host's docker command talks to (a login's
