@@ -14,8 +14,9 @@
 The socket's engine must be the one the host's docker command talks to (its user's login may
 set DOCKER_HOST, a docker context, to another engine; an inventory's engine_socket may name
 another daemon): once per host and run, unless the docker command names the socket itself
-(`docker -H unix://P`), `_another_engine` asks the docker command (one exec
-channel, fleet/host/engine-id.sh) and compares with the API's /info. Docker: the engine ID
+(`docker -H unix://P`), `_another_engine` asks the docker command (one exec channel,
+fleet/host/engine-id.sh; none where a script that ran anyway said it: cli_engine_said, as
+`fleet check`'s does) and compares with the API's /info. Docker: the engine ID
 and its root dir (Docker 20.10's ID is its trust key's, /etc/docker/key.json: daemons of one
 machine share it; two daemons never share a root). Podman: its compat /info makes a new ID
 up at every call (pkg/api/handlers/compat/info.go: uuid.New()), so the storage's graph root
@@ -167,6 +168,16 @@ async def _dial(transport: Transport, host: Host, socket: str, docker_timeout: i
 
 
 _IDENTITY = re.compile(r"id=(\S*) root=(.*)")
+# What a script that ran anyway said of the docker command's engine (cli_engine_said): the
+# comparison then needs no channel of its own.
+_said: weakref.WeakKeyDictionary[Transport, str] = weakref.WeakKeyDictionary()
+
+
+def cli_engine_said(transport: Transport, identity: str) -> None:
+    """Keep what a host script that runs the docker command anyway printed of its engine
+    (checks.sh's engine_identity: `id=ID root=DIR`; fleet check's check.sh), for the
+    comparison `engine_for` makes: then it starts no command of its own."""
+    _said[transport] = identity
 
 
 def _identity(engine_id: str, root: str, podman: bool) -> tuple[str, str]:
@@ -181,13 +192,19 @@ async def _another_engine(transport: Transport, host: Host, engine: Engine, sock
     """Why the engine at `socket` is not the one the host's docker command talks to, or
     None when it is, or when the docker command cannot say (then the socket's engine is the
     best there is: dial-stdio and the scripts would need that very command)."""
+    said = _said.pop(transport, None)
     try:
         async with asyncio.timeout(2 * docker_timeout + 10):  # two bounded docker calls at most
-            result = await transport.run(scripts.engine_id(host.docker_command, docker_timeout))
-            found = _IDENTITY.fullmatch(result.stdout[:LINE_LIMIT].decode(errors="replace").strip())
-            if result.exit_status != 0 or found is None:
-                log.debug("%s: which engine `%s` talks to is unknown (status %d)", transport.label, host.docker,
-                          result.exit_status)
+            if said is None:
+                result = await transport.run(scripts.engine_id(host.docker_command, docker_timeout))
+                if result.exit_status != 0:
+                    log.debug("%s: which engine `%s` talks to is unknown (status %d)", transport.label,
+                              host.docker, result.exit_status)
+                    return None
+                said = result.stdout[:LINE_LIMIT].decode(errors="replace")
+            found = _IDENTITY.fullmatch(said.strip())
+            if found is None:
+                log.debug("%s: which engine `%s` talks to is unknown: %r", transport.label, host.docker, said)
                 return None
             info = await engine.info()
     except (TimeoutError, FleetError) as exc:

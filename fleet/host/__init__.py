@@ -74,7 +74,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "image-have": ("docker", "images", "image-have"),
     "load": ("docker", "images", "load"),
     "engine-dial": ("docker", "engine-dial"),
-    "engine-id": ("docker", "engine-id"),
+    "engine-id": ("docker", "checks", "engine-id"),
     "extract": ("extract",),
     "archive": ("archive",),
     "changed-files": ("changed-files",),
@@ -140,7 +140,8 @@ def engine_dial(docker: list[str], socket: str, docker_timeout: int) -> list[str
 
 
 def engine_id(docker: list[str], docker_timeout: int) -> list[str]:
-    """Which engine the docker command talks to: `id=ID root=DIR` on stdout (engine-id.sh)."""
+    """Which engine the docker command talks to: `id=ID root=DIR` on stdout (checks.sh's
+    engine_identity)."""
     return _with_docker(docker, "engine-id", [], docker_timeout)
 
 

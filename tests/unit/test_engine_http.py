@@ -596,16 +596,18 @@ PODMAN = {"Version": "5.8.0", "ApiVersion": "1.41", "MinAPIVersion": "1.24", "Co
     (True, (None, "/var/lib/containers/storage"), "docker:x:/var/lib/containers/storage", "socket"),  # docker CLI
 ], ids=["same-docker", "other-docker", "cli-broken", "shared-trust-key", "same-podman", "rootless-podman",
         "docker-cli-on-podman"])
+@pytest.mark.parametrize("said", [False, True], ids=["asked", "said-by-a-script"])
 async def test_a_socket_of_another_engine_than_the_docker_commands_is_not_used(tmp_path, monkeypatch, podman,
-                                                                               socket_engine, cli, path):
+                                                                               socket_engine, cli, path, said):
     """The engine API must reach the engine the host's docker command talks to (a login's
-    DOCKER_HOST may name another): compared by engine ID (Docker) or storage root (Podman,
-    whose compat /info makes a new ID up at every call); where they differ, dial-stdio,
-    which is the docker command's engine, saying why."""
+    DOCKER_HOST may name another): compared by engine ID and root (Docker) or storage root
+    (Podman, whose compat /info makes a new ID up at every call); where they differ,
+    dial-stdio, which is the docker command's engine, saying why. What a script that ran
+    anyway said (fleet check's check.sh) is compared without a command of its own."""
     import sys
     import uuid
 
-    from fleet.engine.connect import engine_for, engine_path
+    from fleet.engine.connect import cli_engine_said, engine_for, engine_path
     monkeypatch.setenv("FLEET_ENGINE_API", "1")
     engine_id, root = socket_engine
 
@@ -625,6 +627,16 @@ async def test_a_socket_of_another_engine_than_the_docker_commands_is_not_used(t
     host = Host(address="localhost", transport="local", docker=f"{sys.executable} {docker}",
                 engine_socket=str(at_socket.path))
     transport = LocalTransport(host, LABEL)
+    started = []
+    original = transport.start
+
+    async def counted(argv):
+        started.append(argv[3] if argv[:2] == ["sh", "-c"] else argv[0])
+        return await original(argv)
+    transport.start = counted  # type: ignore[method-assign]
+    if said and cli != "broken":
+        kind, engine_cli, cli_root = cli.split(":")
+        cli_engine_said(transport, f"id={engine_cli if kind == 'docker' else ''} root={cli_root}\n")
     try:
         found = await engine_for(transport, host, 10)
         assert found is not None
@@ -638,11 +650,13 @@ async def test_a_socket_of_another_engine_than_the_docker_commands_is_not_used(t
             server.close()
             await server.wait_closed()
         await asyncio.sleep(0.2)  # the dial-stdio command reaped before the loop closes
-    said = engine_path(transport)
-    assert said is not None and said.startswith(path), said
+    way = engine_path(transport)
+    assert way is not None and way.startswith(path), way
     assert answered == ("socket-engine" if path == "socket" else "cli-engine")
     if path == "dial-stdio":
-        assert f"{at_socket.path} is not the engine" in said
+        assert f"{at_socket.path} is not the engine" in way
+    asked = ["fleet-engine-id"] if not said or cli == "broken" else []
+    assert started == asked + (["fleet-engine-dial"] if path == "dial-stdio" else [])
 
 
 def test_a_socket_the_docker_command_names_itself_needs_no_engine_comparison():
