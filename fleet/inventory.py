@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import posixpath
 import shlex
 import shutil
 from pathlib import Path
@@ -28,6 +29,13 @@ HOST_KEY_CHECKING = ("strict", "accept-new", "off")
 # `--inventory slurm`: this word, never a file, means `{hosts: {from: slurm}}` (load_inventory).
 ALLOCATION_WORD = "slurm"
 HOST_SOURCES = ("slurm", "pbs", "file")
+PRIVILEGE_PROGRAMS = ("sudo", "doas", "pkexec", "su", "run0")
+"""Programs that run a host's docker command as another user (`docker: sudo docker`). Two
+things follow, and both readers use this one list: the engine's socket may not be the SSH
+user's to open, so fleet reaches the engine through the command itself (fleet.engine.connect:
+dial-stdio); and docker starts with a fresh environment (sudo, doas, pkexec and run0 reset
+it, su resets PATH and HOME), so a value only docker's environment carries cannot reach the
+container (fleet.contract.environment)."""
 
 
 class Host(BaseModel):
@@ -132,6 +140,14 @@ class Host(BaseModel):
     @property
     def docker_command(self) -> list[str]:
         return shlex.split(self.docker)
+
+    @property
+    def privilege_program(self) -> str | None:
+        """The word of the docker command (`sudo docker`) that runs docker as another user
+        (PRIVILEGE_PROGRAMS), or None."""
+        words = self.docker_command
+        first = posixpath.basename(words[0]) if words else ""
+        return first if first in PRIVILEGE_PROGRAMS else None
 
     @property
     def ssh_user(self) -> str:

@@ -213,7 +213,7 @@ def check_environment_reaches(job: ProcessingJob, hosts: list[Host]) -> None:
         return
     keys = ", ".join(inherited)
     for algo, host in zip(algo_names(len(hosts)), hosts):
-        word = env.resetter(host.docker_command)
+        word = host.privilege_program
         if word:
             raise InvalidInput(
                 f"{host_label(algo, host)}: Environment {keys}: a value with a newline (or a carriage return at "

@@ -18,7 +18,6 @@ simply a string; this module then shrinks to the NUL rule.
 
 from __future__ import annotations
 
-import posixpath
 import re
 
 # Who reads what, among the variables of the process that runs the docker command: the
@@ -40,10 +39,6 @@ _READ_BY_DOCKER = [(re.compile(pattern), reader) for pattern, reader in [
      "a shell reads it (a host's docker command may be a script, as podman-docker's is)"),
     (r"SSH_\w*", "ssh reads it (docker reaches an ssh:// DOCKER_HOST through ssh)"),
 ]]
-
-# Commands that run another as some user with a fresh environment: a docker command that
-# starts with one of them (`sudo docker`) gives docker none of the session's variables.
-ENVIRONMENT_RESETTERS = ("sudo", "doas", "run0", "pkexec")
 
 
 def env_file_cannot(value: str) -> str | None:
@@ -94,9 +89,3 @@ def split(environment: dict[str, str] | None) -> tuple[dict[str, str], dict[str,
         (in_file if env_file_carries(value) else inherited)[key] = value
     return in_file, inherited
 
-
-def resetter(docker: list[str]) -> str | None:
-    """The word of the docker command (`sudo docker`) that runs docker with a fresh
-    environment, or None."""
-    first = posixpath.basename(docker[0]) if docker else ""
-    return first if first in ENVIRONMENT_RESETTERS else None

@@ -11,6 +11,22 @@
     scripts (WHY)          neither answered as an engine (an old CLI without dial-stdio, srun):
                            the host scripts do the work, as before
 
+The socket's engine must be the one the host's docker command talks to (its user's login may
+set DOCKER_HOST, a docker context, to another engine; an inventory's engine_socket may name
+another daemon): once per host and run, unless the docker command names the socket itself
+(`docker -H unix://P`), `_another_engine` asks the docker command (one exec channel,
+fleet/host/engine-id.sh; none where a script that ran anyway said it: cli_engine_said, as
+`fleet check`'s does) and compares with the API's /info. Docker: the engine ID
+and its root dir (Docker 20.10's ID is its trust key's, /etc/docker/key.json: daemons of one
+machine share it; two daemons never share a root). Podman: its compat /info makes a new ID
+up at every call (pkg/api/handlers/compat/info.go: uuid.New()), so the storage's graph root
+(DockerRootDir; `podman info`'s .Store.GraphRoot), which tells a rootful Podman from a
+rootless one and from one with another --root. Where they differ, the host uses dial-stdio
+(the docker command's engine by construction), and `fleet check` says why. Its cost, measured
+on the bed (docker20, median of 8, one SSH connection each): 50 ms of host CPU against 20 ms
+for `true`, as much as a `docker version`: the CLI's start is most of it. The session runs
+the docker CLI anyway: asking it there would save the channel and most of the 30 ms.
+
 OpenSSH answers "open failed" (SSH2_OPEN_CONNECT_FAILED) whether forwarding is disabled, the
 socket is missing, or connect() was denied: the dial script's first line says what is at
 the path (engine-dial.sh), which tells them apart.
@@ -26,6 +42,7 @@ import asyncio
 import logging
 import os
 import posixpath
+import re
 import weakref
 from dataclasses import dataclass
 
@@ -33,14 +50,13 @@ from fleet import host as scripts
 from fleet.engine.client import Engine, EngineFailed
 from fleet.engine.http import ByteStream
 from fleet.errors import FleetError
-from fleet.inventory import Host
+from fleet.inventory import PRIVILEGE_PROGRAMS, Host
 from fleet.transport.base import STDERR_TAIL, RemoteProcess, Transport, drain
 
 log = logging.getLogger(__name__)
 
 DOCKER_SOCKET = "/var/run/docker.sock"
 PODMAN_SOCKET = "/run/podman/podman.sock"  # rootful Podman's API service (podman.socket)
-PRIVILEGE_PROGRAMS = ("sudo", "doas", "pkexec", "su", "run0")
 LINE_LIMIT = 200  # bytes of the dial script's first line
 
 # What the dial script found at the socket → why the socket was not used.
@@ -58,6 +74,9 @@ class EnginePlan:
 
     socket: str | None  # None: go straight to dial-stdio
     why: str = ""  # why no socket is tried
+    # The docker command itself names the socket (`docker -H unix://P`, `env DOCKER_HOST=...`):
+    # it talks to that engine whatever the login sets, so nothing to compare.
+    named_by_command: bool = False
 
 
 def engine_plan(host: Host) -> EnginePlan:
@@ -87,7 +106,7 @@ def engine_plan(host: Host) -> EnginePlan:
             named = word.partition("=")[2]
     if named is not None:
         if named.startswith("unix://"):
-            return EnginePlan(named.removeprefix("unix://"))
+            return EnginePlan(named.removeprefix("unix://"), named_by_command=True)
         return EnginePlan(None, f"the engine is at {named}")
     return EnginePlan(PODMAN_SOCKET if program == "podman" else DOCKER_SOCKET)
 
@@ -146,6 +165,59 @@ async def _dial(transport: Transport, host: Host, socket: str, docker_timeout: i
         stream.close()
         raise
     return stream, line.removeprefix("fleet:socket ").strip()
+
+
+_IDENTITY = re.compile(r"id=(\S*) root=(.*)")
+# What a script that ran anyway said of the docker command's engine (cli_engine_said): the
+# comparison then needs no channel of its own.
+_said: weakref.WeakKeyDictionary[Transport, str] = weakref.WeakKeyDictionary()
+
+
+def cli_engine_said(transport: Transport, identity: str) -> None:
+    """Keep what a host script that runs the docker command anyway printed of its engine
+    (checks.sh's engine_identity: `id=ID root=DIR`; fleet check's check.sh), for the
+    comparison `engine_for` makes: then it starts no command of its own."""
+    _said[transport] = identity
+
+
+def _identity(engine_id: str, root: str, podman: bool) -> tuple[str, str]:
+    """What tells two engines apart (see the module's docstring), and its words."""
+    if podman or not engine_id:
+        return root, f"storage {root}"
+    return f"{engine_id} {root}", f"ID {engine_id}, root {root}"
+
+
+async def _another_engine(transport: Transport, host: Host, engine: Engine, socket: str,
+                          docker_timeout: int) -> str | None:
+    """Why the engine at `socket` is not the one the host's docker command talks to, or
+    None when it is, or when the docker command cannot say (then the socket's engine is the
+    best there is: dial-stdio and the scripts would need that very command)."""
+    said = _said.pop(transport, None)
+    try:
+        async with asyncio.timeout(2 * docker_timeout + 10):  # two bounded docker calls at most
+            if said is None:
+                result = await transport.run(scripts.engine_id(host.docker_command, docker_timeout))
+                if result.exit_status != 0:
+                    log.debug("%s: which engine `%s` talks to is unknown (status %d)", transport.label,
+                              host.docker, result.exit_status)
+                    return None
+                said = result.stdout[:LINE_LIMIT].decode(errors="replace")
+            found = _IDENTITY.fullmatch(said.strip())
+            if found is None:
+                log.debug("%s: which engine `%s` talks to is unknown: %r", transport.label, host.docker, said)
+                return None
+            info = await engine.info()
+    except (TimeoutError, FleetError) as exc:
+        log.debug("%s: which engine `%s` talks to is unknown: %s", transport.label, host.docker, exc)
+        return None
+    assert engine.server is not None
+    cli, cli_words = _identity(found[1], found[2], engine.server.podman)
+    api, api_words = _identity(str(info.get("ID") or ""), str(info.get("DockerRootDir") or ""),
+                               engine.server.podman)
+    if cli == api:
+        return None
+    return (f"{socket} is not the engine `{host.docker}` talks to ({api_words}, not {cli_words}: a DOCKER_HOST "
+            f"or docker context of the login?)")
 
 
 _engines: weakref.WeakKeyDictionary[Transport, Engine | str] = weakref.WeakKeyDictionary()
@@ -213,12 +285,25 @@ async def _open(transport: Transport, host: Host, docker_timeout: int) -> Engine
                     return stream
                 return await transport.open_socket(socket)
             try:
-                return await Engine.open(socket_connector, transport.label, timeout=timeout, path=f"socket {socket}")
+                engine = await Engine.open(socket_connector, transport.label, timeout=timeout,
+                                           path=f"socket {socket}")
             except EngineFailed as exc:  # something else listens there: try the CLI's way
                 opened.close()
                 if exc.timed_out:
                     raise
                 why = f"{socket} answered not as an engine: {exc.message.removeprefix(transport.label + ': ')}"
+            else:
+                try:
+                    other = None if plan.named_by_command else await _another_engine(transport, host, engine,
+                                                                                    socket, docker_timeout)
+                except BaseException:
+                    engine.close()
+                    raise
+                if other is None:
+                    return engine
+                engine.close()
+                log.info("%s: %s", transport.label, other)
+                why = other
     try:
         stream, state = await _dial(transport, host, plan.socket or "", docker_timeout)
     except (OSError, TimeoutError) as exc:

@@ -83,6 +83,7 @@ _PARTS: dict[str, tuple[str, ...]] = {
     "image-have": ("docker", "images", "image-have"),
     "load": ("docker", "images", "load"),
     "engine-dial": ("docker", "engine-dial"),
+    "engine-id": ("docker", "checks", "engine-id"),
     "extract": ("extract",),
     "archive": ("archive",),
     "changed-files": ("changed-files",),
@@ -145,6 +146,12 @@ def engine_dial(docker: list[str], socket: str, docker_timeout: int) -> list[str
     """The engine's API on stdin/stdout through `docker system dial-stdio`, after one line
     `fleet:socket open|denied|missing|none` saying what is at `socket` ("" for none tried)."""
     return _with_docker(docker, "engine-dial", [socket], docker_timeout)
+
+
+def engine_id(docker: list[str], docker_timeout: int) -> list[str]:
+    """Which engine the docker command talks to: `id=ID root=DIR` on stdout (checks.sh's
+    engine_identity)."""
+    return _with_docker(docker, "engine-id", [], docker_timeout)
 
 
 def image_load(docker: list[str], image_id: str, layers: Sequence[str], docker_timeout: int) -> list[str]:

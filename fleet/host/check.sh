@@ -1,6 +1,7 @@
 # shellcheck shell=sh
 # `fleet check`: the session's own checks (checks.sh), each result a KEY=VALUE line on
-# stdout for fleet/runtime/preflight.py: docker, image, writable, free_kb, gpus.
+# stdout for fleet/runtime/preflight.py: docker, engine (engine_identity's line, for
+# fleet.engine.connect: no channel of its own), image, writable, free_kb, gpus.
 # After docker.sh and checks.sh. Arguments: IMAGE ('' for none) WORKDIR NEED_KB GPUS(1|0)
 # The image is looked at, never pulled: `image=present ID` or `image=missing`.
 image=$1 workdir=$2 need_kb=$3 gpus=$4
@@ -13,6 +14,7 @@ case $? in
   "$DOCKER_TIMEOUT") echo 'docker=did not answer'; exit 0 ;;
   *) printf 'docker=%s\n' "$(last_line "$said")"; exit 0 ;;
 esac
+if said=$(engine_identity); then printf 'engine=%s\n' "$said"; fi
 if [ -n "$image" ]; then
   said=$(image_id "$image")
   case $? in

@@ -65,3 +65,22 @@ check_gpus() {
   d_bounded info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"nvidia"' && return 0
   grep -qs 'nvidia.com/gpu' /etc/cdi/* /var/run/cdi/* || return "$NO_GPU_RUNTIME"
 }
+
+# engine_identity: which engine the docker command talks to, as the user's login gives it
+# (DOCKER_HOST, a docker context, -H in the command): prints `id=ID root=DIR` (Docker's
+# engine ID and root dir) or `id= root=DIR` (Podman's CLI: no ID, its storage's graph root),
+# which fleet compares with what the engine API it reached says (fleet/engine/connect.py).
+# docker's stderr is dropped (`docker info` warns there: "No swap limit support").
+engine_identity() {
+  said=$(d_bounded info --format 'id={{.ID}} root={{.DockerRootDir}}' 2>/dev/null)
+  status=$?
+  if [ "$status" -ne 0 ] && [ "$status" -ne 124 ]; then
+    said=$(d_bounded info --format 'id= root={{.Store.GraphRoot}}' 2>/dev/null)
+    status=$?
+  fi
+  case $status in
+    0) printf '%s\n' "$said" ;;
+    124) return "$DOCKER_TIMEOUT" ;;
+    *) return "$DOCKER_FAILED" ;;
+  esac
+}

@@ -28,21 +28,23 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 from fleet.data.tarstream import END_OF_ARCHIVE
 from fleet.engine.client import EngineFailed
 from fleet.engine.connect import engine_for
 from fleet.errors import ClientError, FleetError, HostError
 from fleet.fanout import all_of, settled, task_group
-from fleet.host import host_failure, image_have, image_load
+from fleet.host import Status, host_failure, image_have, image_load
 from fleet.image.archive import ImageArchive, LoadStream, open_archive
 from fleet.image.local import DIGEST, LocalImage
 from fleet.transport.base import RemoteProcess, Transport
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CHUNK = 1024 * 1024  # bytes read from `docker save` at once
 HOST_BUFFER = 8 * CHUNK  # bytes one host's channel may hold unsent (hosts do not wait in lockstep)
@@ -113,6 +115,23 @@ async def host_has(transport: Transport, docker: list[str], image: LocalImage, d
     raise HostError(transport.label, f"looking for the image {image.id} gave 'layers {value[:100]}'")
 
 
+def _probe_bound(docker_timeout: int) -> float:
+    """How long the image-have probe may take: five bounded docker calls at most, and the
+    way to the engine."""
+    return 5 * docker_timeout + 30
+
+
+async def _within_probe_bound(call: Awaitable[T], label: str, image: str, docker_timeout: int) -> T:
+    """`call` (the API's probe or the script's), cut at _probe_bound with the one message a
+    silent docker gets (fleet.host.statuses: DOCKER_TIMEOUT)."""
+    try:
+        async with asyncio.timeout(_probe_bound(docker_timeout)):
+            return await call
+    except TimeoutError:
+        raise _docker_error(label, Status.DOCKER_TIMEOUT, "", docker_timeout,
+                            f"looking for the image {image}") from None
+
+
 async def _image_have(transport: Transport, docker: list[str], image: str, layers: tuple[str, ...],
                       docker_timeout: int) -> tuple[str, str]:
     """fleet-image-have's answer: ("present", the engine's ID) or ("layers", K). Asked of
@@ -122,11 +141,7 @@ async def _image_have(transport: Transport, docker: list[str], image: str, layer
     engine = await engine_for(transport, transport.host, docker_timeout)
     if engine is not None:
         try:
-            async with asyncio.timeout(5 * docker_timeout + 30):
-                return await engine.image_have(image, layers)
-        except TimeoutError:
-            raise HostError(label, f"docker did not answer within {docker_timeout} s (looking for the image "
-                                   f"{image})") from None
+            return await _within_probe_bound(engine.image_have(image, layers), label, image, docker_timeout)
         except EngineFailed as exc:
             if exc.timed_out:
                 raise
@@ -138,12 +153,7 @@ async def _image_have(transport: Transport, docker: list[str], image: str, layer
         finally:
             engine.close()  # its idle connections: the channel (or dial-stdio) is not kept
     argv = image_have(docker, image, layers, docker_timeout)
-    try:
-        async with asyncio.timeout(5 * docker_timeout + 30):  # five bounded docker calls at most
-            result = await transport.run(argv)
-    except TimeoutError:
-        raise HostError(label, f"docker did not answer within {docker_timeout} s (looking for the image "
-                               f"{image})") from None
+    result = await _within_probe_bound(transport.run(argv), label, image, docker_timeout)
     said = result.stderr[-WORDS_LIMIT:].decode(errors="replace").strip()
     if result.exit_status != 0:
         raise _docker_error(label, result.exit_status, said, docker_timeout, f"looking for the image {image}")

@@ -12,17 +12,20 @@ import json
 import logging
 import re
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
-
-import aiohttp
 
 from fleet.errors import ClientError
 from fleet.image.credentials import RegistryAuth
 from fleet.image.reference import Reference, plain_http_allowed
 
+if TYPE_CHECKING:
+    import aiohttp
+
 log = logging.getLogger(__name__)
 
-TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
+TIMEOUT = 30  # seconds for the whole resolution
+CONNECT_TIMEOUT = 10
 MANIFEST_LIMIT = 4 * 2**20  # bytes of a manifest read when the registry names no digest
 TOKEN_LIMIT = 2**20
 ACCEPT = ", ".join((
@@ -60,10 +63,15 @@ async def resolve(reference: Reference, auth: RegistryAuth, insecure: frozenset[
     credentials over plain HTTP (see `_authorization`); Unreachable when it cannot be asked."""
     if reference.digest:
         return Resolved(reference.digest)
+    # aiohttp (~0.1 s to import) only for a job whose hosts must pull: a plain `fleet run`
+    # of an image the hosts have never asks a registry.
+    import aiohttp
+
     base = base_url(reference, auth, insecure)
     url = f"{base}/v2/{reference.repository}/manifests/{reference.tag}"
     try:
-        async with aiohttp.ClientSession(timeout=TIMEOUT) as http:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=TIMEOUT,
+                                                                     sock_connect=CONNECT_TIMEOUT)) as http:
             return await _resolve(http, url, reference, auth, insecure)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise Unreachable(f"{base}: {type(exc).__name__}: {exc}") from None

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from fleet.contract.job import ProcessingJob
 from fleet.data.direct import reach_row
 from fleet.data.locations import S3Location, parse_location
-from fleet.engine.connect import engine_for, engine_path
+from fleet.engine.connect import cli_engine_said, engine_for, engine_path
 from fleet.errors import FleetError
 from fleet.fanout import all_of
 from fleet.host import command, on_host
@@ -214,6 +214,8 @@ async def check(inventory: Inventory, job: ProcessingJob | None, console: Consol
                 async with asyncio.timeout(docker_timeout * 3):
                     result = await transport.run(argv)
                     report = _parse_report(result.stdout.decode(errors="replace"))
+                    if "engine" in report:  # the docker command's engine: engine_for compares it
+                        cli_engine_said(transport, report["engine"])
                     if local is not None and report.get("image") == "missing" and host.image_source != "pull":
                         have = await host_has(transport, host.docker_command, local, docker_timeout)
                     api = "-"

@@ -12,7 +12,9 @@ def transport_for(host: Host, label: str) -> Transport:
     if host.transport == "srun":
         from fleet.transport.srun import SrunTransport
         return SrunTransport(host, label)
-    from fleet.transport.ssh import SSHTransport
+    from fleet.transport import liboqs
+    with liboqs.quick_lookup():  # asyncssh's first import (see there)
+        from fleet.transport.ssh import SSHTransport
     return SSHTransport(host, label)
 
 

@@ -306,11 +306,12 @@ class ScriptedProcess(RemoteProcess):
 class ScriptedTransport(Transport):
     """A Transport whose commands are answered by `handler` (see the module's docstring).
 
-    The connection: it is up from the start (as the local transport, `connect` is needed
-    only to test its failure). `fail_connects` makes the next attempts fail; `cut` loses
-    the connection and every command running on it. `started` is every argv started, in
-    order (those whose start failed included); `connects` and `reconnects` count the
-    attempts (failed ones included)."""
+    The connection starts down, as SSHTransport's: a command started before a connect()
+    (or reconnect()) has succeeded raises HostError("not connected"), so a test catches code
+    that forgets to connect. `fail_connects` makes the next attempts fail; `cut` loses the
+    connection and every command running on it (the next start connects again). `started`
+    is every argv started, in order (those whose start failed included); `connects` and
+    `reconnects` count the attempts (failed ones included)."""
 
     def __init__(self, host: Host, label: str, handler: Handler, *, peer_address: str | None = None) -> None:
         super().__init__(host, label)
@@ -321,7 +322,8 @@ class ScriptedTransport(Transport):
         self.reconnects = 0  # reconnect() calls
         self.cuts = 0
         self._peer_address = peer_address or host.ip or "192.0.2.1"
-        self._up = True
+        self._up = False
+        self._ever_up = False  # a connection was made (SSHTransport's _conn is set): a cut one reconnects
         self._closed = False
         self._failures: int | None = 0  # connection attempts left to fail; None: every one
         self._failure_message = "connection refused on port 22"
@@ -357,6 +359,7 @@ class ScriptedTransport(Transport):
             self._up = False
             raise HostError(self.label, self._failure_message)
         self._up = True
+        self._ever_up = True
 
     async def connect(self) -> None:
         """One connection attempt: HostError if told to fail (fail_connects)."""
@@ -387,12 +390,13 @@ class ScriptedTransport(Transport):
 
     # -- commands -----------------------------------------------------------------------------------
     async def start(self, argv: Sequence[str]) -> RemoteProcess:
-        """Record argv (`started`), connect again first if the connection was cut (HostError if
-        that fails), then run the handler as a task, up to its first await, before returning:
+        """Record argv (`started`); HostError("not connected") before the first connection
+        and after close; connect again first if the connection was cut (HostError if that
+        fails); then run the handler as a task, up to its first await, before returning:
         what it writes at once is there for the first read, and a HostError it raises at
         once is raised here (a channel that could not be opened)."""
         self.started.append(list(argv))
-        if self._closed:
+        if self._closed or not self._ever_up:
             raise HostError(self.label, "not connected")
         if not self._up:
             await self._attempt()

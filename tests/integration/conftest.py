@@ -26,7 +26,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from registries import auth_registry, controller_docker, fake_ecr  # noqa: F401  (fixtures: registries, ECR)
+from registries import (  # noqa: F401  (fixtures: registries, ECR)
+    auth_registry,
+    controller_docker,
+    fake_ecr,
+    forget_registry,
+    spawn_registry,
+)
 
 from s3server import bucket, s3  # noqa: F401  (fixtures: a real S3 server, SeaweedFS)
 
@@ -264,13 +270,10 @@ def registry(cluster, tmp_path_factory):
     if not shutil.which("docker-registry"):
         pytest.skip("docker-registry is not installed (run scripts/setup)")
     root = tmp_path_factory.mktemp("registry")
-    config = root / "config.yml"
-    config.write_text(yaml.safe_dump({
+    process = spawn_registry(cluster.state, "plain", {
         "version": 0.1, "log": {"level": "error"},
         "storage": {"filesystem": {"rootdirectory": str(root / "data")}},
-        "http": {"addr": "10.251.7.1:5000"}}))
-    process = subprocess.Popen(["docker-registry", "serve", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=open(root / "registry.log", "wb"))  # noqa: SIM115 (the registry's)
+        "http": {"addr": "10.251.7.1:5000"}}, root / "registry.log")
     try:
         import socket
         import time
@@ -284,6 +287,7 @@ def registry(cluster, tmp_path_factory):
     finally:
         process.terminate()
         process.wait(timeout=20)
+        forget_registry(cluster.state, "plain")
 
 
 # ---------------------------------------------------------------- a real Slurm on the bed

@@ -174,6 +174,29 @@ class _RandomReader(io.RawIOBase):
         return os.urandom(n)
 
 
+# ------------------------------------------------------------------ a registry process
+
+def spawn_registry(state: Path, name: str, config: dict[str, Any], log: Path) -> subprocess.Popen:
+    """`docker-registry serve` of `config`, recorded under the bed's state dir: its config
+    in STATE/registries/NAME.yml (so its command line names the state dir) and its pid in
+    NAME.pid. A test run killed before its teardown leaves the registry listening on the
+    bridge address, where the next run's would answer; scripts/local-cluster up stops it by
+    that pid (never by name: another user's docker-registry is not ours)."""
+    folder = state / "registries"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    (folder / f"{name}.yml").write_text(yaml.safe_dump(config))
+    with open(log, "ab") as err:
+        process = subprocess.Popen(["docker-registry", "serve", str(folder / f"{name}.yml")],
+                                   stdout=subprocess.DEVNULL, stderr=err, start_new_session=True)
+    (folder / f"{name}.pid").write_text(f"{process.pid}\n")
+    return process
+
+
+def forget_registry(state: Path, name: str) -> None:
+    """The registry NAME has stopped: its pid is no longer one to stop."""
+    (state / "registries" / f"{name}.pid").unlink(missing_ok=True)
+
+
 # ------------------------------------------------------------------ the password registry
 
 def _split_ref(ref: str) -> tuple[str, str]:
@@ -196,6 +219,7 @@ class AuthRegistry:
     root: Path
     controller: ControllerDocker
     users: dict[str, str]  # user -> password: USER ("fleetuser") and ECR_USER ("AWS")
+    state: Path  # the bed's state dir, where the registry's pid is recorded (spawn_registry)
     address: str = REGISTRY_HOST  # the reference host of private images: 10.251.7.1/REPO:TAG
     ecr_host: str = ECR_HOST  # the fake ECR registry host (same registry, user AWS)
     process: subprocess.Popen | None = field(default=None, repr=False)
@@ -308,22 +332,20 @@ class AuthRegistry:
         (self.root / "htpasswd").write_text("".join(
             f"{user}:{bcrypt.hashpw(pw.encode(), bcrypt.gensalt(rounds=5)).decode()}\n"
             for user, pw in self.users.items()))
-        config = self.root / "config.yml"
-        config.write_text(yaml.safe_dump({
+        config = {
             "version": 0.1, "log": {"level": "error"},
             "storage": {"filesystem": {"rootdirectory": str(self.root / "data")}, "delete": {"enabled": True}},
             "http": {"addr": f"{self.address}:{REGISTRY_PORT}", "secret": secrets.token_hex(16)},
-            "auth": {"htpasswd": {"realm": "fleet-test", "path": str(self.root / "htpasswd")}}}))
+            "auth": {"htpasswd": {"realm": "fleet-test", "path": str(self.root / "htpasswd")}}}
         try:  # a registry another run left (a pytest killed before its teardown) would answer in its place
             socket.create_connection((self.address, REGISTRY_PORT), timeout=0.2).close()
         except OSError:
             pass
         else:
             raise AssertionError(f"something listens on {self.address}:{REGISTRY_PORT} already (a registry an "
-                                 "earlier, killed test run left?): stop it by its pid (ss -ltnp)")
-        with open(self.root / "registry.log", "ab") as log:
-            self.process = subprocess.Popen(["docker-registry", "serve", str(config)],
-                                            stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
+                                 "earlier, killed test run left? scripts/local-cluster up stops those it "
+                                 "recorded): stop it by its pid (ss -ltnp)")
+        self.process = spawn_registry(self.state, "auth", config, self.root / "registry.log")
         deadline = time.monotonic() + 20
         while True:
             try:
@@ -346,6 +368,7 @@ class AuthRegistry:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        forget_registry(self.state, "auth")
         self.process = None
 
 
@@ -459,7 +482,7 @@ def auth_registry(cluster, controller_docker, tmp_path_factory) -> Iterator[Auth
     if not shutil.which("docker-registry"):
         pytest.skip("docker-registry is not installed (run scripts/setup)")
     registry = AuthRegistry(tmp_path_factory.mktemp("auth-registry"), controller_docker,
-                            {USER: secrets.token_urlsafe(18), ECR_USER: secrets.token_urlsafe(18)})
+                            {USER: secrets.token_urlsafe(18), ECR_USER: secrets.token_urlsafe(18)}, cluster.state)
     registry.start()
     try:
         yield registry

@@ -110,7 +110,9 @@ async def test_a_tty_containers_log_is_its_raw_bytes(cluster, index):
 
 @each_host
 async def test_the_image_have_probe_needs_no_command_on_the_host(cluster, index):
-    """The probe is API calls over the forwarded socket: sshd starts no session for it."""
+    """The probe is API calls over the forwarded socket: sshd starts no session for it. The
+    one command is the engine's identity (is the socket's engine the docker command's?),
+    asked once per connection, not per probe (fleet.engine.connect)."""
     image = _config_image(cluster.hosts[index])
     host = _hosts(cluster.inventory)[index]
     async with SSHTransport(host, host.title) as transport:
@@ -127,7 +129,7 @@ async def test_the_image_have_probe_needs_no_command_on_the_host(cluster, index)
         have = await host_has(transport, host.docker_command, absent, TIMEOUT)
         classic = cluster.hosts[index].engine in ("docker20", "docker28")
         assert have == (len(image.layers) if classic else 0)
-        assert started == []
+        assert started == ["fleet-engine-id"]
 
 
 @each_host
@@ -191,3 +193,28 @@ def test_a_restricted_key_falls_back_to_dial_stdio_and_fleet_check_says_so(clust
     for k, test_host in enumerate(cluster.hosts, 1):
         if test_host.engine != "docker28c":
             assert hosts[f"algo-{k}"]["Delivery"] == "present", (test_host.engine, hosts)
+
+
+async def test_a_socket_of_another_engine_than_the_docker_commands_is_not_used(cluster, fleet, tmp_path):
+    """h1's engine_socket names h2's engine, while h1's docker command (its login's
+    DOCKER_HOST) talks to h1's: the engine IDs differ, so h1 reaches its engine through
+    dial-stdio (the docker command's by construction), and `fleet check` says why."""
+    doc = cluster.inventory_doc()
+    other = str(cluster.hosts[1].dir / "docker.sock")
+    doc["hosts"][0]["engine_socket"] = other
+    inventory = cluster.write_inventory(tmp_path / "hosts.yaml", doc)
+    host = _hosts(inventory)[0]
+    async with SSHTransport(host, host.title) as transport:
+        engine = await _engine(host, transport)
+        assert engine.path.startswith(f"dial-stdio ({other} is not the engine `{host.docker}` talks to ("), engine.path
+        info = await engine.info()
+        expected = cluster.hosts[0].docker("info", "--format", "{{.DockerRootDir}}").strip()
+        assert info["DockerRootDir"] == expected  # h1's own engine
+        if cluster.hosts[0].engine != "podman":
+            assert info["ID"] == cluster.hosts[0].docker("info", "--format", "{{.ID}}").strip()
+    job = fleet.write_job(make_job("true", count=3))
+    checked = fleet("check", "--inventory", str(inventory), str(job))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    rows = {line.split()[0]: line for line in checked.stdout.splitlines() if line.startswith("h")}
+    assert f"{other} is not the engine" in rows["h1"], checked.stdout
+    assert f"socket {cluster.hosts[1].dir / 'docker.sock'}" in rows["h2"], checked.stdout

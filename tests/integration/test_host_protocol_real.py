@@ -107,8 +107,9 @@ class RealBed:
 
 # What the table found: `fleet attach` of a job whose controller died before go never
 # connected to the hosts before cleaning up ("cleanup incomplete: ... not connected"), leaving
-# algo-2's job directory on h2; ScriptedTransport is connected from the start, so the fake
-# never showed it. Instance.clean_up connects first now.
+# algo-2's job directory on h2; ScriptedTransport was connected from the start, so the fake
+# never showed it. Instance.clean_up connects first now, and ScriptedTransport starts
+# disconnected as SSH does (test_job_lifecycle's take-over test fails without that connect).
 @pytest.mark.parametrize("scenario", SCENARIOS, ids=str)
 def test_the_real_session_plays_the_scenario_as_the_fake_host_does(fleet, cluster, scenario):
     bed = RealBed(fleet, cluster, scenario)

@@ -253,7 +253,7 @@ def test_a_nul_reaches_no_container_and_is_refused_naming_its_key(value):
 
 
 @pytest.mark.parametrize("docker, word", [("sudo docker", "sudo"), ("/usr/bin/sudo -n docker", "sudo"),
-                                          ("doas docker", "doas")])
+                                          ("doas docker", "doas"), ("su docker", "su")])
 def test_a_host_whose_docker_command_drops_the_environment_is_refused_naming_host_and_key(docker, word):
     """sudo and doas give docker a fresh environment: a value only that environment carries
     would never reach the container."""

@@ -253,14 +253,16 @@ async def test_file_destination_creates_nothing_through_a_symlinked_directory(tm
 
 # -- a stream that breaks mid-file -------------------------------------------------------------
 
-def _cut_transport(data: bytes) -> ScriptedTransport:
+async def _cut_transport(data: bytes) -> ScriptedTransport:
     """A host whose `tar -c` channel ends after `data` without an exit status (-1): the data is
     there at once (reads don't yield), then EOF."""
     async def archive(command: ScriptedCommand) -> int:
         command.write_stdout(data)
         return -1
-    return ScriptedTransport(Host(address="localhost", name="algo-1", transport="local"), "algo-1 (h1, 127.0.0.1)",
-                             archive)
+    transport = ScriptedTransport(Host(address="localhost", name="algo-1", transport="local"),
+                                  "algo-1 (h1, 127.0.0.1)", archive)
+    await transport.connect()
+    return transport
 
 
 def cut_archive(size: int, sent: int) -> bytes:
@@ -271,7 +273,7 @@ def cut_archive(size: int, sent: int) -> bytes:
 async def test_a_stream_that_breaks_inside_a_multipart_file_aborts_the_upload(tmp_path):
     s3 = FakeS3()
     with pytest.raises(ClientError, match="ended early"):
-        await upload(s3, tmp_path, via=_cut_transport(cut_archive(100 * PART, 2 * PART)))
+        await upload(s3, tmp_path, via=await _cut_transport(cut_archive(100 * PART, 2 * PART)))
     assert [(u.aborted, u.completed) for u in s3.uploads] == [(True, False)]
     assert s3.objects == {}
 
@@ -284,7 +286,7 @@ async def test_a_broken_stream_does_not_starve_later_uploads(monkeypatch, host_o
     # so a long-lived Uploader (Continuous outputs) hung after a few broken streams.
     for _ in range(2):  # each breaks with two parts queued, not yet started
         with pytest.raises(ClientError):
-            await uploader.upload_host(_cut_transport(cut_archive(100 * PART, 2 * PART)), "algo-1", "/unused",
+            await uploader.upload_host(await _cut_transport(cut_archive(100 * PART, 2 * PART)), "algo-1", "/unused",
                                        S3Location("b", "out/"), "model", OutputCount())
     async with asyncio.timeout(5):  # instant unless the places leaked
         await uploader.upload_host(transport(), "algo-1", str(host_output), S3Location("b", "out/"), "model",
@@ -412,12 +414,14 @@ async def test_only_the_wanted_awkward_names_are_uploaded(tmp_path):
         assert s3.objects == {f"s3://b/o/{wanted}": wanted.encode()}
 
 
-def _answering(data: bytes, status: int) -> ScriptedTransport:
+async def _answering(data: bytes, status: int) -> ScriptedTransport:
     async def archive(command: ScriptedCommand) -> int:
         command.write_stdout(data)
         return status
-    return ScriptedTransport(Host(address="localhost", name="algo-1", transport="local"), "algo-1 (h1, 127.0.0.1)",
-                             archive)
+    transport = ScriptedTransport(Host(address="localhost", name="algo-1", transport="local"),
+                                  "algo-1 (h1, 127.0.0.1)", archive)
+    await transport.connect()
+    return transport
 
 
 def _one_file_archive() -> bytes:
@@ -430,14 +434,14 @@ async def test_a_file_changed_as_tar_read_it_fails_an_end_of_job_upload_only():
     s3 = FakeS3()
     uploader = Uploader(s3, lambda w: None)
     uploaded: list[str] = []
-    await uploader.upload_host(_answering(_one_file_archive(), 1), "algo-1", "/unused", S3Location("b", "out/"),
+    await uploader.upload_host(await _answering(_one_file_archive(), 1), "algo-1", "/unused", S3Location("b", "out/"),
                                "model", OutputCount(), only={"a.txt"}, uploaded=uploaded.append)
     assert uploaded == ["a.txt"]
     with pytest.raises(ClientError, match="reading output model on algo-1"):
-        await uploader.upload_host(_answering(_one_file_archive(), 1), "algo-1", "/unused",
+        await uploader.upload_host(await _answering(_one_file_archive(), 1), "algo-1", "/unused",
                                    S3Location("b", "out/"), "model", OutputCount())
     with pytest.raises(ClientError, match="reading output model on algo-1"):
-        await uploader.upload_host(_answering(_one_file_archive(), 2), "algo-1", "/unused",
+        await uploader.upload_host(await _answering(_one_file_archive(), 2), "algo-1", "/unused",
                                    S3Location("b", "out/"), "model", OutputCount(), only={"a.txt"})
 
 
@@ -464,7 +468,7 @@ async def test_a_hostile_tar_stream_is_a_client_error_naming_the_output_and_the_
     s3 = FakeS3()
     with alarm(5), pytest.raises(ClientError) as caught:
         async with asyncio.timeout(5):
-            await Uploader(s3, lambda w: None).upload_host(_answering(data, 0), "algo-1", "/unused",
+            await Uploader(s3, lambda w: None).upload_host(await _answering(data, 0), "algo-1", "/unused",
                                                            S3Location("b", "out/"), "model", OutputCount())
     assert caught.value.message.startswith("reading output model on algo-1 (h1, 127.0.0.1): ")
     assert s3.objects == {}

@@ -43,7 +43,7 @@ class FakeSources(Sources):
 TRANSPORTS: list[ScriptedTransport] = []  # closed after each test (close_transports)
 
 
-def local_transport(label: str, failures: int = 0) -> ScriptedTransport:
+async def local_transport(label: str, failures: int = 0) -> ScriptedTransport:
     """Runs each command for real, on this machine; `started` holds every argv started (one
     per lane and attempt). The first `failures` starts lose the host (HostError)."""
     left = [failures]
@@ -54,6 +54,7 @@ def local_transport(label: str, failures: int = 0) -> ScriptedTransport:
             raise HostError(command.label, "ssh channel lost")
         return await command.run_locally()
     transport = ScriptedTransport(Host(address="localhost", name=label, transport="local"), label, handler)
+    await transport.connect()
     TRANSPORTS.append(transport)
     return transport
 
@@ -84,8 +85,8 @@ def inputs_dir(tmp_path: Path, host: int) -> Path:
     return path
 
 
-def destinations(tmp_path: Path, hosts: int) -> list[Destination]:
-    return [Destination(f"algo-{i} (h{i}, 127.0.0.1)", local_transport(f"algo-{i}"),
+async def destinations(tmp_path: Path, hosts: int) -> list[Destination]:
+    return [Destination(f"algo-{i} (h{i}, 127.0.0.1)", await local_transport(f"algo-{i}"),
                         str(inputs_dir(tmp_path, i) / "1.partial"))
             for i in range(1, hosts + 1)]
 
@@ -121,7 +122,7 @@ def expected(objects: list[InputObject], data: dict[str, bytes]) -> dict[str, by
 async def test_fully_replicated_every_destination_holds_every_object_byte_for_byte(tmp_path, small, large, empty):
     data = dataset(small, large, empty)
     objects = input_objects(data)
-    dests = destinations(tmp_path, 3)
+    dests = await destinations(tmp_path, 3)
     await stage_input([objects] * 3, dests, FakeSources(data), TransferCount(), replicated=True)
     for dest in dests:
         assert tree(dest.directory) == expected(objects, data)
@@ -134,7 +135,7 @@ async def test_each_object_is_read_from_the_source_once_and_counted(tmp_path, re
     per_host = [objects] * 3 if replicated else shard(objects, 3)
     count = TransferCount()
     sources = FakeSources(data)
-    await stage_input(per_host, destinations(tmp_path, 3), sources, count, replicated=replicated)
+    await stage_input(per_host, await destinations(tmp_path, 3), sources, count, replicated=replicated)
     assert sorted(sources.reads) == sorted(data)
     total = sum(len(d) for d in data.values())
     assert (count.objects, count.bytes, count.host_bytes) == (len(data), total, (3 if replicated else 1) * total)
@@ -148,7 +149,7 @@ async def test_one_destination_never_fails_on_subdirectories_created_concurrentl
     attempts(monkeypatch, 1)  # a race shows as a failure, not a silent re-send
     data = {f"in/{i}/{leaf}": b"z" for i in range(500) for leaf in "ab"}
     objects = input_objects(data)
-    dests = destinations(tmp_path, 3)
+    dests = await destinations(tmp_path, 3)
     await stage_input([objects] * 3, dests, FakeSources(data), TransferCount(), replicated=True)
     for dest in dests:
         assert tree(dest.directory) == expected(objects, data)
@@ -161,7 +162,7 @@ async def test_sharded_each_destination_holds_exactly_its_shard(tmp_path, hosts)
     data = dataset(small=120, large=2, empty=2)
     objects = input_objects(data)
     per_host = shard(objects, hosts)
-    dests = destinations(tmp_path, hosts)
+    dests = await destinations(tmp_path, hosts)
     await stage_input(per_host, dests, FakeSources(data), TransferCount(), replicated=False)
     for dest, share in zip(dests, per_host):
         assert tree(dest.directory) == expected(share, data)
@@ -170,7 +171,7 @@ async def test_sharded_each_destination_holds_exactly_its_shard(tmp_path, hosts)
 async def test_sharded_host_without_objects_gets_an_empty_directory(tmp_path):
     data = dataset(small=2)
     objects = input_objects(data)
-    dests = destinations(tmp_path, 4)
+    dests = await destinations(tmp_path, 4)
     per_host = shard(objects, 4)
     await stage_input(per_host, dests, FakeSources(data), TransferCount(), replicated=False)
     for dest, share in zip(dests, per_host):
@@ -187,7 +188,7 @@ async def test_awkward_relative_paths_arrive_unchanged(tmp_path, monkeypatch):
              "$(touch MARKER)", "new\nline", "a" * 255]
     data = {f"in/{n}": content(i, 700 * i) for i, n in enumerate(names)}
     objects = input_objects(data)
-    dests = destinations(tmp_path, 2)
+    dests = await destinations(tmp_path, 2)
     await stage_input([objects] * 2, dests, FakeSources(data), TransferCount(), replicated=True)
     for dest in dests:
         assert tree(dest.directory) == expected(objects, data)
@@ -202,7 +203,7 @@ async def test_controller_files_are_staged_through_the_real_sources(tmp_path):
     (source / "sub" / "empty").write_bytes(b"")
     spec = S3InputSpec(S3Uri=f"file://{source}", LocalPath="/opt/ml/processing/input/d", S3DataType="S3Prefix")
     objects = await list_input(spec, None)
-    dests = destinations(tmp_path, 2)
+    dests = await destinations(tmp_path, 2)
     await stage_input([objects] * 2, dests, Sources(None), TransferCount(), replicated=True)
     for dest in dests:
         assert tree(dest.directory) == tree(source)
@@ -218,7 +219,7 @@ async def test_source_shorter_than_its_listed_size_is_a_client_error_naming_the_
     sources = FakeSources(data, short={key: len(data[key]) // 2})
     per_host = [objects] * 2 if replicated else shard(objects, 2)
     with pytest.raises(ClientError) as caught:
-        await stage_input(per_host, destinations(tmp_path, 2), sources, TransferCount(), replicated=replicated)
+        await stage_input(per_host, await destinations(tmp_path, 2), sources, TransferCount(), replicated=replicated)
     assert f"s3://b/{key}" in caught.value.message
     assert f"read {len(data[key]) // 2} bytes" in caught.value.message
 
@@ -229,7 +230,7 @@ async def test_destination_whose_tar_fails_is_a_client_error_naming_it_after_ret
     attempts(monkeypatch, 2)
     data = dataset(small=20, large=1)
     objects = input_objects(data)
-    dests = destinations(tmp_path, 3)
+    dests = await destinations(tmp_path, 3)
     bad = Path(dests[1].directory)
     if blocker == "file-as-directory":
         bad.write_bytes(b"in the way")
@@ -249,8 +250,8 @@ async def test_destination_whose_tar_fails_is_a_client_error_naming_it_after_ret
 async def test_destination_lost_once_is_retried_and_ends_up_complete(tmp_path):
     data = dataset(small=30, large=1, empty=1)
     objects = input_objects(data)
-    dests = destinations(tmp_path, 2)
-    flaky = Destination("algo-3 (h3, 127.0.0.1)", local_transport("algo-3", failures=1),
+    dests = await destinations(tmp_path, 2)
+    flaky = Destination("algo-3 (h3, 127.0.0.1)", await local_transport("algo-3", failures=1),
                         str(inputs_dir(tmp_path, 3) / "1.partial"))
     await stage_input([objects] * 3, dests + [flaky], FakeSources(data), TransferCount(), replicated=True)
     for dest in dests + [flaky]:
@@ -263,7 +264,7 @@ async def test_a_job_directory_that_is_gone_is_not_recreated(tmp_path, monkeypat
     attempts(monkeypatch, 1)
     data = dataset(small=3)
     objects = input_objects(data)
-    dests = destinations(tmp_path, 1)
+    dests = await destinations(tmp_path, 1)
     host = tmp_path / "host1"
     for path in sorted(host.rglob("*"), reverse=True):
         path.rmdir()

@@ -20,7 +20,7 @@ from fleet.engine import Conflict, Engine, EngineFailed, EngineRefused, NoSuchOb
 from fleet.engine.client import negotiate
 from fleet.engine.frames import FrameError, LogFrames
 from fleet.errors import MACHINERY_EXIT, ClientError, HostError
-from fleet.inventory import Host
+from fleet.inventory import PRIVILEGE_PROGRAMS, Host
 from fleet.transport.local import LocalTransport
 
 LABEL = "algo-1 (h1)"
@@ -522,3 +522,149 @@ async def test_a_host_whose_image_list_is_past_the_apis_bound_is_asked_through_t
         await server.wait_closed()
     assert said == ("present", CONFIG)
     assert any("/images/json" in request for request in fake.requests)  # the API was asked first
+
+
+@pytest.mark.parametrize("program", PRIVILEGE_PROGRAMS)
+def test_a_docker_command_run_as_another_user_is_one_list_for_the_socket_and_the_environment(program):
+    """`su docker` / `run0 docker`: no socket is tried (it may not be the SSH user's to open)
+    and the environment check (a value only docker's environment carries) refuses it, from
+    the same list, so the two cannot disagree on a program."""
+    from fleet.engine.connect import engine_plan
+    host = Host(address="h1", docker=f"/usr/bin/{program} docker")
+    assert engine_plan(host).socket is None
+    assert host.privilege_program == program
+    assert Host(address="h1", docker="docker").privilege_program is None
+
+
+@pytest.mark.parametrize("api", ["1", "0"])
+async def test_a_silent_engine_gets_one_message_from_the_api_probe_and_from_the_script(tmp_path, monkeypatch, api):
+    """The image-have probe is cut at one bound, with the statuses table's message, whether
+    the API or the host script asked (they were two copies of the text)."""
+    from fleet.errors import HostError
+    from fleet.image import push
+    monkeypatch.setenv("FLEET_ENGINE_API", api)
+    monkeypatch.setattr(push, "_probe_bound", lambda docker_timeout: 0.5)
+
+    async def handler(method, target, body, writer):
+        await asyncio.sleep(60)  # the engine takes the request and never answers
+    fake = FakeEngine(tmp_path / "engine.sock", handler)
+    server = await asyncio.start_unix_server(fake.serve, path=str(fake.path))
+    docker = tmp_path / "docker"  # the script's docker: as silent
+    docker.write_text("#!/bin/sh\nexec sleep 60\n")
+    docker.chmod(0o755)
+    host = Host(address="localhost", transport="local", docker=str(docker), engine_socket=str(fake.path))
+    try:
+        with pytest.raises(HostError) as caught:
+            await push._image_have(LocalTransport(host, LABEL), [str(docker)], CONFIG, LAYERS, 1)
+    finally:
+        for task in fake.tasks:
+            task.cancel()
+        await asyncio.gather(*fake.tasks, return_exceptions=True)
+        server.close()
+        await server.wait_closed()
+        # The killed script's docker ends at its own bound (docker_timeout), then is reaped
+        # before the loop closes.
+        await asyncio.sleep(1.5 if api == "0" else 0)
+    assert caught.value.message == f"{LABEL}: docker did not answer within 1 s (looking for the image {CONFIG})"
+    assert any("/images/" in request for request in fake.requests) == (api == "1")
+
+
+FAKE_CLI = r'''
+import os, sys
+if sys.argv[1] == "info":  # the engine the CLI talks to, as engine-id.sh asks
+    if os.environ["FAKE_CLI"] == "broken":
+        sys.exit(1)
+    kind, _, rest = os.environ["FAKE_CLI"].partition(":")
+    engine_id, _, root = rest.partition(":")
+    if kind == "podman" and "{{.ID}}" in sys.argv[3]:
+        print("Error: template: info:1:5: executing at <.ID>: can't evaluate field ID", file=sys.stderr)
+        sys.exit(125)
+    print(f"id={engine_id if kind == 'docker' else ''} root={root}")
+    sys.exit(0)
+'''
+PODMAN = {"Version": "5.8.0", "ApiVersion": "1.41", "MinAPIVersion": "1.24", "Components": [{"Name": "Podman Engine"}]}
+
+
+@pytest.mark.parametrize(("podman", "socket_engine", "cli", "path"), [
+    (False, ("A", "/var/lib/docker"), "docker:A:/var/lib/docker", "socket"),
+    (False, ("A", "/var/lib/docker"), "docker:B:/var/lib/docker", "dial-stdio"),  # another dockerd
+    (False, ("A", "/var/lib/docker"), "broken", "socket"),  # the CLI cannot say: the socket is all there is
+    # Docker 20.10's ID is /etc/docker/key.json's: two daemons of one machine share it, not a root
+    (False, ("A", "/srv/h2/docker-data"), "docker:A:/srv/h1/docker-data", "dial-stdio"),
+    (True, (None, "/var/lib/containers/storage"), "podman::/var/lib/containers/storage", "socket"),
+    (True, (None, "/var/lib/containers/storage"), "podman::/root/.local/share/containers/storage", "dial-stdio"),
+    (True, (None, "/var/lib/containers/storage"), "docker:x:/var/lib/containers/storage", "socket"),  # docker CLI
+], ids=["same-docker", "other-docker", "cli-broken", "shared-trust-key", "same-podman", "rootless-podman",
+        "docker-cli-on-podman"])
+@pytest.mark.parametrize("said", [False, True], ids=["asked", "said-by-a-script"])
+async def test_a_socket_of_another_engine_than_the_docker_commands_is_not_used(tmp_path, monkeypatch, podman,
+                                                                               socket_engine, cli, path, said):
+    """The engine API must reach the engine the host's docker command talks to (a login's
+    DOCKER_HOST may name another): compared by engine ID and root (Docker) or storage root
+    (Podman, whose compat /info makes a new ID up at every call); where they differ,
+    dial-stdio, which is the docker command's engine, saying why. What a script that ran
+    anyway said (fleet check's check.sh) is compared without a command of its own."""
+    import sys
+    import uuid
+
+    from fleet.engine.connect import cli_engine_said, engine_for, engine_path
+    monkeypatch.setenv("FLEET_ENGINE_API", "1")
+    engine_id, root = socket_engine
+
+    def engine(name: str):
+        async def handler(method, target, body, writer):
+            if target.split("?")[0].endswith("/info"):
+                writer.write(json_answer({"ID": engine_id or str(uuid.uuid4()), "DockerRootDir": root}))
+            else:
+                writer.write(json_answer({"Id": name}))
+        return FakeEngine(tmp_path / f"{name}.sock", handler, PODMAN if podman else None)
+    at_socket, clis = engine("socket-engine"), engine("cli-engine")
+    servers = [await asyncio.start_unix_server(e.serve, path=str(e.path)) for e in (at_socket, clis)]
+    docker = tmp_path / "docker.py"
+    docker.write_text(FAKE_CLI + FAKE_DOCKER)
+    monkeypatch.setenv("FAKE_ENGINE", str(clis.path))  # where the CLI's dial-stdio goes
+    monkeypatch.setenv("FAKE_CLI", cli)
+    host = Host(address="localhost", transport="local", docker=f"{sys.executable} {docker}",
+                engine_socket=str(at_socket.path))
+    transport = LocalTransport(host, LABEL)
+    started = []
+    original = transport.start
+
+    async def counted(argv):
+        started.append(argv[3] if argv[:2] == ["sh", "-c"] else argv[0])
+        return await original(argv)
+    transport.start = counted  # type: ignore[method-assign]
+    if said and cli != "broken":
+        kind, engine_cli, cli_root = cli.split(":")
+        cli_engine_said(transport, f"id={engine_cli if kind == 'docker' else ''} root={cli_root}\n")
+    try:
+        found = await engine_for(transport, host, 10)
+        assert found is not None
+        answered = (await found.image_inspect("x"))["Id"]
+        found.close()
+    finally:
+        for task in at_socket.tasks + clis.tasks:
+            task.cancel()
+        await asyncio.gather(*at_socket.tasks, *clis.tasks, return_exceptions=True)
+        for server in servers:
+            server.close()
+            await server.wait_closed()
+        await asyncio.sleep(0.2)  # the dial-stdio command reaped before the loop closes
+    way = engine_path(transport)
+    assert way is not None and way.startswith(path), way
+    assert answered == ("socket-engine" if path == "socket" else "cli-engine")
+    if path == "dial-stdio":
+        assert f"{at_socket.path} is not the engine" in way
+    asked = ["fleet-engine-id"] if not said or cli == "broken" else []
+    assert started == asked + (["fleet-engine-dial"] if path == "dial-stdio" else [])
+
+
+def test_a_socket_the_docker_command_names_itself_needs_no_engine_comparison():
+    """`docker -H unix://P` talks to P whatever the login sets: nothing to compare; the
+    default socket and engine_socket are compared (test above)."""
+    from fleet.engine.connect import engine_plan
+    assert engine_plan(Host(address="h1", docker="docker -H unix:///x.sock")).named_by_command
+    assert engine_plan(Host(address="h1", docker="env DOCKER_HOST=unix:///x.sock docker")).named_by_command
+    assert not engine_plan(Host(address="h1", docker="docker")).named_by_command
+    named_elsewhere = Host(address="h1", docker="docker -H unix:///x.sock", engine_socket="/y.sock")
+    assert not engine_plan(named_elsewhere).named_by_command

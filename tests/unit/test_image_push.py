@@ -49,8 +49,9 @@ class Docker:
         return self.status
 
 
-def target(label: str, handler, have: int = 0) -> PushTarget:
+async def target(label: str, handler, have: int = 0) -> PushTarget:
     transport = ScriptedTransport(Host(address="localhost", name=label, transport="local"), label, handler)
+    await transport.connect()
     return PushTarget(label, transport, DOCKER, have)
 
 
@@ -72,7 +73,7 @@ def archive(tmp_path):
 
 async def test_each_host_is_sent_its_part_of_the_archive_read_once(archive, tmp_path):
     dockers = {label: Docker() for label in ("algo-1", "algo-2", "algo-3")}
-    targets = [target(label, docker, have) for (label, docker), have in zip(dockers.items(), (0, 1, 3))]
+    targets = [await target(label, docker, have) for (label, docker), have in zip(dockers.items(), (0, 1, 3))]
     count = PushCount()
     failed = await push_image(archive, targets, count, docker_timeout=20, spool_dir=tmp_path / "spool")
     assert failed == {}
@@ -87,7 +88,7 @@ async def test_each_host_is_sent_its_part_of_the_archive_read_once(archive, tmp_
 
 async def test_a_failed_load_fails_its_host_alone_with_dockers_words(archive, tmp_path):
     bad = Docker(Status.LOAD_FAILED, b"Error processing tar file(exit status 1): no space left on device\n")
-    targets = [target("algo-1", Docker()), target("algo-2", bad)]
+    targets = [await target("algo-1", Docker()), await target("algo-2", bad)]
     failed = await push_image(archive, targets, PushCount(), docker_timeout=20, spool_dir=tmp_path)
     assert list(failed) == ["algo-2"]
     error = failed["algo-2"]
@@ -97,7 +98,7 @@ async def test_a_failed_load_fails_its_host_alone_with_dockers_words(archive, tm
 
 async def test_a_host_lost_mid_push_fails_alone(archive, tmp_path):
     good = Docker()
-    targets = [target("algo-1", good), target("algo-2", Docker(lose_after=3000))]
+    targets = [await target("algo-1", good), await target("algo-2", Docker(lose_after=3000))]
     failed = await push_image(archive, targets, PushCount(), docker_timeout=20, spool_dir=tmp_path)
     assert list(failed) == ["algo-2"]
     assert isinstance(failed["algo-2"], HostError) and "algo-2" in failed["algo-2"].message
@@ -107,7 +108,7 @@ async def test_a_host_lost_mid_push_fails_alone(archive, tmp_path):
 async def test_a_host_refusing_the_channel_fails_alone(archive, tmp_path):
     async def refuse(command: ScriptedCommand) -> int:
         raise HostError(command.label, "channel open failed")
-    targets = [target("algo-1", Docker()), target("algo-2", refuse)]
+    targets = [await target("algo-1", Docker()), await target("algo-2", refuse)]
     failed = await push_image(archive, targets, PushCount(), docker_timeout=20, spool_dir=tmp_path)
     assert list(failed) == ["algo-2"] and isinstance(failed["algo-2"], HostError)
 
@@ -116,14 +117,14 @@ async def test_a_load_that_ends_well_without_the_image_is_a_failure(archive, tmp
     async def silent(command: ScriptedCommand) -> int:
         await command.read_stdin()
         return 0  # no fleet:loaded
-    failed = await push_image(archive, [target("algo-1", silent)], PushCount(), docker_timeout=20,
+    failed = await push_image(archive, [await target("algo-1", silent)], PushCount(), docker_timeout=20,
                               spool_dir=tmp_path)
     assert list(failed) == ["algo-1"]
 
 
 async def test_a_host_that_stops_reading_fails_after_the_stall_bound(archive, tmp_path, monkeypatch):
     monkeypatch.setattr(push, "WRITE_STALL", 0.2)
-    stuck = target("algo-1", Docker())
+    stuck = await target("algo-1", Docker())
     good = Docker()
 
     async def never(data: bytes) -> None:
@@ -137,7 +138,7 @@ async def test_a_host_that_stops_reading_fails_after_the_stall_bound(archive, tm
         process.write = never  # type: ignore[method-assign]
         return process
     stuck.transport.start = start  # type: ignore[method-assign]
-    failed = await push_image(archive, [stuck, target("algo-2", good)], PushCount(), docker_timeout=20,
+    failed = await push_image(archive, [stuck, await target("algo-2", good)], PushCount(), docker_timeout=20,
                               spool_dir=tmp_path)
     assert list(failed) == ["algo-1"] and "stopped reading" in failed["algo-1"].message
     assert len(good.received) == archive.bytes_for(0)
@@ -165,7 +166,7 @@ def fake_docker(tmp_path, monkeypatch):
 async def test_hosts_lacking_the_whole_image_get_docker_save_live(archive, tmp_path, fake_docker):
     fake_docker.setenv("FAKE_SAVE", str(archive.path))
     dockers = [Docker(), Docker()]
-    targets = [target(f"algo-{i}", d) for i, d in enumerate(dockers, 1)]
+    targets = [await target(f"algo-{i}", d) for i, d in enumerate(dockers, 1)]
     count = PushCount()
     spool = tmp_path / "spool"
     failed = await push_image(DockerSource("fleet-unit:top", archive.image), targets, count,
@@ -183,7 +184,7 @@ async def test_a_host_with_some_layers_gets_the_spooled_archive_without_them(arc
     full, part = Docker(), Docker()
     spool = tmp_path / "spool"
     failed = await push_image(DockerSource("fleet-unit:top", archive.image),
-                              [target("algo-1", full), target("algo-2", part, have=2)], PushCount(),
+                              [await target("algo-1", full), await target("algo-2", part, have=2)], PushCount(),
                               docker_timeout=20, spool_dir=spool)
     assert failed == {}
     assert len(full.received) == archive.bytes_for(0) and len(part.received) == archive.bytes_for(2)
@@ -198,7 +199,7 @@ async def test_docker_save_failing_cuts_every_load_before_its_manifest(archive, 
     dockers = [Docker(), Docker()]
     with pytest.raises(ClientError, match="docker save fleet-unit:top on the controller failed: .*disk full"):
         await push_image(DockerSource("fleet-unit:top", archive.image),
-                         [target(f"algo-{i}", d) for i, d in enumerate(dockers, 1)], PushCount(),
+                         [await target(f"algo-{i}", d) for i, d in enumerate(dockers, 1)], PushCount(),
                          docker_timeout=20, spool_dir=tmp_path)
     for docker in dockers:  # no manifest.json: nothing any engine loads
         assert 0 < len(docker.received) <= 7000 and b"manifest.json" not in docker.received
@@ -225,6 +226,7 @@ async def test_host_has_reads_the_hosts_answer(stdout, status, expected):
         command.write_stdout(stdout)
         return status
     transport = ScriptedTransport(Host(address="localhost", transport="local"), "algo-1", answer)
+    await transport.connect()
     assert await host_has(transport, DOCKER, IMAGE, 20) == expected
 
 
@@ -237,6 +239,7 @@ async def test_host_has_refuses_what_it_cannot_use(stdout, status, match):
         command.write_stdout(stdout)
         return status
     transport = ScriptedTransport(Host(address="localhost", transport="local"), "algo-1", answer)
+    await transport.connect()
     with pytest.raises(HostError, match=match):
         await host_has(transport, DOCKER, IMAGE, 20)
 

@@ -67,6 +67,7 @@ class Session:
 @asynccontextmanager
 async def opened(session: Session) -> AsyncIterator[Instance]:
     async with asyncio.TaskGroup() as tasks, session.instance as instance:
+        await instance.connect()  # as JobExecution does first: the transport starts unconnected
         await instance.open(tasks, 1)
         yield instance
 
@@ -103,7 +104,8 @@ async def test_a_lost_connection_is_resumed_at_the_last_byte_received():
         assert session.stored == b"line 1\nline 2\npartial\nline 3\n"  # nothing lost, nothing twice
         transport = session.transport
         assert transport.started[1] == scripts.resume(session.plan, len(b"line 1\nline 2\npart"), 7)
-        assert transport.reconnects == 3 and transport.connects == 3 and len(instance.reconnects) == 1
+        # connects: the first connection, then three attempts after the cut (two refused)
+        assert transport.reconnects == 3 and transport.connects == 4 and len(instance.reconnects) == 1
         assert "mess" not in instance.report.errors
         assert session.notices[-1].startswith(f"fleet: {LABEL}: reconnected after ")
 
@@ -183,3 +185,25 @@ async def test_a_container_taken_over_that_never_started_is_reported_so():
         with pytest.raises(HostError, match="was never started"):
             await instance.exited()
         assert session.transport.started == [scripts.resume(session.plan, 0, 7)]
+
+
+async def test_the_scripted_transport_runs_no_command_before_it_connects_as_ssh():
+    """As SSHTransport: a command before connect() fails "not connected", so a unit test
+    catches code that forgets to connect (Instance.clean_up once ran one on a take-over's
+    never-connected transport); after a cut the next command connects again."""
+    async def answer(command: ScriptedCommand) -> int:
+        command.write_stdout(b"ok\n")
+        return 0
+    transport = ScriptedTransport(Host(address="h1.lab"), LABEL, answer)
+    with pytest.raises(HostError, match="not connected"):
+        await transport.run(["true"])
+    with pytest.raises(HostError, match="not connected"):
+        await transport.start(["true"])
+    assert not transport.connected and transport.commands == []
+    await transport.connect()
+    assert (await transport.run(["true"])).stdout == b"ok\n"
+    transport.cut()
+    assert (await transport.run(["true"])).stdout == b"ok\n" and transport.connects == 2
+    await transport.close()
+    with pytest.raises(HostError, match="not connected"):
+        await transport.run(["true"])

@@ -49,6 +49,8 @@ async def test_a_failed_upload_cancels_the_other_hosts_uploads(tmp_path: Path):
 
     transports = [ScriptedTransport(hosts[0], "algo-1 (10.0.0.1)", failing),
                   ScriptedTransport(hosts[1], "algo-2 (10.0.0.2)", endless)]
+    for transport in transports:
+        await transport.connect()
     data = JobData(job, Console(out=io.BytesIO(), err=io.StringIO()))
     try:
         async with asyncio.timeout(10):  # a hang fails the test instead of stalling it
