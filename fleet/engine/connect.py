@@ -14,7 +14,9 @@
 The socket's engine must be the one the host's docker command talks to (its user's login may
 set DOCKER_HOST, a docker context, to another engine; an inventory's engine_socket may name
 another daemon): once per host and run, unless the docker command names the socket itself
-(`docker -H unix://P`), `_another_engine` asks the docker command (one exec channel,
+(`docker -H unix://P`) or the caller checks it its own way (cli_check=False: the session,
+whose container, created by the docker command, must be the one the API finds),
+`_another_engine` asks the docker command (one exec channel,
 fleet/host/engine-id.sh; none where a script that ran anyway said it: cli_engine_said, as
 `fleet check`'s does) and compares with the API's /info. Docker: the engine ID
 and its root dir (Docker 20.10's ID is its trust key's, /etc/docker/key.json: daemons of one
@@ -221,6 +223,10 @@ async def _another_engine(transport: Transport, host: Host, engine: Engine, sock
 
 
 _engines: weakref.WeakKeyDictionary[Transport, Engine | str] = weakref.WeakKeyDictionary()
+# Socket engines opened without the comparison (engine_for(cli_check=False)): the socket, to
+# compare when a caller needs it; and the sockets found to be another engine than the CLI's.
+_unchecked: weakref.WeakKeyDictionary[Transport, str] = weakref.WeakKeyDictionary()
+_another: weakref.WeakKeyDictionary[Transport, str] = weakref.WeakKeyDictionary()
 # One opening at a time per transport: the session and the image probe may ask at once.
 _opening: weakref.WeakKeyDictionary[Transport, asyncio.Lock] = weakref.WeakKeyDictionary()
 
@@ -232,21 +238,36 @@ def engine_path(transport: Transport) -> str | None:
     return found.path if isinstance(found, Engine) else found
 
 
-async def engine_for(transport: Transport, host: Host, docker_timeout: int) -> Engine | None:
+async def engine_for(transport: Transport, host: Host, docker_timeout: int, *,
+                     cli_check: bool = True) -> Engine | None:
     """The host's engine API, reached as the module says; None where only its scripts work
     (the reason is kept: engine_path). Asked once per transport. An engine that answers
     neither way in time raises EngineFailed (docker did not answer): its scripts would wait
     for it as long, and say the same."""
     lock = _opening.setdefault(transport, asyncio.Lock())
     async with lock:
-        return await _engine_for(transport, host, docker_timeout)
+        found = await _engine_for(transport, host, docker_timeout, cli_check)
+        socket = _unchecked.get(transport)
+        if found is None or not cli_check or socket is None:
+            return found
+        # Opened unchecked by a caller that checks otherwise (the session: its container must
+        # be there): compared now, reopened the CLI's way if it is another engine.
+        del _unchecked[transport]
+        other = await _another_engine(transport, host, found, socket, docker_timeout)
+        if other is None:
+            return found
+        log.info("%s: %s", transport.label, other)
+        found.close()
+        _another[transport] = other
+        del _engines[transport]
+        return await _engine_for(transport, host, docker_timeout, cli_check)
 
 
-async def _engine_for(transport: Transport, host: Host, docker_timeout: int) -> Engine | None:
+async def _engine_for(transport: Transport, host: Host, docker_timeout: int, cli_check: bool) -> Engine | None:
     found = _engines.get(transport)
     if found is None:
         try:
-            found = await _open(transport, host, docker_timeout)
+            found = await _open(transport, host, docker_timeout, cli_check)
         except EngineFailed as exc:
             if exc.timed_out:
                 raise
@@ -259,7 +280,7 @@ async def _engine_for(transport: Transport, host: Host, docker_timeout: int) -> 
     return found if isinstance(found, Engine) else None
 
 
-async def _open(transport: Transport, host: Host, docker_timeout: int) -> Engine | str:
+async def _open(transport: Transport, host: Host, docker_timeout: int, cli_check: bool) -> Engine | str:
     if os.environ.get("FLEET_ENGINE_API", "1") == "0":
         return "scripts (FLEET_ENGINE_API=0)"
     if host.transport == "srun":
@@ -267,7 +288,9 @@ async def _open(transport: Transport, host: Host, docker_timeout: int) -> Engine
     timeout = float(docker_timeout)
     plan = engine_plan(host)
     why = plan.why
-    if plan.socket is not None:
+    if transport in _another:
+        why = _another[transport]
+    elif plan.socket is not None:
         socket = plan.socket
         try:
             async with asyncio.timeout(timeout):
@@ -293,6 +316,9 @@ async def _open(transport: Transport, host: Host, docker_timeout: int) -> Engine
                     raise
                 why = f"{socket} answered not as an engine: {exc.message.removeprefix(transport.label + ': ')}"
             else:
+                if not cli_check and not plan.named_by_command:
+                    _unchecked[transport] = socket
+                    return engine
                 try:
                     other = None if plan.named_by_command else await _another_engine(transport, host, engine,
                                                                                     socket, docker_timeout)

@@ -35,7 +35,7 @@ from fleet.errors import FleetError, HostError, HostLost
 from fleet.fanout import all_of, first_of
 from fleet.host import Status
 from fleet.inventory import Host
-from fleet.plan import HostPlan
+from fleet.plan import RUN_LABEL, HostPlan
 from fleet.runtime.console import Console, HostLines
 from fleet.runtime.store import RunOptions
 from fleet.transport import Transport
@@ -178,10 +178,30 @@ class Instance:
         if self._api_failures >= API_FAILURES:
             return None
         try:
-            return await engine_for(self.transport, self.host, self.options.docker_timeout)
+            # The session's own check (`_ours`) stands for engine_for's: no command of its own.
+            return await engine_for(self.transport, self.host, self.options.docker_timeout, cli_check=False)
         except FleetError as exc:  # the engine did not answer: the session's docker calls say so
             log.debug("%s: no engine API: %s", self.algo, exc.message)
             return None
+
+    async def _ours(self, engine: Engine | None) -> Engine | None:
+        """`engine` if it has this run's container, which the host's docker command created:
+        then it is the engine that command talks to (a login's DOCKER_HOST or docker context
+        may point the command elsewhere than the socket); else None: the scripts supervise."""
+        if engine is None:
+            return None
+        plan = self._plan()
+        try:
+            found = await engine.inspect(plan.container)
+        except FleetError as exc:
+            log.info("%s: the engine's API does not show the container %s (%s): the host's scripts supervise it",
+                     self.algo, plan.container, exc.message)
+            return None
+        if ((found.get("Config") or {}).get("Labels") or {}).get(RUN_LABEL) != plan.run_id:
+            log.info("%s: the engine at %s has another container %s: the host's scripts supervise this run's",
+                     self.algo, engine.path, plan.container)
+            return None
+        return engine
 
     async def _progress_of(self, process: RemoteProcess, over: asyncio.Event) -> None:
         try:
@@ -259,7 +279,7 @@ class Instance:
                 await self.transport.reconnect(min(retry.RECONNECT_ATTEMPT_TIMEOUT, left))
                 if self._engine is not None:
                     self._engine.close()  # its idle connections went with the old connection
-                self._engine = await self._reach_engine()
+                self._engine = await self._ours(await self._reach_engine())
                 self._api = self._engine is not None
                 self._session_started.clear()
                 process = await self.transport.start(
@@ -328,7 +348,7 @@ class Instance:
 
     async def go(self) -> None:
         """Start the container; say how it is followed (`go api`: the engine's API)."""
-        self._engine = await self._engine_task if self._engine_task is not None else None
+        self._engine = await self._ours(await self._engine_task if self._engine_task is not None else None)
         self._api = self._engine is not None
         await self._send(scripts.GO_API if self._api else scripts.GO)
 
