@@ -21,14 +21,16 @@ SCRIPT = ("printf 'one\\ntwo\\n'; printf 'last-of-%s' \"$(hostname)\"; "
           "if [ \"$(hostname)\" = algo-2 ]; then echo 'failed here' > /opt/ml/output/message; exit 3; fi")
 
 
-def _logged_docker(cluster, tmp_path, calls):
-    """The bed's inventory, each host's docker command wrapped in a script that appends its
-    first word (the docker verb) to `calls`, then runs it."""
-    doc = cluster.inventory_doc()
+def _logged_docker(cluster, tmp_path, calls, doc=None):
+    """The bed's inventory (or `doc`), each host's docker command wrapped in a script that
+    appends its first word (the docker verb) to `calls` (a path, or a list: one per host),
+    then runs it."""
+    doc = doc or cluster.inventory_doc()
     for index, entry in enumerate(doc["hosts"]):
+        log = calls[index] if isinstance(calls, list) else calls
         words = shlex.split(str(entry.get("docker") or doc["defaults"].get("docker") or "docker"))
         wrapper = tmp_path / f"docker-logged-{index}"
-        wrapper.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$1\" >> {shlex.quote(str(calls))}\n"
+        wrapper.write_text(f"#!/bin/sh\nprintf '%s\\n' \"$1\" >> {shlex.quote(str(log))}\n"
                            f"exec {shlex.join(words)} \"$@\"\n")
         wrapper.chmod(0o755)
         entry["docker"] = str(wrapper)
@@ -59,3 +61,25 @@ def test_the_container_is_followed_through_the_api_with_no_docker_process_for_it
         assert followed == set(), verbs
     else:  # the same job, supervised by the host scripts: the test sees those calls
         assert followed == {"logs", "wait", "rm"}, verbs
+
+
+def test_where_the_socket_is_another_engine_the_host_scripts_supervise(cluster, fleet, tmp_path):
+    """h1's engine_socket names h2's engine, while h1's docker command talks to h1's: the API
+    there shows no container of this run (the session's check), so h1's scripts supervise;
+    h2 and h3 go through the API. The job is whole, and nothing is left on either engine."""
+    doc = cluster.inventory_doc()
+    doc["hosts"][0]["engine_socket"] = str(cluster.hosts[1].dir / "docker.sock")
+    calls = [tmp_path / f"calls-{k}" for k in (1, 2, 3)]
+    inventory = _logged_docker(cluster, tmp_path, calls, doc)
+    job = make_job(SCRIPT, count=3)
+    name = job["ProcessingJobName"]
+    ran = fleet("run", "--inventory", str(inventory), str(fleet.write_job(job)), timeout=180)
+    assert ran.returncode == 1, ran.stderr
+    record = fleet.record(name)
+    assert {algo: host["ExitCode"] for algo, host in record["Hosts"].items()} == {
+        "algo-1": 0, "algo-2": 3, "algo-3": 0}
+    for k in (1, 2, 3):
+        assert fleet.log(name, f"algo-{k}") == f"one\ntwo\nlast-of-algo-{k}"
+    verbs = [path.read_text().split() for path in calls]
+    assert {"logs", "wait", "rm"} <= set(verbs[0]), verbs[0]
+    assert {"logs", "wait", "rm"} & (set(verbs[1]) | set(verbs[2])) == set(), verbs
