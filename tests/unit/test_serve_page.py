@@ -1,7 +1,7 @@
 """The jobs page of `fleet serve` (issue 21, point 6) through aiohttp's test client on a real
 store, without a browser: no page without the login, the cookie's flags, Stop refused without
 the CSRF token or from another origin, each profile seeing only its own jobs, and container
-text shown as text (tests/integration/test_serve_page.py drives the same page in Chromium)."""
+text shown as text (tests/integration/test_serve_page_browser.py drives the same page in Chromium)."""
 
 from __future__ import annotations
 
