@@ -276,6 +276,17 @@ class Engine:
     async def start(self, container: str) -> None:
         await self._empty("POST", f"/containers/{_quote(container)}/start", f"starting the container {container}")
 
+    async def stop(self, container: str, *, grace: int) -> None:
+        """`docker stop`: the container's stop signal (fleet creates it with SIGINT), SIGKILL
+        after `grace` seconds; the call lasts as long."""
+        await self._empty("POST", f"/containers/{_quote(container)}/stop", f"stopping the container {container}",
+                          query={"t": str(grace)}, timeout=grace + self.timeout)
+
+    async def kill(self, container: str) -> None:
+        """`docker kill` (SIGKILL). Conflict when it is not running."""
+        await self._empty("POST", f"/containers/{_quote(container)}/kill", f"killing the container {container}",
+                          query={"signal": "KILL"})
+
     async def wait(self, container: str, *, timeout: float) -> int:
         """The container's exit code once it is not running (`timeout`: how long it may run)."""
         said = await self._json("POST", f"/containers/{_quote(container)}/wait",

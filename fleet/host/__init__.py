@@ -28,11 +28,12 @@ The session is the whole life of the job on the host in one command:
     → report the exit code and the first 1 KB of /opt/ml/output/message
     → wait for `clean` or `keep` on stdin → remove the container (and the job directory).
 
-Where the controller reaches the host's engine API (fleet.engine), it says `go api`: after
-`docker start` the session only waits, and the controller follows the log, waits for the
-exit and removes the container through the API (no `docker logs`, `docker wait` nor
-`docker rm` process on the host); it says `ended` once it has the exit code and the whole
-log, and the session answers with the message, then removes the job directory on `clean`.
+Where the controller reaches the host's engine API (fleet.engine), it says `go api`: once the
+inputs are in place the session says `placed` and only waits, and the controller starts the
+container, follows the log, waits for the exit and removes the container through the API
+(no `docker start`, `logs`, `wait` nor `rm` process on the host); it says `ended` once it has
+the exit code and the whole log, and the session answers with the message, then removes the
+job directory on `clean`.
 
 The container is detached: losing the session never kills it. EOF on stdin before `go`
 aborts; EOF later leaves everything in place, for a controller that comes back.
@@ -240,7 +241,8 @@ class SessionReport:
     LINE_LIMIT, docker's words keep their last SAID_LIMIT bytes, a message its first
     MESSAGE_LIMIT, the events listed EVENTS_LIMIT)."""
 
-    events: list[str] = field(default_factory=list)  # written, image-missing, prepared, started, exited, cleaned
+    # written, image-missing, prepared, placed (API: inputs in place, to start), started, exited, cleaned
+    events: list[str] = field(default_factory=list)
     image: str | None = None  # the ID of the image the container is created from
     image_how: str = ""  # present | pulled
     exit_code: int | None = None
@@ -278,8 +280,8 @@ class SessionReport:
                 # read (up to the limit) and never trusted beyond it.
                 self._message_left = min(max(_int(line.removeprefix(b"fleet:message:")) or 0, 0), MESSAGE_LIMIT)
                 self.message = b""
-            elif line in (b"fleet:written", b"fleet:image-missing", b"fleet:prepared", b"fleet:started",
-                          b"fleet:exited", b"fleet:cleaned"):
+            elif line in (b"fleet:written", b"fleet:image-missing", b"fleet:prepared", b"fleet:placed",
+                          b"fleet:started", b"fleet:exited", b"fleet:cleaned"):
                 event = line.decode().removeprefix("fleet:")
                 if len(self.events) < EVENTS_LIMIT:
                     self.events.append(event)

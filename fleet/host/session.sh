@@ -238,12 +238,13 @@ while [ "$ninputs" -gt 0 ]; do
   fi
   shift 2; ninputs=$((ninputs - 1))
 done
-d start "$name" >/dev/null || exit "$START_FAILED"
-printf 'fleet:started\n' >&2
-# `go api`: the controller follows the container through the engine's API (await_end);
-# `go`: this session does (supervise).
+# `go api`: the controller starts the container and follows it through the engine's API
+# (await_end), once the inputs are in place (`placed`); `go`: this session does (supervise).
 if [ "$supervisor" = api ]; then
+  printf 'fleet:placed\n' >&2
   await_end "$name" "$job_dir" "$job_parent" "$message"
 else
+  d start "$name" >/dev/null || exit "$START_FAILED"
+  printf 'fleet:started\n' >&2
   supervise "$name" "$job_dir" "$job_parent" "$message" 0
 fi

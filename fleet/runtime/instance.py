@@ -24,12 +24,14 @@ scripts supervise, as they do where there is no API (srun, FLEET_ENGINE_API=0).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from fleet import host as scripts, retry
-from fleet.engine.client import Engine
+from fleet.engine.client import Conflict, Engine, EngineRefused, NoSuchObject
 from fleet.engine.connect import engine_for
 from fleet.errors import FleetError, HostError, HostLost
 from fleet.fanout import all_of, first_of
@@ -75,7 +77,8 @@ class Instance:
         self._process: RemoteProcess | None = None
         self._reader: asyncio.Task[None] | None = None
         self._events: dict[str, asyncio.Event] = {
-            name: asyncio.Event() for name in ("written", "image-missing", "prepared", "started", "exited", "cleaned")}
+            name: asyncio.Event() for name in ("written", "image-missing", "prepared", "placed", "started", "exited",
+                                               "cleaned")}
         self._ended = asyncio.Event()  # the session (and every reconnect) is over
         self._status: int | None = None
         self._lost: FleetError | None = None
@@ -89,6 +92,8 @@ class Instance:
         self._api = False  # the current session command's container is followed through the API
         self._api_failures = 0
         self._session_started = asyncio.Event()  # the current session command said `started`
+        self._tty = False  # the container has a TTY (docker_args' -t): its log is raw, not framed
+        self._session_placed = asyncio.Event()  # ... `placed` (API: the controller starts the container)
 
     @property
     def label(self) -> str:
@@ -171,6 +176,8 @@ class Instance:
             self._events[event].set()
             if event == "started":
                 self._session_started.set()
+            elif event == "placed":
+                self._session_placed.set()
 
     async def _reach_engine(self) -> Engine | None:
         """The host's engine API for following the container; None where the host's
@@ -201,7 +208,27 @@ class Instance:
             log.info("%s: the engine at %s has another container %s: the host's scripts supervise this run's",
                      self.algo, engine.path, plan.container)
             return None
+        self._tty = bool((found.get("Config") or {}).get("Tty"))  # how its log is framed
         return engine
+
+    async def _start(self, engine: Engine, process: RemoteProcess) -> None:
+        """Start the container through the API (the session said its inputs are in place).
+        The engine refusing is the session's START_FAILED (the one table of failures: a GPU
+        runtime missing is the machine's, anything else the job's); a lost engine connection
+        is raised as it is (the host's, exit 75). Either way the session command is closed
+        (it waits, its container created: the cleanup removes it)."""
+        try:
+            await engine.start(self._plan().container)
+        except EngineRefused as exc:
+            process.close()
+            raise self._failure("could not start", Status.START_FAILED,
+                                said=exc.message.removeprefix(self.label + ": ")) from None
+        except FleetError:
+            process.close()
+            raise
+        for event in (self._events["started"], self._session_started):
+            event.set()
+        log.debug("%s: started (through the API)", self.algo)
 
     async def _progress_of(self, process: RemoteProcess, over: asyncio.Event) -> None:
         try:
@@ -216,19 +243,20 @@ class Instance:
         at once when the session ends before the container started (its status tells why).
         An engine failure closes the session command and is raised: the caller reconnects
         and resumes, as after a lost connection."""
-        if await first_of(self._session_started.wait(), over.wait()) != 0:
-            return
+        which = await first_of(self._session_started.wait(), self._session_placed.wait(), over.wait())
         engine = self._engine  # `go` (or the reconnect) chose, before the container started
-        if not self._api or engine is None:
+        if which == 2 or not self._api or engine is None:
             return
         container = self._plan().container
+        if which == 1:
+            await self._start(engine, process)
         try:
-            async for _, piece in engine.logs(container, follow=True, skip=self.received):
+            async for _, piece in engine.logs(container, follow=True, skip=self.received, tty=self._tty):
                 self._output(piece)
             code = await engine.wait(container, timeout=RUN_BOUND)
             # A follow the engine cut short (a daemon restarted with live-restore) ended before
             # the container did: what it wrote meanwhile.
-            async for _, piece in engine.logs(container, follow=False, skip=self.received):
+            async for _, piece in engine.logs(container, follow=False, skip=self.received, tty=self._tty):
                 self._output(piece)
         except FleetError:
             self._api_failures += 1
@@ -282,6 +310,7 @@ class Instance:
                 self._engine = await self._ours(await self._reach_engine())
                 self._api = self._engine is not None
                 self._session_started.clear()
+                self._session_placed.clear()
                 process = await self.transport.start(
                     scripts.resume(self._plan(), self.received, self.options.docker_timeout, api=self._api))
             except FleetError as exc:
@@ -336,10 +365,13 @@ class Instance:
                              need=_gib(self._volume_kb), free=_gib(self.report.errors.splitlines()[-1]
                                                                    if self.report.errors else "?"))
 
-    def _failure(self, otherwise: str, status: int | None = None, **fields: object) -> FleetError:
+    def _failure(self, otherwise: str, status: int | None = None, said: str | None = None,
+                 **fields: object) -> FleetError:
         """The error the session's exit status means (fleet.host.statuses: its kind and
-        words), else HostError(`otherwise`)."""
-        plan, said = self._plan(), self.report.errors
+        words; `said`: docker's words, by default what the session said), else
+        HostError(`otherwise`)."""
+        plan = self._plan()
+        said = self.report.errors if said is None else said
         status = self._status if status is None else status
         error = scripts.host_failure(status, self.label, said, docker_timeout=self.options.docker_timeout,
                                      docker=repr(self.host.docker), workdir=plan.workdir, job_dir=plan.job_dir,
@@ -395,9 +427,12 @@ class Instance:
         plan = self._plan()
         try:
             async with asyncio.timeout(self.stop_bound):
-                which = await first_of(self._until("exited"), self._until_ran(scripts.stop(plan)), kill.wait())
+                stop = self._until_ran(scripts.stop(plan),
+                                       lambda engine: engine.stop(plan.container, grace=self.options.stop_grace))
+                which = await first_of(self._until("exited"), stop, kill.wait())
                 if which == 2:
-                    which = await first_of(self._until("exited"), self._until_ran(scripts.kill(plan)))
+                    kill_it = self._until_ran(scripts.kill(plan), lambda engine: engine.kill(plan.container))
+                    which = await first_of(self._until("exited"), kill_it)
                 if which != 0:  # the command ran: the session reports the container's end
                     await self._until("exited")
         except TimeoutError:
@@ -417,12 +452,19 @@ class Instance:
         if self._reader is not None:
             self._reader.cancel()  # its `finally` marks the session ended
 
-    async def _until_ran(self, argv: list[str]) -> None:
-        """Run argv on the host, again after each failure to reach it (at the reconnects'
-        pace), until it ran; the caller cancels it when it is no longer needed."""
+    async def _until_ran(self, argv: list[str], api: Callable[[Engine], Awaitable[None]] | None = None) -> None:
+        """Run argv on the host (or `api`, the same through the engine's API, where the
+        container is followed so: no command on the host), again after each failure to
+        reach it (at the reconnects' pace), until it ran; the caller cancels it when it is
+        no longer needed."""
         retrying = retry.RECONNECT.start()
         while True:
             try:
+                engine = self._engine if self._api else None
+                if engine is not None and api is not None:
+                    with contextlib.suppress(NoSuchObject, Conflict):  # gone, or not running: nothing to do
+                        await api(engine)
+                    return
                 await self.transport.run(argv)
                 return
             except FleetError as exc:

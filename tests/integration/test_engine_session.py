@@ -1,7 +1,7 @@
 """The session through the engine's API (fleet/runtime/instance.py, supervise.sh's
-await_end): once the container has started, the controller follows its log, waits for its
-exit and removes it through the API over the host's SSH connection; the host runs no
-`docker logs`, `docker wait` nor `docker rm`. Seen by a docker command that writes down each
+await_end): once the inputs are in place, the controller starts the container, follows its
+log, waits for its exit and removes it through the API over the host's SSH connection; the
+host runs no `docker start`, `logs`, `wait` nor `rm`. Seen by a docker command that writes down each
 call it is asked to make (the inventory's `docker`), on every engine of the bed, against the
 same job with the API turned off (FLEET_ENGINE_API=0: the host scripts make those calls)."""
 
@@ -55,12 +55,12 @@ def test_the_container_is_followed_through_the_api_with_no_docker_process_for_it
     for k in (1, 2, 3):  # the container's bytes exactly, the last unterminated line too
         assert fleet.log(name, f"algo-{k}") == f"one\ntwo\nlast-of-algo-{k}"
     verbs = calls.read_text().split()
-    assert verbs.count("create") == 3 and verbs.count("start") == 3, verbs
-    followed = {"logs", "wait", "rm"} & set(verbs)
+    assert verbs.count("create") == 3, verbs
+    followed = {"start", "logs", "wait", "rm"} & set(verbs)
     if api:
         assert followed == set(), verbs
     else:  # the same job, supervised by the host scripts: the test sees those calls
-        assert followed == {"logs", "wait", "rm"}, verbs
+        assert followed == {"start", "logs", "wait", "rm"}, verbs
 
 
 def test_where_the_socket_is_another_engine_the_host_scripts_supervise(cluster, fleet, tmp_path):
@@ -81,5 +81,20 @@ def test_where_the_socket_is_another_engine_the_host_scripts_supervise(cluster, 
     for k in (1, 2, 3):
         assert fleet.log(name, f"algo-{k}") == f"one\ntwo\nlast-of-algo-{k}"
     verbs = [path.read_text().split() for path in calls]
-    assert {"logs", "wait", "rm"} <= set(verbs[0]), verbs[0]
-    assert {"logs", "wait", "rm"} & (set(verbs[1]) | set(verbs[2])) == set(), verbs
+    assert {"start", "logs", "wait", "rm"} <= set(verbs[0]), verbs[0]
+    assert {"start", "logs", "wait", "rm"} & (set(verbs[1]) | set(verbs[2])) == set(), verbs
+
+
+@pytest.mark.parametrize("api", [True, False], ids=["api", "scripts"])
+def test_a_container_the_engine_cannot_start_fails_the_job_as_the_users_error(cluster, fleet, tmp_path, api):
+    """An entrypoint the image lacks: the engine refuses the start (the OCI runtime cannot
+    exec it). Through the API as through `docker start`: ClientError, exit 1 (running the job
+    again would fail again), the engine's words kept, and nothing left on any host."""
+    job = make_job(count=3)
+    job["AppSpecification"]["ContainerEntrypoint"] = ["/no/such/program"]
+    env = fleet.env() if api else fleet.env(FLEET_ENGINE_API="0")
+    ran = fleet("run", "--inventory", str(cluster.inventory), str(fleet.write_job(job)), timeout=180, env=env)
+    assert ran.returncode == 1, ran.stderr
+    reason = fleet.record(job["ProcessingJobName"])["FailureReason"]
+    assert reason.startswith("ClientError:"), reason
+    assert "docker could not start the container" in reason and "/no/such/program" in reason, reason
