@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from fleet import host as scripts, retry
-from fleet.engine.client import Conflict, Engine, EngineRefused, NoSuchObject
+from fleet.engine.client import Conflict, Engine, EngineFailed, EngineRefused, NoSuchObject
 from fleet.engine.connect import engine_for
 from fleet.errors import FleetError, HostError, HostLost
 from fleet.fanout import all_of, first_of
@@ -213,14 +213,18 @@ class Instance:
 
     async def _start(self, engine: Engine, process: RemoteProcess) -> None:
         """Start the container through the API (the session said its inputs are in place).
-        The engine refusing is the session's START_FAILED (the one table of failures: a GPU
-        runtime missing is the machine's, anything else the job's); a lost engine connection
-        is raised as it is (the host's, exit 75). Either way the session command is closed
+        The engine answering no is the session's START_FAILED (the one table of failures: a
+        GPU runtime missing is the machine's, anything else the job's); no answer (a lost
+        engine connection, a timeout) is raised as it is (the host's, exit 75). Either way the session command is closed
         (it waits, its container created: the cleanup removes it)."""
         try:
             await engine.start(self._plan().container)
-        except EngineRefused as exc:
+        except (EngineRefused, EngineFailed) as exc:
             process.close()
+            if isinstance(exc, EngineFailed) and exc.status is None:
+                raise  # no answer: the host's
+            # The engine answered no (Docker: 400; Podman: 500 for the same exec failure), as
+            # `docker start` would have.
             raise self._failure("could not start", Status.START_FAILED,
                                 said=exc.message.removeprefix(self.label + ": ")) from None
         except FleetError:
