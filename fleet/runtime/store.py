@@ -28,6 +28,7 @@ import os
 import re
 import socket
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -337,12 +338,27 @@ class RecordCache:
         """Drop what is kept of `name` (a job the caller will not look at again)."""
         self._known.pop(name, None)
 
+    def _names(self) -> list[str]:
+        try:
+            return [entry.name for entry in os.scandir(self.store.jobs) if entry.is_dir()]
+        except FileNotFoundError:
+            return []
+
+    def warm(self, batch: int = 64) -> Iterator[int]:
+        """Read every record not yet kept, `batch` at a time, yielding after each batch the
+        number looked at so far: the caller (an event loop's task) lets others run in between,
+        so that the first list of 10,000 jobs costs stats, not 10,000 reads and parses, without
+        anyone waiting for the whole warm-up. A record that changes meanwhile is read again
+        when looked at, as always."""
+        names = self._names()
+        for start in range(0, len(names), batch):
+            for name in names[start:start + batch]:
+                self.load(name)
+            yield min(start + batch, len(names))
+
     def records(self) -> list[dict[str, Any]]:
         """Every job's record, newest first; unreadable ones are skipped."""
-        try:
-            names = [entry.name for entry in os.scandir(self.store.jobs) if entry.is_dir()]
-        except FileNotFoundError:
-            names = []
+        names = self._names()
         for gone in self._known.keys() - set(names):
             del self._known[gone]
         found = [record for name in names if (record := self.load(name)) is not None]

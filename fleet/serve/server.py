@@ -349,8 +349,12 @@ async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None
     try:
         async with asyncio.TaskGroup() as tasks:
             scheduling = tasks.create_task(api.scheduler.run(), name="scheduler")
+            # After listening, not before: a restarted serve answers its pollers at once, and
+            # the warm-up yields between batches (Api.warm).
+            warming = tasks.create_task(api.warm(), name="warm the List cache")
             await stop.wait()
             scheduling.cancel()
+            warming.cancel()
     finally:
         listener.close()
         with contextlib.suppress(Exception):

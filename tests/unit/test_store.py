@@ -11,7 +11,8 @@ import pytest
 from fleet.cli import main
 from fleet.errors import InvalidInput
 from fleet.inventory import Host
-from fleet.runtime.store import JobOwned, JobStore, RunOptions, RunRecord
+from fleet.runtime import store as store_module
+from fleet.runtime.store import JobOwned, JobStore, RecordCache, RunOptions, RunRecord
 
 
 def record(name: str, created: str, status: str = "Completed", **extra) -> dict:
@@ -130,3 +131,19 @@ def test_a_store_made_before_is_tightened_as_it_is_written_to(tmp_path: Path):
     assert [mode(d) for d in (home, home / "jobs", directory, directory / "logs")] == [0o700] * 4
     for name in ("describe.json", "owner.lock", "logs/algo-1.log"):
         assert mode(directory / name) == 0o600, name
+
+
+def test_the_record_cache_warms_a_batch_at_a_time_and_then_lists_without_reading(tmp_path: Path, monkeypatch):
+    """serve warms its List cache once it listens (Api.warm), a batch between other work; the
+    first list afterwards reads no record, a stat each."""
+    store = JobStore(tmp_path)
+    for i in range(5):
+        store.create(record(f"j{i}", f"2026-01-0{i + 1}T00:00:00+00:00"))
+        old = os.stat(store.jobs / f"j{i}" / "describe.json").st_mtime - 3600  # settled: past the racy window
+        os.utime(store.jobs / f"j{i}" / "describe.json", (old, old))
+    cache = RecordCache(store, ("ProcessingJobName", "CreationTime"))
+    assert list(cache.warm(batch=2)) == [2, 4, 5]
+    parsed: list[bytes] = []
+    monkeypatch.setattr(store_module.json, "loads", lambda data: parsed.append(data) or {})
+    assert [r["ProcessingJobName"] for r in cache.records()] == ["j4", "j3", "j2", "j1", "j0"]
+    assert parsed == []
