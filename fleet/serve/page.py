@@ -407,7 +407,7 @@ class Page:
     async def events(self, request: web.Request, session: Session) -> web.StreamResponse:
         """The job's logs and state as Server-Sent Events: `lines` ({host, lines}), `state`
         (status, failure, exit codes) when it changes, `end` once the job ended and its logs
-        are drained. Resumes at Last-Event-ID (each host's offset)."""
+        are drained. Resumes at Last-Event-ID (each host's offset). Ends when its session does."""
         record = await self._described(request, session)
         if isinstance(record, web.Response):
             return record
@@ -446,6 +446,8 @@ class Page:
                     await self._write(response, _event("end", {}))
                     break
                 await asyncio.sleep(POLL)
+                if self.access.session(request) is not session:
+                    break  # signed out (expired, or ended by a newer login of its profile): no more lines
                 described = await self._described(request, session)
                 if isinstance(described, web.Response):
                     break  # gone (or no longer visible): the stream ends

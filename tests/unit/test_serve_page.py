@@ -26,7 +26,7 @@ from fleet.inventory import parse_inventory
 from fleet.runtime.store import JobStore, RunOptions
 from fleet.serve.api import Api
 from fleet.serve.auth import CONTROLLER, Principal
-from fleet.serve.page import COOKIE, MAX_SESSIONS, MAX_STREAMS, Page, PageAccess
+from fleet.serve.page import COOKIE, MAX_SESSIONS, MAX_STREAMS, PROFILE_SESSIONS, Page, PageAccess
 from fleet.serve.scheduler import Scheduler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -328,3 +328,21 @@ async def test_one_profile_cannot_take_every_event_stream(page):
     finally:
         for answer in held:
             answer.close()
+
+
+async def test_an_event_stream_ends_with_its_session(page, monkeypatch):
+    """The attack: a session ended (expired, or evicted by its profile's newer logins) kept
+    its open event streams, reading new log lines for up to STREAM_SECONDS more."""
+    client, tokens, api = page
+    monkeypatch.setattr("fleet.serve.page.STREAM_SECONDS", 5.0)  # s25 ran the stream this long, then ended it
+    first = await _session_of(client, tokens["alice"])
+    answer = await client.get("/jobs/zq-alice/events", headers=first)
+    assert answer.status == 200
+    assert b"first line" in await answer.content.readuntil(b"first line")
+    for _ in range(PROFILE_SESSIONS):  # alice's newer logins end the first session
+        await _session_of(client, tokens["alice"])
+    assert (await client.get("/", headers=first)).status == 401
+    path = api.store.log_path("zq-alice", "algo-1")
+    path.write_bytes(path.read_bytes() + b"written after the session ended\n")
+    rest = await answer.content.read()
+    assert b"written after the session ended" not in rest
