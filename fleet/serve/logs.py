@@ -7,8 +7,11 @@ Events: a line each (its newline dropped), a line longer than EVENT_BYTES cut in
 that size (CloudWatch's limit), a line still being written left for a later call unless its
 job has ended. Bounded whatever the log holds: a log is read forward with a 64 KiB buffer,
 never whole; a time is found by bisecting the index; a page is at most PAGE_BYTES and
-PAGE_EVENTS; one FilterLogEvents call reads at most SCAN_BYTES of logs (then a page, maybe
-empty, with a nextToken, as CloudWatch's own partial pages).
+PAGE_EVENTS; one FilterLogEvents call does at most SCAN_WORK of matching (then a page, maybe
+empty, with a nextToken, as CloudWatch's own partial pages): an event costs its bytes and a
+fixed overhead, once for reading it and once per term of the filterPattern (at most
+PATTERN_CHARS long, CloudWatch's own limit), so that a pattern of hundreds of terms over
+millions of one-byte lines cannot hold a thread for minutes.
 
 Where CloudWatch does not say, fleet chose:
 - Tokens are positions: GetLogEvents `f/OFFSET` and `b/OFFSET` (bytes of the log); the
@@ -34,7 +37,7 @@ import heapq
 import json
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -46,7 +49,10 @@ PAGE_BYTES = 1_048_576  # at most 1 MB of events a page (as CloudWatch)
 PAGE_EVENTS = 10_000  # and at most 10,000 events
 EVENT_OVERHEAD = 26  # bytes CloudWatch counts per event beside its message
 BACK_SCAN = 1 << 20  # bytes read backward at most to find a line's start (a longer line's cut moves)
-SCAN_BYTES = 16 << 20  # bytes of logs one FilterLogEvents call reads at most
+SCAN_BYTES = 16 << 20  # bytes of logs one FilterLogEvents call reads at most (a pattern of one term)
+SCAN_WORK = 2 * SCAN_BYTES  # what one call matches at most: (terms + 1) * (bytes + SCAN_OVERHEAD) an event
+SCAN_OVERHEAD = 32  # the cost of an event beside its bytes (a one-byte line is not free to read or test)
+PATTERN_CHARS = 1024  # a filterPattern's length at most (CloudWatch's FilterPattern: 0 to 1024)
 SETTLE_MS = 1000  # FilterLogEvents answers events this old or older (see the module)
 _BLOCK = 64 * 1024
 
@@ -209,11 +215,30 @@ def stream_times(source: Source) -> tuple[int, int, int]:
 
 
 # -- FilterLogEvents ------------------------------------------------------------------------------
-def parse_pattern(text: str) -> Callable[[bytes], bool] | None:
+@dataclass(frozen=True)
+class Pattern:
+    """A parsed filterPattern: a test of a message, and how many terms it tests (its cost)."""
+
+    every: tuple[bytes, ...]
+    none: tuple[bytes, ...]
+    some: tuple[bytes, ...]
+
+    @property
+    def terms(self) -> int:
+        return len(self.every) + len(self.none) + len(self.some)
+
+    def __call__(self, message: bytes) -> bool:
+        return (all(t in message for t in self.every) and not any(t in message for t in self.none)
+                and (not self.some or any(t in message for t in self.some)))
+
+
+def parse_pattern(text: str) -> Pattern | None:
     """A filterPattern of CloudWatch's term forms, as a test of a message (None: every
     message matches): `TERM` and `"a phrase"` must all appear, `-TERM` must not, and of the
     `?TERM`s at least one must. Case-sensitive, matched anywhere in the message. ValueError
     for the JSON (`{...}`), space-delimited (`[...]`) and regex (`%...%`) forms."""
+    if len(text) > PATTERN_CHARS:
+        raise ValueError(f"filterPattern is {len(text)} characters long; at most {PATTERN_CHARS}")
     text = text.strip()
     if not text:
         return None
@@ -240,11 +265,7 @@ def parse_pattern(text: str) -> Callable[[bytes], bool] | None:
         if not term:
             raise ValueError(f"filterPattern {text!r}: {sign or 'a'} with no term")
         {"": every, "-": none, "?": some}[sign].append(term.encode())
-
-    def matches(message: bytes) -> bool:
-        return (all(t in message for t in every) and not any(t in message for t in none)
-                and (not some or any(t in message for t in some)))
-    return matches
+    return Pattern(tuple(every), tuple(none), tuple(some))
 
 
 def _quoted(text: str, i: int) -> tuple[str, int]:
@@ -293,7 +314,7 @@ def _since(events: Iterator[Event], since: int | None) -> Iterator[Event]:
 
 
 def filter_events(sources: list[Source], *, start_time: int | None, end_time: int | None,
-                  pattern: Callable[[bytes], bool] | None, limit: int, token: tuple[int, str, int] | None,
+                  pattern: Pattern | None, limit: int, token: tuple[int, str, int] | None,
                   now: int | None = None) -> dict[str, Any]:
     """FilterLogEvents over `sources`, oldest first, interleaved. A stream is opened only once
     the merge reaches its first time (so a search over thousands of ended jobs holds open only
@@ -324,6 +345,7 @@ def filter_events(sources: list[Source], *, start_time: int | None, end_time: in
     current: dict[str, Event] = {}
     found: list[dict[str, Any]] = []
     size = scanned = 0
+    factor = 1 + (pattern.terms if pattern is not None else 0)  # reading an event, and each term tested
     next_token: str | None = None
     considered: tuple[int, str, int] | None = None
     try:
@@ -346,8 +368,8 @@ def filter_events(sources: list[Source], *, start_time: int | None, end_time: in
                     found.append({"logStreamName": stream, **_shaped(event), "eventId": event_id(stream, event.start)})
                     size += _cost(event)
                 considered = (event.stamp, stream, event.end)
-                scanned += len(event.data) + 1
-                if scanned >= SCAN_BYTES:
+                scanned += factor * (len(event.data) + SCAN_OVERHEAD)
+                if scanned >= SCAN_WORK:
                     next_token = _token(*considered)
                     break
             reader, events = open_streams[stream]

@@ -17,8 +17,14 @@ request are secrets and are never shown.
 
 Logs are Server-Sent Events: a stream per open job page, polling the stored logs every POLL
 seconds, at most STREAM_SECONDS long (the browser's EventSource then reconnects on its own and
-resumes at the event id, which carries each host's offset), at most MAX_STREAMS at once. Each
-is an HTTP connection and counts against serve's connection caps like any other.
+resumes at the event id, which carries each host's offset), at most MAX_STREAMS at once and
+PROFILE_STREAMS of them for one profile (so that one profile's user, or a script with its
+login, cannot take every stream from the others). Each is an HTTP connection and counts
+against serve's connection caps like any other.
+
+A profile keeps at most PROFILE_SESSIONS sessions: its next login ends its own oldest one,
+never another profile's (a script logging in again and again with one profile's token would
+otherwise sign everyone else out).
 """
 
 from __future__ import annotations
@@ -54,10 +60,12 @@ STATIC = Path(__file__).with_name("page")  # page.css, page.js: package data
 COOKIE = "fleet_session"
 SESSION_SECONDS = 12 * 3600  # a login lasts this long
 MAX_SESSIONS = 256  # sessions kept; a login beyond evicts the oldest
+PROFILE_SESSIONS = 16  # sessions of one profile kept; its login beyond evicts its own oldest
 PAGE_SIZE = 25  # jobs a page of the list
 POLL = 0.2  # seconds between looks at a followed job's logs and record
 STREAM_SECONDS = 300.0  # an event stream's longest life; EventSource reconnects and resumes
 MAX_STREAMS = 64  # event streams open at once, all sessions together
+PROFILE_STREAMS = 8  # of them for one profile (a browser opens at most 6 to one HTTP/1.1 origin)
 READ_BYTES = 256 * 1024  # of one host's log per look: an event's size stays bounded
 WRITE_SECONDS = 30.0  # a client that does not take an event within this is dropped
 STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped")
@@ -110,6 +118,9 @@ class PageAccess:
             return None
         now = time.monotonic()
         self.sessions = {key: s for key, s in self.sessions.items() if s.expires > now}
+        own = [key for key, s in self.sessions.items() if s.principal.name == principal.name]
+        while len(own) >= PROFILE_SESSIONS:
+            del self.sessions[own.pop(0)]  # insertion order: its oldest login first
         while len(self.sessions) >= MAX_SESSIONS:
             del self.sessions[min(self.sessions, key=lambda key: self.sessions[key].expires)]
         cookie = secrets.token_urlsafe(32)
@@ -239,6 +250,7 @@ class Page:
         self.api = api
         self.access = access
         self.streams = 0
+        self.profile_streams: dict[str, int] = {}  # open streams by profile name
         self.closing = False  # serve is stopping: the event streams end (else shutdown waits for them)
         # A list row's fields beyond a ProcessingJobSummary's (the start, the hosts): read again
         # only when a record changed, as the API's own list does.
@@ -395,18 +407,22 @@ class Page:
     async def events(self, request: web.Request, session: Session) -> web.StreamResponse:
         """The job's logs and state as Server-Sent Events: `lines` ({host, lines}), `state`
         (status, failure, exit codes) when it changes, `end` once the job ended and its logs
-        are drained. Resumes at Last-Event-ID (each host's offset)."""
+        are drained. Resumes at Last-Event-ID (each host's offset). Ends when its session does."""
         record = await self._described(request, session)
         if isinstance(record, web.Response):
             return record
         if self.streams >= MAX_STREAMS:
             return _refusal(503, f"fleet serve follows {MAX_STREAMS} logs already; retry later.")
+        who = session.principal.name
+        if self.profile_streams.get(who, 0) >= PROFILE_STREAMS:
+            return _refusal(503, f"{who} follows {PROFILE_STREAMS} logs already; close a job's page and retry.")
         name = record["ProcessingJobName"]
         offsets = _offsets(request.headers.get("Last-Event-ID", ""))
         tails: dict[str, _HostTail] = {}
         response = web.StreamResponse(headers={**HEADERS, "Content-Type": "text/event-stream; charset=utf-8",
                                                "X-Accel-Buffering": "no"})
         self.streams += 1
+        self.profile_streams[who] = self.profile_streams.get(who, 0) + 1
         try:
             await response.prepare(request)
             await response.write(b"retry: 1000\n\n")
@@ -430,6 +446,8 @@ class Page:
                     await self._write(response, _event("end", {}))
                     break
                 await asyncio.sleep(POLL)
+                if self.access.session(request) is not session:
+                    break  # signed out (expired, or ended by a newer login of its profile): no more lines
                 described = await self._described(request, session)
                 if isinstance(described, web.Response):
                     break  # gone (or no longer visible): the stream ends
@@ -438,6 +456,9 @@ class Page:
             pass  # the page was closed, or does not read: its stream ends
         finally:
             self.streams -= 1
+            self.profile_streams[who] -= 1
+            if not self.profile_streams[who]:
+                del self.profile_streams[who]
         return response
 
     @staticmethod

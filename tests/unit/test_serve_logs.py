@@ -218,3 +218,25 @@ async def test_a_line_longer_than_an_event_is_cut_alike_forward_and_backward(api
     cut = ["before", "L" * logs.EVENT_BYTES, "L" * logs.EVENT_BYTES, "L" * 10, "after"]
     assert messages(forward) == cut and messages(backward) == cut
     assert [e["timestamp"] for e in forward["events"]] == [T0] * 4 + [T0 + 5]
+
+
+async def test_a_filter_pattern_of_many_terms_cannot_hold_a_thread(api):
+    """The attack: a filterPattern of a hundred and fifty `-TERM`s (each tested against every
+    event, none matching) and a `?TERM` nothing has, over a log of one-byte lines: one call
+    tested every term on each of 8 million events (SCAN_BYTES, 16 MB): minutes of one of
+    serve's threads, and a 2 MB body held tens of thousands of terms. A pattern is at
+    most 1024 characters (CloudWatch's limit), and a call stops (with a nextToken) once its
+    matching work, bytes times terms, reaches SCAN_WORK."""
+    short = b"x\n" * 500_000
+    await job_with_lines(api, "zq-terms", {"algo-1": [(T0, short)]})
+    terms = [f"-t{i}" for i in range(150)]
+    pattern = " ".join(["x", *terms, "?absent"])
+    assert len(pattern) <= 1024
+    found = await filter_(api, logStreamNamePrefix="zq-terms", filterPattern=pattern)
+    assert found["events"] == [] and "nextToken" in found
+    _, _, scanned_to = logs.parse_token(found["nextToken"])
+    events_tested = scanned_to // 2
+    assert events_tested < 500_000 // 10  # far from the whole log in one call
+    with pytest.raises(ApiError) as refused:
+        await filter_(api, logStreamNamePrefix="zq-terms", filterPattern="x" * 1025)
+    assert refused.value.code == "InvalidParameterException" and "1024" in refused.value.message

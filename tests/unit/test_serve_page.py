@@ -26,7 +26,7 @@ from fleet.inventory import parse_inventory
 from fleet.runtime.store import JobStore, RunOptions
 from fleet.serve.api import Api
 from fleet.serve.auth import CONTROLLER, Principal
-from fleet.serve.page import COOKIE, Page, PageAccess
+from fleet.serve.page import COOKIE, MAX_SESSIONS, MAX_STREAMS, PROFILE_SESSIONS, Page, PageAccess
 from fleet.serve.scheduler import Scheduler
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -287,3 +287,62 @@ def test_event_streams_count_against_the_connection_caps_and_end_when_serve_stop
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+async def _session_of(client: TestClient, token: str) -> dict[str, str]:
+    """A fresh login's cookie as a header (the client's own jar left empty, so that each call
+    says which session it acts in)."""
+    answer = await client.get("/login", params={"token": token}, allow_redirects=False)
+    assert answer.status == 303
+    cookie = answer.cookies[COOKIE].value
+    client.session.cookie_jar.clear()
+    return {"Cookie": f"{COOKIE}={cookie}"}
+
+
+async def test_one_profile_logging_in_again_and_again_signs_no_other_out(page):
+    """The attack: bob's token (or a script holding it) logs in MAX_SESSIONS times; each login
+    evicted the oldest session of all, so alice's was gone after bob's 256th."""
+    client, tokens, _ = page
+    alice = await _session_of(client, tokens["alice"])
+    bobs = [await _session_of(client, tokens["bob"]) for _ in range(MAX_SESSIONS)]
+    assert (await client.get("/", headers=alice)).status == 200
+    assert (await client.get("/", headers=bobs[-1])).status == 200
+    assert (await client.get("/", headers=bobs[0])).status == 401  # bob's own oldest gave way
+
+
+async def test_one_profile_cannot_take_every_event_stream(page):
+    """The attack: alice opens MAX_STREAMS event streams of her running job (a script, or tabs)
+    and holds them; bob's job page then got 503 for its logs until they ended (STREAM_SECONDS)."""
+    client, tokens, _ = page
+    alice = await _session_of(client, tokens["alice"])
+    bob = await _session_of(client, tokens["bob"])
+    held, refused = [], []
+    try:
+        for _ in range(MAX_STREAMS):
+            answer = await client.get("/jobs/zq-alice/events", headers=alice)
+            (held if answer.status == 200 else refused).append(answer)
+        assert refused and refused[0].status == 503 and "alice follows" in await refused[0].text()
+        answer = await client.get("/jobs/zq-bob/events", headers=bob)
+        assert answer.status == 200
+        answer.close()
+    finally:
+        for answer in held:
+            answer.close()
+
+
+async def test_an_event_stream_ends_with_its_session(page, monkeypatch):
+    """The attack: a session ended (expired, or evicted by its profile's newer logins) kept
+    its open event streams, reading new log lines for up to STREAM_SECONDS more."""
+    client, tokens, api = page
+    monkeypatch.setattr("fleet.serve.page.STREAM_SECONDS", 5.0)  # s25 ran the stream this long, then ended it
+    first = await _session_of(client, tokens["alice"])
+    answer = await client.get("/jobs/zq-alice/events", headers=first)
+    assert answer.status == 200
+    assert b"first line" in await answer.content.readuntil(b"first line")
+    for _ in range(PROFILE_SESSIONS):  # alice's newer logins end the first session
+        await _session_of(client, tokens["alice"])
+    assert (await client.get("/", headers=first)).status == 401
+    path = api.store.log_path("zq-alice", "algo-1")
+    path.write_bytes(path.read_bytes() + b"written after the session ended\n")
+    rest = await answer.content.read()
+    assert b"written after the session ended" not in rest
