@@ -209,7 +209,9 @@ class _HostTail:
 
     def __init__(self, path: Path, offset: int) -> None:
         self.path = path
-        self.offset = offset  # bytes read so far
+        # bytes read so far; a Last-Event-ID past the log's end (made up: no stream sent it)
+        # starts at its end, or an ended job's stream would never say `end`
+        self.offset = min(offset, _size(path))
         self.out = io.BytesIO()
         self.lines = HostLines(self.out, b"")
 

@@ -5,6 +5,7 @@ text shown as text (tests/integration/test_serve_page_browser.py drives the same
 
 from __future__ import annotations
 
+import asyncio
 import html
 import http.cookiejar
 import json
@@ -194,6 +195,18 @@ async def test_the_event_stream_resumes_at_the_last_event_id(page):
     for malformed in ("algo-1:x", "algo-1:1algo-2:2", "algo-1:1,"):  # starts over
         answer = await client.get("/jobs/zq-alice/events", headers={"Last-Event-ID": malformed})
         assert answer.status == 200 and "first line" in await answer.text()
+
+
+async def test_a_last_event_id_past_the_logs_end_still_ends_the_stream(page):
+    """A made-up Last-Event-ID beyond the log: an ended job's stream says `end` at once
+    (it polled for STREAM_SECONDS, and the browser came back with the same id forever)."""
+    client, tokens, api = page
+    await _login(client, tokens["alice"])
+    api.store.record("zq-alice").update(ProcessingJobStatus="Completed")
+    async with asyncio.timeout(10):
+        answer = await client.get("/jobs/zq-alice/events", headers={"Last-Event-ID": "algo-1:999999999"})
+        stream = await answer.text()
+    assert "event: end" in stream and "first line" not in stream, stream
 
 
 def _serve(tmp_path: Path, *args: str) -> tuple[subprocess.Popen, list[str], dict[str, str], list[str]]:
