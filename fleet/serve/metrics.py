@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import bisect
 import hmac
+import ipaddress
 import logging
 import os
 import time
@@ -260,7 +261,10 @@ class Metrics:
 
     def allowed(self, request: web.Request) -> bool:
         if self.token is None:
-            return self.open_without_token
+            # Open on a loopback listen, to this machine's own clients: a web page whose name
+            # an attacker rebinds to 127.0.0.1 (DNS rebinding) reaches the port too, but its
+            # requests name the attacker's host.
+            return self.open_without_token and _names_loopback(request.headers.get("Host", ""))
         given = request.headers.get("Authorization", "")
         scheme, _, credential = given.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(credential.strip().encode(), self.token.encode())
@@ -311,3 +315,19 @@ def read_token(path: Path) -> str:
         raise InvalidInput(f"--metrics-token-file {path}: the token must be one line of 16 or more printable "
                            f"characters, without spaces")
     return token
+
+
+def _names_loopback(host: str) -> bool:
+    """A Host header naming this machine's loopback: localhost, 127.x.y.z or [::1], with or
+    without a port."""
+    name = host.strip().lower()
+    if name.startswith("["):
+        name = name[1:].partition("]")[0]
+    elif name.count(":") == 1:
+        name = name.partition(":")[0]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False

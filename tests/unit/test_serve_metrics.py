@@ -175,6 +175,17 @@ def test_invented_operation_names_add_no_series(served):
     assert series == before + 1 + 14 + 2  # one counter, one histogram's 14 buckets, its sum and count
 
 
+def test_a_page_rebound_to_loopback_gets_no_metrics(served):
+    """DNS rebinding: a web page of evil.example whose name now resolves to 127.0.0.1 reaches
+    serve's loopback port; its requests say `Host: evil.example:PORT`. Open /metrics answers
+    only requests naming loopback."""
+    for host in (f"evil.example:{served.port}", "evil.example", f"127.0.0.1.evil.example:{served.port}"):
+        status, _, text = served.get(headers={"Host": host})
+        assert status == 403 and "fleet_jobs" not in text, (host, status, text)
+    for host in (f"127.0.0.1:{served.port}", f"localhost:{served.port}", "[::1]", "127.0.0.1"):
+        assert served.get(headers={"Host": host})[0] == 200, host
+
+
 def test_with_a_token_file_metrics_need_its_bearer_token(tmp_path):
     token_file = tmp_path / "metrics-token"
     token_file.write_text(TOKEN + "\n")
