@@ -1,31 +1,35 @@
 """The logs of `fleet serve` jobs timed per line, through real clients on the test bed: boto3's
 GetLogEvents windows a job's lines by their arrival times (startTime, endTime, startFromHead,
-the last page by default), and a follower of the whole job, as `aws logs tail --follow
-/aws/sagemaker/ProcessingJobs --log-stream-name-prefix JOB` follows (FilterLogEvents), sees
-the lines of every host arrive while the job runs, each once.
+the last page by default), and the real `aws logs tail --follow /aws/sagemaker/ProcessingJobs
+--log-stream-name-prefix JOB` (FilterLogEvents) shows the lines of every host while the job
+runs, each once, and `aws logs tail` without --follow all of them once it has ended.
 
-`aws logs tail` is an AWS CLI v2 command (awscli/customizations/logs/tail.py there); the v1 CLI
-installed here has no `tail`, and v2 is not on PyPI. `follow` below makes exactly the calls of
-v2's FollowLogEventsGenerator (filter_log_events with interleaved, startTime ten minutes back,
-the prefix; nextToken until none; then startTime = the newest timestamp seen, dropping the
-eventIds seen at it), polling every 0.5 s instead of 5; the v1 CLI's `aws logs
-filter-log-events` (which pages with nextToken itself) checks the finished job.
+`aws logs tail` is an AWS CLI v2 command, and PyPI's awscli is v1: the v2 here is Debian's
+(package awscli, 2.x in sid), which scripts/setup installs in the engines' sid chroot
+(/var/cache/fleet/engines-sid). It runs through `chroot`, which keeps the network namespace, so
+the server on 127.0.0.1 answers it; its HOME is a directory made for the test under the
+chroot's /tmp and removed after, its config and credentials files /dev/null.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
 from collections import defaultdict
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from test_serve_api import GROUP, _request, served
+from test_serve_api import GROUP, KEY, SECRET, _request, served
 
 from conftest import make_job
 
@@ -71,61 +75,107 @@ def test_get_log_events_windows_a_jobs_lines_by_their_arrival_times(fleet, clust
             assert [e["message"] for e in json.loads(result.stdout)["events"]] == ["two", "three"]
 
 
-def follow(logs, prefix: str, seen: list[dict], stop: threading.Event) -> None:
-    """`aws logs tail --follow GROUP --log-stream-name-prefix PREFIX`'s calls (see the module)."""
-    kwargs = {"logGroupName": GROUP, "interleaved": True, "logStreamNamePrefix": prefix,
-              "startTime": int((time.time() - 600) * 1000)}
-    ids_at: dict[int, set[str]] = defaultdict(set)
-    while not stop.is_set():
-        response = logs.filter_log_events(**kwargs)
-        for event in response["events"]:
-            if event["eventId"] not in ids_at[event["timestamp"]]:
-                ids_at[event["timestamp"]].add(event["eventId"])
-                seen.append(event)
-        if ids_at:
-            newest = max(ids_at)
-            ids_at = defaultdict(set, {newest: ids_at[newest]})
-        if "nextToken" in response:
-            kwargs["nextToken"] = response["nextToken"]
-        else:
-            if ids_at:
-                kwargs["startTime"] = max(ids_at)
-            kwargs.pop("nextToken", None)
-            stop.wait(0.5)
+ENGINES = Path("/var/cache/fleet/engines-sid")  # scripts/setup's engines' chroot, with awscli
+SHORT = re.compile(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d) (tick-\d+) on (algo-\d+)$")  # --format short
 
 
-def test_a_follower_of_the_job_sees_every_hosts_lines_arrive_once_while_it_runs(fleet, cluster):
-    with served(fleet) as server:
-        job = _request(make_job('for i in 1 2 3 4 5 6 7 8 9 10; do echo "tick-$i on $(hostname)"; sleep 1; done',
+@contextmanager
+def aws_v2(server):
+    """A function running Debian's AWS CLI v2 in the engines' chroot against `server`
+    (argv after `aws`; Popen keyword arguments), with a HOME of its own there."""
+    chroot = shutil.which("chroot")
+    if chroot is None or not (ENGINES / "usr/bin/aws").is_file() or not (ENGINES / "tmp").is_dir():
+        pytest.skip(f"no AWS CLI v2 in {ENGINES} (scripts/setup installs Debian's awscli there)")
+    home = Path(tempfile.mkdtemp(prefix="fleet-aws-", dir=ENGINES / "tmp"))
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": f"/tmp/{home.name}", "LC_ALL": "C.UTF-8",
+           "AWS_ACCESS_KEY_ID": KEY, "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": server.url, "AWS_CONFIG_FILE": "/dev/null",
+           "AWS_SHARED_CREDENTIALS_FILE": "/dev/null", "AWS_PAGER": "",
+           "PYTHONUNBUFFERED": "1"}  # each line as the CLI writes it, though stdout is a pipe
+
+    def aws(*argv: str, **kwargs) -> subprocess.Popen:
+        return subprocess.Popen([chroot, str(ENGINES), "aws", *argv], env=env, text=True, **kwargs)
+    try:
+        yield aws
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+
+
+def _text(file) -> str:
+    file.seek(0)
+    return file.read()
+
+
+def _by_host(lines: list[str]) -> dict[str, list[tuple[str, str]]]:
+    """--format short lines (`TIME tick-N on algo-K`): (time, tick) per host, in order shown."""
+    hosts: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for line in lines:
+        match = SHORT.match(line)
+        assert match, f"not a line of the job: {line!r}"
+        hosts[match[3]].append((match[1], match[2]))
+    return hosts
+
+
+def test_aws_logs_tail_follows_every_hosts_lines_while_the_job_runs(fleet, cluster):
+    ticks = [f"tick-{i}" for i in range(1, 13)]
+    with served(fleet) as server, aws_v2(server) as aws:
+        job = _request(make_job(f'for i in {" ".join(t.split("-")[1] for t in ticks)}; do '
+                                'echo "tick-$i on $(hostname)"; sleep 1; done',
                                 count=2, name=f"tail-{uuid.uuid4().hex[:8]}"))
         name = job["ProcessingJobName"]
-        sm, logs = server.client("sagemaker"), server.client("logs")
-        seen: list[dict] = []
-        statuses: dict[str, str] = {}  # the job's status when each line was first seen
-        stop = threading.Event()
-        follower = threading.Thread(target=follow, args=(logs, name, seen, stop))
-        follower.start()
+        sm = server.client("sagemaker")
+        arrived: list[tuple[float, str]] = []  # (monotonic time, line) as the tail printed them
+        errors = open(fleet.tmp / f"{name}.tail.err", "w+")  # noqa: SIM115 (closed below)
+        tail = aws("logs", "tail", "--follow", GROUP, "--log-stream-name-prefix", name, "--format", "short",
+                   stdout=subprocess.PIPE, stderr=errors)
+
+        def read() -> None:
+            assert tail.stdout is not None
+            for line in tail.stdout:
+                arrived.append((time.monotonic(), line.rstrip("\n")))
+        reader = threading.Thread(target=read)
+        reader.start()
         try:
             sm.create_processing_job(**job)
-            while (status := sm.describe_processing_job(ProcessingJobName=name)["ProcessingJobStatus"]) \
-                    not in ("Completed", "Failed", "Stopped"):
-                for event in list(seen):
-                    statuses.setdefault(event["eventId"], status)
+            running_at = 0.0  # the latest moment the job was seen not to have ended yet
+            while True:
+                asked = time.monotonic()
+                described = sm.describe_processing_job(ProcessingJobName=name)
+                if described["ProcessingJobStatus"] in ("Completed", "Failed", "Stopped"):
+                    break
+                assert described["ProcessingJobStatus"] == "InProgress", described
+                running_at = asked
+                assert tail.poll() is None, _text(errors)
                 time.sleep(0.2)
-            assert status == "Completed"
-            deadline = time.monotonic() + 30
-            while len(seen) < 20 and time.monotonic() < deadline:
+            assert described["ProcessingJobStatus"] == "Completed", described.get("FailureReason")
+            deadline = time.monotonic() + 30  # the tail polls every 5 s: the last lines come after
+            while len(arrived) < 2 * len(ticks) and time.monotonic() < deadline and tail.poll() is None:
                 time.sleep(0.2)
+            assert tail.poll() is None, _text(errors)  # --follow: still following
         finally:
-            stop.set()
-            follower.join(timeout=30)
-        by_stream: dict[str, list[str]] = defaultdict(list)
-        for event in seen:
-            by_stream[event["logStreamName"]].append(event["message"].split(" on ")[0])
-        assert sorted(by_stream) == sorted(f"{name}/algo-{k}-" + s.rsplit("-", 1)[1] for k, s in
-                                           zip((1, 2), sorted(by_stream), strict=True))
-        for messages in by_stream.values():
-            assert messages == [f"tick-{i}" for i in range(1, 11)]  # every line, once, in order
-        assert [e["timestamp"] for e in seen] == sorted(e["timestamp"] for e in seen)  # interleaved by time
-        first = seen[0]["eventId"]
-        assert statuses.get(first) == "InProgress"  # the first line came while the job ran
+            tail.send_signal(signal.SIGINT)  # as Control-C stops it
+            try:
+                tail.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                tail.kill()
+                tail.wait(timeout=30)
+            reader.join(timeout=30)
+            errors.close()
+        hosts = _by_host([line for _, line in arrived])
+        assert sorted(hosts) == ["algo-1", "algo-2"]
+        started = described["ProcessingStartTime"].astimezone(UTC).replace(microsecond=0, tzinfo=None)
+        ended = described["ProcessingEndTime"].astimezone(UTC).replace(tzinfo=None)
+        for host, shown in hosts.items():
+            assert [tick for _, tick in shown] == ticks, host  # every line, once, in order
+            times = [datetime.fromisoformat(t) for t, _ in shown]
+            assert times == sorted(times), host  # in time order
+            assert started - timedelta(seconds=1) <= times[0] < times[-1] <= ended + timedelta(seconds=1), host
+            # some of each host's lines were shown while the job still ran
+            assert any(at < running_at and f" on {host}" in line for at, line in arrived), (host, arrived)
+
+        # without --follow, over the ended job: all its lines, once, and the command ends
+        done = aws("logs", "tail", GROUP, "--log-stream-name-prefix", name, "--format", "short", "--since", "1h",
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = done.communicate(timeout=120)
+        assert done.returncode == 0, err
+        assert _by_host(out.splitlines()) == hosts  # the same lines with the same times
