@@ -13,10 +13,12 @@ the last log byte it stored, for up to --host-timeout seconds; then the host cou
 (HostLost).
 
 Where the host's engine API answers (fleet.engine: a socket forwarded over the same SSH
-connection, or `docker system dial-stdio`), the session says `go api`: once the container
-has started, the instance itself follows its log (from the byte the store has), waits for
-its exit and removes it through the API, and the session only waits (supervise.sh's
-await_end) to send the message and remove the job directory. An engine call that fails is
+connection, or `docker system dial-stdio`) and shows this run's container (so it is the
+engine the host's docker command created it on), the session says `go api`: once the
+inputs are in place (`placed`), the instance itself starts the container, follows its log
+(from the byte the store has), waits for its exit, stops or kills it when asked and removes
+it, all through the API, and the session only waits (supervise.sh's await_end) to send the
+message and remove the job directory. An engine call that fails is
 handled as a lost connection (reconnect, resume); after API_FAILURES of them the host's
 scripts supervise, as they do where there is no API (srun, FLEET_ENGINE_API=0).
 """
@@ -215,8 +217,9 @@ class Instance:
         """Start the container through the API (the session said its inputs are in place).
         The engine answering no is the session's START_FAILED (the one table of failures: a
         GPU runtime missing is the machine's, anything else the job's); no answer (a lost
-        engine connection, a timeout) is raised as it is (the host's, exit 75). Either way the session command is closed
-        (it waits, its container created: the cleanup removes it)."""
+        engine connection, a timeout) is raised as it is (the host's, exit 75). Either way
+        the session command is closed (it waits, its container created: the cleanup removes
+        it)."""
         try:
             await engine.start(self._plan().container)
         except (EngineRefused, EngineFailed) as exc:
