@@ -31,7 +31,11 @@ boto3 = pytest.importorskip("boto3")
 webdriver = pytest.importorskip("selenium.webdriver")
 pytestmark = pytest.mark.integration
 
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException  # noqa: E402
+from selenium.common.exceptions import (  # noqa: E402
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service  # noqa: E402 (after the skip)
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
@@ -126,9 +130,12 @@ def test_the_page_shows_a_running_job_live_and_stops_it(fleet, served, browser, 
 
     browser.get(login)
     assert browser.current_url == url + "/"  # the token is not left in the address bar
-    # (an element read while Stop's POST reloads the page is stale: looked for again)
     wait = WebDriverWait(browser, 90, poll_frequency=0.2,
-                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+                         # An element of the page being replaced (the Stop form's answer loads
+                         # the job page again) is stale, or, as Chromium 156 may say, "does not
+                         # belong to the document" (a plain WebDriverException): look again.
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException,
+                                             WebDriverException))
     script = f"{HOSTILE}; i=0; while [ $i -lt 600 ]; do i=$((i+1)); echo tick-$i; sleep 0.2; done"
     job = {**make_job(script, count=3), "RoleArn": "arn:aws:iam::000000000000:role/fleet-test",
            "Environment": {"PAGE_SECRET": "page-secret-value"}}
