@@ -480,12 +480,12 @@ def _logs(args: argparse.Namespace, console: Console) -> int:
 
 async def _serve(args: argparse.Namespace, console: Console) -> int:
     from fleet.serve.api import Api
-    from fleet.serve.auth import CONTROLLER, KeyRing
+    from fleet.serve.auth import CONTROLLER, KeyRing, is_loopback
     from fleet.serve.metrics import read_token
     from fleet.serve.page import Page, PageAccess
     from fleet.serve.scheduler import Scheduler
     from fleet.serve.sdkconfig import MERGE_HINT, check_bucket, default_bucket_name, exports, write_sdk_config
-    from fleet.serve.server import is_loopback, listen_address, serve
+    from fleet.serve.server import listen_address, serve
 
     inventory = load_inventory(args.inventory)
     host, _ = listen_address(args.listen)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import configparser
 import hashlib
 import hmac
+import ipaddress
 import re
 from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -480,3 +481,15 @@ def _display(name: str) -> str:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime(SIGV4_TIMESTAMP)
+
+
+def is_loopback(host: str) -> bool:
+    """`host` (a name or an address, without port or brackets) is this machine's loopback:
+    localhost, 127.x.y.z, ::1. serve listens without TLS only there, and /metrics is open
+    only there (to requests naming it)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import bisect
 import hmac
-import ipaddress
 import logging
 import os
 import time
@@ -42,6 +41,7 @@ from fleet.contract.describe import TERMINAL
 from fleet.errors import InvalidInput
 from fleet.inventory import Inventory
 from fleet.runtime.store import RACY_SECONDS, JobStore, RecordCache
+from fleet.serve.auth import is_loopback
 from fleet.serve.scheduler import STARTING, STOP_ASKED
 
 log = logging.getLogger(__name__)
@@ -325,9 +325,4 @@ def _names_loopback(host: str) -> bool:
         name = name[1:].partition("]")[0]
     elif name.count(":") == 1:
         name = name.partition(":")[0]
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(name)

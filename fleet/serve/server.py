@@ -26,7 +26,7 @@ from aiohttp import web
 from fleet.errors import FleetError
 from fleet.serve import sts
 from fleet.serve.api import Api, ApiError
-from fleet.serve.auth import AuthError, KeyRing, verify
+from fleet.serve.auth import AuthError, KeyRing, is_loopback, verify
 from fleet.serve.metrics import OPERATION, Metrics
 from fleet.serve.page import Page
 
@@ -156,15 +156,6 @@ def listen_address(listen: str) -> tuple[str, int]:
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise FleetError(f"--listen {listen!r}: HOST:PORT, e.g. 127.0.0.1:8180")
     return host.strip("[]"), int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def max_connections() -> int:
