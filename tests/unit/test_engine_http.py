@@ -97,15 +97,32 @@ class FakeEngine:
 
 
 @pytest.fixture
-async def engine_at(tmp_path):
-    servers = []
+async def serving():
+    """Serve a FakeEngine on its socket (returned); after the test its connections' tasks
+    are cancelled and its server closed."""
     fakes: list[FakeEngine] = []
+    servers: list[asyncio.Server] = []
+
+    async def serve(fake: FakeEngine) -> FakeEngine:
+        fakes.append(fake)
+        servers.append(await asyncio.start_unix_server(fake.serve, path=str(fake.path)))
+        return fake
+    yield serve
+    tasks = [task for fake in fakes for task in fake.tasks]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+@pytest.fixture
+async def engine_at(tmp_path, serving):
     engines: list[Engine] = []
 
     async def make(handler: Handler, *, version: dict | None = None, timeout: float = 10) -> tuple[Engine, FakeEngine]:
-        fake = FakeEngine(tmp_path / f"engine{len(servers)}.sock", handler, version)
-        fakes.append(fake)
-        servers.append(await asyncio.start_unix_server(fake.serve, path=str(fake.path)))
+        fake = await serving(FakeEngine(tmp_path / f"engine{len(engines)}.sock", handler, version))
         transport = LocalTransport(Host(address="localhost", transport="local"), LABEL)
         engine = await Engine.open(lambda: transport.open_socket(str(fake.path)), LABEL, timeout=timeout,
                                    path=f"socket {fake.path}")
@@ -114,13 +131,6 @@ async def engine_at(tmp_path):
     yield make
     for engine in engines:
         engine.close()
-    tasks = [task for fake in fakes for task in fake.tasks]
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
-    for server in servers:
-        server.close()
-        await server.wait_closed()
 
 
 # -- version negotiation ------------------------------------------------------------------------
@@ -490,7 +500,8 @@ def test_an_engine_socket_that_is_no_absolute_path_is_refused_naming_the_field()
         parse_inventory({"hosts": [{"address": "h1", "engine_socket": "docker.sock"}]}, "hosts.yaml")
 
 
-async def test_a_host_whose_image_list_is_past_the_apis_bound_is_asked_through_the_script(tmp_path, monkeypatch):
+async def test_a_host_whose_image_list_is_past_the_apis_bound_is_asked_through_the_script(tmp_path, monkeypatch,
+                                                                                          serving):
     """Thousands of images list more than the API client reads (4 MiB): the probe is not a
     failed push (exit 75) but asked again of the host script, which reads no list whole
     (review of issue 20: 6,000 images failed the push)."""
@@ -506,20 +517,12 @@ async def test_a_host_whose_image_list_is_past_the_apis_bound_is_asked_through_t
             writer.write(json_answer([{"Id": other["Id"], "Labels": {"x": "y" * 1000}}] * 6000))
         else:
             writer.write(json_answer({"message": "No such image"}, 404))
-    fake = FakeEngine(tmp_path / "engine.sock", handler)
-    server = await asyncio.start_unix_server(fake.serve, path=str(fake.path))
+    fake = await serving(FakeEngine(tmp_path / "engine.sock", handler))
     docker = tmp_path / "docker"  # the CLI the script calls: it has the image
     docker.write_text(f"#!/bin/sh\ncase \"$*\" in *inspect*) echo {CONFIG} ;; *) exit 1 ;; esac\n")
     docker.chmod(0o755)
     host = Host(address="localhost", transport="local", docker=str(docker), engine_socket=str(fake.path))
-    try:
-        said = await _image_have(LocalTransport(host, LABEL), [str(docker)], CONFIG, LAYERS, 10)
-    finally:
-        for task in fake.tasks:
-            task.cancel()
-        await asyncio.gather(*fake.tasks, return_exceptions=True)
-        server.close()
-        await server.wait_closed()
+    said = await _image_have(LocalTransport(host, LABEL), [str(docker)], CONFIG, LAYERS, 10)
     assert said == ("present", CONFIG)
     assert any("/images/json" in request for request in fake.requests)  # the API was asked first
 
@@ -537,7 +540,8 @@ def test_a_docker_command_run_as_another_user_is_one_list_for_the_socket_and_the
 
 
 @pytest.mark.parametrize("api", ["1", "0"])
-async def test_a_silent_engine_gets_one_message_from_the_api_probe_and_from_the_script(tmp_path, monkeypatch, api):
+async def test_a_silent_engine_gets_one_message_from_the_api_probe_and_from_the_script(tmp_path, monkeypatch,
+                                                                                     serving, api):
     """The image-have probe is cut at one bound, with the statuses table's message, whether
     the API or the host script asked (they were two copies of the text)."""
     from fleet.errors import HostError
@@ -547,8 +551,7 @@ async def test_a_silent_engine_gets_one_message_from_the_api_probe_and_from_the_
 
     async def handler(method, target, body, writer):
         await asyncio.sleep(60)  # the engine takes the request and never answers
-    fake = FakeEngine(tmp_path / "engine.sock", handler)
-    server = await asyncio.start_unix_server(fake.serve, path=str(fake.path))
+    fake = await serving(FakeEngine(tmp_path / "engine.sock", handler))
     docker = tmp_path / "docker"  # the script's docker: as silent
     docker.write_text("#!/bin/sh\nexec sleep 60\n")
     docker.chmod(0o755)
@@ -557,11 +560,6 @@ async def test_a_silent_engine_gets_one_message_from_the_api_probe_and_from_the_
         with pytest.raises(HostError) as caught:
             await push._image_have(LocalTransport(host, LABEL), [str(docker)], CONFIG, LAYERS, 1)
     finally:
-        for task in fake.tasks:
-            task.cancel()
-        await asyncio.gather(*fake.tasks, return_exceptions=True)
-        server.close()
-        await server.wait_closed()
         # The killed script's docker ends at its own bound (docker_timeout), then is reaped
         # before the loop closes.
         await asyncio.sleep(1.5 if api == "0" else 0)
