@@ -22,7 +22,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from fleet.contract.configfiles import DEFAULT_ACCOUNT
 from fleet.contract.describe import TERMINAL, new_record
@@ -46,6 +46,13 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # usage errors exit 2, like invalid input
         self.print_usage(sys.stderr)
         raise InvalidInput(message)
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        # An unknown verb's message lists the verbs `fleet --help` lists, not the internal ones.
+        if isinstance(action, argparse._SubParsersAction) and value not in (action.choices or {}):
+            listed = ", ".join(repr(choice.dest) for choice in action._choices_actions)
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r} (choose from {listed})")
+        super()._check_value(action, value)
 
 
 EPILOG = """\
@@ -183,7 +190,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--page-profile", action="append", metavar="NAME",
                        help="print a login URL of the jobs page (at /) acting for this profile of --credentials "
                             "(repeatable; default: fleet-controller, the operator, who sees every job)")
-    worker = verbs.add_parser("serve-worker", help=argparse.SUPPRESS)  # the fleet process of one served job
+    # Internal: the fleet process of one served job (serve/scheduler.py starts it). No help=, so argparse
+    # lists it nowhere (help= adds the row, even SUPPRESS, which it printed as "==SUPPRESS=="); the usage's
+    # {verb,...} is set below from the listed verbs only.
+    worker = verbs.add_parser("serve-worker")
     worker.add_argument("name")
     logs = verbs.add_parser("logs", help="the job's stored logs")
     logs.add_argument("name")
@@ -196,6 +206,7 @@ def _parser() -> argparse.ArgumentParser:
     wait = verbs.add_parser("wait", help="wait until the job ends; exit with the code its `fleet run` had",
                             epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     wait.add_argument("name")
+    verbs.metavar = "{" + ",".join(action.dest for action in verbs._choices_actions) + "}"
     return parser
 
 
