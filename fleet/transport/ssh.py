@@ -26,7 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fleet.errors import HostError
-from fleet.inventory import Host
+from fleet.inventory import SshHost
 from fleet.transport.base import READ_SIZE, RemoteProcess, SocketStream, Transport, command_name
 
 log = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ def connection_plan(name: str, config: SSHClientConfig, *, timeout: float, user:
                           cast(str, config.get("Hostname", name)), jump, bool(jump or proxy_command))
 
 
-def host_plan(host: Host, config: SSHClientConfig, timeout: float | None = None) -> ConnectionPlan:
+def host_plan(host: SshHost, config: SSHClientConfig, timeout: float | None = None) -> ConnectionPlan:
     """The connection to an inventory host: its values win over the SSH config's."""
     return connection_plan(
         host.address, config, timeout=min(host.connect_timeout, timeout) if timeout else host.connect_timeout,
@@ -447,7 +447,9 @@ class _SSHProcess(RemoteProcess):
 
 
 class SSHTransport(Transport):
-    def __init__(self, host: Host, label: str) -> None:
+    host: SshHost
+
+    def __init__(self, host: SshHost, label: str) -> None:
         super().__init__(host, label)
         self._conn: asyncssh.SSHClientConnection | None = None
         self._connecting = asyncio.Lock()
