@@ -31,7 +31,7 @@ from fleet.data.sources import check_job_data
 from fleet.errors import FleetError, InvalidInput, JobStopped
 from fleet.home import fleet_home
 from fleet.image.reference import parse_reference
-from fleet.inventory import load_inventory
+from fleet.inventory import SshHost, load_inventory
 from fleet.plan import CONTAINER_OWNED, PRIVATE_DIR, ClusterPlan, job_arn, plan_cluster, record_hosts, select_hosts
 from fleet.runtime.console import Console
 from fleet.runtime.store import JobStore, OwnerUnproven, RunOptions, RunRecord, controller_id
@@ -233,8 +233,8 @@ def _print_plan(plan: ClusterPlan) -> None:
     print(f"job {plan.name} ({plan.arn}): {len(plan.hosts)} host(s); nothing is touched (--dry-run)")
     for hp in plan.hosts:
         host = hp.host
-        where = {"local": "this machine", "srun": f"srun --nodelist={host.address}"}.get(
-            host.transport, f"ssh {host.ssh_user}@{host.address}:{host.port}")
+        where = (f"ssh {host.ssh_user}@{host.address}:{host.port}" if isinstance(host, SshHost)
+                 else "this machine" if host.transport == "local" else f"srun --nodelist={host.address}")
         print(f"\n{hp.algo}: {host.label} ({where}), reached by the other hosts at {hp.address}")
         print(f"  job directory: {hp.job_dir} (0711; its {PRIVATE_DIR}/ 0700: the SSH user's alone)")
         for directory, mode in hp.tree:

@@ -2,8 +2,10 @@
 
 `hosts` is a list of hosts, a Slurm hostlist expression (`"gpu-[01-04,07],dgx[1-2]"`), or a
 source: `{from: slurm}` (the current allocation), `{from: pbs}` ($PBS_NODEFILE) or
-`{from: file, path: FILE}` (a pdsh / MPI hostfile). `defaults` holds any host key; a host's
-own value wins. Hosts keep inventory order (for a source, the scheduler's order): the first N
+`{from: file, path: FILE}` (a pdsh / MPI hostfile). Each host is the host of its `transport`
+(SshHost, the default; LocalHost; SrunHost), which takes its own settings and refuses the
+others'. `defaults` holds any host key; each host takes those its transport has, and its own
+value wins. Hosts keep inventory order (for a source, the scheduler's order): the first N
 become algo-1..algo-N.
 """
 
@@ -15,9 +17,9 @@ import posixpath
 import shlex
 import shutil
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 
 from fleet.contract.job import describe_validation_error, read_document
 from fleet.errors import InvalidInput
@@ -38,25 +40,21 @@ it, su resets PATH and HOME), so a value only docker's environment carries canno
 container (fleet.contract.environment)."""
 
 
-class Host(BaseModel):
-    """One machine of the inventory, with defaults already applied."""
+class BaseHost(BaseModel):
+    """What every host has, whatever reaches it: its names, GPUs, job directory, docker
+    command and data path. Each transport's host (SshHost, LocalHost, SrunHost) adds its own
+    settings, and only those: an SSH key given to a local host is refused, not ignored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # How the job directory must be written on this kind of host ("" where any form is
+    # fine): a remote host's workdir is absolute (~ is the controller's home, not the host's).
+    _remote_kind: ClassVar[str] = ""
 
     address: Annotated[str, Field(min_length=1)]
     name: str | None = None
     ip: str | None = None
     gpus: Literal["all"] | Annotated[int, Field(ge=1, strict=True)] | list[int | str] | None = None
-    # srun: a step of the current Slurm allocation on the node (fleet.transport.srun); it
-    # needs no SSH keys, and the node's paths follow the SSH rules (workdir absolute).
-    transport: Literal["ssh", "local", "srun"] = "ssh"
-    user: str | None = None
-    port: Annotated[int, Field(ge=1, le=65535)] = 22
-    identity_file: str | None = None
-    # None: not set; the SSH config decides (UserKnownHostsFile, StrictHostKeyChecking),
-    # else OpenSSH's defaults (~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts, strict).
-    known_hosts: str | None = None
-    host_key_checking: Literal["strict", "accept-new", "off"] | None = None
     workdir: str | None = None
     docker: str = "docker"
     docker_args: list[str] = []
@@ -69,23 +67,10 @@ class Host(BaseModel):
     # controller), `push` from the controller's Docker (or --image-archive) over SSH, or
     # `auto`: push when the controller has the image and the host lacks it, else pull.
     image_source: Literal["auto", "pull", "push"] = "auto"
-    connect_timeout: Annotated[float, Field(gt=0)] = 15.0
     # How the job's S3 bytes reach the host: through the controller (its S3 client, then
     # SSH), or `direct`: the host's own curl / wget with URLs the controller presigns
     # (fleet.data.direct); credentials stay on the controller either way.
     data_path: Literal["controller", "direct"] = "controller"
-
-    @field_validator("host_key_checking", mode="before")
-    @classmethod
-    def _host_key_checking(cls, value: Any) -> Any:
-        # YAML reads an unquoted off/no/false as false and on/yes/true as true: the README's
-        # `host_key_checking: off` must mean off, and true means checking (OpenSSH's "yes").
-        if isinstance(value, bool):
-            return "strict" if value else "off"
-        if value is not None and value not in HOST_KEY_CHECKING:
-            raise ValueError(f"must be strict, accept-new or off (unquoted on/yes/true: strict; "
-                             f"off/no/false: off); got {value!r}")
-        return value
 
     @field_validator("gpus")
     @classmethod
@@ -122,10 +107,9 @@ class Host(BaseModel):
         return workdir
 
     @model_validator(mode="after")
-    def _remote_workdir_absolute(self) -> Host:
-        if self.transport in ("ssh", "srun") and self.workdir and not self.workdir.startswith("/"):
-            kind = "an SSH host" if self.transport == "ssh" else "an srun host (a Slurm node)"
-            raise ValueError(f"workdir must be absolute on {kind}, got {self.workdir!r}")
+    def _remote_workdir_absolute(self) -> BaseHost:
+        if self._remote_kind and self.workdir and not self.workdir.startswith("/"):
+            raise ValueError(f"workdir must be absolute on {self._remote_kind}, got {self.workdir!r}")
         return self
 
     @property
@@ -150,17 +134,101 @@ class Host(BaseModel):
         return first if first in PRIVILEGE_PROGRAMS else None
 
     @property
+    def job_root(self) -> str:
+        """The directory holding job directories on this host."""
+        return self.workdir or DEFAULT_SSH_WORKDIR
+
+
+class SshHost(BaseHost):
+    """A host fleet reaches over SSH (fleet.transport.ssh), the default. Its settings are
+    `ssh -l USER -p PORT -i FILE -o UserKnownHostsFile=... -o StrictHostKeyChecking=... -o
+    ConnectTimeout=...`'s; left unset, the SSH config decides, as for `ssh`."""
+
+    _remote_kind: ClassVar[str] = "an SSH host"
+
+    transport: Literal["ssh"] = "ssh"
+    user: str | None = None
+    port: Annotated[int, Field(ge=1, le=65535)] = 22
+    identity_file: str | None = None
+    # None: not set; the SSH config decides (UserKnownHostsFile, StrictHostKeyChecking),
+    # else OpenSSH's defaults (~/.ssh/known_hosts and /etc/ssh/ssh_known_hosts, strict).
+    known_hosts: str | None = None
+    host_key_checking: Literal["strict", "accept-new", "off"] | None = None
+    connect_timeout: Annotated[float, Field(gt=0)] = 15.0
+
+    @field_validator("host_key_checking", mode="before")
+    @classmethod
+    def _host_key_checking(cls, value: Any) -> Any:
+        # YAML reads an unquoted off/no/false as false and on/yes/true as true: the README's
+        # `host_key_checking: off` must mean off, and true means checking (OpenSSH's "yes").
+        if isinstance(value, bool):
+            return "strict" if value else "off"
+        if value is not None and value not in HOST_KEY_CHECKING:
+            raise ValueError(f"must be strict, accept-new or off (unquoted on/yes/true: strict; "
+                             f"off/no/false: off); got {value!r}")
+        return value
+
+    @property
     def ssh_user(self) -> str:
         return self.user or getpass.getuser()
 
+
+class LocalHost(BaseHost):
+    """This machine, commands run as subprocesses (fleet.transport.local): nothing to log
+    in to, so no settings of its own; `workdir` may start with ~ (this user's home)."""
+
+    transport: Literal["local"] = "local"
+
     @property
     def job_root(self) -> str:
-        """The directory holding job directories on this host."""
         if self.workdir:
-            return os.path.expanduser(self.workdir) if self.transport == "local" else self.workdir
-        if self.transport == "local":
-            return str(fleet_home() / "work")
-        return DEFAULT_SSH_WORKDIR
+            return os.path.expanduser(self.workdir)
+        return str(fleet_home() / "work")
+
+
+class SrunHost(BaseHost):
+    """A node of the current Slurm allocation, each command a job step on it
+    (fleet.transport.srun): no SSH keys, no settings of its own; the node's paths follow
+    the SSH rules (workdir absolute)."""
+
+    _remote_kind: ClassVar[str] = "an srun host (a Slurm node)"
+
+    transport: Literal["srun"] = "srun"
+
+
+HOST_KINDS: dict[str, type[BaseHost]] = {"ssh": SshHost, "local": LocalHost, "srun": SrunHost}
+DEFAULT_TRANSPORT = "ssh"  # a host that names no transport
+# Every key some kind of host takes: a key outside it is unknown; one inside it that the
+# host's own kind lacks belongs to another transport (refused naming that transport).
+HOST_KEYS = frozenset(key for kind in HOST_KINDS.values() for key in kind.model_fields)
+
+
+def _transport_of(host: Any) -> str | None:
+    """The union's tag: a host's `transport`, DEFAULT_TRANSPORT when it names none."""
+    transport = host.get("transport", DEFAULT_TRANSPORT) if isinstance(host, dict) else \
+        getattr(host, "transport", DEFAULT_TRANSPORT)
+    return transport if isinstance(transport, str) else None
+
+
+Host = Annotated[Annotated[SshHost, Tag("ssh")] | Annotated[LocalHost, Tag("local")]
+                 | Annotated[SrunHost, Tag("srun")], Discriminator(_transport_of)]
+"""One machine of the inventory, with defaults already applied: the host of its transport
+(a union tagged by `transport`, pyinfra's connectors' way: each declares its settings)."""
+
+
+def transport_keys(transport: str) -> frozenset[str]:
+    """The keys a host of this transport takes."""
+    return frozenset(HOST_KINDS[transport].model_fields)
+
+
+def stored_host(host: Any) -> Any:
+    """A host as run.json holds it, read back. An older fleet gave every host the SSH
+    settings (at their defaults on a local or srun host): those its transport does not take
+    are dropped, so a job it started can still be attached to and stopped."""
+    if isinstance(host, dict) and _transport_of(host) in HOST_KINDS:
+        keys = transport_keys(host.get("transport", DEFAULT_TRANSPORT))
+        return {key: value for key, value in host.items() if key in keys or key not in HOST_KEYS}
+    return host
 
 
 class Inventory(BaseModel):
@@ -211,12 +279,16 @@ def parse_inventory(document: Any, source: str, *, base: Path | None = None) -> 
         raise InvalidInput(f"{source}: hosts: must be a non-empty list of hosts, a hostlist expression "
                            f"(\"gpu-[01-04,07]\") or a source ({{from: slurm}}, {{from: pbs}}, "
                            f"{{from: file, path: FILE}})")
-    merged = [{**suggested, **defaults, **host} for host in hosts]
+    merged = [_merged(host, defaults, suggested, source, f"hosts ({host['address']})" if generated else f"hosts[{i}]")
+              for i, host in enumerate(hosts)]
 
     def written_at(loc: tuple) -> tuple:
         """Where a merged host's value was written: `defaults.KEY` unless the host has its own;
-        a host the source generated is named by its address."""
+        a host the source generated is named by its address. (The union's tag, which pydantic
+        puts after the host's index, is no part of what the user wrote.)"""
         if len(loc) >= 2 and loc[0] == "hosts" and isinstance(loc[1], int):
+            if len(loc) >= 3 and loc[2] in HOST_KINDS:
+                loc = (*loc[:2], *loc[3:])
             if len(loc) >= 3 and loc[2] in defaults and loc[2] not in hosts[loc[1]]:
                 return ("defaults", *loc[2:])
             if generated:
@@ -229,8 +301,7 @@ def parse_inventory(document: Any, source: str, *, base: Path | None = None) -> 
     except ValidationError as exc:
         raise InvalidInput(describe_validation_error(source, exc, relocate=written_at)) from exc
     for i, host in enumerate(inventory.hosts):
-        # Only SSH reads a key: a local or srun host has no identity_file to check.
-        if host.identity_file and host.transport == "ssh":
+        if isinstance(host, SshHost) and host.identity_file:
             path = Path(host.identity_file).expanduser()
             if not path.is_file():
                 if written_at(("hosts", i, "identity_file")) == ("defaults", "identity_file"):
@@ -249,10 +320,32 @@ def load_inventory(path: Path | None) -> Inventory:
     (`$PWD/slurm`, `conf/slurm`: pathlib turns `./slurm` into `slurm`).
     """
     if path is None:
-        return Inventory(hosts=[Host(address="localhost", name="localhost", transport="local")])
+        return Inventory(hosts=[LocalHost(address="localhost", name="localhost")])
     if str(path) == ALLOCATION_WORD:
         return parse_inventory({"hosts": {"from": "slurm"}}, f"--inventory {ALLOCATION_WORD}")
     return parse_inventory(read_document(path, "inventory", yaml_only=True), str(path), base=path.parent)
+
+
+def _merged(host: dict[str, Any], defaults: dict[str, Any], suggested: dict[str, Any], source: str,
+            where: str) -> dict[str, Any]:
+    """One host's keys over the inventory's `defaults` over what its source suggests, each of
+    those taken only where the host's transport has the key: `defaults: {user: ops}` serves
+    the SSH hosts of an inventory that also lists a local one (and a `from: slurm` inventory
+    whether its nodes are reached over SSH or srun). A key the host itself gives that its
+    transport lacks is refused, naming the host, the key and the transport that takes it."""
+    transport = {**suggested, **defaults, **host}.get("transport", DEFAULT_TRANSPORT)
+    if not isinstance(transport, str) or transport not in HOST_KINDS:
+        at = f"{where}.transport" if "transport" in host else "defaults.transport"
+        raise InvalidInput(f"{source}: {at}: must be ssh, local or srun; got {transport!r}")
+    keys = transport_keys(transport)
+    for key in host:
+        if key in HOST_KEYS and key not in keys:
+            takers = " or ".join(name for name, kind in HOST_KINDS.items() if key in kind.model_fields)
+            name = host.get("name") or host.get("address")
+            raise InvalidInput(f"{source}: {where}.{key}: not a setting of a {transport} host ({name}): "
+                               f"only {takers} hosts take it")
+    inherited = {key: value for key, value in {**suggested, **defaults}.items() if key in keys or key not in HOST_KEYS}
+    return {**inherited, **host}
 
 
 def _source_hosts(hosts: str | dict, source: str, base: Path) -> tuple[list[str], dict[str, Any]]:

@@ -32,12 +32,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from fleet.contract.describe import now
 from fleet.contract.job import JOB_NAME_PATTERN, ProcessingJob, parse_job
 from fleet.errors import InvalidInput, ResourceInUse
-from fleet.inventory import Host
+from fleet.inventory import Host, stored_host
 from fleet.runtime import owner as owner_lock
 from fleet.runtime.logindex import IndexedLog, index_path
 
@@ -72,6 +72,11 @@ class RunRecord(BaseModel):
     Hosts: list[Host]
     Addresses: list[str] | None = None  # where the other hosts reach each host; None before connecting
     Options: RunOptions = RunOptions()
+
+    @field_validator("Hosts", mode="before")
+    @classmethod
+    def _hosts_as_stored(cls, hosts: Any) -> Any:
+        return [stored_host(host) for host in hosts] if isinstance(hosts, list) else hosts
 
     @classmethod
     def new(cls, job: ProcessingJob, hosts: list[Host], options: RunOptions, run_id: str,

@@ -1,15 +1,15 @@
 """How fleet reaches a host: one interface; SSH, Slurm job steps (srun) or this machine."""
 
-from fleet.inventory import Host
+from fleet.inventory import Host, LocalHost, SrunHost
 from fleet.transport.base import CommandResult, Transport
 
 
 def transport_for(host: Host, label: str) -> Transport:
     """The transport the inventory asks for; `label` names the host in every error."""
-    if host.transport == "local":
+    if isinstance(host, LocalHost):
         from fleet.transport.local import LocalTransport
         return LocalTransport(host, label)
-    if host.transport == "srun":
+    if isinstance(host, SrunHost):
         from fleet.transport.srun import SrunTransport
         return SrunTransport(host, label)
     from fleet.transport import liboqs

@@ -1,4 +1,7 @@
-"""The SSH transport (asyncssh): one connection per host, one channel per command."""
+"""The SSH transport (asyncssh): one connection per host, one channel per command.
+
+asyncssh itself is changed where it costs fleet's bulk data too much, for the audited asyncssh
+only and from the first connection on: fleet.transport.asyncssh_patches."""
 
 from __future__ import annotations
 
@@ -17,16 +20,11 @@ from pathlib import Path
 from typing import Any, cast
 
 import asyncssh
-import asyncssh.encryption
-import asyncssh.logging
-import asyncssh.packet
 from asyncssh.config import SSHClientConfig
-from asyncssh.crypto import GCMCipher
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from fleet.errors import HostError
-from fleet.inventory import Host
+from fleet.inventory import SshHost
+from fleet.transport import asyncssh_patches
 from fleet.transport.base import READ_SIZE, RemoteProcess, SocketStream, Transport, command_name
 
 log = logging.getLogger(__name__)
@@ -176,7 +174,7 @@ def connection_plan(name: str, config: SSHClientConfig, *, timeout: float, user:
                           cast(str, config.get("Hostname", name)), jump, bool(jump or proxy_command))
 
 
-def host_plan(host: Host, config: SSHClientConfig, timeout: float | None = None) -> ConnectionPlan:
+def host_plan(host: SshHost, config: SSHClientConfig, timeout: float | None = None) -> ConnectionPlan:
     """The connection to an inventory host: its values win over the SSH config's."""
     return connection_plan(
         host.address, config, timeout=min(host.connect_timeout, timeout) if timeout else host.connect_timeout,
@@ -231,161 +229,6 @@ class _AcceptNewClient(asyncssh.SSHClient):
         with open(self._keys.record, "a") as file:
             file.write(f"{name} {key.export_public_key().decode().strip()}\n")
         return True
-
-
-# asyncssh's costs for bulk data (inputs staged through the controller), cut here: measured
-# with asyncssh alone, 384 MiB to each of 3 test hosts, 4.84 CPU-s per GiB sent before, ~3.5
-# after (OpenSSH's clients: 3.6-3.9 with their default cipher). What is left is asyncssh's
-# Python per 32 KiB packet (the most sshd accepts), and an empty SSH_MSG_IGNORE asyncssh sends
-# before every packet (a CBC countermeasure AES-GCM does not need: ~0.5 CPU-s/GiB more).
-
-
-# These reach into asyncssh's internals (its cipher class, its packet logger, its connection's
-# transport), read and tested (tests/unit/test_ssh_bulk.py: the bytes on the wire are
-# asyncssh's own) on asyncssh 2.24: another version gets asyncssh as it is.
-BULK_PATCHES = asyncssh.__version__.startswith("2.24.")
-
-
-class _GCMCipher(GCMCipher):
-    """asyncssh's AES-GCM, with one AESGCM object per key instead of one per packet (an
-    OpenSSL context and its key schedule each time): 4.84 -> 4.05 CPU-s/GiB alone."""
-
-    _GCM_TAG = 16
-
-    def __init__(self, cipher_name: str, key: bytes, iv: bytes) -> None:
-        super().__init__(cipher_name, key, iv)
-        self._aead = AESGCM(key)
-
-    def encrypt_and_sign(self, header: bytes, data: bytes) -> tuple[bytes, bytes]:
-        sealed = self._aead.encrypt(self._iv, data, header)
-        self._update_iv()
-        if header:
-            # An SSH packet, which asyncssh sends as `packet + mac`: the tag stays on the
-            # ciphertext and the MAC is empty (bytes + b"" is no copy), two copies of every
-            # packet saved (~0.3 CPU-s/GiB). Without a header (a private key's export) the
-            # two are used apart.
-            return header + sealed, b""
-        return sealed[:-self._GCM_TAG], sealed[-self._GCM_TAG:]
-
-    def verify_and_decrypt(self, header: bytes, data: bytes, mac: bytes) -> bytes | None:
-        try:
-            opened: bytes | None = self._aead.decrypt(self._iv, data + mac, header)
-        except InvalidTag:
-            opened = None
-        self._update_iv()
-        return opened
-
-
-if BULK_PATCHES:
-    asyncssh.encryption.GCMCipher = _GCMCipher  # type: ignore[misc]  # what GCMEncryption makes
-
-
-class _CoalescedWrites:
-    """The connection's socket, with the writes of one turn of the event loop sent as one.
-    asyncssh writes every packet as it makes it, with an SSH_MSG_IGNORE before each: 64
-    writes, a system call each, for 1 MiB of channel data. The controller's system time
-    for 3 x 384 MiB: 1.48 -> 0.62 s. Everything but write, close and abort is the socket's."""
-
-    def __init__(self, transport: Any) -> None:
-        self._transport = transport
-        self._pending: list[bytes] = []
-        self._loop = asyncio.get_running_loop()
-
-    def write(self, data: bytes) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(data)
-
-    def _flush(self) -> None:
-        if self._pending:
-            data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-            self._pending = []
-            if not self._transport.is_closing():
-                self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending = []
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._transport, name)
-
-
-_log_sent_packet = asyncssh.packet.SSHPacketLogger.log_sent_packet
-
-
-def _log_sent_packet_when_asked(self: Any, pkttype: int, pktid: int | None, packet: Any, note: str = "") -> None:
-    """asyncssh formats a log line for every packet it sends (its name, its size in words)
-    that its logger then drops below debug level 3: ~0.3 CPU-s per GiB sent."""
-    if asyncssh.logging.SSHLogger._debug_level >= 3:
-        _log_sent_packet(self, pkttype, pktid, packet, note)
-
-
-if BULK_PATCHES:
-    asyncssh.packet.SSHPacketLogger.log_sent_packet = _log_sent_packet_when_asked  # type: ignore[method-assign]
-
-
-_deliver_data = asyncssh.channel.SSHChannel._deliver_data
-_accept_data = asyncssh.channel.SSHChannel._accept_data
-
-
-def _accept_data_counted(self: Any, data: bytes, datatype: Any = None) -> None:
-    """asyncssh's, counting the bytes it leaves waiting in the channel (`_recv_buf`, while
-    the reader's buffer is full) in `_fleet_waiting`: _deliver_data_once_read reads a count,
-    never sums the list (20,000 small packets waiting: 5.9 s of the event loop per drain)."""
-    before = len(self._recv_buf)
-    self._fleet_direct = True
-    try:
-        _accept_data(self, data, datatype)
-    finally:
-        self._fleet_direct = False
-    if len(self._recv_buf) > before:
-        self._fleet_waiting = getattr(self, "_fleet_waiting", 0) + len(self._recv_buf[-1][0])
-
-
-def _deliver_data_once_read(self: Any, data: bytes, datatype: Any) -> None:
-    """asyncssh 2.24 gives the host its receive window back (up to 2 MiB more) whenever it
-    hands a packet to the reader's buffer, also a packet that waited in the channel while that
-    buffer was full: a reader slower than the host then holds whatever the host sends, 2 MiB
-    more per read (a 450 MB tar stream of 300,000 small files, uploaded at ~1 MB/s: 580 MB of
-    RSS, issue 19). The bug apache/mina-sshd#292 fixed in its own window logic. Here the
-    window opens only while less than half a window waits in the channel: a channel holds at
-    most 1.5 windows there plus the reader's buffer (2 MiB), ~5 MiB; a fast reader, whose
-    packets never wait, is not slowed. A packet handed on from the wait (not straight from
-    _accept_data) leaves the count."""
-    waiting = getattr(self, "_fleet_waiting", 0)
-    if not self._recv_buf:  # nothing waits (and the last packet of a drain always adjusts)
-        waiting = self._fleet_waiting = 0
-    elif not getattr(self, "_fleet_direct", False):
-        waiting = self._fleet_waiting = max(0, waiting - len(data))
-    if waiting < self._init_recv_window // 2:
-        _deliver_data(self, data, datatype)
-        return
-    window = self._recv_window
-    self._recv_window = self._init_recv_window  # not below half: asyncssh sends no window adjust
-    try:
-        _deliver_data(self, data, datatype)
-    finally:
-        self._recv_window = window
-
-
-if BULK_PATCHES:
-    asyncssh.channel.SSHChannel._accept_data = _accept_data_counted  # type: ignore[method-assign]
-    asyncssh.channel.SSHChannel._deliver_data = _deliver_data_once_read  # type: ignore[method-assign]
-
-
-def _coalesce_writes(conn: asyncssh.SSHClientConnection) -> None:
-    """From the end of the handshake on (the connection is made), see _CoalescedWrites."""
-    if not BULK_PATCHES:
-        return
-    transport = getattr(conn, "_transport", None)  # asyncssh's own: checked, not assumed
-    # uvloop's transports are not asyncio.Transport subclasses: what is used is checked
-    if all(callable(getattr(transport, name, None)) for name in ("write", "close", "abort", "is_closing")):
-        conn._transport = _CoalescedWrites(transport)  # type: ignore[assignment]
 
 
 class _SSHProcess(RemoteProcess):
@@ -447,7 +290,9 @@ class _SSHProcess(RemoteProcess):
 
 
 class SSHTransport(Transport):
-    def __init__(self, host: Host, label: str) -> None:
+    host: SshHost
+
+    def __init__(self, host: SshHost, label: str) -> None:
         super().__init__(host, label)
         self._conn: asyncssh.SSHClientConnection | None = None
         self._connecting = asyncio.Lock()
@@ -474,6 +319,7 @@ class SSHTransport(Transport):
                 raise
 
     async def connect(self, timeout: float | None = None) -> None:
+        asyncssh_patches.apply()  # once per process, before the first key exchange
         host = self.host
         config = self._config(host.address, host.user, host.port)
         plan = host_plan(host, config, timeout)
@@ -496,7 +342,7 @@ class SSHTransport(Transport):
             _say_unchecked()
         if jump is not None:
             conn.set_tunnel(jump)  # closing the connection closes its jump hosts'
-        _coalesce_writes(conn)
+        asyncssh_patches.coalesce_writes(conn)
         self._conn = conn
         self._proxied = plan.proxied
         self._reached = await self._reached_address(conn, plan, ask=not host.ip)

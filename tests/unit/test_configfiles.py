@@ -8,7 +8,7 @@ import pytest
 
 from fleet.contract import configfiles
 from fleet.contract.job import parse_job
-from fleet.inventory import Host
+from fleet.inventory import SshHost
 from fleet.plan import plan_cluster
 
 # The example file of the contract ("How Amazon SageMaker Processing Configures Your Processing Container").
@@ -57,7 +57,7 @@ def written_config(document: dict, count: int = 1) -> list[dict]:
     document["ProcessingResources"] = {"ClusterConfig": {
         **document["ProcessingResources"]["ClusterConfig"], "InstanceCount": count}}
     job = parse_job(document, "job.json")
-    hosts = [Host(address=f"h{i}", ip=f"10.0.0.{i}", user="u", workdir="/w") for i in range(1, count + 1)]
+    hosts = [SshHost(address=f"h{i}", ip=f"10.0.0.{i}", user="u", workdir="/w") for i in range(1, count + 1)]
     plan = plan_cluster(job, hosts, [h.ip for h in hosts], stop_grace=30, region=REGION, account=ACCOUNT)
     return [json.loads(hp.files["config/processingjobconfig.json"]) for hp in plan.hosts]
 
@@ -80,7 +80,7 @@ def key_tree(value):
 def test_resourceconfig_names_the_current_host_and_all_hosts_in_order():
     job = parse_job(request(ProcessingResources={"ClusterConfig": {
         "InstanceCount": 3, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 30}}), "job.json")
-    hosts = [Host(address=f"h{i}", ip=f"10.0.0.{i}", user="u") for i in range(1, 4)]
+    hosts = [SshHost(address=f"h{i}", ip=f"10.0.0.{i}", user="u") for i in range(1, 4)]
     plan = plan_cluster(job, hosts, [h.ip for h in hosts], stop_grace=30, region=REGION, account=ACCOUNT)
     for k, hp in enumerate(plan.hosts, start=1):
         assert json.loads(hp.files["config/resourceconfig.json"]) == {
@@ -211,7 +211,7 @@ def test_processingjobconfig_names_the_instance_type_and_count_the_job_runs_with
     document["ProcessingResources"] = {"ClusterConfig": {"VolumeSizeInGB": 30, "InstancePreferences": [
         {"InstanceType": "ml.g5.xlarge", "InstanceCount": 1}, {"InstanceType": "ml.g4dn.xlarge", "InstanceCount": 2}]}}
     job = parse_job(document, "job.json")
-    host = Host(address="h1", ip="10.0.0.1", user="u", workdir="/w")
+    host = SshHost(address="h1", ip="10.0.0.1", user="u", workdir="/w")
     plan = plan_cluster(job, [host], ["10.0.0.1"], stop_grace=30, region=REGION, account=ACCOUNT)
     cluster = json.loads(plan.hosts[0].files["config/processingjobconfig.json"])["ProcessingResources"]["ClusterConfig"]
     assert cluster["InstanceType"] == "ml.g5.xlarge"

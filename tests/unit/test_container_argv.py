@@ -14,7 +14,7 @@ from fleet import host as hostscripts
 from fleet.contract.container import env_file_content, inherited_environment
 from fleet.contract.job import parse_job
 from fleet.errors import InvalidInput
-from fleet.inventory import Host, Inventory
+from fleet.inventory import Host, Inventory, SshHost
 from fleet.plan import plan_cluster, select_hosts
 
 IMAGE = "registry.lab/team/preprocess:1.4"
@@ -43,8 +43,8 @@ def job(*, count: int = 1, entrypoint=None, arguments=None, environment=None, is
 
 
 def host(index: int = 0, **fields) -> Host:
-    return Host(address=f"node-{index + 1}.lab", name=f"node-{index + 1}", ip=ADDRESSES[index],
-                user="fleet", workdir="/srv/fleet", **fields)
+    return SshHost(address=f"node-{index + 1}.lab", name=f"node-{index + 1}", ip=ADDRESSES[index],
+                   user="fleet", workdir="/srv/fleet", **fields)
 
 
 def plans(processing_job, hosts=None, stop_grace: int = 30):

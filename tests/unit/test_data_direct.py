@@ -26,7 +26,7 @@ from fleet.data.sources import InputObject
 from fleet.data.staging import Destination, TransferCount
 from fleet.errors import ClientError, HostError
 from fleet.host import script_text
-from fleet.inventory import Host, parse_inventory
+from fleet.inventory import LocalHost, SshHost, parse_inventory
 from fleet.transport import transport_for
 
 # -- the protocol (pure) ----------------------------------------------------------------------
@@ -107,7 +107,7 @@ def test_data_path_is_controller_unless_the_inventory_says_direct():
     inventory = parse_inventory({"defaults": {"data_path": "direct"},
                                  "hosts": [{"address": "a"}, {"address": "b", "data_path": "controller"}]}, "h.yaml")
     assert [h.data_path for h in inventory.hosts] == ["direct", "controller"]
-    assert Host(address="c").data_path == "controller"
+    assert SshHost(address="c").data_path == "controller"
     with pytest.raises(Exception, match="data_path"):
         parse_inventory({"hosts": [{"address": "a", "data_path": "s3"}]}, "h.yaml")
 
@@ -314,7 +314,7 @@ def _fake_signer(server: FakeS3, signed: list[str]):
 
 
 def _local(tmp_path: Path):
-    return transport_for(Host(address="localhost", name="h", transport="local", workdir=str(tmp_path)),
+    return transport_for(LocalHost(address="localhost", name="h", workdir=str(tmp_path)),
                          "algo-1 (h)")
 
 

@@ -16,7 +16,7 @@ from fleet.data.locations import S3Location, parse_location
 from fleet.data.outputs import OutputCount, Uploader
 from fleet.errors import ClientError
 from fleet.host import command as host_command
-from fleet.inventory import Host
+from fleet.inventory import LocalHost
 from fleet.transport.base import Transport
 from fleet.transport.local import LocalTransport
 from fleet.transport.scripted import ScriptedCommand, ScriptedTransport
@@ -76,7 +76,7 @@ class FakeS3:
 
 
 def transport(algo: str = "algo-1") -> LocalTransport:
-    return RecordingTransport(Host(address="localhost", name=algo, transport="local"), f"{algo} (h1, 127.0.0.1)")
+    return RecordingTransport(LocalHost(address="localhost", name=algo), f"{algo} (h1, 127.0.0.1)")
 
 
 def content(seed: int, size: int) -> bytes:
@@ -259,7 +259,7 @@ async def _cut_transport(data: bytes) -> ScriptedTransport:
     async def archive(command: ScriptedCommand) -> int:
         command.write_stdout(data)
         return -1
-    transport = ScriptedTransport(Host(address="localhost", name="algo-1", transport="local"),
+    transport = ScriptedTransport(LocalHost(address="localhost", name="algo-1"),
                                   "algo-1 (h1, 127.0.0.1)", archive)
     await transport.connect()
     return transport
@@ -418,7 +418,7 @@ async def _answering(data: bytes, status: int) -> ScriptedTransport:
     async def archive(command: ScriptedCommand) -> int:
         command.write_stdout(data)
         return status
-    transport = ScriptedTransport(Host(address="localhost", name="algo-1", transport="local"),
+    transport = ScriptedTransport(LocalHost(address="localhost", name="algo-1"),
                                   "algo-1 (h1, 127.0.0.1)", archive)
     await transport.connect()
     return transport

@@ -17,7 +17,7 @@ from fleet.data.locations import S3Location
 from fleet.data.sources import InputObject, list_input, shard
 from fleet.data.staging import Destination, Sources, TransferCount, stage_input
 from fleet.errors import ClientError, HostError
-from fleet.inventory import Host
+from fleet.inventory import LocalHost
 from fleet.transport.scripted import ScriptedCommand, ScriptedTransport
 
 from localcommands import reap_commands, tree  # noqa: F401  (reap_commands: autouse fixture)
@@ -53,7 +53,7 @@ async def local_transport(label: str, failures: int = 0) -> ScriptedTransport:
             left[0] -= 1
             raise HostError(command.label, "ssh channel lost")
         return await command.run_locally()
-    transport = ScriptedTransport(Host(address="localhost", name=label, transport="local"), label, handler)
+    transport = ScriptedTransport(LocalHost(address="localhost", name=label), label, handler)
     await transport.connect()
     TRANSPORTS.append(transport)
     return transport

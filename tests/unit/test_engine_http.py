@@ -20,7 +20,7 @@ from fleet.engine import Conflict, Engine, EngineFailed, EngineRefused, NoSuchOb
 from fleet.engine.client import negotiate
 from fleet.engine.frames import FrameError, LogFrames
 from fleet.errors import MACHINERY_EXIT, ClientError, HostError
-from fleet.inventory import PRIVILEGE_PROGRAMS, Host
+from fleet.inventory import PRIVILEGE_PROGRAMS, LocalHost, SshHost
 from fleet.transport.local import LocalTransport
 
 LABEL = "algo-1 (h1)"
@@ -123,7 +123,7 @@ async def engine_at(tmp_path, serving):
 
     async def make(handler: Handler, *, version: dict | None = None, timeout: float = 10) -> tuple[Engine, FakeEngine]:
         fake = await serving(FakeEngine(tmp_path / f"engine{len(engines)}.sock", handler, version))
-        transport = LocalTransport(Host(address="localhost", transport="local"), LABEL)
+        transport = LocalTransport(LocalHost(address="localhost"), LABEL)
         engine = await Engine.open(lambda: transport.open_socket(str(fake.path)), LABEL, timeout=timeout,
                                    path=f"socket {fake.path}")
         engines.append(engine)
@@ -407,8 +407,8 @@ async def test_image_have_by_config_digest_by_fleets_tag_and_by_layers(engine_at
 ])
 def test_the_socket_tried_is_the_one_the_docker_command_names(docker, socket):
     from fleet.engine.connect import engine_plan
-    assert engine_plan(Host(address="h1", docker=docker)).socket == socket
-    assert engine_plan(Host(address="h1", docker=docker, engine_socket="/srv/e.sock")).socket == "/srv/e.sock"
+    assert engine_plan(SshHost(address="h1", docker=docker)).socket == socket
+    assert engine_plan(SshHost(address="h1", docker=docker, engine_socket="/srv/e.sock")).socket == "/srv/e.sock"
 
 
 async def test_a_followed_log_that_missed_its_last_unterminated_line_gets_it(engine_at):
@@ -470,16 +470,16 @@ async def test_the_engine_is_reached_by_its_socket_else_through_dial_stdio_sayin
              (str(tmp_path / "other.sock"), f"dial-stdio ({tmp_path / 'other.sock'} answered not as an engine: ")]
     try:
         for socket_path, path in cases:
-            host = Host(address="localhost", transport="local", docker=f"{sys.executable} {docker}",
-                        engine_socket=socket_path)
+            host = LocalHost(address="localhost", docker=f"{sys.executable} {docker}",
+                             engine_socket=socket_path)
             transport = LocalTransport(host, LABEL)
             engine = await engine_for(transport, host, 10)
             assert engine_path(transport).startswith(path), engine_path(transport)
             assert engine is not None and (await engine.image_inspect("x"))["Id"] == "sha256:" + "d" * 64
             engine.close()
         # A docker without dial-stdio (and no socket): the scripts do the work.
-        host = Host(address="localhost", transport="local", docker=f"{sys.executable} {docker} old",
-                    engine_socket=str(tmp_path / "none.sock"))
+        host = LocalHost(address="localhost", docker=f"{sys.executable} {docker} old",
+                         engine_socket=str(tmp_path / "none.sock"))
         transport = LocalTransport(host, LABEL)
         assert await engine_for(transport, host, 10) is None
         assert engine_path(transport).startswith("scripts (")
@@ -521,7 +521,7 @@ async def test_a_host_whose_image_list_is_past_the_apis_bound_is_asked_through_t
     docker = tmp_path / "docker"  # the CLI the script calls: it has the image
     docker.write_text(f"#!/bin/sh\ncase \"$*\" in *inspect*) echo {CONFIG} ;; *) exit 1 ;; esac\n")
     docker.chmod(0o755)
-    host = Host(address="localhost", transport="local", docker=str(docker), engine_socket=str(fake.path))
+    host = LocalHost(address="localhost", docker=str(docker), engine_socket=str(fake.path))
     said = await _image_have(LocalTransport(host, LABEL), [str(docker)], CONFIG, LAYERS, 10)
     assert said == ("present", CONFIG)
     assert any("/images/json" in request for request in fake.requests)  # the API was asked first
@@ -533,10 +533,10 @@ def test_a_docker_command_run_as_another_user_is_one_list_for_the_socket_and_the
     and the environment check (a value only docker's environment carries) refuses it, from
     the same list, so the two cannot disagree on a program."""
     from fleet.engine.connect import engine_plan
-    host = Host(address="h1", docker=f"/usr/bin/{program} docker")
+    host = SshHost(address="h1", docker=f"/usr/bin/{program} docker")
     assert engine_plan(host).socket is None
     assert host.privilege_program == program
-    assert Host(address="h1", docker="docker").privilege_program is None
+    assert SshHost(address="h1", docker="docker").privilege_program is None
 
 
 @pytest.mark.parametrize("api", ["1", "0"])
@@ -555,7 +555,7 @@ async def test_a_silent_engine_gets_one_message_from_the_api_probe_and_from_the_
     docker = tmp_path / "docker"  # the script's docker: as silent
     docker.write_text("#!/bin/sh\nexec sleep 60\n")
     docker.chmod(0o755)
-    host = Host(address="localhost", transport="local", docker=str(docker), engine_socket=str(fake.path))
+    host = LocalHost(address="localhost", docker=str(docker), engine_socket=str(fake.path))
     try:
         with pytest.raises(HostError) as caught:
             await push._image_have(LocalTransport(host, LABEL), [str(docker)], CONFIG, LAYERS, 1)
@@ -622,8 +622,8 @@ async def test_a_socket_of_another_engine_than_the_docker_commands_is_not_used(t
     docker.write_text(FAKE_CLI + FAKE_DOCKER)
     monkeypatch.setenv("FAKE_ENGINE", str(clis.path))  # where the CLI's dial-stdio goes
     monkeypatch.setenv("FAKE_CLI", cli)
-    host = Host(address="localhost", transport="local", docker=f"{sys.executable} {docker}",
-                engine_socket=str(at_socket.path))
+    host = LocalHost(address="localhost", docker=f"{sys.executable} {docker}",
+                     engine_socket=str(at_socket.path))
     transport = LocalTransport(host, LABEL)
     started = []
     original = transport.start
@@ -661,8 +661,8 @@ def test_a_socket_the_docker_command_names_itself_needs_no_engine_comparison():
     """`docker -H unix://P` talks to P whatever the login sets: nothing to compare; the
     default socket and engine_socket are compared (test above)."""
     from fleet.engine.connect import engine_plan
-    assert engine_plan(Host(address="h1", docker="docker -H unix:///x.sock")).named_by_command
-    assert engine_plan(Host(address="h1", docker="env DOCKER_HOST=unix:///x.sock docker")).named_by_command
-    assert not engine_plan(Host(address="h1", docker="docker")).named_by_command
-    named_elsewhere = Host(address="h1", docker="docker -H unix:///x.sock", engine_socket="/y.sock")
+    assert engine_plan(SshHost(address="h1", docker="docker -H unix:///x.sock")).named_by_command
+    assert engine_plan(SshHost(address="h1", docker="env DOCKER_HOST=unix:///x.sock docker")).named_by_command
+    assert not engine_plan(SshHost(address="h1", docker="docker")).named_by_command
+    named_elsewhere = SshHost(address="h1", docker="docker -H unix:///x.sock", engine_socket="/y.sock")
     assert not engine_plan(named_elsewhere).named_by_command

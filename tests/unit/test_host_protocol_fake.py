@@ -12,7 +12,7 @@ import pytest
 
 from fleet.contract.describe import new_record
 from fleet.contract.job import parse_job
-from fleet.inventory import Host
+from fleet.inventory import SshHost
 from fleet.plan import job_arn, record_hosts
 from fleet.runtime import instance
 from fleet.runtime.console import Console
@@ -50,7 +50,7 @@ class FakeBed:
                          "ProcessingResources": {"ClusterConfig": {
                              "InstanceCount": 2, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 1}},
                          "AppSpecification": {"ImageUri": "fleet-test:busybox"}}, "job.json")
-        self.hosts = [Host(address=f"h{k}.lab", name=f"h{k}", ip=f"10.0.0.{k}", workdir="/srv/fleet")
+        self.hosts = [SshHost(address=f"h{k}.lab", name=f"h{k}", ip=f"10.0.0.{k}", workdir="/srv/fleet")
                       for k in (1, 2)]
         self.store = JobStore(tmp_path)
         self.record = self.store.create(new_record(job, job_arn(job, "us-east-1", "000000000000"),

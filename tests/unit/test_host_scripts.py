@@ -21,7 +21,7 @@ from fleet.contract.job import parse_job
 from fleet.errors import InvalidInput
 from fleet.host import SessionReport, Status
 from fleet.host.statuses import shell_definitions
-from fleet.inventory import Host
+from fleet.inventory import SshHost
 from fleet.plan import CONTROLLER_LABEL, JOB_LABEL, RUN_FILE, RUN_LABEL, plan_cluster
 from fleet.runtime.leftovers import parse_leftovers
 from fleet.runtime.preflight import _parse_report, check_row
@@ -61,8 +61,8 @@ def processing_job(environment=None, count: int = 1):
 
 def host_plan(workdir: str = "/srv/zq-work", docker: str = "docker", environment=None, count: int = 1,
               gpus=None):
-    hosts = [Host(address=f"h{i}.lab", name=f"h{i}", ip=f"10.0.0.{i}", user="ops", workdir=workdir, docker=docker,
-                  gpus=gpus)
+    hosts = [SshHost(address=f"h{i}.lab", name=f"h{i}", ip=f"10.0.0.{i}", user="ops", workdir=workdir, docker=docker,
+                     gpus=gpus)
              for i in range(1, count + 1)]
     job = processing_job(environment, count)
     return plan_cluster(job, hosts, [h.ip for h in hosts], stop_grace=30,

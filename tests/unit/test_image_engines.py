@@ -17,7 +17,7 @@ from fleet.host import image_have
 from fleet.image.archive import MANIFEST, LoadStream, fleet_tag, open_archive
 from fleet.image.local import LocalImage, parse_inspect
 from fleet.image.push import host_has
-from fleet.inventory import Host
+from fleet.inventory import LocalHost
 from fleet.transport.local import LocalTransport
 
 IMAGE_ID = digest(config_of(LAYERS))
@@ -142,7 +142,7 @@ echo "Error response from daemon: No such image: $ref" >&2; exit 1
 async def test_a_host_is_sent_the_layers_it_has_only_where_its_engine_skips_them(engine, kind, expected):
     monkeypatch, docker = engine
     monkeypatch.setenv("FAKE_ENGINE", kind)
-    transport = LocalTransport(Host(address="localhost", transport="local"), "algo-1")
+    transport = LocalTransport(LocalHost(address="localhost"), "algo-1")
     assert await host_has(transport, [docker], IMAGE, 20) == expected
 
 
@@ -151,7 +151,7 @@ async def test_an_image_held_is_present_on_every_engine(engine, kind):
     monkeypatch, docker = engine
     monkeypatch.setenv("FAKE_ENGINE", kind)
     monkeypatch.setenv("FAKE_HOLDS", "1")
-    transport = LocalTransport(Host(address="localhost", transport="local"), "algo-1")
+    transport = LocalTransport(LocalHost(address="localhost"), "algo-1")
     result = await transport.run(image_have([docker], IMAGE_ID, IMAGE.layers, 20))
     assert result.stdout.decode() == f"present {MANIFEST_ID if kind == 'containerd' else IMAGE_ID}\n"
 
@@ -161,6 +161,6 @@ async def test_fleets_tag_moved_to_an_image_of_other_layers_is_not_the_image(eng
     monkeypatch.setenv("FAKE_ENGINE", "containerd")
     monkeypatch.setenv("FAKE_HOLDS", "1")
     monkeypatch.setenv("FAKE_TAG_LAYERS", f"{digest(LAYERS[0])} {OTHER_LAYER}")
-    transport = LocalTransport(Host(address="localhost", transport="local"), "algo-1")
+    transport = LocalTransport(LocalHost(address="localhost"), "algo-1")
     result = await transport.run(image_have([docker], IMAGE_ID, IMAGE.layers, 20))
     assert result.stdout.decode() == "layers 0\n"

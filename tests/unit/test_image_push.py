@@ -18,7 +18,7 @@ from fleet.image import push
 from fleet.image.archive import MANIFEST, fleet_tag, open_archive
 from fleet.image.local import LocalImage, parse_inspect
 from fleet.image.push import DockerSource, PushCount, PushTarget, host_has, push_image, source_for
-from fleet.inventory import Host
+from fleet.inventory import LocalHost
 from fleet.transport.scripted import ScriptedCommand, ScriptedTransport
 
 DOCKER = ["docker"]
@@ -50,7 +50,7 @@ class Docker:
 
 
 async def target(label: str, handler, have: int = 0) -> PushTarget:
-    transport = ScriptedTransport(Host(address="localhost", name=label, transport="local"), label, handler)
+    transport = ScriptedTransport(LocalHost(address="localhost", name=label), label, handler)
     await transport.connect()
     return PushTarget(label, transport, DOCKER, have)
 
@@ -225,7 +225,7 @@ async def test_host_has_reads_the_hosts_answer(stdout, status, expected):
         assert command.script == "fleet-image-have" and command.args[3:] == [IMAGE.id, *IMAGE.layers]
         command.write_stdout(stdout)
         return status
-    transport = ScriptedTransport(Host(address="localhost", transport="local"), "algo-1", answer)
+    transport = ScriptedTransport(LocalHost(address="localhost"), "algo-1", answer)
     await transport.connect()
     assert await host_has(transport, DOCKER, IMAGE, 20) == expected
 
@@ -238,7 +238,7 @@ async def test_host_has_refuses_what_it_cannot_use(stdout, status, match):
     async def answer(command: ScriptedCommand) -> int:
         command.write_stdout(stdout)
         return status
-    transport = ScriptedTransport(Host(address="localhost", transport="local"), "algo-1", answer)
+    transport = ScriptedTransport(LocalHost(address="localhost"), "algo-1", answer)
     await transport.connect()
     with pytest.raises(HostError, match=match):
         await host_has(transport, DOCKER, IMAGE, 20)
@@ -277,7 +277,7 @@ esac
 
 async def test_the_have_script_finds_the_longest_prefix_of_layers_some_image_has(host_docker, monkeypatch):
     from fleet.transport.local import LocalTransport
-    transport = LocalTransport(Host(address="localhost", transport="local"), "algo-1")
+    transport = LocalTransport(LocalHost(address="localhost"), "algo-1")
     monkeypatch.setenv("FAKE_HAVE_ID", "none")
     assert await host_has(transport, [host_docker], IMAGE, 20) == 1
     monkeypatch.setenv("FAKE_HAVE_ID", IMAGE.id)
@@ -286,7 +286,7 @@ async def test_the_have_script_finds_the_longest_prefix_of_layers_some_image_has
 
 async def test_the_load_script_checks_the_image_id_after_loading(host_docker, archive, tmp_path, monkeypatch):
     from fleet.transport.local import LocalTransport
-    transport = LocalTransport(Host(address="localhost", transport="local"), "algo-1")
+    transport = LocalTransport(LocalHost(address="localhost"), "algo-1")
     monkeypatch.setenv("FAKE_HAVE_ID", archive.image.id)
     targets = [PushTarget("algo-1", transport, [host_docker], 0)]
     assert await push_image(archive, targets, PushCount(), docker_timeout=20, spool_dir=tmp_path) == {}

@@ -15,7 +15,7 @@ from fleet import host as scripts
 from fleet.contract.job import parse_job
 from fleet.errors import HostError, HostLost
 from fleet.host import Status
-from fleet.inventory import Host
+from fleet.inventory import SshHost
 from fleet.plan import plan_cluster
 from fleet.runtime.console import Console
 from fleet.runtime.instance import Instance
@@ -34,7 +34,7 @@ class KeptBytes(BytesIO):
 
 
 def _plan():
-    host = Host(address="h1.lab", name="h1", workdir="/srv/zq")
+    host = SshHost(address="h1.lab", name="h1", workdir="/srv/zq")
     job = parse_job({"ProcessingJobName": "zq-job", "ProcessingResources": {"ClusterConfig": {
         "InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 1}},
         "AppSpecification": {"ImageUri": "zq:1"}}, "job.json")
@@ -47,7 +47,7 @@ class Session:
 
     def __init__(self, handler: Handler, host_timeout: float = 5) -> None:
         self.plan = _plan()
-        self.transport = ScriptedTransport(Host(address="h1.lab"), LABEL, handler)
+        self.transport = ScriptedTransport(SshHost(address="h1.lab"), LABEL, handler)
         self.log = KeptBytes()
         self.err = StringIO()
         self.instance = Instance("algo-1", self.plan.host, self.transport,
@@ -194,7 +194,7 @@ async def test_the_scripted_transport_runs_no_command_before_it_connects_as_ssh(
     async def answer(command: ScriptedCommand) -> int:
         command.write_stdout(b"ok\n")
         return 0
-    transport = ScriptedTransport(Host(address="h1.lab"), LABEL, answer)
+    transport = ScriptedTransport(SshHost(address="h1.lab"), LABEL, answer)
     with pytest.raises(HostError, match="not connected"):
         await transport.run(["true"])
     with pytest.raises(HostError, match="not connected"):

@@ -102,9 +102,74 @@ def test_existing_identity_file_is_accepted(tmp_path: Path):
 
 
 def test_identity_file_of_a_local_host_is_not_needed(tmp_path: Path):
-    inventory = parse_inventory({"hosts": [
-        {"address": "localhost", "transport": "local", "identity_file": str(tmp_path / "nope")}]}, SOURCE)
+    # (a local host that names one itself is refused: test_a_local_host_refuses_ssh_settings_naming_them)
+    inventory = parse_inventory({"defaults": {"identity_file": str(tmp_path / "nope")}, "hosts": [
+        {"address": "localhost", "transport": "local"}]}, SOURCE)
     assert inventory.hosts[0].transport == "local"
+
+
+# -- each transport's settings ------------------------------------------------------------------
+
+SSH_SETTINGS = {"user": "ops", "port": 2222, "identity_file": "~/.ssh/id_fleet", "known_hosts": "/k",
+                "host_key_checking": "off", "connect_timeout": 5}
+
+
+@pytest.mark.parametrize("transport", ["local", "srun"])
+@pytest.mark.parametrize("key", sorted(SSH_SETTINGS))
+def test_a_local_host_refuses_ssh_settings_naming_them(transport, key):
+    """A setting of SSH given to a host SSH does not reach was ignored, silently: a `port:`
+    on a local host, or a `user:` on a Slurm node reached by srun, did nothing."""
+    message = refused({"hosts": [{"address": "a.lab"},
+                                 {"address": "n1", "name": "gpu-01", "transport": transport, key: SSH_SETTINGS[key]}]})
+    assert message == (f"hosts.yaml: hosts[1].{key}: not a setting of a {transport} host (gpu-01): "
+                       f"only ssh hosts take it")
+
+
+def test_ssh_defaults_serve_the_ssh_hosts_and_skip_a_local_one(tmp_path: Path):
+    key = tmp_path / "id_fleet"
+    key.write_text("not really a key")
+    inventory = parse_inventory({"defaults": {"user": "ops", "port": 2222, "identity_file": str(key),
+                                              "docker": "sudo docker"},
+                                 "hosts": [{"address": "a.lab"}, {"address": "localhost", "transport": "local"},
+                                           {"address": "n1", "transport": "srun"}]}, SOURCE)
+    remote, local, node = inventory.hosts
+    assert (remote.transport, remote.user, remote.port, remote.identity_file) == ("ssh", "ops", 2222, str(key))
+    assert local.model_dump(include={"transport", "docker"}) == {"transport": "local", "docker": "sudo docker"}
+    assert node.model_dump(include={"transport", "docker"}) == {"transport": "srun", "docker": "sudo docker"}
+    assert not {"user", "port", "identity_file"} & (set(local.model_dump()) | set(node.model_dump()))
+
+
+def test_a_host_without_a_transport_is_an_ssh_host():
+    host = parse_inventory({"hosts": [{"address": "a.lab"}]}, SOURCE).hosts[0]
+    assert type(host).__name__ == "SshHost" and host.model_dump()["transport"] == "ssh"
+
+
+@pytest.mark.parametrize("where, document", [
+    ("hosts[0].transport", {"hosts": [{"address": "a", "transport": "telnet"}]}),
+    ("defaults.transport", {"defaults": {"transport": ["ssh"]}, "hosts": [{"address": "a"}]}),
+])
+def test_an_unknown_transport_is_refused_naming_the_field(where, document):
+    assert refused(document).startswith(f"hosts.yaml: {where}: must be ssh, local or srun; got ")
+
+
+def test_a_misspelt_key_stays_unknown_on_every_transport():
+    assert refused({"hosts": [{"address": "l", "transport": "local", "prot": 22}]}) == \
+        "hosts.yaml: hosts[0].prot: unknown field"
+
+
+def test_a_bad_ssh_value_is_named_without_the_unions_tag():
+    assert refused({"hosts": [{"address": "a", "connect_timeout": 0}]}).startswith(
+        "hosts.yaml: hosts[0].connect_timeout: Input should be greater than 0")
+
+
+def test_every_example_inventory_loads(tmp_path: Path, monkeypatch):
+    examples = sorted(Path(__file__).resolve().parents[2].glob("configs/*hosts*.yaml"))
+    assert examples
+    monkeypatch.setenv("HOME", str(tmp_path))  # the examples' identity_file: ~/.ssh/id_ed25519
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "id_ed25519").write_text("not really a key")
+    for path in examples:
+        assert load_inventory(path).hosts, path
 
 
 # -- unknown keys -------------------------------------------------------------------------------

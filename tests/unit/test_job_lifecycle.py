@@ -15,7 +15,7 @@ from fleet.contract.describe import new_record
 from fleet.contract.job import parse_job
 from fleet.errors import FleetError
 from fleet.host import Status
-from fleet.inventory import Host
+from fleet.inventory import SshHost
 from fleet.plan import container_name, job_arn, record_hosts
 from fleet.runtime.console import Console
 from fleet.runtime.executor import JobExecution
@@ -41,7 +41,7 @@ class Run:
         if max_runtime is not None:
             document["StoppingCondition"] = {"MaxRuntimeInSeconds": max_runtime}
         job = parse_job(document, "job.json")
-        self.hosts = [Host(address=f"h{k}.lab", name=f"h{k}", ip=f"10.0.0.{k}", workdir="/srv/fleet")
+        self.hosts = [SshHost(address=f"h{k}.lab", name=f"h{k}", ip=f"10.0.0.{k}", workdir="/srv/fleet")
                       for k in range(1, len(fakes) + 1)]
         self.fakes = dict(zip((h.name for h in self.hosts), fakes))
         self.store = JobStore(tmp_path)

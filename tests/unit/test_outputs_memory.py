@@ -23,7 +23,7 @@ from fleet.data import outputs
 from fleet.data.locations import S3Location
 from fleet.data.outputs import ChangedFiles, OutputCount
 from fleet.data.pathtable import PathTable
-from fleet.inventory import Host
+from fleet.inventory import LocalHost
 from fleet.plan import plan_cluster
 from fleet.runtime.console import Console
 from fleet.runtime.transfers import JobData
@@ -81,7 +81,7 @@ def _setup(tmp_path: Path, mode: str, files: int = FILES):
         "ProcessingOutputConfig": {"Outputs": [{"OutputName": "out", "S3Output": {
             "S3Uri": "s3://b/out/", "LocalPath": "/opt/ml/processing/out", "S3UploadMode": mode}}]},
     }, "job.json")
-    host = Host(address="localhost", name="h1", transport="local", workdir=str(tmp_path / "work"))
+    host = LocalHost(address="localhost", name="h1", workdir=str(tmp_path / "work"))
     plan = plan_cluster(job, [host], ["127.0.0.1"], stop_grace=1, region="r", account="1").hosts[0]
     root = Path(plan.output_dir(1))
     for k in range(files):

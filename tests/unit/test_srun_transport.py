@@ -19,7 +19,7 @@ from test_host_scripts import FakeHost
 
 from fleet import host as hostscripts
 from fleet.errors import HostError
-from fleet.inventory import Host
+from fleet.inventory import Host, SrunHost
 from fleet.slurm import config_value, seconds, stop_grace
 from fleet.transport import transport_for
 from fleet.transport.base import drain
@@ -53,7 +53,7 @@ def srun(tmp_path: Path, monkeypatch):
 
 
 def node(ip: str | None = "10.9.8.7") -> Host:
-    return Host(address="node-7", transport="srun", ip=ip)
+    return SrunHost(address="node-7", ip=ip)
 
 
 async def test_a_command_is_one_task_on_its_node_with_an_allowlisted_environment(srun: Path):

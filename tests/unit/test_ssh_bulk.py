@@ -1,11 +1,12 @@
-"""The SSH transport's cuts to asyncssh's bulk-data costs keep its wire unchanged."""
+"""fleet's cuts to asyncssh's bulk-data costs (fleet.transport.asyncssh_patches) keep its wire unchanged."""
 
 import asyncio
 import os
 
 from asyncssh.crypto import GCMCipher
 
-from fleet.transport.ssh import _CoalescedWrites, _GCMCipher
+from fleet.transport import asyncssh_patches
+from fleet.transport.asyncssh_patches import _CoalescedWrites, _GCMCipher
 
 
 def test_the_gcm_cipher_seals_and_opens_as_asyncssh_does():
@@ -86,8 +87,8 @@ class _Waiting(list):
 def _channel(window: int):
     import asyncssh.channel
 
-    from fleet.transport import ssh
-    assert asyncssh.channel.SSHChannel._deliver_data is ssh._deliver_data_once_read  # the patch is on
+    assert asyncssh_patches.apply()  # as the SSH transport's first connection does
+    assert asyncssh.channel.SSHChannel._deliver_data is asyncssh_patches._deliver_data_once_read  # the patch is on
     channel = object.__new__(asyncssh.channel.SSHChannel)
     delivered: list[bytes] = []
     adjusts: list[int] = []

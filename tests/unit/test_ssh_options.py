@@ -12,7 +12,7 @@ import asyncssh
 import pytest
 
 from fleet.errors import HostError
-from fleet.inventory import Host
+from fleet.inventory import Host, SshHost
 from fleet.runtime.console import Console
 from fleet.runtime.instance import Instance
 from fleet.runtime.store import RunOptions
@@ -29,7 +29,7 @@ def config_file(tmp_path: Path, text: str) -> Path:
 def plan_for(tmp_path: Path, text: str, **host: object):
     address = str(host.pop("address", "inner2"))
     config = load_config(address, paths=[config_file(tmp_path, text)])
-    return host_plan(Host(address=address, **host), config), config
+    return host_plan(SshHost(address=address, **host), config), config
 
 
 def asyncssh_options(tmp_path: Path, plan, address: str = "inner2") -> asyncssh.SSHClientConnectionOptions:
@@ -204,13 +204,13 @@ def _instance(host: Host) -> Instance:
 
 def test_a_host_whose_address_is_unknown_is_refused_naming_it():
     with pytest.raises(HostError) as refused:
-        _instance(Host(address="inner2", name="h2")).address(None)
+        _instance(SshHost(address="inner2", name="h2")).address(None)
     assert refused.value.message.startswith("algo-2 (h2, inner2): no address the other hosts can reach it at")
     assert "`ip`" in refused.value.message
 
 
 def test_the_inventorys_ip_is_used_when_the_connection_cannot_tell():
-    assert _instance(Host(address="inner2", ip="10.0.0.7")).address(None) == "10.0.0.7"
+    assert _instance(SshHost(address="inner2", ip="10.0.0.7")).address(None) == "10.0.0.7"
 
 
 def test_trusted_keys_are_parsed_once_until_a_file_changes(tmp_path):

@@ -15,9 +15,9 @@ HEAVY = ("aiohttp", "aiobotocore", "botocore", "boto3")
 START = """
 import sys
 import fleet.cli, fleet.runtime.executor
-from fleet.inventory import Host
+from fleet.inventory import SshHost
 from fleet.transport import transport_for
-transport_for(Host(address="h1"), "algo-1")
+transport_for(SshHost(address="h1"), "algo-1")
 print(" ".join(sorted(name for name in sys.modules if name.partition(".")[0] in {heavy!r})))
 """
 

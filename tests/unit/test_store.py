@@ -10,7 +10,7 @@ import pytest
 
 from fleet.cli import main
 from fleet.errors import InvalidInput
-from fleet.inventory import Host
+from fleet.inventory import SshHost
 from fleet.runtime import store as store_module
 from fleet.runtime.store import JobOwned, JobStore, RecordCache, RunOptions, RunRecord
 
@@ -49,7 +49,7 @@ def test_run_json_round_trips_and_its_absence_is_named(tmp_path: Path):
     store.create(record("j", "2026-01-01T00:00:00+00:00"))
     with pytest.raises(InvalidInput, match="has no run.json"):
         store.read_run("j")
-    host = Host(address="10.0.0.1", name="gpu-01", gpus=[0, 1])
+    host = SshHost(address="10.0.0.1", name="gpu-01", gpus=[0, 1])
     run = RunRecord(RunId="abc", Controller="c:/h", Request={"ProcessingJobName": "j"}, Hosts=[host],
                     Options=RunOptions(stop_grace=7, keep=True))
     store.record("j").save_run(run)
@@ -103,7 +103,7 @@ def test_only_the_owner_can_read_the_store_whatever_the_umask(tmp_path: Path):
     try:
         store = JobStore(home)
         job = store.create(record("zq-secret", "2026-01-01T00:00:00+00:00", Environment={"K": "zq-s3cr3t"}))
-        job.save_run(RunRecord(RunId="r1", Controller="c", Request={}, Hosts=[Host(address="h1")]))
+        job.save_run(RunRecord(RunId="r1", Controller="c", Request={}, Hosts=[SshHost(address="h1")]))
         store.claim("zq-secret").release()
         job.open_log("algo-1").close()
     finally:
@@ -147,3 +147,21 @@ def test_the_record_cache_warms_a_batch_at_a_time_and_then_lists_without_reading
     monkeypatch.setattr(store_module.json, "loads", lambda data: parsed.append(data) or {})
     assert [r["ProcessingJobName"] for r in cache.records()] == ["j4", "j3", "j2", "j1", "j0"]
     assert parsed == []
+
+
+def test_a_run_json_from_before_hosts_were_typed_by_transport_is_read(tmp_path: Path):
+    """fleet gave every host the SSH settings (port 22, user null...) until hosts were typed by
+    their transport: a job it started on a local or srun host can still be attached to."""
+    store = JobStore(tmp_path)
+    store.create(record("j", "2026-01-01T00:00:00+00:00"))
+    ssh_settings = {"user": None, "port": 22, "identity_file": None, "known_hosts": None,
+                    "host_key_checking": None, "connect_timeout": 15.0}
+    hosts = [{"address": "localhost", "transport": "local", **ssh_settings},
+             {"address": "n1", "transport": "srun", **ssh_settings},
+             {"address": "a.lab", "transport": "ssh", **ssh_settings, "user": "ops"}]
+    (store.job_dir("j") / "run.json").write_text(json.dumps(
+        {"RunId": "abc", "Controller": "c:/h", "Request": {"ProcessingJobName": "j"}, "Hosts": hosts}))
+    local, node, remote = store.read_run("j").Hosts
+    assert (local.transport, node.transport, remote.transport) == ("local", "srun", "ssh")
+    assert remote.model_dump(include={"user", "port"}) == {"user": "ops", "port": 22}
+    assert "port" not in local.model_dump() and "port" not in node.model_dump()

@@ -11,7 +11,7 @@ import pytest
 
 from fleet.contract.job import parse_job
 from fleet.errors import ClientError
-from fleet.inventory import Host
+from fleet.inventory import SshHost
 from fleet.plan import plan_cluster
 from fleet.runtime.console import Console
 from fleet.runtime.transfers import JobData
@@ -31,7 +31,7 @@ def _job(target: Path):
 
 async def test_a_failed_upload_cancels_the_other_hosts_uploads(tmp_path: Path):
     job = _job(tmp_path / "out")
-    hosts = [Host(address=f"10.0.0.{k}") for k in (1, 2)]
+    hosts = [SshHost(address=f"10.0.0.{k}") for k in (1, 2)]
     plan = plan_cluster(job, hosts, ["10.0.0.1", "10.0.0.2"], stop_grace=1, region="r", account="1")
     abandoned = asyncio.Event()
 

@@ -24,7 +24,7 @@ from fleet.data import direct
 from fleet.data.locations import S3Location
 from fleet.data.outputs import OutputCount
 from fleet.errors import FleetError
-from fleet.inventory import Host
+from fleet.inventory import LocalHost
 from fleet.transport import transport_for
 
 START = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -44,7 +44,7 @@ async def sign(method, location, expires):
 
 async def main():
     said = {}
-    host = Host(address="localhost", name="h", transport="local", workdir=directory)
+    host = LocalHost(address="localhost", name="h", workdir=directory)
     async with transport_for(host, "algo-1 (h)") as transport:
         if scenario == "run-stderr":
             result = await transport.run(LOUD)
@@ -105,9 +105,9 @@ def test_a_listing_of_100k_long_paths_goes_up_in_bounded_memory(tmp_path):
 
 
 def _local(tmp_path: Path):
-    from fleet.inventory import Host
+    from fleet.inventory import LocalHost
     from fleet.transport import transport_for
-    return transport_for(Host(address="localhost", name="h", transport="local", workdir=str(tmp_path)), "algo-1 (h)")
+    return transport_for(LocalHost(address="localhost", name="h", workdir=str(tmp_path)), "algo-1 (h)")
 
 
 async def test_run_refuses_stdout_past_its_limit_naming_the_host_and_the_command(tmp_path):
