@@ -479,13 +479,13 @@ def _logs(args: argparse.Namespace, console: Console) -> int:
 
 
 async def _serve(args: argparse.Namespace, console: Console) -> int:
-    from fleet.serve.api import Api
     from fleet.serve.auth import CONTROLLER, KeyRing, is_loopback
     from fleet.serve.metrics import read_token
     from fleet.serve.page import Page, PageAccess
     from fleet.serve.scheduler import Scheduler
     from fleet.serve.sdkconfig import MERGE_HINT, check_bucket, default_bucket_name, exports, write_sdk_config
     from fleet.serve.server import listen_address, serve
+    from fleet.serve.services import Services
 
     inventory = load_inventory(args.inventory)
     host, _ = listen_address(args.listen)
@@ -516,7 +516,7 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
     store = JobStore(fleet_home())
     if args.max_queued < 1:
         raise InvalidInput("--max-queued must be >= 1")
-    api = Api(store, Scheduler(store, inventory, options, args.max_queued), region, account)
+    api = Services(store, Scheduler(store, inventory, options, args.max_queued), region, account)
     if args.max_connections is not None and args.max_connections < 1:
         raise InvalidInput("--max-connections must be >= 1")
     if args.max_connections_per_client is not None and args.max_connections_per_client < 1:

@@ -4,7 +4,7 @@
                        beside SageMaker's fields, fleet's own (Hosts, Image, Transfers, and
                        ExitCode: what `fleet run` exited with, once the job ended; Owner:
                        the profile whose key created it through `fleet serve`, absent for
-                       `fleet run`'s, which are the controller's: serve/api.py)
+                       `fleet run`'s, which are the controller's: serve/jobs.py)
     logs/algo-k.log    each host's container log, exactly the bytes received
     logs/algo-k.log.times  when those bytes arrived (runtime/logindex.py: each line's time)
     run.json           what another fleet needs to take the job over (`fleet attach`,

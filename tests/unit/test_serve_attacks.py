@@ -27,10 +27,11 @@ from botocore.credentials import Credentials
 from fleet.inventory import parse_inventory
 from fleet.plan import record_hosts
 from fleet.runtime.store import JobStore, RunOptions, RunRecord
-from fleet.serve.api import LOG_GROUP, Api
 from fleet.serve.auth import Principal
+from fleet.serve.logs.shapes import LOG_GROUP
 from fleet.serve.scheduler import STOP_ASKED, Scheduler
 from fleet.serve.server import client_of
+from fleet.serve.services import Services
 
 KEY, SECRET = "AKIDFLEETATTACK00001", "fleet-attack-test-secret"
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,9 +125,9 @@ class Served:
                 time.sleep(0.1)
 
     def _seed(self, inventory) -> None:
-        api = Api(self.store, Scheduler(self.store, inventory, RunOptions()), "us-east-1", "000000000000")
+        api = Services(self.store, Scheduler(self.store, inventory, RunOptions()), "us-east-1", "000000000000")
         for name in (BUSY, WAITING):
-            asyncio.run(api.create(_job(name), Principal("alice")))  # the key the tests sign with
+            asyncio.run(api.sagemaker.create(_job(name), Principal("alice")))  # the key the tests sign with
         record = self.store.record(BUSY)
         record.save_run(RunRecord(RunId="r", Controller="c", Request=_job(BUSY), Hosts=inventory.hosts))
         record.update(Hosts=record_hosts(inventory.hosts), SecondaryStatus=None,

@@ -32,8 +32,8 @@ from fleet.errors import InvalidInput
 from fleet.inventory import parse_inventory
 from fleet.plan import job_arn, record_hosts
 from fleet.runtime.store import JobStore, RunOptions, RunRecord
-from fleet.serve.api import LOG_GROUP
 from fleet.serve.auth import CONTROLLER, KeyRing
+from fleet.serve.logs.shapes import LOG_GROUP
 from fleet.serve.scheduler import STOP_ASKED
 
 ROOT = Path(__file__).resolve().parents[2]

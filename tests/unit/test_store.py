@@ -134,7 +134,7 @@ def test_a_store_made_before_is_tightened_as_it_is_written_to(tmp_path: Path):
 
 
 def test_the_record_cache_warms_a_batch_at_a_time_and_then_lists_without_reading(tmp_path: Path, monkeypatch):
-    """serve warms its List cache once it listens (Api.warm), a batch between other work; the
+    """serve warms its List cache once it listens (Services.warm), a batch between other work; the
     first list afterwards reads no record, a stat each."""
     store = JobStore(tmp_path)
     for i in range(5):

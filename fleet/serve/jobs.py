@@ -1,0 +1,35 @@
+"""What serve knows of a job record beyond the record itself: whose it is and who may see
+it, shared by the SageMaker and CloudWatch Logs services (a job's log streams are as visible
+as the job).
+
+A job belongs to the principal that created it (the record's `Owner`; a record without one
+was made by `fleet run`: the controller's). A caller sees and stops only its own jobs unless
+it is an admin: another's job is answered exactly as a job that does not exist
+(ResourceNotFound, ResourceNotFoundException for its log streams; List leaves it out), as an
+IAM-scoped AWS account shows nothing of another account's."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fleet.serve.auth import CONTROLLER, Principal
+
+OWNER = "Owner"  # fleet's field of the record: the name of the principal that created the job
+SUMMARY = ("ProcessingJobName", "ProcessingJobArn", "CreationTime", "ProcessingEndTime", "LastModifiedTime",
+           "ProcessingJobStatus", "FailureReason", "ExitMessage")  # a ProcessingJobSummary's fields
+# what List and the log streams' prefix search keep of each record
+SUMMARY_FIELDS = (*SUMMARY, "Hosts", OWNER, "ProcessingStartTime")
+
+
+def owner(record: dict) -> str:
+    """Whose job it is: a record `fleet run` made names no owner, it is the controller's."""
+    return record.get(OWNER) or CONTROLLER.name
+
+
+def sees(caller: Principal, record: dict) -> bool:
+    """Whether `caller` may see (and stop) the job: its own, or any for an admin."""
+    return caller.admin or owner(record) == caller.name
+
+
+def epoch(iso: str) -> float:
+    return datetime.fromisoformat(iso).timestamp()
