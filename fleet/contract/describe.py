@@ -1,9 +1,16 @@
-"""The job's record: a DescribeProcessingJob response, plus fleet's `Hosts`."""
+"""The job's record: a DescribeProcessingJob response, plus fleet's own fields.
+
+new_record writes it (a dict, as the store keeps describe.json: fields in the order they
+were set, none null at the top); JobDescription reads it, typed, for the CLI, serve and the
+store alike: an old record loads (every field but the name may be absent, and fields the
+model does not name ride along), and `stored()` gives back the record exactly as stored."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Self
+
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 from fleet.contract.job import ProcessingJob
 
@@ -31,3 +38,69 @@ def new_record(job: ProcessingJob, arn: str, hosts: dict[str, dict[str, Any]]) -
     record.update({key: request[key] for key in ECHOED if key in request})
     record["Hosts"] = hosts
     return record
+
+
+class RecordedHost(BaseModel):
+    """One host of the record's Hosts (algo-k): the inventory's name and address (plan.record_hosts)
+    and, once its container ended, its ExitCode (null: it never started or was lost)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    Name: str | None = None
+    Address: str | None = None
+    ExitCode: int | None = None
+
+
+class JobDescription(BaseModel):
+    """describe.json, read: DescribeProcessingJob's fields, and fleet's own (Hosts, Image,
+    Transfers, ExitCode: what `fleet run` exited with; Owner: the serve profile that created
+    it, absent for `fleet run`'s). Times are ISO 8601 strings, as stored."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    ProcessingJobName: str
+    ProcessingJobArn: str | None = None
+    ProcessingJobStatus: str | None = None
+    SecondaryStatus: str | None = None
+    CreationTime: str | None = None
+    LastModifiedTime: str | None = None
+    ProcessingStartTime: str | None = None
+    ProcessingEndTime: str | None = None
+    FailureReason: str | None = None
+    ExitMessage: str | None = None
+    ProcessingInputs: list[Any] | None = None
+    ProcessingOutputConfig: dict[str, Any] | None = None
+    ProcessingResources: dict[str, Any] | None = None
+    StoppingCondition: dict[str, Any] | None = None
+    AppSpecification: dict[str, Any] | None = None
+    Environment: dict[str, str] | None = None
+    NetworkConfig: dict[str, Any] | None = None
+    RoleArn: str | None = None
+    ExperimentConfig: dict[str, Any] | None = None
+    Hosts: dict[str, RecordedHost] = {}
+    Image: dict[str, Any] | None = None
+    Transfers: dict[str, Any] | None = None
+    ExitCode: int | None = None
+    Owner: str | None = None
+    _stored: dict[str, Any] = PrivateAttr(default_factory=dict)
+
+    @classmethod
+    def of(cls, stored: dict[str, Any]) -> Self:
+        """The record `stored` (describe.json's object); pydantic's ValidationError if it is not one."""
+        description = cls.model_validate(stored)
+        description._stored = stored
+        return description
+
+    def stored(self) -> dict[str, Any]:
+        """The record exactly as stored (its fields in their order): what `fleet describe --json`
+        prints and DescribeProcessingJob answers from."""
+        return dict(self._stored)
+
+    @property
+    def ended(self) -> bool:
+        return self.ProcessingJobStatus in TERMINAL
+
+    @property
+    def instance_count(self) -> int:
+        """ProcessingResources.ClusterConfig.InstanceCount (as the request was validated)."""
+        return int((self.ProcessingResources or {})["ClusterConfig"]["InstanceCount"])

@@ -34,7 +34,7 @@ from typing import Any, BinaryIO
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fleet.contract.describe import now
+from fleet.contract.describe import JobDescription, now
 from fleet.contract.job import JOB_NAME_PATTERN, ProcessingJob, parse_job
 from fleet.errors import InvalidInput, ResourceInUse
 from fleet.inventory import Host
@@ -116,14 +116,18 @@ class JobStore:
         job.save()
         return job
 
-    def load(self, name: str) -> dict[str, Any]:
+    def load(self, name: str) -> JobDescription:
         if not re.fullmatch(JOB_NAME_PATTERN, name):
             raise InvalidInput(f"{name!r} is not a processing job name")
         path = self.job_dir(name) / "describe.json"
         try:
-            return json.loads(path.read_text())
+            return JobDescription.of(json.loads(path.read_text()))
         except FileNotFoundError as exc:
             raise InvalidInput(f"no job named {name} in {self.jobs}") from exc
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            raise InvalidInput(f"{path} is not a job record fleet can read: "
+                               f"{'.'.join(map(str, error['loc']))}: {error['msg']}") from exc
 
     def log_path(self, name: str, algo: str) -> Path:
         return self.job_dir(name) / "logs" / f"{algo}.log"
@@ -133,18 +137,18 @@ class JobStore:
         and stderr. The descriptor."""
         return _open_private(self.job_dir(name) / f"{verb}.log", os.O_WRONLY | os.O_APPEND)
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[JobDescription]:
         """Every job's record, newest first; unreadable ones are skipped."""
         found = []
         for path in self.jobs.glob("*/describe.json") if self.jobs.is_dir() else []:
             try:
-                found.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
+                found.append(JobDescription.of(json.loads(path.read_text())))
+            except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
                 continue
-        return sorted(found, key=lambda r: r.get("CreationTime", ""), reverse=True)
+        return sorted(found, key=lambda r: r.CreationTime or "", reverse=True)
 
     def record(self, name: str) -> JobRecord:
-        return JobRecord(self.job_dir(name), self.load(name))
+        return JobRecord(self.job_dir(name), self.load(name).stored())
 
     def read_run(self, name: str) -> RunRecord:
         path = self.job_dir(name) / "run.json"
@@ -246,7 +250,9 @@ def _write_atomically(path: Path, data: dict[str, Any]) -> None:
 
 
 class JobRecord:
-    """One job's describe.json, rewritten atomically on every change."""
+    """One job's describe.json, as its writer holds it (`data`, the fields in the order they
+    were set, so that a record rewritten unchanged is the same bytes), rewritten atomically on
+    every change. Readers read it typed: `description`, JobStore.load."""
 
     def __init__(self, directory: Path, record: dict[str, Any]) -> None:
         self.directory = directory
@@ -255,6 +261,10 @@ class JobRecord:
     @property
     def status(self) -> str:
         return self.data["ProcessingJobStatus"]
+
+    @property
+    def description(self) -> JobDescription:
+        return JobDescription.of(self.data)
 
     def update(self, **fields: Any) -> None:
         self.data.update({k: v for k, v in fields.items()})
@@ -297,7 +307,7 @@ class RecordCache:
     """The jobs' records as last read, each read again only when its describe.json changed
     (every write is a rename: a new inode, mtime and size), so that looking at thousands of
     records costs a stat each, not a read and a parse. `fields`, if given, are the only
-    ones kept (a list of 10,000 jobs needs their summaries, not their requests).
+    ones kept beside the name (a list of 10,000 jobs needs their summaries, not their requests).
 
     A stat cannot tell two writes apart that land in the same clock tick with the same size
     and a recycled inode: as git does with its index ("racy git"), a record read less than
@@ -305,10 +315,10 @@ class RecordCache:
 
     def __init__(self, store: JobStore, fields: tuple[str, ...] | None = None) -> None:
         self.store = store
-        self.fields = fields
-        self._known: dict[str, tuple[tuple[int, int, int, int], bool, dict[str, Any]]] = {}
+        self.fields = None if fields is None else frozenset(("ProcessingJobName", *fields))
+        self._known: dict[str, tuple[tuple[int, int, int, int], bool, JobDescription]] = {}
 
-    def load(self, name: str) -> dict[str, Any] | None:
+    def load(self, name: str) -> JobDescription | None:
         """The record of `name`, or None when it has none (or it cannot be read)."""
         path = os.path.join(self.store.jobs, name, "describe.json")  # not pathlib: it was half a 10,000-job list
         try:
@@ -322,14 +332,13 @@ class RecordCache:
             return known[2]
         try:
             with open(path, "rb") as file:
-                record = json.loads(file.read())
-        except (OSError, ValueError):
+                stored = json.loads(file.read())
+            if self.fields is not None and isinstance(stored, dict):
+                stored = {key: value for key, value in stored.items() if key in self.fields}
+            record = JobDescription.of(stored)
+        except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
             self._known.pop(name, None)
             return None
-        if not isinstance(record, dict):
-            return None
-        if self.fields is not None:
-            record = {key: value for key, value in record.items() if key in self.fields}
         settled = time.time_ns() - stat.st_mtime_ns > RACY_SECONDS * 1e9
         self._known[name] = (stamp, settled, record)
         return record
@@ -356,10 +365,10 @@ class RecordCache:
                 self.load(name)
             yield min(start + batch, len(names))
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[JobDescription]:
         """Every job's record, newest first; unreadable ones are skipped."""
         names = self._names()
         for gone in self._known.keys() - set(names):
             del self._known[gone]
         found = [record for name in names if (record := self.load(name)) is not None]
-        return sorted(found, key=lambda r: r.get("CreationTime", ""), reverse=True)
+        return sorted(found, key=lambda r: r.CreationTime or "", reverse=True)

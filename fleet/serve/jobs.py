@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from fleet.contract.describe import JobDescription
 from fleet.serve.auth import CONTROLLER, Principal
 
 OWNER = "Owner"  # fleet's field of the record: the name of the principal that created the job
@@ -21,15 +22,16 @@ SUMMARY = ("ProcessingJobName", "ProcessingJobArn", "CreationTime", "ProcessingE
 SUMMARY_FIELDS = (*SUMMARY, "Hosts", OWNER, "ProcessingStartTime")
 
 
-def owner(record: dict) -> str:
+def owner(record: JobDescription) -> str:
     """Whose job it is: a record `fleet run` made names no owner, it is the controller's."""
-    return record.get(OWNER) or CONTROLLER.name
+    return record.Owner or CONTROLLER.name
 
 
-def sees(caller: Principal, record: dict) -> bool:
+def sees(caller: Principal, record: JobDescription) -> bool:
     """Whether `caller` may see (and stop) the job: its own, or any for an admin."""
     return caller.admin or owner(record) == caller.name
 
 
-def epoch(iso: str) -> float:
-    return datetime.fromisoformat(iso).timestamp()
+def epoch(iso: str | None) -> float:
+    """An ISO time of the record as epoch seconds (0 for none: a record without it sorts first)."""
+    return datetime.fromisoformat(iso).timestamp() if iso else 0.0

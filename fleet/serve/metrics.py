@@ -155,23 +155,21 @@ class JobCensus:
         if record is None:
             self.active[name] = None
             return
-        status = record.get("ProcessingJobStatus")
+        status = record.ProcessingJobStatus
         if status in TERMINAL:
             del self.active[name]
             self._records.forget(name)
-            self.ended[name] = status
-            self.counts[status] += 1
-            started, ended = _epoch(record.get("ProcessingStartTime")), _epoch(record.get("ProcessingEndTime"))
+            self.ended[name] = str(status)
+            self.counts[str(status)] += 1
+            started, ended = _epoch(record.ProcessingStartTime), _epoch(record.ProcessingEndTime)
             if started is not None and ended is not None:
-                self.durations.observe(status, max(0.0, ended - started))
+                self.durations.observe(str(status), max(0.0, ended - started))
             return
-        hosts = record.get("Hosts")
-        labels = tuple(str(h.get("Name") or "") for h in hosts.values() if isinstance(h, dict)) \
-            if isinstance(hosts, dict) else ()
+        labels = tuple(host.Name or "" for host in record.Hosts.values())
         if status == "InProgress" and (self.store.job_dir(name) / STOP_ASKED).exists():
             status = "Stopping"
-        self.active[name] = _Active(str(status), _epoch(record.get("CreationTime")),
-                                    status == "InProgress" and record.get("SecondaryStatus") == STARTING, labels)
+        self.active[name] = _Active(str(status), _epoch(record.CreationTime),
+                                    status == "InProgress" and record.SecondaryStatus == STARTING, labels)
 
     def by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)

@@ -321,16 +321,16 @@ class Page:
         rows = []
         for summary in listed["ProcessingJobSummaries"]:
             job = summary["ProcessingJobName"]
-            record = self.rows.load(job) or {}
-            start = _epoch(record.get("ProcessingStartTime")) or summary.get("CreationTime")
+            record = self.rows.load(job)
+            start = (_epoch(record.ProcessingStartTime) if record else None) or summary.get("CreationTime")
             end = summary.get("ProcessingEndTime")
             rows.append(
                 f'<tr data-job="{_text(job)}"><td><a href="/jobs/{_text(job)}">{_text(job)}</a></td>'
                 f'<td class="status {_text(summary.get("ProcessingJobStatus"))}">'
                 f'{_text(summary.get("ProcessingJobStatus"))}</td>'
-                f'<td class="hosts">{len(record.get("Hosts") or {}) or ""}</td><td>{_text(_when(start))}</td>'
+                f'<td class="hosts">{(len(record.Hosts) if record else 0) or ""}</td><td>{_text(_when(start))}</td>'
                 f'<td>{_text(_duration(start, end))}</td><td class="reason">{_text(summary.get("FailureReason"))}</td>'
-                f'<td>{_text(record.get("Owner") or "")}</td></tr>')
+                f'<td>{_text(record.Owner if record else "")}</td></tr>')
         options = "".join(f'<option value="{s}"{" selected" if s == status else ""}>{s}</option>' for s in STATUSES)
         more = ""
         if listed.get("NextToken"):

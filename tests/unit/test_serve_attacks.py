@@ -138,13 +138,13 @@ class Served:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=30)
         # the `fleet stop` processes serve started poll the record: an end lets them exit
-        if self.store.load(BUSY)["ProcessingJobStatus"] not in ("Stopped", "Completed", "Failed"):
+        if self.store.load(BUSY).ProcessingJobStatus not in ("Stopped", "Completed", "Failed"):
             self.store.record(BUSY).update(ProcessingJobStatus="Stopped")
         self.holder.kill()
         self.holder.wait(timeout=10)
 
     def status(self, name: str) -> str:
-        return str(self.store.load(name)["ProcessingJobStatus"])
+        return str(self.store.load(name).ProcessingJobStatus)
 
     # -- the wire ---------------------------------------------------------------------------
     def sign(self, target: str, document: dict | bytes, *, only: tuple[str, ...] | None = None,

@@ -103,7 +103,7 @@ async def test_jobs_wait_first_come_first_served_for_free_hosts(api):
     record.update(Hosts=record_hosts(hosts), SecondaryStatus=None)
     assert [h.label for h in scheduler.free_hosts()] == ["h3"]
     # zq-2 needs 2: it waits, and zq-3 (1 host, later) does not jump the queue
-    assert [r["ProcessingJobName"] for r in scheduler.waiting()] == ["zq-2", "zq-3"]
+    assert [r.ProcessingJobName for r in scheduler.waiting()] == ["zq-2", "zq-3"]
 
 
 async def test_list_filters_sorts_and_pages(api):

@@ -155,10 +155,10 @@ async def test_stop_needs_the_sessions_csrf_token_and_this_origin(page):
     assert (await client.post(stop, data={"csrf": wrong}, headers=origin)).status == 403
     assert (await client.post(stop, data={"csrf": csrf}, headers={"Origin": "http://evil.example"})).status == 403
     assert (await client.post(stop, data={"csrf": csrf})).status == 403  # no Origin
-    assert api.store.load("zq-alice")["ProcessingJobStatus"] == "InProgress"
+    assert api.store.load("zq-alice").ProcessingJobStatus == "InProgress"
     answer = await client.post(stop, data={"csrf": csrf}, headers=origin, allow_redirects=False)
     assert answer.status == 303 and answer.headers["Location"] == "/jobs/zq-alice"
-    assert api.store.load("zq-alice")["ProcessingJobStatus"] == "Stopped"  # it waited for hosts: stopped at once
+    assert api.store.load("zq-alice").ProcessingJobStatus == "Stopped"  # it waited for hosts: stopped at once
     described = await (await client.get("/jobs/zq-alice")).text()
     assert '<dd id="status" class="status">Stopped</dd>' in described and 'id="stop"' not in described
     client.session.cookie_jar.clear()

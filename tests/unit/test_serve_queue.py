@@ -41,7 +41,7 @@ def api(tmp_path: Path) -> Services:
 def _waiting_jobs(api: Services, count: int) -> list[str]:
     """`count` jobs as CreateProcessingJob records them (waiting for hosts), created a second
     apart in CreationTime; their names."""
-    template = {key: value for key, value in api.store.load("zq-template").items()
+    template = {key: value for key, value in api.store.load("zq-template").stored().items()
                 if key not in ("ProcessingEndTime",)}
     start = datetime(2099, 1, 1, tzinfo=UTC)  # after the template
     names = []
@@ -96,7 +96,7 @@ async def test_a_scheduling_round_reads_only_the_records_that_changed_of_3000_wa
         reads.clear()
         await scheduler.place()
         assert len(reads) <= 3002  # the first look reads the store once
-        assert [r["ProcessingJobName"] for r in scheduler.waiting()][:2] == names[:2]
+        assert [r.ProcessingJobName for r in scheduler.waiting()][:2] == names[:2]
         for _ in range(3):
             reads.clear()
             await scheduler.place()
@@ -105,7 +105,7 @@ async def test_a_scheduling_round_reads_only_the_records_that_changed_of_3000_wa
         reads.clear()
         await scheduler.place()
         assert [Path(p).parent.name for p in reads] == [names[5]]
-        assert names[5] not in [r["ProcessingJobName"] for r in scheduler.waiting()]
+        assert names[5] not in [r.ProcessingJobName for r in scheduler.waiting()]
         assert scheduler.queued() == 2999
         assert not scheduler.workers  # nothing placed, nothing taken over
     finally:
@@ -160,7 +160,7 @@ async def test_a_take_over_that_always_fails_is_tried_5_times_further_apart_then
         return await spawn(verb, job)
 
     monkeypatch.setattr(scheduler, "_spawn", spawning)
-    while now[0] < 40 and len(attempts) <= 8 and store.load(name)["ProcessingJobStatus"] == "InProgress":
+    while now[0] < 40 and len(attempts) <= 8 and store.load(name).ProcessingJobStatus == "InProgress":
         await scheduler.place()
         for worker in list(scheduler.workers.values()):
             await worker.wait()
@@ -168,7 +168,7 @@ async def test_a_take_over_that_always_fails_is_tried_5_times_further_apart_then
         now[0] += 1
 
     assert attempts == [0, 1, 3, 7, 15]  # gaps of 1, 2, 4, 8 rounds (every round, before: without end)
-    ended = store.load(name)
+    ended = store.load(name).stored()
     assert ended["ProcessingJobStatus"] == "Failed"
     assert ended["FailureReason"].startswith("InternalServerError: fleet serve could not take the job over "
                                              "(5 attempts of `fleet attach`")

@@ -27,7 +27,7 @@ def test_records_come_newest_first(tmp_path: Path):
         store.create(record(name, created))
     (store.jobs / "broken").mkdir()
     (store.jobs / "broken" / "describe.json").write_text("{not json")
-    assert [r["ProcessingJobName"] for r in store.records()] == ["a", "b", "c"]
+    assert [r.ProcessingJobName for r in store.records()] == ["a", "b", "c"]
 
 
 def test_a_job_has_one_owner_at_a_time(tmp_path: Path):
@@ -145,5 +145,5 @@ def test_the_record_cache_warms_a_batch_at_a_time_and_then_lists_without_reading
     assert list(cache.warm(batch=2)) == [2, 4, 5]
     parsed: list[bytes] = []
     monkeypatch.setattr(store_module.json, "loads", lambda data: parsed.append(data) or {})
-    assert [r["ProcessingJobName"] for r in cache.records()] == ["j4", "j3", "j2", "j1", "j0"]
+    assert [r.ProcessingJobName for r in cache.records()] == ["j4", "j3", "j2", "j1", "j0"]
     assert parsed == []

@@ -10,7 +10,7 @@ import asyncio
 import re
 from typing import Any
 
-from fleet.contract.describe import TERMINAL
+from fleet.contract.describe import JobDescription
 from fleet.errors import FleetError
 from fleet.runtime.store import JobStore, RecordCache
 from fleet.serve.auth import Principal
@@ -37,7 +37,7 @@ class Logs:
         return {"DescribeLogStreams": self.describe_log_streams, "GetLogEvents": self.get_log_events,
                 "FilterLogEvents": self.filter_log_events}
 
-    def _streams(self, prefix: str, caller: Principal) -> list[tuple[str, str, str, dict]]:
+    def _streams(self, prefix: str, caller: Principal) -> list[tuple[str, str, str, JobDescription]]:
         """(stream name, job name, algo, record) of every job `caller` sees whose stream names
         start with `prefix` (every stream `caller` sees for "")."""
         job_name = prefix.split("/", 1)[0]
@@ -49,14 +49,14 @@ class Logs:
             except FleetError:
                 records = []
         else:  # many jobs, maybe every one: their summaries (a stat each), which keep what a stream needs
-            records = [r for r in self.summaries.records() if r["ProcessingJobName"].startswith(prefix)]
+            records = [r for r in self.summaries.records() if r.ProcessingJobName.startswith(prefix)]
         streams = []
         for record in records:
-            name = record["ProcessingJobName"]
+            name = record.ProcessingJobName
             if not sees(caller, record):
                 continue
-            created = int(epoch(record["CreationTime"]))
-            for algo in record.get("Hosts", {}):
+            created = int(epoch(record.CreationTime))
+            for algo in record.Hosts:
                 stream = f"{name}/{algo}-{created}"
                 if stream.startswith(prefix):
                     streams.append((stream, name, algo, record))
@@ -72,7 +72,7 @@ class Logs:
             first, last, size = events.stream_times(self._source(stream, name, algo, record))
             if not size:
                 continue  # no event yet: CloudWatch shows a stream once it has one
-            created = int(epoch(record["CreationTime"]) * 1000)
+            created = int(epoch(record.CreationTime) * 1000)
             found.append({"logStreamName": stream, "creationTime": created, "firstEventTimestamp": first,
                           "lastEventTimestamp": last, "lastIngestionTime": last,
                           "uploadSequenceToken": "0", "storedBytes": size,
@@ -96,13 +96,12 @@ class Logs:
             record = self.store.load(name)
         except FleetError:
             raise ResourceNotFoundException(_NO_STREAM) from None
-        if algo not in record.get("Hosts", {}) or not sees(caller, record):
+        if algo not in record.Hosts or not sees(caller, record):
             raise ResourceNotFoundException(_NO_STREAM)
         return self._source(match[0], name, algo, record)
 
-    def _source(self, stream: str, name: str, algo: str, record: dict) -> events.Source:
-        return events.Source(stream, self.store.log_path(name, algo), _stamp(record),
-                             record.get("ProcessingJobStatus") in TERMINAL)
+    def _source(self, stream: str, name: str, algo: str, record: JobDescription) -> events.Source:
+        return events.Source(stream, self.store.log_path(name, algo), _stamp(record), record.ended)
 
     async def get_log_events(self, request: dict, caller: Principal) -> dict:
         """A host's log as events, a line each, timed by their arrival on the controller
@@ -133,7 +132,7 @@ class Logs:
             pattern=asked.pattern(), token=asked.after(), limit=asked.limit)
 
 
-def _stamp(record: dict) -> int:
+def _stamp(record: JobDescription) -> int:
     """The time (ms) of the lines of a stream that no index times (an older fleet's run):
     when the job started (else was created)."""
-    return int(epoch(record.get("ProcessingStartTime") or record["CreationTime"]) * 1000)
+    return int(epoch(record.ProcessingStartTime or record.CreationTime) * 1000)

@@ -9,9 +9,10 @@ name another principal uses is ResourceInUse, saying nothing more about that job
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from fleet.contract.describe import TERMINAL, new_record
+from fleet.contract.describe import JobDescription, new_record
 from fleet.contract.job import parse_job
 from fleet.data.sources import check_job_data
 from fleet.errors import FleetError, ResourceInUse as NameTaken
@@ -26,8 +27,9 @@ from fleet.serve.sagemaker.shapes import JobNamed, ListProcessingJobs
 from fleet.serve.scheduler import STARTING, Scheduler, spool_request
 
 TIMESTAMPS = ("CreationTime", "LastModifiedTime", "ProcessingStartTime", "ProcessingEndTime")
-_SORT_KEYS = {"Name": lambda r: r["ProcessingJobName"], "CreationTime": lambda r: r["CreationTime"],
-              "Status": lambda r: r.get("ProcessingJobStatus", "")}
+_SORT_KEYS: dict[str, Callable[[JobDescription], str]] = {
+    "Name": lambda r: r.ProcessingJobName, "CreationTime": lambda r: r.CreationTime or "",
+    "Status": lambda r: r.ProcessingJobStatus or ""}
 
 
 class SageMaker:
@@ -74,7 +76,7 @@ class SageMaker:
         self.scheduler.added(job.ProcessingJobName)
         return {"ProcessingJobArn": arn}
 
-    def _record(self, request: dict, caller: Principal) -> dict:
+    def _record(self, request: dict, caller: Principal) -> JobDescription:
         """The record of the job the request names if `caller` may see it; else
         ResourceNotFound, the same answer as for a job that does not exist."""
         name = JobNamed.parse(request).ProcessingJobName
@@ -86,22 +88,21 @@ class SageMaker:
             raise ResourceNotFound(f"Processing job {name} does not exist")
         return record
 
-    def _shaped(self, record: dict) -> dict:
+    def _shaped(self, record: JobDescription) -> dict:
         """The record as DescribeProcessingJob answers it: timestamps as epoch seconds
         (fleet's own fields, Hosts, Image, Transfers, Owner, ride along: clients ignore them;
         Owner is filled in for a `fleet run` record, which names none);
         `Stopping` as soon as a stop was asked for (the job's own process writes its record:
         the server never does once it runs); a failed container's ExitMessage also in the
         FailureReason, which is all the SageMaker SDK shows of a failure."""
-        shaped = dict(record)
+        shaped = record.stored()
         shaped[OWNER] = owner(record)
         for key in TIMESTAMPS:
             if isinstance(shaped.get(key), str):
                 shaped[key] = epoch(shaped[key])
-        name = record.get("ProcessingJobName", "")
-        if shaped.get("ProcessingJobStatus") == "InProgress" and self.scheduler.stop_asked(name):
+        if record.ProcessingJobStatus == "InProgress" and self.scheduler.stop_asked(record.ProcessingJobName):
             shaped["ProcessingJobStatus"] = "Stopping"
-        reason, message = shaped.get("FailureReason"), shaped.get("ExitMessage")
+        reason, message = record.FailureReason, record.ExitMessage
         if reason and message and reason.startswith("AlgorithmError") and message not in reason:
             shaped["FailureReason"] = f"{reason}. ExitMessage: {message}"[:1024]
         return shaped
@@ -123,21 +124,21 @@ class SageMaker:
 
     async def stop(self, request: dict, caller: Principal) -> dict:
         record = self._record(request, caller)
-        if record["ProcessingJobStatus"] in TERMINAL:
-            raise ValidationException(f"The processing job {record['ProcessingJobName']} is "
-                                      f"{record['ProcessingJobStatus']}: it cannot be stopped")
-        await self.scheduler.stop(record["ProcessingJobName"])
+        if record.ended:
+            raise ValidationException(f"The processing job {record.ProcessingJobName} is "
+                                      f"{record.ProcessingJobStatus}: it cannot be stopped")
+        await self.scheduler.stop(record.ProcessingJobName)
         return {}
 
 
-def _matches(asked: ListProcessingJobs, record: dict) -> bool:
+def _matches(asked: ListProcessingJobs, record: JobDescription) -> bool:
     """Whether ListProcessingJobs' filters keep the job (a bound excludes its own instant)."""
-    if asked.NameContains and asked.NameContains not in record.get("ProcessingJobName", ""):
+    if asked.NameContains and asked.NameContains not in record.ProcessingJobName:
         return False
-    if asked.StatusEquals and record.get("ProcessingJobStatus") != asked.StatusEquals:
+    if asked.StatusEquals and record.ProcessingJobStatus != asked.StatusEquals:
         return False
-    created = epoch(record["CreationTime"])
-    modified = epoch(record.get("LastModifiedTime", record["CreationTime"]))
+    created = epoch(record.CreationTime)
+    modified = epoch(record.LastModifiedTime or record.CreationTime)
     return ((asked.CreationTimeAfter is None or created > asked.CreationTimeAfter)
             and (asked.CreationTimeBefore is None or created < asked.CreationTimeBefore)
             and (asked.LastModifiedTimeAfter is None or modified > asked.LastModifiedTimeAfter)
