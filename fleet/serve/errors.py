@@ -14,12 +14,14 @@ class ServiceError(Exception):
     """A request refused: `code` the AWS error code its class stands for, `message` what is
     wrong (naming the field, the job, the stream), `status` the HTTP status."""
 
-    code: ClassVar[str] = "InternalFailure"
-    status: ClassVar[int] = 400
+    code: ClassVar[str]  # each subclass: its AWS error code
+    status: int = 400  # the code's usual status; an instance may carry another (a 413 SerializationException)
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.message = message
+        if status is not None:
+            self.status = status
 
 
 class InternalFailure(ServiceError):
@@ -40,10 +42,6 @@ class SerializationException(ServiceError):
     """A body that is not the protocol's (not a JSON object), or larger than serve reads."""
 
     code = "SerializationException"
-
-
-class PayloadTooLarge(SerializationException):
-    status = 413
 
 
 class RequestTimeoutException(ServiceError):

@@ -28,8 +28,8 @@ from fleet.errors import FleetError
 from fleet.serve.auth import AuthError, KeyRing, is_loopback, verify
 from fleet.serve.errors import (
     InternalFailure,
-    PayloadTooLarge,
     RequestTimeoutException,
+    SerializationException,
     ServiceError,
     ServiceUnavailable,
     ValidationException,
@@ -76,10 +76,10 @@ def _headers(request: web.Request) -> dict[str, str]:
 
 async def _body(request: web.Request) -> bytes:
     """The whole body (every chunk, however the client's writes split it), at most
-    BODY_LIMIT bytes: PayloadTooLarge beyond, or when it does not arrive within BODY_SECONDS."""
+    BODY_LIMIT bytes: SerializationException (413) beyond, or when it does not arrive within BODY_SECONDS."""
     declared = request.content_length
     if declared is not None and declared > BODY_LIMIT:
-        raise PayloadTooLarge(f"the request body is larger than {BODY_LIMIT} bytes")
+        raise SerializationException(f"the request body is larger than {BODY_LIMIT} bytes", 413)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -87,7 +87,7 @@ async def _body(request: web.Request) -> bytes:
             while chunk := await request.content.readany():
                 size += len(chunk)
                 if size > BODY_LIMIT:
-                    raise PayloadTooLarge(f"the request body is larger than {BODY_LIMIT} bytes")
+                    raise SerializationException(f"the request body is larger than {BODY_LIMIT} bytes", 413)
                 chunks.append(chunk)
     except TimeoutError:
         raise RequestTimeoutException(f"the request body did not arrive within {BODY_SECONDS:g} seconds") from None

@@ -147,3 +147,35 @@ def test_the_record_cache_warms_a_batch_at_a_time_and_then_lists_without_reading
     monkeypatch.setattr(store_module.json, "loads", lambda data: parsed.append(data) or {})
     assert [r.ProcessingJobName for r in cache.records()] == ["j4", "j3", "j2", "j1", "j0"]
     assert parsed == []
+
+
+def test_an_older_fleets_record_loads_typed_and_is_rewritten_byte_for_byte(tmp_path: Path):
+    """describe.json as fleet wrote it before the record had a model: no Owner, a host whose
+    ExitCode is null, a field the model does not name; read typed, written back unchanged."""
+    store = JobStore(tmp_path)
+    store.create(record("old", "2026-01-01T00:00:00+00:00"))
+    path = store.job_dir("old") / "describe.json"
+    stored = {"ProcessingJobName": "old", "ProcessingJobArn": "arn:aws:sagemaker:us-east-1:0:processing-job/old",
+              "ProcessingJobStatus": "Failed", "CreationTime": "2026-01-01T00:00:00+00:00",
+              "LastModifiedTime": "2026-01-01T00:05:00+00:00", "Environment": {"A": "1"},
+              "Hosts": {"algo-1": {"Name": "h1", "Address": "10.0.0.1", "ExitCode": 3},
+                        "algo-2": {"Name": "h2", "Address": "10.0.0.2", "ExitCode": None}},
+              "FailureReason": "AlgorithmError: algo-1 exited with code 3", "SomethingNewer": {"x": [1]}}
+    path.write_text(json.dumps(stored, indent=2) + "\n")
+    before = path.read_bytes()
+    described = store.load("old")
+    assert (described.ProcessingJobStatus, described.Owner, described.ended) == ("Failed", None, True)
+    assert {algo: host.ExitCode for algo, host in described.Hosts.items()} == {"algo-1": 3, "algo-2": None}
+    assert described.stored() == stored  # in its order, the unknown field kept
+    store.record("old").save()
+    assert path.read_bytes() == before
+    assert [r.ProcessingJobName for r in RecordCache(store, ("ProcessingJobStatus",)).records()] == ["old"]
+
+
+def test_a_record_fleet_cannot_read_is_named_not_a_traceback(tmp_path: Path):
+    store = JobStore(tmp_path)
+    store.create(record("bad", "2026-01-01T00:00:00+00:00"))
+    (store.job_dir("bad") / "describe.json").write_text(json.dumps({"ProcessingJobName": "bad", "Hosts": "h1"}))
+    with pytest.raises(InvalidInput, match=r"describe.json is not a job record fleet can read: Hosts"):
+        store.load("bad")
+    assert store.records() == [] and RecordCache(store).records() == []
