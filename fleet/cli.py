@@ -448,9 +448,10 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    record = JobStore(fleet_home()).load(args.name)
+    store = JobStore(fleet_home())
+    record = store.load(args.name)
     if args.json:
-        print(json.dumps(record.stored(), indent=2))
+        print(json.dumps(store.stored(args.name), indent=2))  # as stored, its fields in their order
         return 0
     print(f"{record.ProcessingJobName}: {record.ProcessingJobStatus}")
     for key in ("FailureReason", "ExitMessage", "CreationTime", "ProcessingStartTime", "ProcessingEndTime"):

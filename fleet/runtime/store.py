@@ -30,11 +30,11 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from fleet.contract.describe import JobDescription, now
+from fleet.contract.describe import JobDescription, JobSummary, now
 from fleet.contract.job import JOB_NAME_PATTERN, ProcessingJob, parse_job
 from fleet.errors import InvalidInput, ResourceInUse
 from fleet.inventory import Host
@@ -117,17 +117,24 @@ class JobStore:
         return job
 
     def load(self, name: str) -> JobDescription:
-        if not re.fullmatch(JOB_NAME_PATTERN, name):
-            raise InvalidInput(f"{name!r} is not a processing job name")
+        """The job's record, typed; InvalidInput naming the file and field of one fleet cannot read."""
         path = self.job_dir(name) / "describe.json"
         try:
-            return JobDescription.of(json.loads(path.read_text()))
-        except FileNotFoundError as exc:
-            raise InvalidInput(f"no job named {name} in {self.jobs}") from exc
+            return JobDescription.model_validate(self.stored(name))
         except ValidationError as exc:
             error = exc.errors(include_url=False)[0]
             raise InvalidInput(f"{path} is not a job record fleet can read: "
                                f"{'.'.join(map(str, error['loc']))}: {error['msg']}") from exc
+
+    def stored(self, name: str) -> dict[str, Any]:
+        """The job's describe.json as stored (its fields in their order): what its writer
+        rewrites, so that a record rewritten unchanged is the same bytes."""
+        if not re.fullmatch(JOB_NAME_PATTERN, name):
+            raise InvalidInput(f"{name!r} is not a processing job name")
+        try:
+            return json.loads((self.job_dir(name) / "describe.json").read_text())
+        except FileNotFoundError as exc:
+            raise InvalidInput(f"no job named {name} in {self.jobs}") from exc
 
     def log_path(self, name: str, algo: str) -> Path:
         return self.job_dir(name) / "logs" / f"{algo}.log"
@@ -142,13 +149,13 @@ class JobStore:
         found = []
         for path in self.jobs.glob("*/describe.json") if self.jobs.is_dir() else []:
             try:
-                found.append(JobDescription.of(json.loads(path.read_text())))
+                found.append(JobDescription.model_validate_json(path.read_bytes()))
             except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
                 continue
         return sorted(found, key=lambda r: r.CreationTime or "", reverse=True)
 
     def record(self, name: str) -> JobRecord:
-        return JobRecord(self.job_dir(name), self.load(name).stored())
+        return JobRecord(self.job_dir(name), self.stored(name))
 
     def read_run(self, name: str) -> RunRecord:
         path = self.job_dir(name) / "run.json"
@@ -264,7 +271,7 @@ class JobRecord:
 
     @property
     def description(self) -> JobDescription:
-        return JobDescription.of(self.data)
+        return JobDescription.model_validate(self.data)
 
     def update(self, **fields: Any) -> None:
         self.data.update({k: v for k, v in fields.items()})
@@ -300,25 +307,26 @@ class JobRecord:
         return IndexedLog(log_fd, index_fd)
 
 
+R = TypeVar("R", bound=JobSummary)
 RACY_SECONDS = 1.0  # a record read this soon after its write may hide a later one of the same stat
 
 
-class RecordCache:
+class RecordCache(Generic[R]):
     """The jobs' records as last read, each read again only when its describe.json changed
     (every write is a rename: a new inode, mtime and size), so that looking at thousands of
-    records costs a stat each, not a read and a parse. `fields`, if given, are the only
-    ones kept beside the name (a list of 10,000 jobs needs their summaries, not their requests).
+    records costs a stat each, not a read and a parse. Each is kept as `model` reads it: a
+    JobSummary where a list of 10,000 jobs needs their summaries, not their requests.
 
     A stat cannot tell two writes apart that land in the same clock tick with the same size
     and a recycled inode: as git does with its index ("racy git"), a record read less than
     RACY_SECONDS after its write is not trusted, and read again at the next look."""
 
-    def __init__(self, store: JobStore, fields: tuple[str, ...] | None = None) -> None:
+    def __init__(self, store: JobStore, model: type[R]) -> None:
         self.store = store
-        self.fields = None if fields is None else frozenset(("ProcessingJobName", *fields))
-        self._known: dict[str, tuple[tuple[int, int, int, int], bool, JobDescription]] = {}
+        self.model = model
+        self._known: dict[str, tuple[tuple[int, int, int, int], bool, R]] = {}
 
-    def load(self, name: str) -> JobDescription | None:
+    def load(self, name: str) -> R | None:
         """The record of `name`, or None when it has none (or it cannot be read)."""
         path = os.path.join(self.store.jobs, name, "describe.json")  # not pathlib: it was half a 10,000-job list
         try:
@@ -332,10 +340,7 @@ class RecordCache:
             return known[2]
         try:
             with open(path, "rb") as file:
-                stored = json.loads(file.read())
-            if self.fields is not None and isinstance(stored, dict):
-                stored = {key: value for key, value in stored.items() if key in self.fields}
-            record = JobDescription.of(stored)
+                record = self.model.model_validate_json(file.read())
         except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
             self._known.pop(name, None)
             return None
@@ -365,7 +370,7 @@ class RecordCache:
                 self.load(name)
             yield min(start + batch, len(names))
 
-    def records(self) -> list[JobDescription]:
+    def records(self) -> list[R]:
         """Every job's record, newest first; unreadable ones are skipped."""
         names = self._names()
         for gone in self._known.keys() - set(names):

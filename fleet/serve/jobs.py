@@ -12,22 +12,20 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from fleet.contract.describe import JobDescription
+from fleet.contract.describe import JobSummary
 from fleet.serve.auth import CONTROLLER, Principal
 
 OWNER = "Owner"  # fleet's field of the record: the name of the principal that created the job
 SUMMARY = ("ProcessingJobName", "ProcessingJobArn", "CreationTime", "ProcessingEndTime", "LastModifiedTime",
            "ProcessingJobStatus", "FailureReason", "ExitMessage")  # a ProcessingJobSummary's fields
-# what List and the log streams' prefix search keep of each record
-SUMMARY_FIELDS = (*SUMMARY, "Hosts", OWNER, "ProcessingStartTime")
 
 
-def owner(record: JobDescription) -> str:
+def owner(record: JobSummary) -> str:
     """Whose job it is: a record `fleet run` made names no owner, it is the controller's."""
     return record.Owner or CONTROLLER.name
 
 
-def sees(caller: Principal, record: JobDescription) -> bool:
+def sees(caller: Principal, record: JobSummary) -> bool:
     """Whether `caller` may see (and stop) the job: its own, or any for an admin."""
     return caller.admin or owner(record) == caller.name
 

@@ -48,12 +48,11 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from fleet.contract.describe import ECHOED, TERMINAL
+from fleet.contract.describe import ECHOED, TERMINAL, JobSummary
 from fleet.runtime.console import HostLines, visible
 from fleet.runtime.store import RecordCache
 from fleet.serve.auth import Principal
 from fleet.serve.errors import ServiceError
-from fleet.serve.jobs import SUMMARY_FIELDS
 from fleet.serve.sagemaker.exceptions import ResourceNotFound
 from fleet.serve.services import Services
 
@@ -259,7 +258,7 @@ class Page:
         self.closing = False  # serve is stopping: the event streams end (else shutdown waits for them)
         # A list row's fields beyond a ProcessingJobSummary's (the start, the hosts): read again
         # only when a record changed, as the API's own list does.
-        self.rows = RecordCache(api.store, (*SUMMARY_FIELDS, "ProcessingStartTime"))
+        self.rows = RecordCache(api.store, JobSummary)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._signed_in(self.jobs))

@@ -63,7 +63,7 @@ class Scheduler:
         self.clock = time.monotonic
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one placement at a time (a stop of a waiting job too)
-        self._records = RecordCache(store)  # a record is read again only when it changed
+        self._records = RecordCache(store, JobDescription)  # a record is read again only when it changed
         self._active: set[str] | None = None  # names of the jobs not ended (None: not read yet)
         self._placed: set[str] = set()  # of those, the ones given hosts (a run.json)
         self._waiting: set[str] = set()  # of those, the ones waiting for hosts

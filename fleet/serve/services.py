@@ -12,9 +12,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from fleet.contract.describe import JobSummary
 from fleet.runtime.store import JobStore, RecordCache
 from fleet.serve.auth import Principal
-from fleet.serve.jobs import SUMMARY_FIELDS
 from fleet.serve.logs.responses import Logs
 from fleet.serve.sagemaker.responses import SageMaker
 from fleet.serve.scheduler import Scheduler
@@ -31,7 +31,7 @@ class Services:
         self.scheduler = scheduler
         self.region = region
         self.account = account
-        self.summaries = RecordCache(store, SUMMARY_FIELDS)  # for List: read again only when changed
+        self.summaries = RecordCache(store, JobSummary)  # for List: read again only when changed
         self.sagemaker = SageMaker(store, scheduler, self.summaries, region, account)
         self.logs = Logs(store, self.summaries, region, account)
         self.sts = Sts(account)

@@ -17,7 +17,6 @@ from typing import Annotated, Any, ClassVar, Self
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from fleet.errors import FleetError
 from fleet.serve.errors import ServiceError, ValidationException
 
 
@@ -51,8 +50,6 @@ class Shape(BaseModel):
             return cls.model_validate(document)
         except ValidationError as exc:
             raise cls.invalid(cls._message(exc)) from None
-        except FleetError as exc:
-            raise cls.invalid(exc.message) from None
 
     @classmethod
     def _message(cls, exc: ValidationError) -> str:

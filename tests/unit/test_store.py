@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from fleet.cli import main
+from fleet.contract.describe import JobDescription, JobSummary
 from fleet.errors import InvalidInput
 from fleet.inventory import Host
-from fleet.runtime import store as store_module
 from fleet.runtime.store import JobOwned, JobStore, RecordCache, RunOptions, RunRecord
 
 
@@ -141,10 +141,10 @@ def test_the_record_cache_warms_a_batch_at_a_time_and_then_lists_without_reading
         store.create(record(f"j{i}", f"2026-01-0{i + 1}T00:00:00+00:00"))
         old = os.stat(store.jobs / f"j{i}" / "describe.json").st_mtime - 3600  # settled: past the racy window
         os.utime(store.jobs / f"j{i}" / "describe.json", (old, old))
-    cache = RecordCache(store, ("ProcessingJobName", "CreationTime"))
+    cache = RecordCache(store, JobSummary)
     assert list(cache.warm(batch=2)) == [2, 4, 5]
     parsed: list[bytes] = []
-    monkeypatch.setattr(store_module.json, "loads", lambda data: parsed.append(data) or {})
+    monkeypatch.setattr(cache.model, "model_validate_json", lambda data: parsed.append(data) or {})
     assert [r.ProcessingJobName for r in cache.records()] == ["j4", "j3", "j2", "j1", "j0"]
     assert parsed == []
 
@@ -169,7 +169,7 @@ def test_an_older_fleets_record_loads_typed_and_is_rewritten_byte_for_byte(tmp_p
     assert described.stored() == stored  # in its order, the unknown field kept
     store.record("old").save()
     assert path.read_bytes() == before
-    assert [r.ProcessingJobName for r in RecordCache(store, ("ProcessingJobStatus",)).records()] == ["old"]
+    assert [r.ProcessingJobName for r in RecordCache(store, JobSummary).records()] == ["old"]
 
 
 def test_a_record_fleet_cannot_read_is_named_not_a_traceback(tmp_path: Path):
@@ -178,4 +178,4 @@ def test_a_record_fleet_cannot_read_is_named_not_a_traceback(tmp_path: Path):
     (store.job_dir("bad") / "describe.json").write_text(json.dumps({"ProcessingJobName": "bad", "Hosts": "h1"}))
     with pytest.raises(InvalidInput, match=r"describe.json is not a job record fleet can read: Hosts"):
         store.load("bad")
-    assert store.records() == [] and RecordCache(store).records() == []
+    assert store.records() == [] and RecordCache(store, JobDescription).records() == []

@@ -10,7 +10,7 @@ import asyncio
 import re
 from typing import Any
 
-from fleet.contract.describe import JobDescription
+from fleet.contract.describe import JobSummary
 from fleet.errors import FleetError
 from fleet.runtime.store import JobStore, RecordCache
 from fleet.serve.auth import Principal
@@ -37,7 +37,7 @@ class Logs:
         return {"DescribeLogStreams": self.describe_log_streams, "GetLogEvents": self.get_log_events,
                 "FilterLogEvents": self.filter_log_events}
 
-    def _streams(self, prefix: str, caller: Principal) -> list[tuple[str, str, str, JobDescription]]:
+    def _streams(self, prefix: str, caller: Principal) -> list[tuple[str, str, str, JobSummary]]:
         """(stream name, job name, algo, record) of every job `caller` sees whose stream names
         start with `prefix` (every stream `caller` sees for "")."""
         job_name = prefix.split("/", 1)[0]
@@ -50,7 +50,7 @@ class Logs:
                 records = []
         else:  # many jobs, maybe every one: their summaries (a stat each), which keep what a stream needs
             records = [r for r in self.summaries.records() if r.ProcessingJobName.startswith(prefix)]
-        streams = []
+        streams: list[tuple[str, str, str, JobSummary]] = []
         for record in records:
             name = record.ProcessingJobName
             if not sees(caller, record):
@@ -100,7 +100,7 @@ class Logs:
             raise ResourceNotFoundException(_NO_STREAM)
         return self._source(match[0], name, algo, record)
 
-    def _source(self, stream: str, name: str, algo: str, record: JobDescription) -> events.Source:
+    def _source(self, stream: str, name: str, algo: str, record: JobSummary) -> events.Source:
         return events.Source(stream, self.store.log_path(name, algo), _stamp(record), record.ended)
 
     async def get_log_events(self, request: dict, caller: Principal) -> dict:
@@ -132,7 +132,7 @@ class Logs:
             pattern=asked.pattern(), token=asked.after(), limit=asked.limit)
 
 
-def _stamp(record: JobDescription) -> int:
+def _stamp(record: JobSummary) -> int:
     """The time (ms) of the lines of a stream that no index times (an older fleet's run):
     when the job started (else was created)."""
     return int(epoch(record.ProcessingStartTime or record.CreationTime) * 1000)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from fleet.contract.describe import JobDescription, new_record
+from fleet.contract.describe import JobSummary, new_record
 from fleet.contract.job import parse_job
 from fleet.data.sources import check_job_data
 from fleet.errors import FleetError, ResourceInUse as NameTaken
@@ -27,7 +27,7 @@ from fleet.serve.sagemaker.shapes import JobNamed, ListProcessingJobs
 from fleet.serve.scheduler import STARTING, Scheduler, spool_request
 
 TIMESTAMPS = ("CreationTime", "LastModifiedTime", "ProcessingStartTime", "ProcessingEndTime")
-_SORT_KEYS: dict[str, Callable[[JobDescription], str]] = {
+_SORT_KEYS: dict[str, Callable[[JobSummary], str]] = {
     "Name": lambda r: r.ProcessingJobName, "CreationTime": lambda r: r.CreationTime or "",
     "Status": lambda r: r.ProcessingJobStatus or ""}
 
@@ -76,7 +76,7 @@ class SageMaker:
         self.scheduler.added(job.ProcessingJobName)
         return {"ProcessingJobArn": arn}
 
-    def _record(self, request: dict, caller: Principal) -> JobDescription:
+    def _record(self, request: dict, caller: Principal) -> JobSummary:
         """The record of the job the request names if `caller` may see it; else
         ResourceNotFound, the same answer as for a job that does not exist."""
         name = JobNamed.parse(request).ProcessingJobName
@@ -88,7 +88,7 @@ class SageMaker:
             raise ResourceNotFound(f"Processing job {name} does not exist")
         return record
 
-    def _shaped(self, record: JobDescription) -> dict:
+    def _shaped(self, record: JobSummary) -> dict:
         """The record as DescribeProcessingJob answers it: timestamps as epoch seconds
         (fleet's own fields, Hosts, Image, Transfers, Owner, ride along: clients ignore them;
         Owner is filled in for a `fleet run` record, which names none);
@@ -131,7 +131,7 @@ class SageMaker:
         return {}
 
 
-def _matches(asked: ListProcessingJobs, record: JobDescription) -> bool:
+def _matches(asked: ListProcessingJobs, record: JobSummary) -> bool:
     """Whether ListProcessingJobs' filters keep the job (a bound excludes its own instant)."""
     if asked.NameContains and asked.NameContains not in record.ProcessingJobName:
         return False
