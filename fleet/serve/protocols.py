@@ -10,20 +10,34 @@ which operation a request names and its parameters, and how an answer or an erro
 from __future__ import annotations
 
 import json
-from collections.abc import Collection, Container, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 from aiohttp import web
 
-from fleet.serve.auth import SERVICES
+from fleet.serve.auth import SERVICES, Principal
 from fleet.serve.errors import SerializationException, UnknownOperationException
 from fleet.serve.sts import responses as sts
 from fleet.serve.sts.exceptions import QUERY_CODES
 
 CONTENT_TYPE = "application/x-amz-json-1.1"
+# An operation: its parameters (the JSON object, the form's fields) and the principal that
+# signed in, its result out.
+Operation = Callable[[Any, Principal], Awaitable[dict]]
 
 
-class Json:
+class _Protocol:
+    """A wire protocol over the operations of its services, keyed by the name requests give
+    them (`Service.Operation`)."""
+
+    scope: Collection[str]  # the services a request's SigV4 scope may name
+    required: tuple[str, ...]  # the headers its signature must cover
+
+    def __init__(self, operations: Mapping[str, Operation]) -> None:
+        self.operations = operations
+
+
+class Json(_Protocol):
     """AWS JSON 1.1. AWS refuses a signature that leaves the operation or the body's type
     unsigned (else the operation of a request signing only host;x-amz-date could be
     rewritten in transit)."""
@@ -31,11 +45,11 @@ class Json:
     scope: Collection[str] = SERVICES
     required = ("x-amz-target", "content-type")
 
-    def operation(self, headers: Mapping[str, str], body: bytes, known: Container[str]) -> tuple[str, Any]:
+    def operation(self, headers: Mapping[str, str], body: bytes) -> tuple[str, Any]:
         """(X-Amz-Target, the body's object); UnknownOperationException for a target no
         service answers, SerializationException for a body that is not a JSON object."""
         target = headers.get("x-amz-target", "")
-        if target not in known:
+        if target not in self.operations:
             raise UnknownOperationException(f"fleet serve does not answer {target or 'this request'}")
         try:
             document = json.loads(body or b"{}")
@@ -55,14 +69,14 @@ class Json:
                             headers={"x-amzn-RequestId": request_id, "x-amzn-ErrorType": code})
 
 
-class Query:
+class Query(_Protocol):
     """The Query protocol, scoped to the service `sts`, Content-Type signed (it is what routed
     the request here)."""
 
     scope: Collection[str] = ("sts",)
     required = ("content-type",)
 
-    def operation(self, headers: Mapping[str, str], body: bytes, known: Container[str]) -> tuple[str, Any]:
+    def operation(self, headers: Mapping[str, str], body: bytes) -> tuple[str, Any]:
         """("STS.Action", the form's fields); MalformedQueryString, MissingAction, InvalidAction."""
         fields = sts.parse_form(body)
         return f"STS.{sts.action(fields)}", fields

@@ -50,7 +50,6 @@ BODY_SECONDS = 30.0  # to receive a whole body once its head arrived (2 MiB at ~
 BUSY_LINGER = 1.0  # seconds a refused connection stays open for its 503 to be read
 MAX_REFUSING = 64  # refused connections lingering at once; beyond, closed without an answer
 _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}
-_JSON, _QUERY = Json(), Query()
 # Headers whose meaning is one value: a repeat is refused, never joined or picked from.
 _SINGLE_HEADERS = ("authorization", "content-type", "host", "x-amz-content-sha256", "x-amz-date", "date",
                    "x-amz-security-token", "x-amz-target")
@@ -105,10 +104,12 @@ class Server:
     def __init__(self, services: Services, keys: KeyRing) -> None:
         self.services = services
         self.keys = keys
+        self.json = Json(services.operations)
+        self.query = Query(services.queries)
 
     async def handle(self, request: web.Request) -> web.Response:
         query = is_query(request.headers)
-        protocol: Json | Query = _QUERY if query else _JSON
+        protocol: Json | Query = self.query if query else self.json
         if query:
             request[OPERATION] = "STS.GetCallerIdentity"  # its one action, for the metrics
         request_id = str(uuid.uuid4())
@@ -126,9 +127,9 @@ class Server:
             return protocol.error(exc.code, exc.message, exc.status, request_id)
         target = "STS request" if query else headers.get("x-amz-target", "")
         try:
-            known = self.services.queries if query else self.services.operations
-            target, document = protocol.operation(headers, body, known)
-            return protocol.answer(target, await known[target](document, credential.principal), request_id)
+            target, document = protocol.operation(headers, body)
+            result = await protocol.operations[target](document, credential.principal)
+            return protocol.answer(target, result, request_id)
         except ServiceError as exc:
             return protocol.error(exc.code, exc.message, exc.status, request_id)
         except FleetError as exc:

@@ -9,21 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 from fleet.contract.describe import JobSummary
 from fleet.runtime.store import JobStore, RecordCache
-from fleet.serve.auth import Principal
 from fleet.serve.logs.responses import Logs
+from fleet.serve.protocols import Operation
 from fleet.serve.sagemaker.responses import SageMaker
 from fleet.serve.scheduler import Scheduler
 from fleet.serve.sts.responses import Sts
 
 log = logging.getLogger(__name__)
-
-Operation = Callable[[Any, Principal], Awaitable[dict]]
-
 
 class Services:
     def __init__(self, store: JobStore, scheduler: Scheduler, region: str, account: str) -> None:
