@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from fleet.contract.configfiles import DEFAULT_ACCOUNT
-from fleet.contract.describe import TERMINAL, new_record
+from fleet.contract.describe import TERMINAL, JobDescription, new_record
 from fleet.contract.job import ignored_fields, load_job
 from fleet.data.sources import check_job_data
 from fleet.errors import FleetError, InvalidInput, JobStopped
@@ -328,7 +328,7 @@ async def _execute(execution: JobExecution, store: JobStore, ready_fd: int | Non
     if ready_fd is None:
         return await execution.execute()
     from fleet.runtime.detach import announce_started
-    name = execution.record.data["ProcessingJobName"]
+    name = execution.record.description.ProcessingJobName
     async with asyncio.TaskGroup() as tasks:
         announcer = tasks.create_task(announce_started(execution, store, name, ready_fd), name="detach")
         try:
@@ -345,7 +345,7 @@ def _on_signals(handler) -> None:
 
 def _ended(console: Console, record, error: FleetError | None) -> int:
     """Say how the job ended; its exit code."""
-    name, status = record.data["ProcessingJobName"], record.status
+    name, status = record.description.ProcessingJobName, record.status
     if error is None:
         console.notice(f"{name}: {status}")
         return 0
@@ -368,7 +368,7 @@ async def _take_over(name: str, console: Console, *, stop: bool) -> int:
         if stop or record.status == "Stopping":
             execution.request_stop()
         console.notice(f"taking over {name} ({len(execution.instances)} host(s))")
-        error = await execution.execute(take_over=True, started=record.data.get("ProcessingStartTime"))
+        error = await execution.execute(take_over=True, started=record.description.ProcessingStartTime)
         return _ended(console, record, error)
     finally:
         ownership.release()
@@ -384,27 +384,27 @@ async def _stop(name: str, console: Console) -> int:
     hosts directly. 0 once the job no longer runs."""
     store = JobStore(fleet_home())
     record = store.load(name)
-    if record["ProcessingJobStatus"] in TERMINAL:
-        console.notice(f"{name}: already {record['ProcessingJobStatus']}; nothing to stop")
+    if record.ended:
+        console.notice(f"{name}: already {record.ProcessingJobStatus}; nothing to stop")
         return 0
     pid = await _signal_owner(store, name)
     if pid is not None:
         console.notice(f"stopping {name} (through its fleet process, pid {pid})")
         while True:
             await asyncio.sleep(STOP_POLL)
-            status = store.load(name)["ProcessingJobStatus"]
+            status = store.load(name).ProcessingJobStatus
             if status in TERMINAL:
                 console.notice(f"{name}: {status}")
                 return 0
             if store.owner(name) is None:  # it ended, or died meanwhile: go on without it
                 break
-        status = store.load(name)["ProcessingJobStatus"]
+        status = store.load(name).ProcessingJobStatus
         if status in TERMINAL:
             console.notice(f"{name}: {status}")
             return 0
     console.notice(f"stopping {name} at its hosts (no fleet process runs it)")
     code = await _take_over(name, console, stop=True)
-    return 0 if code in (0, JobStopped.exit_code) or store.load(name)["ProcessingJobStatus"] in TERMINAL else code
+    return 0 if code in (0, JobStopped.exit_code) or store.load(name).ended else code
 
 
 async def _signal_owner(store: JobStore, name: str) -> int | None:
@@ -426,11 +426,11 @@ def _when(iso: str | None) -> str:
     return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S")
 
 
-def _duration(record: dict) -> str:
-    start = record.get("ProcessingStartTime") or record.get("CreationTime")
+def _duration(record: JobDescription) -> str:
+    start = record.ProcessingStartTime or record.CreationTime
     if not start:
         return "-"
-    end = record.get("ProcessingEndTime")
+    end = record.ProcessingEndTime
     stop = datetime.fromisoformat(end) if end else datetime.now(UTC)
     seconds = int((stop - datetime.fromisoformat(start)).total_seconds())
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
@@ -438,20 +438,20 @@ def _duration(record: dict) -> str:
 
 def _list(args: argparse.Namespace) -> int:
     store = JobStore(fleet_home())
-    records = [r for r in store.records() if not args.status or r.get("ProcessingJobStatus") == args.status]
+    records = [r for r in store.records() if not args.status or r.ProcessingJobStatus == args.status]
     if args.json:
-        print(json.dumps(records, indent=2))
+        print(json.dumps([r.stored() for r in records], indent=2))
         return 0
     rows = [("NAME", "STATUS", "HOSTS", "START", "DURATION")]
     for r in records:
-        status = r.get("ProcessingJobStatus", "?")
-        if status not in TERMINAL and r.get("SecondaryStatus") == "Starting":
+        status = r.ProcessingJobStatus or "?"
+        if status not in TERMINAL and r.SecondaryStatus == "Starting":
             status += " (waiting for hosts: fleet serve)"
-        elif status not in TERMINAL and store.owner(r["ProcessingJobName"]) is None:
+        elif status not in TERMINAL and store.owner(r.ProcessingJobName) is None:
             status += " (no fleet process: fleet attach)"
-        hosts = ",".join(h.get("Name", algo) for algo, h in r.get("Hosts", {}).items())
-        rows.append((r["ProcessingJobName"], status, hosts,
-                     _when(r.get("ProcessingStartTime") or r.get("CreationTime")), _duration(r)))
+        hosts = ",".join(h.Name or algo for algo, h in r.Hosts.items())
+        rows.append((r.ProcessingJobName, status, hosts, _when(r.ProcessingStartTime or r.CreationTime),
+                     _duration(r)))
     widths = [max(len(row[i]) for row in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[4])
@@ -459,20 +459,20 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _describe(args: argparse.Namespace) -> int:
-    record = JobStore(fleet_home()).load(args.name)
+    store = JobStore(fleet_home())
+    record = store.load(args.name)
     if args.json:
-        print(json.dumps(record, indent=2))
+        print(json.dumps(store.stored(args.name), indent=2))  # as stored, its fields in their order
         return 0
-    print(f"{record['ProcessingJobName']}: {record['ProcessingJobStatus']}")
+    print(f"{record.ProcessingJobName}: {record.ProcessingJobStatus}")
     for key in ("FailureReason", "ExitMessage", "CreationTime", "ProcessingStartTime", "ProcessingEndTime"):
-        if key in record:
-            print(f"  {key}: {record[key]}")
-    if record.get("Environment"):
-        print(f"  Environment: {_masked(record['Environment'])}")
-    for algo, host in record.get("Hosts", {}).items():
-        code = host.get("ExitCode")
-        print(f"  {algo}: {host.get('Name')} ({host.get('Address')})"
-              + (f" exit code {code}" if code is not None else ""))
+        if getattr(record, key) is not None:
+            print(f"  {key}: {getattr(record, key)}")
+    if record.Environment:
+        print(f"  Environment: {_masked(record.Environment)}")
+    for algo, host in record.Hosts.items():
+        print(f"  {algo}: {host.Name} ({host.Address})"
+              + (f" exit code {host.ExitCode}" if host.ExitCode is not None else ""))
     return 0
 
 
@@ -490,13 +490,13 @@ def _logs(args: argparse.Namespace, console: Console) -> int:
 
 
 async def _serve(args: argparse.Namespace, console: Console) -> int:
-    from fleet.serve.api import Api
     from fleet.serve.auth import CONTROLLER, KeyRing, is_loopback
     from fleet.serve.metrics import read_token
     from fleet.serve.page import Page, PageAccess
     from fleet.serve.scheduler import Scheduler
     from fleet.serve.sdkconfig import MERGE_HINT, check_bucket, default_bucket_name, exports, write_sdk_config
     from fleet.serve.server import listen_address, serve
+    from fleet.serve.services import Services
 
     inventory = load_inventory(args.inventory)
     host, _ = listen_address(args.listen)
@@ -527,7 +527,7 @@ async def _serve(args: argparse.Namespace, console: Console) -> int:
     store = JobStore(fleet_home())
     if args.max_queued < 1:
         raise InvalidInput("--max-queued must be >= 1")
-    api = Api(store, Scheduler(store, inventory, options, args.max_queued), region, account)
+    api = Services(store, Scheduler(store, inventory, options, args.max_queued), region, account)
     if args.max_connections is not None and args.max_connections < 1:
         raise InvalidInput("--max-connections must be >= 1")
     if args.max_connections_per_client is not None and args.max_connections_per_client < 1:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
-from fleet.contract.describe import TERMINAL
+from fleet.contract.describe import JobDescription
 from fleet.errors import MACHINERY_EXIT, InvalidInput, JobStopped, MaxRuntimeExceeded
 from fleet.runtime.console import Console, HostLines
 from fleet.runtime.store import JobStore
@@ -26,27 +26,26 @@ READ_CHUNK = 1 << 20  # bytes read from a log at once
 WAITING_FOR_HOSTS = "Starting"  # SecondaryStatus of a job `fleet serve` has not placed yet
 
 
-def exit_code_of(record: dict[str, Any]) -> int:
+def exit_code_of(record: JobDescription) -> int:
     """The exit code `fleet run` returned (or would have) for this ended job: the one it
     stored, else from the status (a record of an older fleet)."""
-    stored = record.get("ExitCode")
-    if isinstance(stored, int) and not isinstance(stored, bool):
-        return stored
-    status = record.get("ProcessingJobStatus")
+    if record.ExitCode is not None:
+        return record.ExitCode
+    status = record.ProcessingJobStatus
     if status == "Completed":
         return 0
     if status == "Stopped":
         return JobStopped.exit_code
-    if str(record.get("FailureReason", "")).startswith(f"{MaxRuntimeExceeded.failure_kind}:"):
+    if (record.FailureReason or "").startswith(f"{MaxRuntimeExceeded.failure_kind}:"):
         return MaxRuntimeExceeded.exit_code
     return 1
 
 
-def ending(record: dict[str, Any]) -> str:
+def ending(record: JobDescription) -> str:
     """How the job ended, in one line: `NAME: Failed: AlgorithmError: ...`."""
-    name, status = record["ProcessingJobName"], record["ProcessingJobStatus"]
-    return f"{name}: {status}" + (f": {record['FailureReason']}" if status == "Failed" and "FailureReason" in
-                                  record else "")
+    name, status = record.ProcessingJobName, record.ProcessingJobStatus
+    return f"{name}: {status}" + (f": {record.FailureReason}" if status == "Failed" and record.FailureReason
+                                  is not None else "")
 
 
 class OwnerGone(Exception):
@@ -62,19 +61,18 @@ class JobWatch:
     grace: float = OWNER_GRACE
     _ownerless_since: float | None = None
 
-    def look(self) -> dict[str, Any]:
+    def look(self) -> JobDescription:
         """The record now; OwnerGone if the job has had no owner for `grace` seconds."""
         owner = self.store.owner(self.name)  # before the record: the owner writes its end, then lets go
         record = self.store.load(self.name)
-        if record.get("ProcessingJobStatus") in TERMINAL or owner is not None or \
-                record.get("SecondaryStatus") == WAITING_FOR_HOSTS:
+        if record.ended or owner is not None or record.SecondaryStatus == WAITING_FOR_HOSTS:
             self._ownerless_since = None
             return record
         moment = time.monotonic()
         if self._ownerless_since is None:
             self._ownerless_since = moment
         if moment - self._ownerless_since >= self.grace:
-            raise OwnerGone(f"job {self.name} is {record.get('ProcessingJobStatus')} but its owner is gone "
+            raise OwnerGone(f"job {self.name} is {record.ProcessingJobStatus} but its owner is gone "
                             f"(no fleet process runs it): fleet attach {self.name}")
         return record
 
@@ -89,7 +87,7 @@ def wait(store: JobStore, name: str, console: Console, *, poll: float = POLL, gr
         except OwnerGone as gone:
             console.notice(str(gone))
             return MACHINERY_EXIT
-        if record["ProcessingJobStatus"] in TERMINAL:
+        if record.ended:
             console.notice(ending(record))
             return exit_code_of(record)
         time.sleep(poll)
@@ -120,14 +118,17 @@ class LogFollower:
         self.raw = raw
         self.logs: dict[str, _HostLog] = {}
 
-    def check_host(self, record: dict[str, Any]) -> None:
-        algos = list(record.get("Hosts", {}))
+    def check_host(self, record: JobDescription) -> None:
+        algos = list(record.Hosts)
         if self.host is not None and algos and self.host not in algos:
             raise InvalidInput(f"--host {self.host}: job {self.name} has hosts {', '.join(algos)}")
 
-    def pump(self, record: dict[str, Any]) -> None:
+    def pump(self, record: JobDescription) -> None:
         """Print what the logs gained since the last pump."""
-        algos = [self.host] if self.host is not None else list(record.get("Hosts", {}))
+        self.pump_hosts([self.host] if self.host is not None else list(record.Hosts))
+
+    def pump_hosts(self, algos: list[str]) -> None:
+        """Print what these hosts' logs gained since the last pump."""
         for algo in algos:
             log = self.logs.get(algo) or self.logs.setdefault(algo, _HostLog(algo, self._lines(algo)))
             try:
@@ -159,13 +160,12 @@ class LogFollower:
 def print_logs(store: JobStore, name: str, out: BinaryIO, *, host: str | None = None, raw: bool = False) -> None:
     """`fleet logs`: the job's stored logs as they are now, host by host, printed as
     `fleet logs -f` prints them."""
-    record = store.load(name)
-    algos = list(record.get("Hosts", {}))
+    algos = list(store.load(name).Hosts)
     if host is not None and host not in algos:
         raise InvalidInput(f"--host {host}: job {name} has hosts {', '.join(algos)}")
     follower = LogFollower(store, name, out, host, raw)
     for algo in [host] if host is not None else algos:
-        follower.pump({"Hosts": {algo: {}}})
+        follower.pump_hosts([algo])
         follower.finish()
 
 
@@ -186,7 +186,7 @@ def follow_logs(store: JobStore, name: str, out: BinaryIO, console: Console, *, 
             return MACHINERY_EXIT
         follower.check_host(record)
         follower.pump(record)  # after the look: a terminal record means the logs are complete
-        if record["ProcessingJobStatus"] in TERMINAL:
+        if record.ended:
             follower.finish()
             return 0
         time.sleep(poll)

@@ -10,7 +10,6 @@ import posixpath
 import re
 from dataclasses import dataclass
 
-from fleet.contract.describe import TERMINAL
 from fleet.contract.job import JOB_NAME_PATTERN
 from fleet.errors import FleetError, InvalidInput
 from fleet.fanout import all_of
@@ -88,8 +87,8 @@ def _removals(remove: list[Leftover]) -> list[str]:
 def _running_jobs(store: JobStore) -> dict[str, str]:
     running = {}
     for record in store.records():
-        if record.get("ProcessingJobStatus") not in TERMINAL:
-            name = record["ProcessingJobName"]
+        if not record.ended:
+            name = record.ProcessingJobName
             try:
                 running[name] = store.read_run(name).RunId
             except InvalidInput:

@@ -4,7 +4,7 @@
                        beside SageMaker's fields, fleet's own (Hosts, Image, Transfers, and
                        ExitCode: what `fleet run` exited with, once the job ended; Owner:
                        the profile whose key created it through `fleet serve`, absent for
-                       `fleet run`'s, which are the controller's: serve/api.py)
+                       `fleet run`'s, which are the controller's: serve/jobs.py)
     logs/algo-k.log    each host's container log, exactly the bytes received
     logs/algo-k.log.times  when those bytes arrived (runtime/logindex.py: each line's time)
     run.json           what another fleet needs to take the job over (`fleet attach`,
@@ -30,11 +30,11 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from fleet.contract.describe import now
+from fleet.contract.describe import JobDescription, JobSummary, now
 from fleet.contract.job import JOB_NAME_PATTERN, ProcessingJob, parse_job
 from fleet.errors import InvalidInput, ResourceInUse
 from fleet.inventory import Host, stored_host
@@ -121,12 +121,23 @@ class JobStore:
         job.save()
         return job
 
-    def load(self, name: str) -> dict[str, Any]:
-        if not re.fullmatch(JOB_NAME_PATTERN, name):
-            raise InvalidInput(f"{name!r} is not a processing job name")
+    def load(self, name: str) -> JobDescription:
+        """The job's record, typed; InvalidInput naming the file and field of one fleet cannot read."""
         path = self.job_dir(name) / "describe.json"
         try:
-            return json.loads(path.read_text())
+            return JobDescription.model_validate(self.stored(name))
+        except ValidationError as exc:
+            error = exc.errors(include_url=False)[0]
+            raise InvalidInput(f"{path} is not a job record fleet can read: "
+                               f"{'.'.join(map(str, error['loc']))}: {error['msg']}") from exc
+
+    def stored(self, name: str) -> dict[str, Any]:
+        """The job's describe.json as stored (its fields in their order): what its writer
+        rewrites, so that a record rewritten unchanged is the same bytes."""
+        if not re.fullmatch(JOB_NAME_PATTERN, name):
+            raise InvalidInput(f"{name!r} is not a processing job name")
+        try:
+            return json.loads((self.job_dir(name) / "describe.json").read_text())
         except FileNotFoundError as exc:
             raise InvalidInput(f"no job named {name} in {self.jobs}") from exc
 
@@ -138,18 +149,18 @@ class JobStore:
         and stderr. The descriptor."""
         return _open_private(self.job_dir(name) / f"{verb}.log", os.O_WRONLY | os.O_APPEND)
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[JobDescription]:
         """Every job's record, newest first; unreadable ones are skipped."""
         found = []
         for path in self.jobs.glob("*/describe.json") if self.jobs.is_dir() else []:
             try:
-                found.append(json.loads(path.read_text()))
-            except (OSError, ValueError):
+                found.append(JobDescription.model_validate_json(path.read_bytes()))
+            except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
                 continue
-        return sorted(found, key=lambda r: r.get("CreationTime", ""), reverse=True)
+        return sorted(found, key=lambda r: r.CreationTime or "", reverse=True)
 
     def record(self, name: str) -> JobRecord:
-        return JobRecord(self.job_dir(name), self.load(name))
+        return JobRecord(self.job_dir(name), self.stored(name))
 
     def read_run(self, name: str) -> RunRecord:
         path = self.job_dir(name) / "run.json"
@@ -251,7 +262,9 @@ def _write_atomically(path: Path, data: dict[str, Any]) -> None:
 
 
 class JobRecord:
-    """One job's describe.json, rewritten atomically on every change."""
+    """One job's describe.json, as its writer holds it (`data`, the fields in the order they
+    were set, so that a record rewritten unchanged is the same bytes), rewritten atomically on
+    every change. Readers read it typed: `description`, JobStore.load."""
 
     def __init__(self, directory: Path, record: dict[str, Any]) -> None:
         self.directory = directory
@@ -260,6 +273,10 @@ class JobRecord:
     @property
     def status(self) -> str:
         return self.data["ProcessingJobStatus"]
+
+    @property
+    def description(self) -> JobDescription:
+        return JobDescription.model_validate(self.data)
 
     def update(self, **fields: Any) -> None:
         self.data.update({k: v for k, v in fields.items()})
@@ -295,25 +312,26 @@ class JobRecord:
         return IndexedLog(log_fd, index_fd)
 
 
+R = TypeVar("R", bound=JobSummary)
 RACY_SECONDS = 1.0  # a record read this soon after its write may hide a later one of the same stat
 
 
-class RecordCache:
+class RecordCache(Generic[R]):
     """The jobs' records as last read, each read again only when its describe.json changed
     (every write is a rename: a new inode, mtime and size), so that looking at thousands of
-    records costs a stat each, not a read and a parse. `fields`, if given, are the only
-    ones kept (a list of 10,000 jobs needs their summaries, not their requests).
+    records costs a stat each, not a read and a parse. Each is kept as `model` reads it: a
+    JobSummary where a list of 10,000 jobs needs their summaries, not their requests.
 
     A stat cannot tell two writes apart that land in the same clock tick with the same size
     and a recycled inode: as git does with its index ("racy git"), a record read less than
     RACY_SECONDS after its write is not trusted, and read again at the next look."""
 
-    def __init__(self, store: JobStore, fields: tuple[str, ...] | None = None) -> None:
+    def __init__(self, store: JobStore, model: type[R]) -> None:
         self.store = store
-        self.fields = fields
-        self._known: dict[str, tuple[tuple[int, int, int, int], bool, dict[str, Any]]] = {}
+        self.model = model
+        self._known: dict[str, tuple[tuple[int, int, int, int], bool, R]] = {}
 
-    def load(self, name: str) -> dict[str, Any] | None:
+    def load(self, name: str) -> R | None:
         """The record of `name`, or None when it has none (or it cannot be read)."""
         path = os.path.join(self.store.jobs, name, "describe.json")  # not pathlib: it was half a 10,000-job list
         try:
@@ -327,14 +345,10 @@ class RecordCache:
             return known[2]
         try:
             with open(path, "rb") as file:
-                record = json.loads(file.read())
-        except (OSError, ValueError):
+                record = self.model.model_validate_json(file.read())
+        except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
             self._known.pop(name, None)
             return None
-        if not isinstance(record, dict):
-            return None
-        if self.fields is not None:
-            record = {key: value for key, value in record.items() if key in self.fields}
         settled = time.time_ns() - stat.st_mtime_ns > RACY_SECONDS * 1e9
         self._known[name] = (stamp, settled, record)
         return record
@@ -361,10 +375,10 @@ class RecordCache:
                 self.load(name)
             yield min(start + batch, len(names))
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[R]:
         """Every job's record, newest first; unreadable ones are skipped."""
         names = self._names()
         for gone in self._known.keys() - set(names):
             del self._known[gone]
         found = [record for name in names if (record := self.load(name)) is not None]
-        return sorted(found, key=lambda r: r.get("CreationTime", ""), reverse=True)
+        return sorted(found, key=lambda r: r.CreationTime or "", reverse=True)

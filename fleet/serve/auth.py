@@ -12,7 +12,7 @@ starts the server (`KeyRing.from_chain`), the keys of an AWS shared-credentials 
 (`KeyRing.from_file`), or both (`ring | other`). Each key acts for a `Principal`: the profile
 that lists it (an admin if its section says `fleet_admin = true`), or CONTROLLER for the
 chain's key, the operator who started the server (always an admin). Jobs belong to the
-principal that created them (api.py).
+principal that created them (jobs.py).
 
 Only the Authorization header form is accepted (no presigned URLs: the APIs served take a JSON
 body, which a URL cannot sign).

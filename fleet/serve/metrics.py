@@ -37,7 +37,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from fleet.contract.describe import TERMINAL
+from fleet.contract.describe import TERMINAL, JobSummary
 from fleet.errors import InvalidInput
 from fleet.inventory import Inventory
 from fleet.runtime.store import RACY_SECONDS, JobStore, RecordCache
@@ -60,8 +60,6 @@ MAX_ERRORS = 32  # distinct AWS error codes counted by name (serve's own are ~15
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 # Seconds. A no-op job takes ~2 s on 3 hosts; processing jobs run minutes to days.
 JOB_BUCKETS = (1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 21600.0, 86400.0)
-_FIELDS = ("ProcessingJobStatus", "SecondaryStatus", "CreationTime", "ProcessingStartTime", "ProcessingEndTime",
-           "Hosts")
 
 
 def _epoch(iso: object) -> float | None:
@@ -120,7 +118,7 @@ class JobCensus:
         self.active: dict[str, _Active | None] = {}  # None: no record yet (being created)
         self.counts = dict.fromkeys(TERMINAL, 0)
         self.durations = Histogram(JOB_BUCKETS)
-        self._records = RecordCache(store, _FIELDS)
+        self._records = RecordCache(store, JobSummary)
         self._listed: tuple[int, int, int, int] | None = None  # the jobs directory's stat when last listed
 
     def refresh(self) -> None:
@@ -155,23 +153,21 @@ class JobCensus:
         if record is None:
             self.active[name] = None
             return
-        status = record.get("ProcessingJobStatus")
+        status = record.ProcessingJobStatus
         if status in TERMINAL:
             del self.active[name]
             self._records.forget(name)
-            self.ended[name] = status
-            self.counts[status] += 1
-            started, ended = _epoch(record.get("ProcessingStartTime")), _epoch(record.get("ProcessingEndTime"))
+            self.ended[name] = str(status)
+            self.counts[str(status)] += 1
+            started, ended = _epoch(record.ProcessingStartTime), _epoch(record.ProcessingEndTime)
             if started is not None and ended is not None:
-                self.durations.observe(status, max(0.0, ended - started))
+                self.durations.observe(str(status), max(0.0, ended - started))
             return
-        hosts = record.get("Hosts")
-        labels = tuple(str(h.get("Name") or "") for h in hosts.values() if isinstance(h, dict)) \
-            if isinstance(hosts, dict) else ()
+        labels = tuple(host.Name or "" for host in record.Hosts.values())
         if status == "InProgress" and (self.store.job_dir(name) / STOP_ASKED).exists():
             status = "Stopping"
-        self.active[name] = _Active(str(status), _epoch(record.get("CreationTime")),
-                                    status == "InProgress" and record.get("SecondaryStatus") == STARTING, labels)
+        self.active[name] = _Active(str(status), _epoch(record.CreationTime),
+                                    status == "InProgress" and record.SecondaryStatus == STARTING, labels)
 
     def by_status(self) -> dict[str, int]:
         counts = dict.fromkeys(STATUSES, 0)

@@ -5,7 +5,7 @@ A browser cannot sign SigV4, so the page has its own access, as Jupyter's: at st
 prints a login URL per page profile (`/login?token=...`, a random token compared in constant
 time); it sets a session cookie (HttpOnly, SameSite=Strict, Secure under TLS) that acts for
 that profile, and the page shows what that profile may see through the API's own owner rules:
-every read and the stop go through `Api.list_jobs`/`describe`/`stop` with the session's
+every read and the stop go through `SageMaker.list_jobs`/`describe`/`stop` (sagemaker/responses.py) with the session's
 Principal. Stop is a POST carrying the session's CSRF token (in the page, compared in constant
 time) from a page of the same origin (the Origin header must name this server).
 
@@ -48,11 +48,13 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from fleet.contract.describe import ECHOED, TERMINAL
+from fleet.contract.describe import ECHOED, TERMINAL, JobSummary
 from fleet.runtime.console import HostLines, visible
 from fleet.runtime.store import RecordCache
-from fleet.serve.api import SUMMARY_FIELDS, Api, ApiError
 from fleet.serve.auth import Principal
+from fleet.serve.errors import ServiceError
+from fleet.serve.sagemaker.exceptions import ResourceNotFound
+from fleet.serve.services import Services
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +250,7 @@ class _HostTail:
 class Page:
     """The page's handlers, added to serve's aiohttp app by `add_routes`."""
 
-    def __init__(self, api: Api, access: PageAccess) -> None:
+    def __init__(self, api: Services, access: PageAccess) -> None:
         self.api = api
         self.access = access
         self.streams = 0
@@ -256,7 +258,7 @@ class Page:
         self.closing = False  # serve is stopping: the event streams end (else shutdown waits for them)
         # A list row's fields beyond a ProcessingJobSummary's (the start, the hosts): read again
         # only when a record changed, as the API's own list does.
-        self.rows = RecordCache(api.store, (*SUMMARY_FIELDS, "ProcessingStartTime"))
+        self.rows = RecordCache(api.store, JobSummary)
 
     def add_routes(self, app: web.Application) -> None:
         app.router.add_get("/", self._signed_in(self.jobs))
@@ -312,22 +314,22 @@ class Page:
         if token:
             asked["NextToken"] = token
         try:
-            listed = await self.api.list_jobs(asked, session.principal)
-        except ApiError as exc:
+            listed = await self.api.sagemaker.list_jobs(asked, session.principal)
+        except ServiceError as exc:
             return _refusal(400, exc.message)
         rows = []
         for summary in listed["ProcessingJobSummaries"]:
             job = summary["ProcessingJobName"]
-            record = self.rows.load(job) or {}
-            start = _epoch(record.get("ProcessingStartTime")) or summary.get("CreationTime")
+            record = self.rows.load(job)
+            start = (_epoch(record.ProcessingStartTime) if record else None) or summary.get("CreationTime")
             end = summary.get("ProcessingEndTime")
             rows.append(
                 f'<tr data-job="{_text(job)}"><td><a href="/jobs/{_text(job)}">{_text(job)}</a></td>'
                 f'<td class="status {_text(summary.get("ProcessingJobStatus"))}">'
                 f'{_text(summary.get("ProcessingJobStatus"))}</td>'
-                f'<td class="hosts">{len(record.get("Hosts") or {}) or ""}</td><td>{_text(_when(start))}</td>'
+                f'<td class="hosts">{(len(record.Hosts) if record else 0) or ""}</td><td>{_text(_when(start))}</td>'
                 f'<td>{_text(_duration(start, end))}</td><td class="reason">{_text(summary.get("FailureReason"))}</td>'
-                f'<td>{_text(record.get("Owner") or "")}</td></tr>')
+                f'<td>{_text(record.Owner if record else "")}</td></tr>')
         options = "".join(f'<option value="{s}"{" selected" if s == status else ""}>{s}</option>' for s in STATUSES)
         more = ""
         if listed.get("NextToken"):
@@ -349,9 +351,10 @@ class Page:
 
     async def _described(self, request: web.Request, session: Session) -> dict[str, Any] | web.Response:
         try:
-            return await self.api.describe({"ProcessingJobName": request.match_info["name"]}, session.principal)
-        except ApiError as exc:
-            return _refusal(404 if exc.code == "ResourceNotFound" else 400, exc.message)
+            return await self.api.sagemaker.describe({"ProcessingJobName": request.match_info["name"]},
+                                                     session.principal)
+        except ServiceError as exc:
+            return _refusal(404 if isinstance(exc, ResourceNotFound) else 400, exc.message)
 
     async def job(self, request: web.Request, session: Session) -> web.StreamResponse:
         """One job: its state, its hosts' exit codes, its request (Environment values
@@ -400,9 +403,9 @@ class Page:
             return _refusal(403, "Stop is refused: the page's CSRF token is missing or wrong; reload the page.")
         name = request.match_info["name"]
         try:
-            await self.api.stop({"ProcessingJobName": name}, session.principal)
-        except ApiError as exc:
-            return _refusal(404 if exc.code == "ResourceNotFound" else 409, exc.message)
+            await self.api.sagemaker.stop({"ProcessingJobName": name}, session.principal)
+        except ServiceError as exc:
+            return _refusal(404 if isinstance(exc, ResourceNotFound) else 409, exc.message)
         log.info("page: %s stopped %s", session.principal.name, name)
         return web.Response(status=303, headers={**HEADERS, "Location": f"/jobs/{name}"})
 

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from fleet.contract.describe import TERMINAL, now
+from fleet.contract.describe import TERMINAL, JobDescription, now
 from fleet.errors import FleetError
 from fleet.inventory import Host, Inventory
 from fleet.plan import record_hosts
@@ -63,26 +63,25 @@ class Scheduler:
         self.clock = time.monotonic
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # one placement at a time (a stop of a waiting job too)
-        self._records = RecordCache(store)  # a record is read again only when it changed
+        self._records = RecordCache(store, JobDescription)  # a record is read again only when it changed
         self._active: set[str] | None = None  # names of the jobs not ended (None: not read yet)
         self._placed: set[str] = set()  # of those, the ones given hosts (a run.json)
         self._waiting: set[str] = set()  # of those, the ones waiting for hosts
         self._taking_over: set[str] = set()  # jobs whose worker is a `fleet attach`
 
     # -- what runs where ------------------------------------------------------------------------
-    def _active_records(self) -> list[dict]:
+    def _active_records(self) -> list[JobDescription]:
         """The records of the jobs not ended yet. The whole store is read once (at the
         server's start); then only the jobs still active, each read again only when its
         record changed: a queue of 3,000 waiting jobs costs 3,000 stats a round, no read
         (it cost 0.21 s of the API's event loop a round when each was read)."""
         if self._active is None:
-            self._active = {r["ProcessingJobName"] for r in self._records.records()
-                            if r.get("ProcessingJobStatus") not in TERMINAL}
+            self._active = {r.ProcessingJobName for r in self._records.records() if not r.ended}
             self._placed = {name for name in self._active if (self.store.job_dir(name) / "run.json").exists()}
         records = []
         for name in sorted(self._active):
             record = self._records.load(name)
-            if record is None or record.get("ProcessingJobStatus") in TERMINAL:
+            if record is None or record.ended:
                 self._active.discard(name)
                 self._placed.discard(name)
                 self._waiting.discard(name)
@@ -90,8 +89,8 @@ class Scheduler:
                 continue
             if name not in self._placed and (self.store.job_dir(name) / "run.json").exists():
                 self._placed.add(name)  # placed by this server, or (in tests) by hand
-            if name not in self._placed and record.get("ProcessingJobStatus") == "InProgress" \
-                    and record.get("SecondaryStatus") == STARTING:
+            if name not in self._placed and record.ProcessingJobStatus == "InProgress" \
+                    and record.SecondaryStatus == STARTING:
                 self._waiting.add(name)
             else:
                 self._waiting.discard(name)
@@ -111,18 +110,18 @@ class Scheduler:
             self._waiting.add(name)
         self.poke()
 
-    def _running(self, records: list[dict]) -> dict[str, list[str]]:
+    def _running(self, records: list[JobDescription]) -> dict[str, list[str]]:
         """Of these records, the jobs that hold hosts (placed: a run.json); their hosts' labels."""
-        return {r["ProcessingJobName"]: [h.get("Name") or "" for h in r.get("Hosts", {}).values()]
-                for r in records if r["ProcessingJobName"] in self._placed}
+        return {r.ProcessingJobName: [h.Name or "" for h in r.Hosts.values()]
+                for r in records if r.ProcessingJobName in self._placed}
 
-    def waiting(self, records: list[dict] | None = None) -> list[dict]:
+    def waiting(self, records: list[JobDescription] | None = None) -> list[JobDescription]:
         """Jobs waiting for hosts, oldest first."""
         found = [r for r in (self._active_records() if records is None else records)
-                 if r["ProcessingJobName"] in self._waiting]
-        return sorted(found, key=lambda r: r.get("CreationTime", ""))
+                 if r.ProcessingJobName in self._waiting]
+        return sorted(found, key=lambda r: r.CreationTime or "")
 
-    def free_hosts(self, records: list[dict] | None = None) -> list[Host]:
+    def free_hosts(self, records: list[JobDescription] | None = None) -> list[Host]:
         running = self._running(self._active_records() if records is None else records)
         busy = {label for labels in running.values() for label in labels}
         return [host for host in self.inventory.hosts if host.label not in busy]
@@ -151,14 +150,14 @@ class Scheduler:
             await self._adopt(records)
             free = self.free_hosts(records)
             for record in self.waiting(records):
-                job_count = record["ProcessingResources"]["ClusterConfig"]["InstanceCount"]
+                job_count = record.instance_count
                 if len(free) < job_count:
                     break  # first come first served: a later, smaller job does not jump the queue
                 await self._start(record, free[:job_count])
                 free = free[job_count:]
 
-    async def _start(self, record: dict, hosts: list[Host]) -> None:
-        name = record["ProcessingJobName"]
+    async def _start(self, record: JobDescription, hosts: list[Host]) -> None:
+        name = record.ProcessingJobName
         job_record = self.store.record(name)
         run = RunRecord(RunId=uuid.uuid4().hex[:16], Controller=controller_id(self.store.home),
                         Request=self._request(name), Hosts=hosts, Options=self.options)
@@ -185,7 +184,7 @@ class Scheduler:
         finally:
             os.close(fd)
 
-    async def _adopt(self, records: list[dict]) -> None:
+    async def _adopt(self, records: list[JobDescription]) -> None:
         """Running jobs without a live worker (this server restarted, a worker died): a
         `fleet attach` takes each over, as a user would. One that fails without ending the
         job (a run.json of a newer fleet, a race for the owner lock) is tried again after

@@ -1,8 +1,9 @@
-"""The HTTP side of `fleet serve`: AWS JSON 1.1 (`POST /`, `X-Amz-Target: Service.Operation`,
-a JSON body), every request SigV4-verified (auth.py) before anything else is read from it.
-Answers in the protocol's shape: 200 with the JSON output; errors `{"__type": CODE,
-"message": ...}` with HTTP 400 (403 for authentication), which botocore raises as ClientError
-with that code. A form-encoded POST without X-Amz-Target is STS's Query protocol (sts.py).
+"""The HTTP side of `fleet serve`: one request pipeline (Server) for every service
+(services.py), each request SigV4-verified (auth.py) before anything else is read from it
+and answered in its protocol's shape (protocols.py): AWS JSON 1.1 (`POST /`, `X-Amz-Target:
+Service.Operation`, a JSON body) for SageMaker and CloudWatch Logs, the Query protocol (a
+form POST) for STS; errors with HTTP 400 (403 for authentication), which botocore raises as
+ClientError with their code. And the connections' admission: caps on all and per client.
 """
 
 from __future__ import annotations
@@ -24,17 +25,23 @@ from typing import cast
 from aiohttp import web
 
 from fleet.errors import FleetError
-from fleet.serve import sts
-from fleet.serve.api import Api, ApiError
 from fleet.serve.auth import AuthError, KeyRing, is_loopback, verify
+from fleet.serve.errors import (
+    InternalFailure,
+    RequestTimeoutException,
+    SerializationException,
+    ServiceError,
+    ServiceUnavailable,
+    ValidationException,
+)
 from fleet.serve.metrics import OPERATION, Metrics
 from fleet.serve.page import Page
+from fleet.serve.protocols import CONTENT_TYPE, Json, Query, is_query
+from fleet.serve.services import Services
 
 log = logging.getLogger(__name__)
 
 BODY_LIMIT = 2 * 2**20  # bytes of a request body (a CreateProcessingJob is well under)
-CONTENT_TYPE = "application/x-amz-json-1.1"
-SERVICES = {"SageMaker": "sagemaker", "Logs_20140328": "logs"}
 # What one client may hold. aiohttp's keep-alive timer also runs from a connection's start
 # and closes a connection whose next request's head has not arrived (a half-sent head
 # included): it is the header read timeout as well. Its default is an hour.
@@ -42,24 +49,10 @@ KEEPALIVE_SECONDS = 10.0
 BODY_SECONDS = 30.0  # to receive a whole body once its head arrived (2 MiB at ~70 KB/s)
 BUSY_LINGER = 1.0  # seconds a refused connection stays open for its 503 to be read
 MAX_REFUSING = 64  # refused connections lingering at once; beyond, closed without an answer
-# AWS's JSON protocols refuse a signature that leaves the operation or the body's type unsigned
-# (else the operation of a request signing only host;x-amz-date could be rewritten in transit).
-REQUIRED_SIGNED = ("x-amz-target", "content-type")
 _EXHAUSTED = {errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN}
 # Headers whose meaning is one value: a repeat is refused, never joined or picked from.
 _SINGLE_HEADERS = ("authorization", "content-type", "host", "x-amz-content-sha256", "x-amz-date", "date",
                    "x-amz-security-token", "x-amz-target")
-
-
-def _answer(status: int, body: dict) -> web.Response:
-    return web.Response(status=status, body=json.dumps(body).encode(), content_type=CONTENT_TYPE,
-                        headers={"x-amzn-RequestId": str(uuid.uuid4())})
-
-
-def _error(code: str, message: str, status: int = 400) -> web.Response:
-    response = _answer(status, {"__type": code, "message": message})
-    response.headers["x-amzn-ErrorType"] = code
-    return response
 
 
 def _headers(request: web.Request) -> dict[str, str]:
@@ -82,10 +75,10 @@ def _headers(request: web.Request) -> dict[str, str]:
 
 async def _body(request: web.Request) -> bytes:
     """The whole body (every chunk, however the client's writes split it), at most
-    BODY_LIMIT bytes: ApiError beyond, or when it does not arrive within BODY_SECONDS."""
+    BODY_LIMIT bytes: SerializationException (413) beyond, or when it does not arrive within BODY_SECONDS."""
     declared = request.content_length
     if declared is not None and declared > BODY_LIMIT:
-        raise ApiError("SerializationException", f"the request body is larger than {BODY_LIMIT} bytes", 413)
+        raise SerializationException(f"the request body is larger than {BODY_LIMIT} bytes", 413)
     chunks: list[bytes] = []
     size = 0
     try:
@@ -93,62 +86,67 @@ async def _body(request: web.Request) -> bytes:
             while chunk := await request.content.readany():
                 size += len(chunk)
                 if size > BODY_LIMIT:
-                    raise ApiError("SerializationException",
-                                   f"the request body is larger than {BODY_LIMIT} bytes", 413)
+                    raise SerializationException(f"the request body is larger than {BODY_LIMIT} bytes", 413)
                 chunks.append(chunk)
     except TimeoutError:
-        raise ApiError("RequestTimeoutException",
-                       f"the request body did not arrive within {BODY_SECONDS:g} seconds", 408) from None
+        raise RequestTimeoutException(f"the request body did not arrive within {BODY_SECONDS:g} seconds") from None
     return b"".join(chunks)
 
 
 class Server:
-    def __init__(self, api: Api, keys: KeyRing) -> None:
-        self.api = api
+    """The one request pipeline every service's request goes through: its protocol told by
+    its headers (a form POST without X-Amz-Target is STS's Query protocol, anything else AWS
+    JSON), its body read whole and bounded, its SigV4 signature verified (auth.py) before
+    anything is parsed from it, its operation found and called for the principal that
+    signed, and every error answered in its protocol's shape (the metrics middleware counts
+    each by its operation and code)."""
+
+    def __init__(self, services: Services, keys: KeyRing) -> None:
+        self.services = services
         self.keys = keys
+        self.json = Json(services.operations)
+        self.query = Query(services.queries)
 
     async def handle(self, request: web.Request) -> web.Response:
-        if sts.is_query(request.headers):  # STS: a form body and no X-Amz-Target (sts.py)
+        query = is_query(request.headers)
+        protocol: Json | Query = self.query if query else self.json
+        if query:
             request[OPERATION] = "STS.GetCallerIdentity"  # its one action, for the metrics
-            return await sts.handle(request, self.keys, self.api.account, _body, _headers)
+        request_id = str(uuid.uuid4())
         try:
             body = await _body(request)
-        except ApiError as exc:  # the rest of the body is not read: the connection ends with the answer
-            response = _error(exc.code, exc.message, exc.status)
+        except ServiceError as exc:  # the rest of the body is not read: the connection ends with the answer
+            response = protocol.error(exc.code, exc.message, exc.status, request_id)
             response.force_close()
             return response
         try:
             headers = _headers(request)
             credential = verify(self.keys, request.method, request.path_qs, headers, body, datetime.now(UTC),
-                                required=REQUIRED_SIGNED)
+                                services=protocol.scope, required=protocol.required)
         except AuthError as exc:
-            return _error(exc.code, exc.message, exc.status)
-        target = headers.get("x-amz-target", "")
-        operation = self.api.operations.get(target)
-        if operation is None:
-            return _error("UnknownOperationException", f"fleet serve does not answer {target or 'this request'}")
+            return protocol.error(exc.code, exc.message, exc.status, request_id)
+        target = "STS request" if query else headers.get("x-amz-target", "")
         try:
-            document = json.loads(body or b"{}")
-            if not isinstance(document, dict):
-                raise ValueError("not an object")
-        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
-            return _error("SerializationException", "the request body is not a JSON object")
-        try:
-            return _answer(200, await operation(document, credential.principal))
-        except ApiError as exc:
-            return _error(exc.code, exc.message, exc.status)
+            target, document = protocol.operation(headers, body)
+            result = await protocol.operations[target](document, credential.principal)
+            return protocol.answer(target, result, request_id)
+        except ServiceError as exc:
+            return protocol.error(exc.code, exc.message, exc.status, request_id)
         except FleetError as exc:
-            return _error("ValidationException", exc.message)
-        except OSError as exc:
-            if exc.errno not in _EXHAUSTED:
-                log.exception("%s failed", target)
-                return _error("InternalFailure", f"fleet serve failed: {type(exc).__name__}", 500)
-            log.warning("%s: %s", target, exc)  # descriptors or memory ran out: the client retries
-            return _error("ServiceUnavailable", f"fleet serve is out of resources ({exc.strerror}); retry later",
-                          503)
-        except Exception as exc:  # a bug of fleet's: the client gets a 500, the server goes on
-            log.exception("%s failed", target)
-            return _error("InternalFailure", f"fleet serve failed: {type(exc).__name__}", 500)
+            return protocol.error(ValidationException.code, exc.message, ValidationException.status, request_id)
+        except Exception as exc:
+            failure = _failure(target, exc)
+            return protocol.error(failure.code, failure.message, failure.status, request_id)
+
+
+def _failure(target: str, exc: Exception) -> ServiceError:
+    """What a client is told of an operation that failed inside fleet: descriptors or memory
+    ran out (503: it retries), or a bug of fleet's (500; the server goes on)."""
+    if isinstance(exc, OSError) and exc.errno in _EXHAUSTED:
+        log.warning("%s: %s", target, exc)
+        return ServiceUnavailable(f"fleet serve is out of resources ({exc.strerror}); retry later")
+    log.exception("%s failed", target)
+    return InternalFailure(f"fleet serve failed: {type(exc).__name__}")
 
 
 def listen_address(listen: str) -> tuple[str, int]:
@@ -299,7 +297,7 @@ class _Connection(asyncio.Protocol):
                 self.client = None
 
 
-async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None, notice,
+async def serve(api: Services, keys: KeyRing, listen: str, tls: ssl.SSLContext | None, notice,
                 connections: int | None = None, per_client: int | None = None,
                 metrics_token: str | None = None, on_listening: Callable[[str], None] | None = None,
                 page: Page | None = None) -> None:
@@ -341,7 +339,7 @@ async def serve(api: Api, keys: KeyRing, listen: str, tls: ssl.SSLContext | None
         async with asyncio.TaskGroup() as tasks:
             scheduling = tasks.create_task(api.scheduler.run(), name="scheduler")
             # After listening, not before: a restarted serve answers its pollers at once, and
-            # the warm-up yields between batches (Api.warm).
+            # the warm-up yields between batches (Services.warm).
             warming = tasks.create_task(api.warm(), name="warm the List cache")
             await stop.wait()
             scheduling.cancel()

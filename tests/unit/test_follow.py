@@ -10,7 +10,7 @@ import time
 import pytest
 
 from fleet import cli
-from fleet.contract.describe import now
+from fleet.contract.describe import JobDescription, now
 from fleet.runtime.console import Console
 from fleet.runtime.follow import exit_code_of, follow_logs, wait
 from fleet.runtime.store import JobStore
@@ -31,7 +31,7 @@ NAME = "followed-job"
 ], ids=["completed", "stopped", "max-runtime", "algorithm", "client", "no-reason", "stored-75", "stored-0",
         "stored-124"])
 def test_wait_exits_with_the_stored_code_else_the_one_the_status_implies(record, code):
-    assert exit_code_of(record) == code
+    assert exit_code_of(JobDescription.model_validate({"ProcessingJobName": NAME, **record})) == code
 
 
 def make_job(tmp_path, hosts: int = 2, **fields) -> JobStore:

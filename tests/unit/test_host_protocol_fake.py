@@ -116,7 +116,7 @@ class FakeBed:
             elif step == "attach":  # as `fleet attach`: the record's start time, fresh connections
                 self.execution = self._execution()
                 error = await self.execution.execute(
-                    take_over=True, started=self.store.load(NAME).get("ProcessingStartTime"))
+                    take_over=True, started=self.store.load(NAME).ProcessingStartTime)
                 self.exit = error.exit_code if error is not None else 0
             elif step == "gc":
                 pass  # the fake keeps no leftovers past the test
@@ -132,4 +132,4 @@ async def test_the_fake_host_plays_the_scenario_as_the_real_session_does(tmp_pat
     async with asyncio.timeout(60):
         await bed.play()
     assert bed.exit is not None
-    scenario.seen.check(bed.store.load(NAME), bed.exit, [bed.log(1), bed.log(2)], bed.err.getvalue())
+    scenario.seen.check(bed.store.load(NAME).stored(), bed.exit, [bed.log(1), bed.log(2)], bed.err.getvalue())

@@ -63,7 +63,7 @@ class Run:
 
     @property
     def described(self) -> dict:
-        return self.store.load(NAME)
+        return self.store.load(NAME).stored()
 
     def log(self, k: int) -> bytes:
         path = self.store.log_path(NAME, f"algo-{k}")

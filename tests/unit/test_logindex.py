@@ -9,7 +9,7 @@ from pathlib import Path
 
 from fleet.runtime.logindex import MAGIC, RECORD, LogIndex, Timeline, index_path
 from fleet.runtime.store import JobRecord
-from fleet.serve import logs
+from fleet.serve.logs import events as logs
 
 T0 = 1_796_000_000_000  # ms
 

@@ -122,7 +122,7 @@ def test_stop_signals_the_jobs_fleet_process_while_others_probe(store, probers, 
     finally:
         owner.kill()
         owner.wait()
-    assert store.load(NAME)["ProcessingJobStatus"] == "Stopped"
+    assert store.load(NAME).ProcessingJobStatus == "Stopped"
     assert f"stopping {NAME} (through its fleet process, pid {owner.pid})" in capsys.readouterr().err
 
 

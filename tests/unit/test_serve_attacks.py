@@ -27,10 +27,11 @@ from botocore.credentials import Credentials
 from fleet.inventory import parse_inventory
 from fleet.plan import record_hosts
 from fleet.runtime.store import JobStore, RunOptions, RunRecord
-from fleet.serve.api import LOG_GROUP, Api
 from fleet.serve.auth import Principal
+from fleet.serve.logs.shapes import LOG_GROUP
 from fleet.serve.scheduler import STOP_ASKED, Scheduler
 from fleet.serve.server import client_of
+from fleet.serve.services import Services
 
 KEY, SECRET = "AKIDFLEETATTACK00001", "fleet-attack-test-secret"
 ROOT = Path(__file__).resolve().parents[2]
@@ -124,9 +125,9 @@ class Served:
                 time.sleep(0.1)
 
     def _seed(self, inventory) -> None:
-        api = Api(self.store, Scheduler(self.store, inventory, RunOptions()), "us-east-1", "000000000000")
+        api = Services(self.store, Scheduler(self.store, inventory, RunOptions()), "us-east-1", "000000000000")
         for name in (BUSY, WAITING):
-            asyncio.run(api.create(_job(name), Principal("alice")))  # the key the tests sign with
+            asyncio.run(api.sagemaker.create(_job(name), Principal("alice")))  # the key the tests sign with
         record = self.store.record(BUSY)
         record.save_run(RunRecord(RunId="r", Controller="c", Request=_job(BUSY), Hosts=inventory.hosts))
         record.update(Hosts=record_hosts(inventory.hosts), SecondaryStatus=None,
@@ -137,13 +138,13 @@ class Served:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=30)
         # the `fleet stop` processes serve started poll the record: an end lets them exit
-        if self.store.load(BUSY)["ProcessingJobStatus"] not in ("Stopped", "Completed", "Failed"):
+        if self.store.load(BUSY).ProcessingJobStatus not in ("Stopped", "Completed", "Failed"):
             self.store.record(BUSY).update(ProcessingJobStatus="Stopped")
         self.holder.kill()
         self.holder.wait(timeout=10)
 
     def status(self, name: str) -> str:
-        return str(self.store.load(name)["ProcessingJobStatus"])
+        return str(self.store.load(name).ProcessingJobStatus)
 
     # -- the wire ---------------------------------------------------------------------------
     def sign(self, target: str, document: dict | bytes, *, only: tuple[str, ...] | None = None,

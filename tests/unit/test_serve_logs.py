@@ -12,10 +12,12 @@ import pytest
 
 from fleet.inventory import parse_inventory
 from fleet.runtime.store import JobStore, RunOptions
-from fleet.serve import logs
-from fleet.serve.api import LOG_GROUP, Api, ApiError
 from fleet.serve.auth import CONTROLLER, Principal
+from fleet.serve.errors import ServiceError
+from fleet.serve.logs import events as logs
+from fleet.serve.logs.shapes import LOG_GROUP
 from fleet.serve.scheduler import Scheduler
+from fleet.serve.services import Services
 
 T0 = 1_796_000_000_000  # ms
 LATER = T0 + 3_600_000  # "now" for FilterLogEvents: every line is settled
@@ -29,17 +31,17 @@ def request(name: str, count: int = 1) -> dict:
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Api:
+def api(tmp_path: Path) -> Services:
     inventory = parse_inventory({"hosts": [{"address": "h1"}, {"address": "h2"}, {"address": "h3"}]}, "hosts.yaml")
     store = JobStore(tmp_path / "home")
-    return Api(store, Scheduler(store, inventory, RunOptions()), "us-east-1", "000000000000")
+    return Services(store, Scheduler(store, inventory, RunOptions()), "us-east-1", "000000000000")
 
 
-async def job_with_lines(api: Api, name: str, lines: dict[str, list[tuple[int, bytes]]],
+async def job_with_lines(api: Services, name: str, lines: dict[str, list[tuple[int, bytes]]],
                          status: str = "Completed", caller: Principal = CONTROLLER) -> dict[str, str]:
     """A job whose hosts received `lines` ((ms, chunk) each) through the log file the executor
     writes (store.open_log); its streams' names by algo."""
-    await api.create(request(name, len(lines)), caller)
+    await api.sagemaker.create(request(name, len(lines)), caller)
     record = api.store.record(name)
     record.update(Hosts={algo: {"Name": f"h{i}"} for i, algo in enumerate(lines, 1)},
                   ProcessingStartTime="2026-11-29T10:00:00+00:00", ProcessingJobStatus=status)
@@ -49,7 +51,8 @@ async def job_with_lines(api: Api, name: str, lines: dict[str, list[tuple[int, b
             log._index._clock = lambda ms=ms: ms
             log.write(chunk)
         log.close()
-    streams = await api.describe_log_streams({"logGroupName": LOG_GROUP, "logStreamNamePrefix": f"{name}/"}, caller)
+    streams = await api.logs.describe_log_streams({"logGroupName": LOG_GROUP, "logStreamNamePrefix": f"{name}/"},
+                                                  caller)
     return {s["logStreamName"].split("/")[1].rsplit("-", 1)[0]: s["logStreamName"] for s in streams["logStreams"]}
 
 
@@ -57,8 +60,8 @@ def messages(answer: dict) -> list[str]:
     return [e["message"] for e in answer["events"]]
 
 
-async def get(api: Api, stream: str, **fields) -> dict:
-    return await api.get_log_events({"logGroupName": LOG_GROUP, "logStreamName": stream, **fields}, CONTROLLER)
+async def get(api: Services, stream: str, **fields) -> dict:
+    return await api.logs.get_log_events({"logGroupName": LOG_GROUP, "logStreamName": stream, **fields}, CONTROLLER)
 
 
 async def test_events_carry_the_arrival_time_of_their_line(api):
@@ -66,7 +69,7 @@ async def test_events_carry_the_arrival_time_of_their_line(api):
     answer = await get(api, streams["algo-1"], startFromHead=True)
     assert [(e["message"], e["timestamp"], e["ingestionTime"]) for e in answer["events"]] == \
         [("a", T0, T0), ("b", T0, T0), ("c", T0 + 2000, T0 + 2000)]
-    described = await api.describe_log_streams({"logGroupName": LOG_GROUP, "logStreamNamePrefix": "zq-times/"},
+    described = await api.logs.describe_log_streams({"logGroupName": LOG_GROUP, "logStreamNamePrefix": "zq-times/"},
                                                CONTROLLER)
     stream = described["logStreams"][0]
     assert (stream["firstEventTimestamp"], stream["lastEventTimestamp"]) == (T0, T0 + 2000)
@@ -104,7 +107,7 @@ async def test_start_time_is_inclusive_and_end_time_exclusive(api):
     rest = await get(api, stream, startFromHead=True, startTime=T0 + 2000, nextToken=paged["nextForwardToken"])
     assert messages(rest) == ["three"]
     assert (await get(api, stream, startFromHead=True, startTime=T0 + 9000))["events"] == []
-    with pytest.raises(ApiError) as bad:
+    with pytest.raises(ServiceError) as bad:
         await get(api, stream, startTime="yesterday")
     assert bad.value.code == "ValidationException" and "startTime" in bad.value.message
 
@@ -116,14 +119,14 @@ async def test_a_running_jobs_unfinished_line_waits_and_an_ended_jobs_is_an_even
     assert messages(await get(api, ended["algo-1"], startFromHead=True)) == ["done", "no newline at the end"]
 
 
-async def filter_(api: Api, caller: Principal = CONTROLLER, now: int = LATER, **fields) -> dict:
+async def filter_(api: Services, caller: Principal = CONTROLLER, now: int = LATER, **fields) -> dict:
     original = logs.filter_events
 
     def at_now(*args, **kwargs):
         return original(*args, **kwargs, now=now)
     logs.filter_events = at_now
     try:
-        return await api.filter_log_events({"logGroupName": LOG_GROUP, **fields}, caller)
+        return await api.logs.filter_log_events({"logGroupName": LOG_GROUP, **fields}, caller)
     finally:
         logs.filter_events = original
 
@@ -166,7 +169,7 @@ async def test_filter_patterns(api):
     assert await matching("error") == []  # case-sensitive, as CloudWatch
     assert await matching("") == ["ERROR disk full", "WARN slow disk", "INFO ok", "ERROR net down"]
     for unsupported in ('{ $.level = "ERROR" }', "[ip, user]", "%ERR.*%", '"open'):
-        with pytest.raises(ApiError) as refused:
+        with pytest.raises(ServiceError) as refused:
             await filter_(api, logStreamNamePrefix="zq-pattern", filterPattern=unsupported)
         assert refused.value.code == "InvalidParameterException" and "filterPattern" in refused.value.message
 
@@ -188,7 +191,7 @@ async def test_filter_shows_only_the_callers_streams(api):
     assert messages(await filter_(api, alice, logStreamNamePrefix="zq-")) == ["alice's"]
     assert messages(await filter_(api, alice, logStreamNames=[bobs["algo-1"]])) == []
     assert messages(await filter_(api, CONTROLLER, logStreamNamePrefix="zq-")) == ["alice's", "bob's"]
-    with pytest.raises(ApiError) as both:
+    with pytest.raises(ServiceError) as both:
         await filter_(api, alice, logStreamNamePrefix="zq-", logStreamNames=[bobs["algo-1"]])
     assert both.value.code == "InvalidParameterException"
 
@@ -237,6 +240,6 @@ async def test_a_filter_pattern_of_many_terms_cannot_hold_a_thread(api):
     _, _, scanned_to = logs.parse_token(found["nextToken"])
     events_tested = scanned_to // 2
     assert events_tested < 500_000 // 10  # far from the whole log in one call
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(ServiceError) as refused:
         await filter_(api, logStreamNamePrefix="zq-terms", filterPattern="x" * 1025)
     assert refused.value.code == "InvalidParameterException" and "1024" in refused.value.message

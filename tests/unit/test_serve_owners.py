@@ -32,8 +32,8 @@ from fleet.errors import InvalidInput
 from fleet.inventory import parse_inventory
 from fleet.plan import job_arn, record_hosts
 from fleet.runtime.store import JobStore, RunOptions, RunRecord
-from fleet.serve.api import LOG_GROUP
 from fleet.serve.auth import CONTROLLER, KeyRing
+from fleet.serve.logs.shapes import LOG_GROUP
 from fleet.serve.scheduler import STOP_ASKED
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -188,7 +188,7 @@ def test_another_profile_cannot_stop_a_job_and_it_goes_on(served):
     assert _error(bob.stop_processing_job, ProcessingJobName="zq-alice-stop") == \
         ("ResourceNotFound", "Processing job zq-alice-stop does not exist")
     assert alice.describe_processing_job(ProcessingJobName="zq-alice-stop")["ProcessingJobStatus"] == "InProgress"
-    assert served.store.load("zq-alice-stop")["ProcessingJobStatus"] == "InProgress"
+    assert served.store.load("zq-alice-stop").ProcessingJobStatus == "InProgress"
     alice.stop_processing_job(ProcessingJobName="zq-alice-stop")  # her own: a waiting job ends Stopped
     assert alice.describe_processing_job(ProcessingJobName="zq-alice-stop")["ProcessingJobStatus"] == "Stopped"
     # an ended job of another's is as unknown too (not "it cannot be stopped")
@@ -201,7 +201,7 @@ def test_a_job_made_by_fleet_run_is_hidden_from_profiles_and_runs_on(served):
     assert _error(alice.stop_processing_job, ProcessingJobName=RUN_MADE)[0] == "ResourceNotFound"
     assert RUN_MADE not in _listed(alice)
     assert not (served.store.job_dir(RUN_MADE) / STOP_ASKED).exists()  # no `fleet stop` was started
-    assert served.run_holder.poll() is None and served.store.load(RUN_MADE)["ProcessingJobStatus"] == "InProgress"
+    assert served.run_holder.poll() is None and served.store.load(RUN_MADE).ProcessingJobStatus == "InProgress"
 
 
 def test_log_streams_and_events_of_another_profile_are_not_found(served):
@@ -254,7 +254,7 @@ def test_an_admin_profile_and_the_operator_see_and_stop_every_job(served):
     assert _error(served.client("alice").describe_processing_job, ProcessingJobName="zq-operator-admin")[0] == \
         "ResourceNotFound"
     # the record names the owner: the profile, or the operator's own name for its chain key
-    assert {name: served.store.load(name).get("Owner") for name in ("zq-alice-admin", "zq-operator-admin")} == \
+    assert {name: served.store.load(name).Owner for name in ("zq-alice-admin", "zq-operator-admin")} == \
         {"zq-alice-admin": "alice", "zq-operator-admin": CONTROLLER.name}
     served.client("root").stop_processing_job(ProcessingJobName="zq-bob-admin")
     assert served.client("bob").describe_processing_job(ProcessingJobName="zq-bob-admin")["ProcessingJobStatus"] \

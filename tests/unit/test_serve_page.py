@@ -25,10 +25,10 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from fleet.inventory import parse_inventory
 from fleet.runtime.store import JobStore, RunOptions
-from fleet.serve.api import Api
 from fleet.serve.auth import CONTROLLER, Principal
 from fleet.serve.page import COOKIE, MAX_SESSIONS, MAX_STREAMS, PROFILE_SESSIONS, Page, PageAccess
 from fleet.serve.scheduler import Scheduler
+from fleet.serve.services import Services
 
 ROOT = Path(__file__).resolve().parents[2]
 ALICE, BOB = Principal("alice"), Principal("bob")
@@ -48,9 +48,9 @@ async def page(tmp_path: Path):
     for each of alice, bob and the operator."""
     inventory = parse_inventory({"hosts": [{"address": "h1"}]}, "hosts.yaml")
     store = JobStore(tmp_path / "home")
-    api = Api(store, Scheduler(store, inventory, RunOptions()), "us-east-1", "000000000000")
-    await api.create(_request("zq-alice", Environment={"API_TOKEN": "s3cr3t-value"}), ALICE)
-    await api.create(_request("zq-bob"), BOB)
+    api = Services(store, Scheduler(store, inventory, RunOptions()), "us-east-1", "000000000000")
+    await api.sagemaker.create(_request("zq-alice", Environment={"API_TOKEN": "s3cr3t-value"}), ALICE)
+    await api.sagemaker.create(_request("zq-bob"), BOB)
     record = store.record("zq-alice")
     record.update(Hosts={"algo-1": {"Name": "h1"}}, FailureReason="AlgorithmError: <img src=x onerror=alert(1)>")
     store.log_path("zq-alice", "algo-1").write_bytes(b"first line\n" + HOSTILE)
@@ -130,7 +130,7 @@ async def test_each_profile_sees_only_its_own_jobs_and_the_operator_all(page):
 async def test_the_list_is_newest_first_paged_and_filtered_by_status(page):
     client, tokens, api = page
     for i in range(30):
-        await api.create(_request(f"zq-many-{i:02d}"), ALICE)
+        await api.sagemaker.create(_request(f"zq-many-{i:02d}"), ALICE)
     api.store.record("zq-many-07").update(ProcessingJobStatus="Failed", FailureReason="AlgorithmError: boom")
     await _login(client, tokens["alice"])
     first = await (await client.get("/")).text()
@@ -155,10 +155,10 @@ async def test_stop_needs_the_sessions_csrf_token_and_this_origin(page):
     assert (await client.post(stop, data={"csrf": wrong}, headers=origin)).status == 403
     assert (await client.post(stop, data={"csrf": csrf}, headers={"Origin": "http://evil.example"})).status == 403
     assert (await client.post(stop, data={"csrf": csrf})).status == 403  # no Origin
-    assert api.store.load("zq-alice")["ProcessingJobStatus"] == "InProgress"
+    assert api.store.load("zq-alice").ProcessingJobStatus == "InProgress"
     answer = await client.post(stop, data={"csrf": csrf}, headers=origin, allow_redirects=False)
     assert answer.status == 303 and answer.headers["Location"] == "/jobs/zq-alice"
-    assert api.store.load("zq-alice")["ProcessingJobStatus"] == "Stopped"  # it waited for hosts: stopped at once
+    assert api.store.load("zq-alice").ProcessingJobStatus == "Stopped"  # it waited for hosts: stopped at once
     described = await (await client.get("/jobs/zq-alice")).text()
     assert '<dd id="status" class="status">Stopped</dd>' in described and 'id="stop"' not in described
     client.session.cookie_jar.clear()

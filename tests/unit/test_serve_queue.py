@@ -17,9 +17,9 @@ import pytest
 from fleet.inventory import parse_inventory
 from fleet.plan import record_hosts
 from fleet.runtime.store import JobStore, RunOptions, RunRecord
-from fleet.serve.api import Api
 from fleet.serve.auth import CONTROLLER
 from fleet.serve.scheduler import Scheduler
+from fleet.serve.services import Services
 
 SETTLED = 1.1  # seconds after which a record written by the test is trusted by its stat alone
 
@@ -32,16 +32,16 @@ def _job(name: str) -> dict:
 
 
 @pytest.fixture
-def api(tmp_path: Path) -> Api:
+def api(tmp_path: Path) -> Services:
     inventory = parse_inventory({"hosts": [{"address": "h1"}]}, "hosts.yaml")
     store = JobStore(tmp_path / "home")
-    return Api(store, Scheduler(store, inventory, RunOptions()), "us-east-1", "000000000000")
+    return Services(store, Scheduler(store, inventory, RunOptions()), "us-east-1", "000000000000")
 
 
-def _waiting_jobs(api: Api, count: int) -> list[str]:
+def _waiting_jobs(api: Services, count: int) -> list[str]:
     """`count` jobs as CreateProcessingJob records them (waiting for hosts), created a second
     apart in CreationTime; their names."""
-    template = {key: value for key, value in api.store.load("zq-template").items()
+    template = {key: value for key, value in api.store.load("zq-template").stored().items()
                 if key not in ("ProcessingEndTime",)}
     start = datetime(2099, 1, 1, tzinfo=UTC)  # after the template
     names = []
@@ -72,9 +72,9 @@ def reads(monkeypatch) -> list[str]:
     return opened
 
 
-async def _template(api: Api) -> None:
-    await api.create(_job("zq-template"), CONTROLLER)
-    await api.stop({"ProcessingJobName": "zq-template"}, CONTROLLER)  # ended: not in the queue
+async def _template(api: Services) -> None:
+    await api.sagemaker.create(_job("zq-template"), CONTROLLER)
+    await api.sagemaker.stop({"ProcessingJobName": "zq-template"}, CONTROLLER)  # ended: not in the queue
 
 
 # --- 6. the queue ---
@@ -84,7 +84,7 @@ async def test_a_scheduling_round_reads_only_the_records_that_changed_of_3000_wa
     await _template(api)
     store, scheduler = api.store, api.scheduler
     busy = "zq-busy"  # holds the only host (its owner: this process), so the 3,000 wait
-    await api.create(_job(busy), CONTROLLER)
+    await api.sagemaker.create(_job(busy), CONTROLLER)
     record = store.record(busy)
     record.save_run(RunRecord(RunId="r", Controller="c", Request=_job(busy), Hosts=scheduler.inventory.hosts))
     record.update(Hosts=record_hosts(scheduler.inventory.hosts), SecondaryStatus=None)
@@ -96,7 +96,7 @@ async def test_a_scheduling_round_reads_only_the_records_that_changed_of_3000_wa
         reads.clear()
         await scheduler.place()
         assert len(reads) <= 3002  # the first look reads the store once
-        assert [r["ProcessingJobName"] for r in scheduler.waiting()][:2] == names[:2]
+        assert [r.ProcessingJobName for r in scheduler.waiting()][:2] == names[:2]
         for _ in range(3):
             reads.clear()
             await scheduler.place()
@@ -105,7 +105,7 @@ async def test_a_scheduling_round_reads_only_the_records_that_changed_of_3000_wa
         reads.clear()
         await scheduler.place()
         assert [Path(p).parent.name for p in reads] == [names[5]]
-        assert names[5] not in [r["ProcessingJobName"] for r in scheduler.waiting()]
+        assert names[5] not in [r.ProcessingJobName for r in scheduler.waiting()]
         assert scheduler.queued() == 2999
         assert not scheduler.workers  # nothing placed, nothing taken over
     finally:
@@ -117,18 +117,19 @@ async def test_list_over_10000_records_answers_the_right_page_reading_only_chang
     names = _waiting_jobs(api, 10_000)
     await asyncio.sleep(SETTLED)
     reads.clear()
-    first = await api.list_jobs({"MaxResults": 100}, CONTROLLER)
+    first = await api.sagemaker.list_jobs({"MaxResults": 100}, CONTROLLER)
     assert [s["ProcessingJobName"] for s in first["ProcessingJobSummaries"]] == names[::-1][:100]
     assert len(reads) <= 10_001
     reads.clear()
-    second = await api.list_jobs({"MaxResults": 100, "NextToken": first["NextToken"]}, CONTROLLER)
+    second = await api.sagemaker.list_jobs({"MaxResults": 100, "NextToken": first["NextToken"]}, CONTROLLER)
     assert [s["ProcessingJobName"] for s in second["ProcessingJobSummaries"]] == names[::-1][100:200]
     assert reads == []  # 10,000 records were read and parsed for each page, before
-    named = await api.list_jobs({"NameContains": "zq-0123", "SortBy": "Name", "SortOrder": "Ascending"}, CONTROLLER)
+    named = await api.sagemaker.list_jobs({"NameContains": "zq-0123", "SortBy": "Name", "SortOrder": "Ascending"},
+                                          CONTROLLER)
     assert [s["ProcessingJobName"] for s in named["ProcessingJobSummaries"]] == names[1230:1240]
     api.store.record(names[42]).update(ProcessingJobStatus="Completed")
     reads.clear()
-    done = await api.list_jobs({"StatusEquals": "Completed"}, CONTROLLER)
+    done = await api.sagemaker.list_jobs({"StatusEquals": "Completed"}, CONTROLLER)
     assert [s["ProcessingJobName"] for s in done["ProcessingJobSummaries"]] == [names[42]]
     assert [Path(p).parent.name for p in reads] == [names[42]]
     assert "Environment" not in json.dumps(done)
@@ -143,7 +144,7 @@ async def test_a_take_over_that_always_fails_is_tried_5_times_further_apart_then
     second a round; the attempts are counted."""
     store, scheduler = api.store, api.scheduler
     name = "zq-newer"
-    await api.create(_job(name), CONTROLLER)
+    await api.sagemaker.create(_job(name), CONTROLLER)
     record = store.record(name)
     record.save_run(RunRecord(RunId="r", Controller="c", Request=_job(name), Hosts=scheduler.inventory.hosts))
     run = json.loads((store.job_dir(name) / "run.json").read_text())
@@ -159,7 +160,7 @@ async def test_a_take_over_that_always_fails_is_tried_5_times_further_apart_then
         return await spawn(verb, job)
 
     monkeypatch.setattr(scheduler, "_spawn", spawning)
-    while now[0] < 40 and len(attempts) <= 8 and store.load(name)["ProcessingJobStatus"] == "InProgress":
+    while now[0] < 40 and len(attempts) <= 8 and store.load(name).ProcessingJobStatus == "InProgress":
         await scheduler.place()
         for worker in list(scheduler.workers.values()):
             await worker.wait()
@@ -167,7 +168,7 @@ async def test_a_take_over_that_always_fails_is_tried_5_times_further_apart_then
         now[0] += 1
 
     assert attempts == [0, 1, 3, 7, 15]  # gaps of 1, 2, 4, 8 rounds (every round, before: without end)
-    ended = store.load(name)
+    ended = store.load(name).stored()
     assert ended["ProcessingJobStatus"] == "Failed"
     assert ended["FailureReason"].startswith("InternalServerError: fleet serve could not take the job over "
                                              "(5 attempts of `fleet attach`")

@@ -26,7 +26,8 @@ from botocore.parsers import QueryParser
 
 from fleet.contract.configfiles import DEFAULT_ACCOUNT
 from fleet.serve.auth import CONTROLLER, Principal
-from fleet.serve.sts import NAMESPACE, QueryError, answer, caller_identity, error_xml, identity_xml, parse_form
+from fleet.serve.sts.exceptions import QueryError
+from fleet.serve.sts.responses import NAMESPACE, action, caller_identity, error_xml, identity_xml, parse_form
 
 ROOT = Path(__file__).resolve().parents[2]
 AWS_CLI = Path(sys.executable).with_name("aws")
@@ -91,7 +92,7 @@ def test_markup_and_control_characters_in_a_message_stay_text_in_well_formed_xml
 ])
 def test_an_action_other_than_get_caller_identity_2011_06_15_is_refused(form, code):
     with pytest.raises(QueryError) as raised:
-        answer(form, Principal("alice"), DEFAULT_ACCOUNT, "r")
+        action(form)
     assert raised.value.code == code and raised.value.status == 400
     if code == "InvalidAction":
         assert raised.value.message.startswith(f"Could not find operation {form['Action']} for version ")

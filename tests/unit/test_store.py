@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from fleet.cli import main
+from fleet.contract.describe import JobDescription, JobSummary
 from fleet.errors import InvalidInput
 from fleet.inventory import SshHost
 from fleet.runtime import store as store_module
@@ -27,7 +28,7 @@ def test_records_come_newest_first(tmp_path: Path):
         store.create(record(name, created))
     (store.jobs / "broken").mkdir()
     (store.jobs / "broken" / "describe.json").write_text("{not json")
-    assert [r["ProcessingJobName"] for r in store.records()] == ["a", "b", "c"]
+    assert [r.ProcessingJobName for r in store.records()] == ["a", "b", "c"]
 
 
 def test_a_job_has_one_owner_at_a_time(tmp_path: Path):
@@ -134,18 +135,18 @@ def test_a_store_made_before_is_tightened_as_it_is_written_to(tmp_path: Path):
 
 
 def test_the_record_cache_warms_a_batch_at_a_time_and_then_lists_without_reading(tmp_path: Path, monkeypatch):
-    """serve warms its List cache once it listens (Api.warm), a batch between other work; the
+    """serve warms its List cache once it listens (Services.warm), a batch between other work; the
     first list afterwards reads no record, a stat each."""
     store = JobStore(tmp_path)
     for i in range(5):
         store.create(record(f"j{i}", f"2026-01-0{i + 1}T00:00:00+00:00"))
         old = os.stat(store.jobs / f"j{i}" / "describe.json").st_mtime - 3600  # settled: past the racy window
         os.utime(store.jobs / f"j{i}" / "describe.json", (old, old))
-    cache = RecordCache(store, ("ProcessingJobName", "CreationTime"))
+    cache = RecordCache(store, JobSummary)
     assert list(cache.warm(batch=2)) == [2, 4, 5]
     parsed: list[bytes] = []
-    monkeypatch.setattr(store_module.json, "loads", lambda data: parsed.append(data) or {})
-    assert [r["ProcessingJobName"] for r in cache.records()] == ["j4", "j3", "j2", "j1", "j0"]
+    monkeypatch.setattr(cache.model, "model_validate_json", lambda data: parsed.append(data) or {})
+    assert [r.ProcessingJobName for r in cache.records()] == ["j4", "j3", "j2", "j1", "j0"]
     assert parsed == []
 
 
@@ -165,3 +166,35 @@ def test_a_run_json_from_before_hosts_were_typed_by_transport_is_read(tmp_path: 
     assert (local.transport, node.transport, remote.transport) == ("local", "srun", "ssh")
     assert remote.model_dump(include={"user", "port"}) == {"user": "ops", "port": 22}
     assert "port" not in local.model_dump() and "port" not in node.model_dump()
+
+
+def test_an_older_fleets_record_loads_typed_and_is_rewritten_byte_for_byte(tmp_path: Path):
+    """describe.json as fleet wrote it before the record had a model: no Owner, a host whose
+    ExitCode is null, a field the model does not name; read typed, written back unchanged."""
+    store = JobStore(tmp_path)
+    store.create(record("old", "2026-01-01T00:00:00+00:00"))
+    path = store.job_dir("old") / "describe.json"
+    stored = {"ProcessingJobName": "old", "ProcessingJobArn": "arn:aws:sagemaker:us-east-1:0:processing-job/old",
+              "ProcessingJobStatus": "Failed", "CreationTime": "2026-01-01T00:00:00+00:00",
+              "LastModifiedTime": "2026-01-01T00:05:00+00:00", "Environment": {"A": "1"},
+              "Hosts": {"algo-1": {"Name": "h1", "Address": "10.0.0.1", "ExitCode": 3},
+                        "algo-2": {"Name": "h2", "Address": "10.0.0.2", "ExitCode": None}},
+              "FailureReason": "AlgorithmError: algo-1 exited with code 3", "SomethingNewer": {"x": [1]}}
+    path.write_text(json.dumps(stored, indent=2) + "\n")
+    before = path.read_bytes()
+    described = store.load("old")
+    assert (described.ProcessingJobStatus, described.Owner, described.ended) == ("Failed", None, True)
+    assert {algo: host.ExitCode for algo, host in described.Hosts.items()} == {"algo-1": 3, "algo-2": None}
+    assert described.stored() == stored  # in its order, the unknown field kept
+    store.record("old").save()
+    assert path.read_bytes() == before
+    assert [r.ProcessingJobName for r in RecordCache(store, JobSummary).records()] == ["old"]
+
+
+def test_a_record_fleet_cannot_read_is_named_not_a_traceback(tmp_path: Path):
+    store = JobStore(tmp_path)
+    store.create(record("bad", "2026-01-01T00:00:00+00:00"))
+    (store.job_dir("bad") / "describe.json").write_text(json.dumps({"ProcessingJobName": "bad", "Hosts": "h1"}))
+    with pytest.raises(InvalidInput, match=r"describe.json is not a job record fleet can read: Hosts"):
+        store.load("bad")
+    assert store.records() == [] and RecordCache(store, JobDescription).records() == []

@@ -1,6 +1,6 @@
 """CloudWatch Logs' reads over the stored logs: GetLogEvents on one host's log, FilterLogEvents
 across several, each line an event whose `timestamp` (and `ingestionTime`) is the time it
-reached the controller (runtime/logindex.py). api.py decides who may read which stream and
+reached the controller (runtime/logindex.py). responses.py decides who may read which stream and
 hands this module `Source`s; nothing here knows jobs or owners.
 
 Events: a line each (its newline dropped), a line longer than EVENT_BYTES cut into events of
@@ -59,7 +59,7 @@ _BLOCK = 64 * 1024
 
 @dataclass(frozen=True)
 class Source:
-    """A log stream as api.py allows the caller to read it."""
+    """A log stream as responses.py allows the caller to read it."""
 
     stream: str  # its name, JOBNAME/algo-k-EPOCH
     path: Path  # the stored log
