@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_job
-from s3server import S3Server, find_weed
 from support.procwatch import ProcWatch, argvs_holding, files_holding
+from support.s3server import S3Server, find_weed
 
 SEVENTEEN_MB = 17 * 1024 * 1024
 # Each container lists its input directory as "md5  ./path" lines.

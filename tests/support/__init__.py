@@ -5,3 +5,10 @@ scripts/local-cluster and the real CLI run against it: tests/integration and tes
 s3server (a real S3 server, SeaweedFS). Imported as `support.NAME`: pyproject's pytest
 `pythonpath` puts tests/ on sys.path. tests/hostprotocol stays a package of its own: the
 host protocol's fake and its scenario table, type-checked with fleet."""
+
+import pkgutil
+
+import pytest
+
+# Their asserts say what they compared, as the tests' own do: rewritten when first imported.
+pytest.register_assert_rewrite(*(f"{__name__}.{module.name}" for module in pkgutil.iter_modules(__path__)))
