@@ -40,8 +40,9 @@ from support.bed import (  # noqa: F401  (fixtures fleet_home and fleet; the res
     bed_usable,
     fleet,
     fleet_home,
+    lock_at_collection,
     make_job,
-    take_lock,
+    session_lock,
     wait_running,
 )
 from support.s3server import bucket, s3  # noqa: F401  (fixtures: a real S3 server, SeaweedFS)
@@ -53,6 +54,8 @@ def pytest_collection_modifyitems(config, items):
     # A test marked `mixed_engines` alone needs hosts of different engines: skipped on a bed of
     # one engine (the main session's). Marked `engines` too, it runs on any bed.
     mixed = len(set(BED_ENGINES.split(","))) > 1
+    lock_at_collection(config, [item for item in items if "integration" in str(item.fspath)
+                                and "cluster" in getattr(item, "fixturenames", ())])
     for item in items:
         if "integration" in str(item.fspath):
             item.add_marker(pytest.mark.integration)
@@ -62,12 +65,12 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory) -> Cluster:
+def cluster(tmp_path_factory, pytestconfig) -> Cluster:
     if not bed_usable():
         pytest.skip("the test bed needs root, dockerd and sshd (run scripts/setup)")
     inventory = tmp_path_factory.mktemp("cluster") / "hosts.yaml"
     # One test bed per machine: another test session or benchmark using it is waited for.
-    with bed_up(3, inventory, "--engines", BED_ENGINES, lock=take_lock(), timeout=300) as cluster:
+    with bed_up(3, inventory, "--engines", BED_ENGINES, lock=session_lock(pytestconfig), timeout=300) as cluster:
         yield cluster
 
 

@@ -24,8 +24,9 @@ from support.bed import (  # noqa: F401  (fixtures fleet_home and fleet; make_jo
     bed_usable,
     fleet,
     fleet_home,
+    lock_at_collection,
     make_job,
-    take_lock,
+    session_lock,
 )
 from support.s3server import bucket, s3  # noqa: F401  (fixtures: a real S3 server, SeaweedFS)
 
@@ -46,14 +47,7 @@ def pytest_collection_modifyitems(config, items):
     ours = [item for item in items if here in Path(str(item.fspath)).parents]  # (the hook sees all)
     for item in ours:
         item.add_marker(pytest.mark.integration)
-    if ours and bed_usable() and not config.option.collectonly:
-        # Waiting for the bed (a CI run or a benchmark may hold it for a quarter of an hour)
-        # is no test's time: the lock is taken here, before pytest-timeout times the first test
-        # (--collect-only runs none: it does not wait).
-        config.stash[_LOCK] = take_lock()
-
-
-_LOCK = pytest.StashKey[object]()
+    lock_at_collection(config, ours)
 
 
 @pytest.fixture(scope="session")
@@ -61,6 +55,5 @@ def cluster(tmp_path_factory, pytestconfig) -> Cluster:
     if not bed_usable():
         pytest.skip("the test bed needs root, dockerd and sshd (run scripts/setup)")
     inventory = tmp_path_factory.mktemp("cluster") / "hosts.yaml"
-    lock = pytestconfig.stash.get(_LOCK, None) or take_lock()
-    with bed_up(HOSTS, inventory, lock=lock, timeout=600) as cluster:
+    with bed_up(HOSTS, inventory, lock=session_lock(pytestconfig), timeout=600) as cluster:
         yield cluster

@@ -124,6 +124,22 @@ def take_lock() -> IO[str]:
     return lock
 
 
+_LOCK = pytest.StashKey[IO[str]]()
+
+
+def lock_at_collection(config: pytest.Config, needing: list[pytest.Item]) -> None:
+    """Wait for the bed now, at collection, if a test `needing` it will run: waiting (a CI run
+    or a benchmark may hold it for a quarter of an hour) is no test's time, and pytest-timeout
+    times a test's fixtures with it. --collect-only runs none: it does not wait."""
+    if needing and bed_usable() and not config.option.collectonly and _LOCK not in config.stash:
+        config.stash[_LOCK] = take_lock()
+
+
+def session_lock(config: pytest.Config) -> IO[str]:
+    """The lock lock_at_collection took, else taken now."""
+    return config.stash.get(_LOCK, None) or take_lock()
+
+
 @contextlib.contextmanager
 def bed_up(count: int, inventory: Path, *options: str, lock: IO[str], timeout: float) -> Iterator[Cluster]:
     """A bed of `count` hosts (scripts/local-cluster up, with `options`), its inventory written
