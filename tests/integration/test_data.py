@@ -19,7 +19,8 @@ from pathlib import Path
 import pytest
 
 from conftest import make_job
-from s3server import S3Server, find_weed
+from support.procwatch import ProcWatch, argvs_holding, files_holding
+from support.s3server import S3Server, find_weed
 
 SEVENTEEN_MB = 17 * 1024 * 1024
 # Each container lists its input directory as "md5  ./path" lines.
@@ -371,68 +372,13 @@ def test_a_container_swapping_a_listed_directory_for_a_symlink_never_uploads_a_h
 SIGNATURE = b"X-Amz-Signature"  # in every presigned URL (SigV4 query auth)
 
 
-def _processes(needle: bytes) -> list[tuple[int, bytes]]:
-    """(pid, argv) of every process whose argv holds `needle`."""
-    found = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                argv = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if needle in argv:
-                found.append((int(pid), argv))
-    return found
-
-
-def _files_holding(roots: list[Path], needle: bytes) -> list[str]:
-    found = []
-    for root in roots:
-        for directory, _dirs, files in os.walk(root):
-            for name in files:
-                path = Path(directory, name)
-                try:
-                    if not path.is_symlink() and path.is_file() and needle in path.read_bytes():
-                        found.append(str(path))
-                except OSError:
-                    continue
-    return found
-
-
-class Watch:
-    """While a job runs: every process's argv, and the files of the hosts' job directories,
-    read again and again; whatever holds a presigned URL is noted."""
-
-    def __init__(self, roots: list[Path]) -> None:
-        self.roots = roots
-        self.seen: list[str] = []
-        self.scans = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.seen += [argv.replace(b"\0", b" ")[:200].decode(errors="replace") for _, argv in _processes(SIGNATURE)]
-            if self.scans % 10 == 0:
-                self.seen += _files_holding(self.roots, SIGNATURE)
-            self.scans += 1
-
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-
 @pytest.mark.parametrize("data_path", ["direct"])
 def test_no_presigned_url_is_in_any_argv_file_log_or_record(fleet, s3, bucket, cluster):
     data = _dataset(s3, bucket)
     job = make_job(CHECKSUMS + "; head -c 9000000 /dev/urandom > /opt/ml/processing/output/o.bin",
                    ProcessingInputs=[_input(f"s3://{bucket}/in/", S3DataDistributionType="ShardedByS3Key")],
                    ProcessingOutputConfig={"Outputs": [_output(f"s3://{bucket}/urls")]})
-    with Watch([host.workdir for host in cluster.hosts]) as watch:
+    with ProcWatch(SIGNATURE, roots=[host.workdir for host in cluster.hosts]) as watch:
         path = fleet.write_job(job)
         run = fleet("--debug", "run", "--inventory", str(fleet.data_inventory), str(path),
                     env=fleet.env(**s3.env), timeout=300)
@@ -442,7 +388,7 @@ def test_no_presigned_url_is_in_any_argv_file_log_or_record(fleet, s3, bucket, c
     assert watch.scans > 20
     assert watch.seen == []
     assert SIGNATURE.decode() not in run.stdout + run.stderr  # --debug included
-    assert _files_holding([fleet.home] + [host.workdir for host in cluster.hosts], SIGNATURE) == []
+    assert files_holding([fleet.home] + [host.workdir for host in cluster.hosts], [SIGNATURE]) == []
 
 
 @pytest.mark.parametrize("data_path", ["direct"])
@@ -469,7 +415,7 @@ def test_a_url_expiring_mid_transfer_is_signed_again_and_resumed(fleet, s3, buck
             except OSError:
                 pass
             time.sleep(0.002)
-        for pid, _argv in _processes(b"curl\0-K\0-\0"):
+        for pid, _argv in argvs_holding(b"curl\0-K\0-\0"):
             try:
                 parent = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]
                 if b"fleet-fetch" in Path(f"/proc/{parent}/cmdline").read_bytes():

@@ -7,26 +7,13 @@ import json
 import os
 import signal
 import time
-from pathlib import Path
 
 from conftest import make_job
+from support.procwatch import argvs_holding
 
 
 def _running(cluster, name: str) -> list[str]:
     return [h.name for h in cluster.hosts if h.docker("ps", "-q", "--filter", f"label=fleet.job={name}").strip()]
-
-
-def _processes_with(needle: str) -> list[int]:
-    """Pids of the live processes whose command line holds `needle`."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and entry.name != str(os.getpid()):
-            try:
-                if needle.encode() in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                continue
-    return found
 
 
 def _detach(fleet, job: dict):
@@ -97,7 +84,7 @@ def test_detach_with_bad_input_fails_at_once_naming_the_field_and_starts_nothing
     assert "ProcessingResources.ClusterConfig.InstanceCount" in run.stderr and "Traceback" not in run.stderr
     assert not (fleet.home / "jobs").exists() or list((fleet.home / "jobs").iterdir()) == []
     assert cluster.leftovers(job["ProcessingJobName"]) == []
-    assert _processes_with(str(fleet.tmp / f"{job['ProcessingJobName']}.json")) == []  # no child left
+    assert argvs_holding(str(fleet.tmp / f"{job['ProcessingJobName']}.json").encode()) == []  # no child left
 
 
 def test_a_host_refusing_ssh_exits_75_and_a_failing_script_exits_1(fleet, cluster):

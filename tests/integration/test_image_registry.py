@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import http.client
 import http.server
-import os
 import secrets
 import threading
 import uuid
@@ -17,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_job
+from support.procwatch import ProcWatch, files_holding
 
 pytestmark = pytest.mark.integration
 
@@ -34,58 +34,6 @@ def _inventory(fleet, cluster, count: int, **top) -> Path:
     return cluster.write_inventory(fleet.tmp / "hosts.yaml", doc)
 
 
-class CmdlineWatch:
-    """Every process's argv, read again and again while a job runs: a secret must never
-    be in one (/proc/PID/cmdline is world-readable)."""
-
-    def __init__(self, *secrets_: str) -> None:
-        self.secrets = [s.encode() for s in secrets_]
-        self.seen: list[str] = []
-        self.scans = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            for pid in os.listdir("/proc"):
-                if not pid.isdigit():
-                    continue
-                try:
-                    with open(f"/proc/{pid}/cmdline", "rb") as file:
-                        argv = file.read()
-                except OSError:
-                    continue
-                if any(secret in argv for secret in self.secrets):
-                    self.seen.append(argv.replace(b"\0", b" ").decode(errors="replace")[:200])
-            self.scans += 1
-
-    def __enter__(self) -> CmdlineWatch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-
-
-def _files_holding(roots: list[Path], needles: list[bytes], skip: tuple[str, ...] = ()) -> list[str]:
-    found = []
-    for root in roots:
-        for directory, dirs, files in os.walk(root):
-            dirs[:] = [d for d in dirs if d not in skip]
-            for name in files:
-                path = Path(directory, name)
-                try:
-                    if path.is_symlink() or not path.is_file() or path.stat().st_size > 50 * 2**20:
-                        continue
-                    data = path.read_bytes()
-                except OSError:
-                    continue
-                if any(needle in data for needle in needles):
-                    found.append(str(path))
-    return found
-
-
 def _host_side_files(cluster) -> list[Path]:
     """Where a host could keep a file: its workdir and state (not its image store), and the
     SSH user's Docker config."""
@@ -93,6 +41,7 @@ def _host_side_files(cluster) -> list[Path]:
 
 
 SKIP = ("docker-data", "docker-exec", "containerd", "controller")
+LARGEST = 50 * 2**20  # bytes: a larger file (an image layer) is not read
 
 
 def test_a_private_registrys_image_runs_on_3_hosts_with_the_controllers_docker_login_only(
@@ -110,7 +59,7 @@ def test_a_private_registrys_image_runs_on_3_hosts_with_the_controllers_docker_l
     basic = base64.b64encode(f"{auth_registry.user}:{password}".encode()).decode()
     env = fleet.env(DOCKER_CONFIG=str(config))
     try:
-        with CmdlineWatch(password, basic) as watch:
+        with ProcWatch(password, basic) as watch:
             result = fleet("run", "--inventory", str(inventory), str(fleet.write_job(job)), env=env, timeout=180)
         assert result.returncode == 0, result.stderr
         name = job["ProcessingJobName"]
@@ -124,7 +73,7 @@ def test_a_private_registrys_image_runs_on_3_hosts_with_the_controllers_docker_l
         # The secret was never in an argv, and is in no file of the hosts nor of FLEET_HOME.
         assert watch.scans > 3 and watch.seen == []
         needles = [password.encode(), basic.encode()]
-        assert _files_holding([fleet.home, *_host_side_files(cluster)], needles, SKIP) == []
+        assert files_holding([fleet.home, *_host_side_files(cluster)], needles, skip=SKIP, largest=LARGEST) == []
         assert password not in result.stdout + result.stderr
     finally:
         for host in cluster.hosts:
@@ -145,7 +94,7 @@ def test_an_ecr_image_is_pulled_with_a_token_from_ecr(fleet, cluster, controller
     job["AppSpecification"]["ImageUri"] = ref
     env = fleet.env(DOCKER_CONFIG=str(empty), **fake_ecr.env)
     try:
-        with CmdlineWatch(auth_registry.aws_password, fake_ecr.token) as watch:
+        with ProcWatch(auth_registry.aws_password, fake_ecr.token) as watch:
             result = fleet("run", "--inventory", str(inventory), str(fleet.write_job(job)), env=env, timeout=180)
         assert result.returncode == 0, result.stderr
         name = job["ProcessingJobName"]
@@ -157,7 +106,7 @@ def test_an_ecr_image_is_pulled_with_a_token_from_ecr(fleet, cluster, controller
         assert "auth: ECR" in result.stderr
         assert watch.seen == []
         needles = [auth_registry.aws_password.encode(), fake_ecr.token.encode()]
-        assert _files_holding([fleet.home, *_host_side_files(cluster)], needles, SKIP) == []
+        assert files_holding([fleet.home, *_host_side_files(cluster)], needles, skip=SKIP, largest=LARGEST) == []
     finally:
         for host in cluster.hosts:
             host.docker("image", "rm", "-f", f"{ref.rsplit(':', 1)[0]}@{digest}", check=False)

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_job
+from support.procwatch import processes
 
 
 @pytest.fixture
@@ -143,15 +144,13 @@ def _load_processes(host) -> list[int]:
     """The `docker ... load` commands running in the host's network namespace (fleet-load's)."""
     ns = Path(f"/var/run/netns/fleet-h{host.index}")
     found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
+    for pid, cmdline in processes():
+        argv = cmdline.split(b"\0")
+        if os.path.basename(argv[0]) != b"docker" or b"load" not in argv:
             continue
         try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-            if not argv or os.path.basename(argv[0]) != b"docker" or b"load" not in argv:
-                continue
-            if os.path.samefile(proc / "ns" / "net", ns):
-                found.append(int(proc.name))
+            if os.path.samefile(f"/proc/{pid}/ns/net", ns):
+                found.append(pid)
         except OSError:
             continue
     return found

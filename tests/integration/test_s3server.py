@@ -1,4 +1,4 @@
-"""The S3 test server itself (tests/integration/s3server.py): a real SeaweedFS that the
+"""The S3 test server itself (tests/support/s3server.py): a real SeaweedFS that the
 S3 tests can fill, read, hand to a subprocess through its environment, and take away."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-# the fixtures s3 and bucket come from s3server.py, through conftest.py
+# the fixtures s3 and bucket come from support/s3server.py, through conftest.py
 
 
 def test_put_get_list_round_trip(s3, bucket):

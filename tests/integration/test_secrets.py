@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from conftest import IMAGE, make_job, wait_running
+from support.procwatch import argvs_holding
 
 OTHER_UID = 1000  # another local user of the machine (and the container USER of one test)
 
@@ -36,20 +37,6 @@ def _mode(path: Path) -> int:
 def _as_other_user(*argv: str) -> subprocess.CompletedProcess:
     return subprocess.run(["setpriv", f"--reuid={OTHER_UID}", f"--regid={OTHER_UID}", "--clear-groups", *argv],
                           capture_output=True, text=True, timeout=30)
-
-
-def _cmdlines_holding(value: bytes) -> list[str]:
-    found = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes()
-        except OSError:  # gone meanwhile
-            continue
-        if value in cmdline:
-            found.append(f"{proc.name}: {cmdline[:200]!r}")
-    return found
 
 
 @pytest.fixture
@@ -77,7 +64,7 @@ def test_an_environment_value_is_in_no_process_argv_and_no_file_others_can_read(
     try:
         wait_running(cluster, job["ProcessingJobName"])
         # While every container runs: no argv on the machine holds the value.
-        assert _cmdlines_holding(secret.encode()) == []
+        assert argvs_holding(secret.encode()) == []
         for k in (1, 2, 3):  # the hosts share this file system: one workdir for all
             job_dir = workdir / job["ProcessingJobName"] / f"algo-{k}"
             private = job_dir / "ml"
@@ -139,8 +126,8 @@ def test_environment_values_reach_the_container_byte_for_byte_through_no_argv_an
         wait_running(cluster, name, count=2)
         # While the containers run: no argv on the machine holds a value, no value file is left.
         for value in environment.values():
-            assert _cmdlines_holding(value.encode()) == [], value
-        assert _cmdlines_holding(secret.encode()) == []
+            assert argvs_holding(value.encode()) == [], value
+        assert argvs_holding(secret.encode()) == []
         for k in (1, 2):
             private = workdir / name / f"algo-{k}" / "ml"
             assert sorted(p.name for p in private.iterdir() if p.name.startswith("env")) == []

@@ -5,13 +5,10 @@ argv."""
 
 from __future__ import annotations
 
-import http.server
 import os
 import re
 import shutil
-import socket
 import subprocess
-import threading
 import time
 from collections import deque
 from pathlib import Path
@@ -28,6 +25,8 @@ from fleet.errors import ClientError, HostError
 from fleet.host import script_text
 from fleet.inventory import LocalHost, SshHost, parse_inventory
 from fleet.transport import transport_for
+
+from support.fake_s3 import PresignedS3
 
 # -- the protocol (pure) ----------------------------------------------------------------------
 
@@ -115,93 +114,10 @@ def test_data_path_is_controller_unless_the_inventory_says_direct():
 # -- the host scripts, run here against a server playing S3 ------------------------------------
 
 
-class FakeS3(http.server.ThreadingHTTPServer):
-    """Objects by path. A URL carries `?exp=EPOCH&X-Amz-Signature=...`: after EPOCH, a 403
-    AccessDenied. `breaks[path]`: bytes sent before the next GET of it breaks off (once).
-    `stalls[path]`: seconds each GET of it waits before answering, in turn."""
-
-    def __init__(self) -> None:
-        super().__init__(("127.0.0.1", 0), _Handler)
-        self.objects: dict[str, bytes] = {}
-        self.breaks: dict[str, int] = {}
-        self.stalls: dict[str, list[float]] = {}
-        self.seen: list[tuple[str, str, str | None]] = []  # method, path, Range
-        self.puts: dict[str, bytes] = {}
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.server_address[1]}"
-
-
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server: FakeS3
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args) -> None:
-        pass
-
-    def _target(self) -> tuple[str, bool]:
-        path, _, query = self.path.partition("?")
-        found = re.search(r"exp=(\d+(?:\.\d+)?)", query)
-        expired = found is not None and time.time() > float(found.group(1))
-        return path, expired
-
-    def _error(self, status: int, code: str) -> None:
-        body = f"<Error><Code>{code}</Code></Error>".encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        path, _ = self._target()
-        self.server.seen.append(("GET", path, self.headers.get("Range")))
-        stalls = self.server.stalls.get(path)
-        time.sleep(stalls.pop(0) if stalls else 0)
-        path, expired = self._target()
-        if expired:
-            return self._error(403, "AccessDenied")
-        if path not in self.server.objects:
-            return self._error(404, "NoSuchKey")
-        body = self.server.objects[path]
-        start = 0
-        if self.headers.get("Range"):
-            start = int(re.match(r"bytes=(\d+)-", self.headers["Range"]).group(1))
-            self.send_response(206)
-        else:
-            self.send_response(200)
-        part = body[start:]
-        self.send_header("Content-Length", str(len(part)))
-        self.end_headers()
-        if path in self.server.breaks:
-            self.wfile.write(part[:self.server.breaks.pop(path)])
-            self.wfile.flush()
-            self.connection.shutdown(socket.SHUT_WR)  # the bytes sent arrive, then the end
-            time.sleep(0.1)
-            self.close_connection = True
-            return
-        self.wfile.write(part)
-
-    def do_PUT(self) -> None:
-        path, expired = self._target()
-        self.server.seen.append(("PUT", path, None))
-        body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        if expired:
-            return self._error(403, "AccessDenied")
-        self.server.puts[path] = body
-        self.send_response(200)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-
-
 @pytest.fixture
 def s3_fake():
-    server = FakeS3()
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with PresignedS3() as server:
+        yield server
 
 
 def _path_without(tmp_path: Path, program: str) -> str:
@@ -305,7 +221,7 @@ def test_reach_tells_an_answering_endpoint_from_an_unreachable_one(s3_fake):
 # -- the controller's side, with the local transport -----------------------------------------
 
 
-def _fake_signer(server: FakeS3, signed: list[str]):
+def _fake_signer(server: PresignedS3, signed: list[str]):
     async def sign(method: str, location: S3Location, expires: int) -> str:
         url = f"{server.base}/{location.bucket}/{location.key}?exp={time.time() // 1 + expires}&X-Amz-Signature=s"
         signed.append(method)

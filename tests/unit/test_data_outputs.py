@@ -22,57 +22,12 @@ from fleet.transport.local import LocalTransport
 from fleet.transport.scripted import ScriptedCommand, ScriptedTransport
 
 from localcommands import RecordingTransport, alarm, reap_commands  # noqa: F401  (reap_commands: autouse fixture)
+from support.fake_s3 import FakeS3
 
 PART = 64 * 1024  # outputs.PART for these tests: many parts from small files
 @pytest.fixture(autouse=True)
 def small_parts(monkeypatch):
     monkeypatch.setattr(outputs, "PART", PART)
-
-
-class FakeUpload:
-    def __init__(self, s3: FakeS3, location: S3Location) -> None:
-        self.s3 = s3
-        self.location = location
-        self.parts: dict[int, bytes] = {}
-        self.completed = False
-        self.aborted = False
-
-    async def part(self, number: int, data: bytes) -> None:
-        await asyncio.sleep(0)  # a real upload yields while the part is in flight
-        if number in self.s3.failing_parts:
-            raise ClientError(f"cannot upload {self.location} (part {number}): InternalError")
-        self.parts[number] = bytes(data)  # a view of a buffer the uploader reuses once this returns
-
-    async def complete(self) -> None:
-        assert sorted(self.parts) == list(range(1, len(self.parts) + 1))
-        self.completed = True
-        self.s3.objects[str(self.location)] = b"".join(self.parts[n] for n in sorted(self.parts))
-
-    async def abort(self) -> None:
-        self.aborted = True
-
-
-class FakeS3:
-    """The upload half of fleet.data.s3.S3; `objects` holds what was stored, by URI."""
-
-    def __init__(self, failing_parts: set[int] = frozenset(), failing_puts: set[str] = frozenset()) -> None:
-        self.objects: dict[str, bytes] = {}
-        self.puts: list[str] = []
-        self.uploads: list[FakeUpload] = []
-        self.failing_parts = failing_parts
-        self.failing_puts = failing_puts
-
-    async def put(self, location: S3Location, data: bytes) -> None:
-        await asyncio.sleep(0)
-        self.puts.append(str(location))
-        if str(location) in self.failing_puts:
-            raise ClientError(f"cannot upload {location}: AccessDenied")
-        self.objects[str(location)] = bytes(data)  # a view of a reused buffer, as for parts
-
-    async def multipart(self, location: S3Location) -> FakeUpload:
-        upload = FakeUpload(self, location)
-        self.uploads.append(upload)
-        return upload
 
 
 def transport(algo: str = "algo-1") -> LocalTransport:

@@ -12,37 +12,13 @@ from collections import Counter
 import pytest
 
 from fleet.contract.job import ProcessingJob, S3InputSpec, parse_job
-from fleet.data.locations import S3Location, S3Object
+from fleet.data.locations import S3Location
 from fleet.data.sources import InputObject, assignments, check_job_data, check_supported, list_input, shard
 from fleet.errors import ClientError, InvalidInput
 
+from support.fake_s3 import FakeS3
+
 LOCAL_PATH = "/opt/ml/processing/input/data"
-
-
-class FakeS3:
-    """The listing/reading half of fleet.data.s3.S3, serving {"bucket/key": bytes}."""
-
-    def __init__(self, objects: dict[str, bytes]) -> None:
-        self.objects = objects
-        self.listed: list[S3Location] = []
-
-    async def list(self, prefix: S3Location) -> list[S3Object]:
-        self.listed.append(prefix)
-        found = [S3Object(S3Location(prefix.bucket, name.split("/", 1)[1]), len(data))
-                 for name, data in self.objects.items() if name.startswith(f"{prefix.bucket}/{prefix.key}")]
-        return sorted(found, key=lambda o: o.location.key)
-
-    async def head(self, location: S3Location) -> S3Object:
-        data = self.objects.get(f"{location.bucket}/{location.key}")
-        if data is None:
-            raise ClientError(f"cannot read {location}: 404: Not Found")
-        return S3Object(location, len(data))
-
-    async def read_all(self, location: S3Location) -> bytes:
-        data = self.objects.get(f"{location.bucket}/{location.key}")
-        if data is None:
-            raise ClientError(f"cannot read {location}: NoSuchKey")
-        return data
 
 
 def spec(uri: str, data_type: str = "S3Prefix", **extra) -> S3InputSpec:

@@ -1,9 +1,10 @@
 """A real S3 server for the tests: SeaweedFS `weed mini` on free loopback ports.
 
-Two pytest fixtures, which tests/integration/conftest.py imports (`from s3server import s3,
-bucket`: pytest refuses `pytest_plugins` in a conftest below the rootdir when collecting `tests`,
-and a test module's `pytest_plugins = ["s3server"]` next to that import warns that the module
-was imported before pytest could rewrite its asserts):
+Two pytest fixtures, which the conftests of tests/integration and tests/scale import (`from
+support.s3server import s3, bucket`: pytest refuses `pytest_plugins` in a conftest below the
+rootdir when collecting `tests`, and a test module's `pytest_plugins = ["support.s3server"]`
+next to that import warns that the module was imported before pytest could rewrite its
+asserts):
 
   s3      session-scoped: the running server (an `S3Server`): `endpoint`, `env`, `pid`,
           `make_bucket`, `put`, `get`, `keys`, `delete`, and `stop()` / `start()` to take S3
