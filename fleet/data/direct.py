@@ -332,11 +332,6 @@ def _lanes(items: Sequence[_Request]) -> list[deque[_Request]]:
 # -- inputs -------------------------------------------------------------------------------------
 
 
-def direct_possible(objects: list[InputObject]) -> bool:
-    """Whether the host can fetch these itself: S3 objects only (file:// is the controller's)."""
-    return all(isinstance(o.source, S3Location) for o in objects)
-
-
 async def stage_input_direct(objects_per_host: list[list[InputObject]], destinations: list[Destination],
                              sign: Sign, count: TransferCount) -> None:
     """Each host fetches its objects (FullyReplicated: every object, each host once) into its
