@@ -256,7 +256,8 @@ def _print_data(inputs: list[tuple[InputPlan, HostInput]], outputs: list[tuple[O
     """One host's inputs (objects, path, why) and uploads, from the DataPlan."""
     for item, mine in inputs:
         where = posixpath.join(PRIVATE_DIR, "inputs", str(item.index))
-        head = f"  input  {item.name} ({item.distribution} of {item.uri}) → {where}/ by the {mine.path} path ({mine.why})"
+        head = (f"  input  {item.name} ({item.distribution} of {item.uri}) → {where}/ by the {mine.path} path "
+                f"({mine.why})")
         if not item.listed:
             print(f"{head}: not listed (--list-inputs lists them, read-only)")
             continue
