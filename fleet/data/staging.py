@@ -96,14 +96,6 @@ class _Lane:
     async def open(self) -> None:
         await self.lanes.open((d.label, d.transport, host_command("extract", [d.directory])) for d in self.destinations)
 
-    @property
-    def live(self) -> list[str]:
-        return self.lanes.live
-
-    @property
-    def failed(self) -> dict[str, FleetError]:
-        return self.lanes.failed
-
     async def write(self, data: bytes, current: str) -> None:
         """To every live destination; a failing one is set aside (retried later)."""
         def failed(label: str, exc: FleetError | None) -> FleetError:
@@ -117,9 +109,6 @@ class _Lane:
         """End the archives and check every `tar -x` finished well."""
         await self.write(tarstream.END_OF_ARCHIVE, "the end of the archive")
         await self.lanes.finish(_extracted)
-
-    def abandon(self) -> None:
-        self.lanes.abandon()
 
 
 async def _extracted(label: str, process: RemoteProcess, stderr: asyncio.Task[bytes | FleetError]) -> FleetError | None:
@@ -147,7 +136,7 @@ async def _send(objects: list[InputObject], destinations: list[Destination], sou
             try:
                 return await _feed(lane, objects, sources, count, tasks)
             finally:
-                lane.abandon()
+                lane.lanes.abandon()
     except ClientError as exc:  # the source failed: say where the bytes were going
         hosts = ", ".join(d.label for d in destinations)
         raise ClientError(f"{exc.message} (while staging it to {hosts})") from exc
@@ -177,7 +166,7 @@ async def _feed(lane: _Lane, objects: list[InputObject], sources: Sources, count
 
     try:
         top_up()
-        while window and lane.live:
+        while window and lane.lanes.live:
             obj, fetched = window.popleft()
             top_up()
             if fetched is not None:
@@ -190,7 +179,7 @@ async def _feed(lane: _Lane, objects: list[InputObject], sources: Sources, count
                     raise ClientError(f"{obj.name}: read {len(data)} bytes, but the object has {obj.size}")
                 batch += tarstream.file_header(obj.relative, obj.size) + data + tarstream.padding(obj.size)
                 count.bytes += obj.size
-                count.host_bytes += obj.size * len(lane.live)
+                count.host_bytes += obj.size * len(lane.lanes.live)
                 count.objects += 1
                 if len(batch) >= SMALL:
                     await flush()
@@ -202,15 +191,15 @@ async def _feed(lane: _Lane, objects: list[InputObject], sources: Sources, count
                 written += len(chunk)
                 await lane.write(chunk, obj.name)
                 count.bytes += len(chunk)
-                count.host_bytes += len(chunk) * len(lane.live)
+                count.host_bytes += len(chunk) * len(lane.lanes.live)
             if written != obj.size:
                 raise ClientError(f"{obj.name}: read {written} bytes, but the object has {obj.size}")
             await lane.write(tarstream.padding(obj.size), obj.name)
             count.objects += 1
         await flush()
-        if lane.live:
+        if lane.lanes.live:
             await lane.close()
-        return dict(lane.failed)
+        return dict(lane.lanes.failed)
     finally:
         for _, task in window:
             if task is not None:

@@ -187,19 +187,19 @@ async def push_image(source: Source, targets: list[PushTarget], count: PushCount
             save = _DockerSave(source, docker_timeout)
             try:
                 await loads.open()
-                if not loads.live:
-                    return dict(loads.failed)
+                if not loads.lanes.live:
+                    return dict(loads.lanes.failed)
                 await save.start(tasks)
                 stream = LoadStream(image.id, f"docker save {source.reference}")
-                while loads.live and (chunk := await save.read()):
+                while loads.lanes.live and (chunk := await save.read()):
                     count.read += len(chunk)
                     for piece in stream.feed(chunk):
-                        await loads.write(piece, tuple(loads.live))
-                if loads.live:
-                    await loads.write(stream.end(), tuple(loads.live))
+                        await loads.write(piece, tuple(loads.lanes.live))
+                if loads.lanes.live:
+                    await loads.write(stream.end(), tuple(loads.lanes.live))
                 return await loads.finish(_allowance(docker_timeout, image.size))
             finally:
-                loads.abandon()
+                loads.lanes.abandon()
                 await save.close()
     async with saved_archive(source, spool_dir, docker_timeout) as archive:
         return await _push_archive(archive, targets, count, name, docker_timeout)
@@ -232,20 +232,20 @@ async def _push_archive(archive: ImageArchive, targets: list[PushTarget], count:
         loads = _Loads(targets, archive.image, name, count, tasks, docker_timeout)
         try:
             await loads.open()
-            if loads.live:
+            if loads.lanes.live:
                 pieces = archive.pieces(haves)
                 try:
                     async for chunk, labels in pieces:
                         count.read += len(chunk)
                         await loads.write(chunk, labels)
-                        if not loads.live:
+                        if not loads.lanes.live:
                             break
                 finally:
                     await pieces.aclose()
                 return await loads.finish(_allowance(docker_timeout, max(archive.bytes_for(h) for h in haves.values())))
-            return dict(loads.failed)
+            return dict(loads.lanes.failed)
         finally:
-            loads.abandon()
+            loads.lanes.abandon()
 
 
 def _allowance(docker_timeout: int, size: int) -> float:
@@ -271,14 +271,6 @@ class _Loads:
         await self.lanes.open(
             (t.label, t.transport, image_load(t.docker, self.image.id, self.image.layers, self.docker_timeout))
             for t in self.targets.values())
-
-    @property
-    def live(self) -> list[str]:
-        return self.lanes.live
-
-    @property
-    def failed(self) -> dict[str, FleetError]:
-        return self.lanes.failed
 
     async def write(self, data: bytes, labels: tuple[str, ...]) -> None:
         """To each of `labels` still live; one that fails or stalls is set aside (its
@@ -314,9 +306,6 @@ class _Loads:
             return _docker_error(label, status, words, self.docker_timeout, f"loading the image {self.name}",
                                  image=self.name)
         return await self.lanes.finish(loaded)
-
-    def abandon(self) -> None:
-        self.lanes.abandon()
 
 
 def _words(label: str, error: FleetError) -> str:
