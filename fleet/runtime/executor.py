@@ -98,6 +98,7 @@ class JobExecution:
                 try:
                     outcomes = await self._run(tasks, started, take_over)
                 finally:
+                    self.data.stop_opening()  # the group would wait for a listing still running
                     await self._clean_up()
         except FleetError as exc:
             error = exc
@@ -239,7 +240,7 @@ class JobExecution:
                 self._end(exc)
             return
         # Recorded at once: a fleet taking the job over later needs it if the container is gone.
-        self.record.update(Hosts=self._hosts_with({instance.algo: code}))
+        self.record.update(Hosts=hosts_with(self.record.data.get("Hosts", {}), {instance.algo: code}))
         outcomes[instance.algo] = HostOutcome(instance.algo, code, message)
         if code != 0:
             self._end(AlgorithmError(f"{instance.algo} exited with code {code}. See job logs for more information"))
@@ -284,9 +285,6 @@ class JobExecution:
             self.console.notice(f"cleanup incomplete: {exc.message}")
 
     # -- the record -----------------------------------------------------------------------
-    def _hosts_with(self, codes: dict[str, int | None]) -> dict:
-        return hosts_with(self.record.data.get("Hosts", {}), codes)
-
     def _finish(self, outcomes: list[HostOutcome], error: FleetError | None) -> FleetError | None:
         status, error, message = job_ending(outcomes, error)
         self.record.update(
@@ -294,7 +292,7 @@ class JobExecution:
             FailureReason=error.failure_reason if error is not None and status == "Failed" else None,
             ExitMessage=message,
             ProcessingEndTime=now(),
-            Hosts=self._hosts_with({o.algo: o.exit_code for o in outcomes}),
+            Hosts=hosts_with(self.record.data.get("Hosts", {}), {o.algo: o.exit_code for o in outcomes}),
             Transfers=self.data.record(),
             ExitCode=0 if error is None else error.exit_code,  # fleet's own: what `fleet wait` exits with
         )

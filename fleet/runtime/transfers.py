@@ -78,9 +78,13 @@ class JobData:
             self.s3 = await self._stack.enter_async_context(S3())
 
     async def close(self) -> None:
+        self.stop_opening()
+        await self._stack.aclose()
+
+    def stop_opening(self) -> None:
+        """Cancel the connecting and listing (`start`) if it still runs."""
         if self._ready is not None:
             self._ready.cancel()
-        await self._stack.aclose()
 
     async def list_inputs(self) -> None:
         """Every input's objects; ClientError when one matches nothing (before any host is touched)."""
