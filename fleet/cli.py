@@ -26,8 +26,9 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from fleet.contract.configfiles import DEFAULT_ACCOUNT
 from fleet.contract.describe import TERMINAL, JobDescription, new_record
-from fleet.contract.job import ignored_fields, load_job
-from fleet.data.sources import check_job_data
+from fleet.contract.job import ProcessingJob, ignored_fields, load_job
+from fleet.data.plan import DataPlan, HostInput, HostUpload, InputPlan, OutputPlan, plan_data
+from fleet.data.sources import InputObject, check_job_data
 from fleet.errors import FleetError, InvalidInput, JobStopped
 from fleet.home import fleet_home
 from fleet.image.reference import parse_reference
@@ -109,6 +110,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--inventory", "-i", type=Path, help="hosts.yaml (default: this machine alone)")
     run.add_argument("--name", help="override ProcessingJobName")
     run.add_argument("--dry-run", action="store_true", help="print what would happen; touch nothing")
+    run.add_argument("--list-inputs", action="store_true",
+                     help="with --dry-run: list the inputs (read-only: S3 ListObjectsV2, a manifest read) to show "
+                          "each host's objects; without it the dry run needs no network and shows the rules")
     run.add_argument("--detach", action="store_true",
                      help="return once every container has started (exit 0; or fail as run would, with its "
                           "exit code), the job owned by a fleet process in the background: fleet logs -f NAME, "
@@ -229,7 +233,7 @@ def _dry_run_address(host) -> str:
         return f"<address of {host.address}>"
 
 
-def _print_plan(plan: ClusterPlan) -> None:
+def _print_plan(plan: ClusterPlan, data: DataPlan) -> None:
     print(f"job {plan.name} ({plan.arn}): {len(plan.hosts)} host(s); nothing is touched (--dry-run)")
     for hp in plan.hosts:
         host = hp.host
@@ -253,6 +257,44 @@ def _print_plan(plan: ClusterPlan) -> None:
         print(f"  resourceconfig.json: {json.dumps(json.loads(hp.files['config/resourceconfig.json']))}")
         print(f"  docker: {shlex.join(hp.docker + hp.docker_create)}")
         print(f"  docker: {shlex.join(hp.docker + ['start', hp.container])}   (once every host is ready)")
+        _print_data(*data.for_host(hp.algo))
+
+
+SHOWN_OBJECTS = 10  # a host's objects listed by name in a dry run; the rest counted
+
+
+def _print_data(inputs: list[tuple[InputPlan, HostInput]], outputs: list[tuple[OutputPlan, HostUpload]]) -> None:
+    """One host's inputs (objects, path, why) and uploads, from the DataPlan."""
+    for item, mine in inputs:
+        where = posixpath.join(PRIVATE_DIR, "inputs", str(item.index))
+        head = (f"  input  {item.name} ({item.distribution} of {item.uri}) → {where}/ by the {mine.path} path "
+                f"({mine.why})")
+        if not item.listed:
+            print(f"{head}: not listed (--list-inputs lists them, read-only)")
+            continue
+        print(f"{head}: {len(mine.objects)} of {item.objects} object(s), {mine.bytes} of {item.bytes} bytes")
+        for obj in mine.objects[:SHOWN_OBJECTS]:
+            print(f"           {obj.name} ({obj.size} bytes) → {obj.relative}")
+        if len(mine.objects) > SHOWN_OBJECTS:
+            print(f"           ... and {len(mine.objects) - SHOWN_OBJECTS} more")
+    for output, upload in outputs:
+        when = "while the container runs, and a last time" if output.continuous else "when the job Completed"
+        where = posixpath.join(PRIVATE_DIR, "outputs", str(output.index))
+        print(f"  output {output.name} ({output.mode}): {where}/ → {output.destination} {when}, by the {upload.path} "
+              f"path ({upload.why})")
+
+
+async def _dry_run_listing(job: ProcessingJob, console: Console) -> list[list[InputObject]]:
+    """Every input's objects, as the run lists them (read-only: no host is touched)."""
+    from fleet.runtime.transfers import JobData
+
+    data = JobData(job, console)
+    try:
+        await data.open()
+        await data.list_inputs()
+    finally:
+        await data.close()
+    return data.inputs or []
 
 
 async def _stop_grace(asked: int, console: Console) -> int:
@@ -297,7 +339,8 @@ async def _run(args: argparse.Namespace, console: Console) -> int:
     if args.dry_run:
         plan = plan_cluster(job, hosts, [_dry_run_address(h) for h in hosts],
                             stop_grace=stop_grace, region=region, account=account)
-        _print_plan(plan)
+        listing = await _dry_run_listing(job, console) if args.list_inputs else None
+        _print_plan(plan, plan_data(plan, listing))
         return 0
 
     from fleet.runtime.executor import JobExecution
@@ -633,6 +676,8 @@ def main(argv: list[str] | None = None) -> int:
             return InvalidInput.exit_code
         if _debugging(args):
             _log_debug()
+        if args.verb == "run" and args.list_inputs and not args.dry_run:
+            raise InvalidInput("--list-inputs goes with --dry-run: a run lists its inputs itself")
         if args.verb == "run" and args.detach:
             if args.dry_run:
                 raise InvalidInput("--detach and --dry-run: a dry run starts nothing to detach from")

@@ -44,10 +44,11 @@ from fleet.data.outputs import OutputCount, shown
 from fleet.data.sources import InputObject
 from fleet.data.staging import Destination, TransferCount
 from fleet.errors import ClientError, HostError
-from fleet.fanout import all_of, settled, task_group
+from fleet.fanout import all_of, task_group
 from fleet.host import Status, command as host_command, host_failure
 from fleet.retry import S3_REQUESTS, Retrying
-from fleet.transport.base import RemoteProcess, Transport, drain
+from fleet.transport.base import RemoteProcess, Transport
+from fleet.transport.lanes import Lanes
 
 log = logging.getLogger(__name__)
 
@@ -239,17 +240,16 @@ async def _run_lane(lane: _Lane, requests: deque[_Request], sign: Sign, expires:
     taken from `feed` until it gives None. ClientError (naming the key and the host) for an
     object that cannot be moved, HostError when the host command fails."""
     label = lane.transport.label
-    process = await lane.transport.start(lane.argv)
-    try:
-        async with task_group() as tasks:
-            # Its last SAID_LIMIT bytes: all an error shows (a host may write any amount).
-            stderr = tasks.create_task(settled(lambda: drain(process.read_stderr, keep=SAID_LIMIT)))
-            try:
-                await _exchange(lane, process, requests, sign, expires, stderr, feed)
-            finally:
-                stderr.cancel()
-    finally:
-        process.close()
+    async with task_group() as tasks:
+        # Its stderr's last SAID_LIMIT bytes: all an error shows (a host may write any amount).
+        command = Lanes(tasks, keep=SAID_LIMIT)
+        try:
+            await command.open([(label, lane.transport, lane.argv)])
+            if label in command.failed:  # one host, one lane: set aside is failed
+                raise command.failed[label]
+            await _exchange(lane, command.processes[label], requests, sign, expires, command.stderr(label), feed)
+        finally:
+            command.abandon()
     log.debug("%s: direct %s lane done", label, lane.method)
 
 
@@ -330,11 +330,6 @@ def _lanes(items: Sequence[_Request]) -> list[deque[_Request]]:
 
 
 # -- inputs -------------------------------------------------------------------------------------
-
-
-def direct_possible(objects: list[InputObject]) -> bool:
-    """Whether the host can fetch these itself: S3 objects only (file:// is the controller's)."""
-    return all(isinstance(o.source, S3Location) for o in objects)
 
 
 async def stage_input_direct(objects_per_host: list[list[InputObject]], destinations: list[Destination],

@@ -26,6 +26,7 @@ from fleet.fanout import all_of, settled, task_group
 from fleet.host import command as host_command
 from fleet.retry import TAR_STREAMS
 from fleet.transport.base import RemoteProcess, Transport, drain
+from fleet.transport.lanes import Lanes
 
 # Channels per host and input. One: two `tar -x` extracting into one directory race to
 # create subdirectories (GNU tar then fails "Cannot open"), and measured here one lane is as
@@ -85,69 +86,44 @@ class Sources:
 
 
 class _Lane:
-    """One `tar -x` channel per destination, fed the same objects. Its tasks (each
-    channel's stderr) belong to the sender's task group."""
+    """One `tar -x` channel per destination, fed the same objects (fleet.transport.lanes): a
+    destination that fails is set aside, to be sent its objects again by stage_input."""
 
     def __init__(self, destinations: list[Destination], tasks: asyncio.TaskGroup) -> None:
         self.destinations = destinations
-        self.processes: dict[str, RemoteProcess] = {}
-        self.failed: dict[str, FleetError] = {}
-        self._tasks = tasks
-        self._stderr: dict[str, asyncio.Task[bytes | FleetError]] = {}
+        self.lanes = Lanes(tasks)
 
     async def open(self) -> None:
-        async def one(dest: Destination) -> None:
-            try:
-                process = await dest.transport.start(host_command("extract", [dest.directory]))
-            except FleetError as exc:
-                self.failed[dest.label] = exc
-                return
-            self.processes[dest.label] = process
-            self._stderr[dest.label] = self._tasks.create_task(settled(lambda: drain(process.read_stderr)))
-        await all_of(*(one(d) for d in self.destinations))
-
-    @property
-    def live(self) -> list[str]:
-        return [label for label in self.processes if label not in self.failed]
+        await self.lanes.open((d.label, d.transport, host_command("extract", [d.directory])) for d in self.destinations)
 
     async def write(self, data: bytes, current: str) -> None:
         """To every live destination; a failing one is set aside (retried later)."""
-        async def one(label: str) -> None:
-            try:
-                await self.processes[label].write(data)
-            except FleetError as exc:
-                error = HostError(label, f"cannot write {current}: {exc.message}")  # the machinery's
-                error.__cause__ = exc  # raised later, by stage_input, once retries are spent
-                self.failed[label] = error
-        await all_of(*(one(label) for label in self.live))
+        def failed(label: str, exc: FleetError | None) -> FleetError:
+            assert exc is not None  # no stall bound: a write fails, never stalls out
+            error = HostError(label, f"cannot write {current}: {exc.message}")  # the machinery's
+            error.__cause__ = exc  # raised later, by stage_input, once retries are spent
+            return error
+        await self.lanes.write(data, failed)
 
     async def close(self) -> None:
         """End the archives and check every `tar -x` finished well."""
         await self.write(tarstream.END_OF_ARCHIVE, "the end of the archive")
-        for label in self.live:
-            self.processes[label].close_stdin()
+        await self.lanes.finish(_extracted)
 
-        async def finish(label: str) -> None:
-            process = self.processes[label]
-            try:
-                await drain(process.read_stdout)
-                status = await process.wait()
-                said = await self._stderr[label]
-                if isinstance(said, FleetError):
-                    raise said
-            except FleetError as exc:
-                self.failed[label] = exc
-                return
-            if status != 0:
-                self.failed[label] = ClientError(
-                    f"tar on {label} failed (status {status}): {said.decode(errors='replace').strip()}")
-        await all_of(*(finish(label) for label in self.live))
 
-    def abandon(self) -> None:
-        for process in self.processes.values():
-            process.close()
-        for task in self._stderr.values():
-            task.cancel()  # the group waits for it
+async def _extracted(label: str, process: RemoteProcess, stderr: asyncio.Task[bytes | FleetError]) -> FleetError | None:
+    """How one `tar -x` ended: None when it extracted everything."""
+    try:
+        await drain(process.read_stdout)
+        status = await process.wait()
+        said = await stderr
+        if isinstance(said, FleetError):
+            raise said
+    except FleetError as exc:
+        return exc
+    if status != 0:
+        return ClientError(f"tar on {label} failed (status {status}): {said.decode(errors='replace').strip()}")
+    return None
 
 
 async def _send(objects: list[InputObject], destinations: list[Destination], sources: Sources,
@@ -160,7 +136,7 @@ async def _send(objects: list[InputObject], destinations: list[Destination], sou
             try:
                 return await _feed(lane, objects, sources, count, tasks)
             finally:
-                lane.abandon()
+                lane.lanes.abandon()
     except ClientError as exc:  # the source failed: say where the bytes were going
         hosts = ", ".join(d.label for d in destinations)
         raise ClientError(f"{exc.message} (while staging it to {hosts})") from exc
@@ -190,7 +166,7 @@ async def _feed(lane: _Lane, objects: list[InputObject], sources: Sources, count
 
     try:
         top_up()
-        while window and lane.live:
+        while window and lane.lanes.live:
             obj, fetched = window.popleft()
             top_up()
             if fetched is not None:
@@ -203,7 +179,7 @@ async def _feed(lane: _Lane, objects: list[InputObject], sources: Sources, count
                     raise ClientError(f"{obj.name}: read {len(data)} bytes, but the object has {obj.size}")
                 batch += tarstream.file_header(obj.relative, obj.size) + data + tarstream.padding(obj.size)
                 count.bytes += obj.size
-                count.host_bytes += obj.size * len(lane.live)
+                count.host_bytes += obj.size * len(lane.lanes.live)
                 count.objects += 1
                 if len(batch) >= SMALL:
                     await flush()
@@ -215,15 +191,15 @@ async def _feed(lane: _Lane, objects: list[InputObject], sources: Sources, count
                 written += len(chunk)
                 await lane.write(chunk, obj.name)
                 count.bytes += len(chunk)
-                count.host_bytes += len(chunk) * len(lane.live)
+                count.host_bytes += len(chunk) * len(lane.lanes.live)
             if written != obj.size:
                 raise ClientError(f"{obj.name}: read {written} bytes, but the object has {obj.size}")
             await lane.write(tarstream.padding(obj.size), obj.name)
             count.objects += 1
         await flush()
-        if lane.live:
+        if lane.lanes.live:
             await lane.close()
-        return dict(lane.failed)
+        return dict(lane.lanes.failed)
     finally:
         for _, task in window:
             if task is not None:

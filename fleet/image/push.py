@@ -37,11 +37,12 @@ from fleet.data.tarstream import END_OF_ARCHIVE
 from fleet.engine.client import EngineFailed
 from fleet.engine.connect import engine_for
 from fleet.errors import ClientError, FleetError, HostError
-from fleet.fanout import all_of, settled, task_group
+from fleet.fanout import task_group
 from fleet.host import Status, host_failure, image_have, image_load
 from fleet.image.archive import ImageArchive, LoadStream, open_archive
 from fleet.image.local import DIGEST, LocalImage
 from fleet.transport.base import RemoteProcess, Transport
+from fleet.transport.lanes import Lanes
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -186,19 +187,19 @@ async def push_image(source: Source, targets: list[PushTarget], count: PushCount
             save = _DockerSave(source, docker_timeout)
             try:
                 await loads.open()
-                if not loads.live:
-                    return dict(loads.failed)
+                if not loads.lanes.live:
+                    return dict(loads.lanes.failed)
                 await save.start(tasks)
                 stream = LoadStream(image.id, f"docker save {source.reference}")
-                while loads.live and (chunk := await save.read()):
+                while loads.lanes.live and (chunk := await save.read()):
                     count.read += len(chunk)
                     for piece in stream.feed(chunk):
-                        await loads.write(piece, tuple(loads.live))
-                if loads.live:
-                    await loads.write(stream.end(), tuple(loads.live))
+                        await loads.write(piece, tuple(loads.lanes.live))
+                if loads.lanes.live:
+                    await loads.write(stream.end(), tuple(loads.lanes.live))
                 return await loads.finish(_allowance(docker_timeout, image.size))
             finally:
-                loads.abandon()
+                loads.lanes.abandon()
                 await save.close()
     async with saved_archive(source, spool_dir, docker_timeout) as archive:
         return await _push_archive(archive, targets, count, name, docker_timeout)
@@ -231,20 +232,20 @@ async def _push_archive(archive: ImageArchive, targets: list[PushTarget], count:
         loads = _Loads(targets, archive.image, name, count, tasks, docker_timeout)
         try:
             await loads.open()
-            if loads.live:
+            if loads.lanes.live:
                 pieces = archive.pieces(haves)
                 try:
                     async for chunk, labels in pieces:
                         count.read += len(chunk)
                         await loads.write(chunk, labels)
-                        if not loads.live:
+                        if not loads.lanes.live:
                             break
                 finally:
                     await pieces.aclose()
                 return await loads.finish(_allowance(docker_timeout, max(archive.bytes_for(h) for h in haves.values())))
-            return dict(loads.failed)
+            return dict(loads.lanes.failed)
         finally:
-            loads.abandon()
+            loads.lanes.abandon()
 
 
 def _allowance(docker_timeout: int, size: int) -> float:
@@ -252,8 +253,9 @@ def _allowance(docker_timeout: int, size: int) -> float:
 
 
 class _Loads:
-    """One `fleet-load` command per target, fed the same stream (each its part). Its tasks
-    (each command's stderr) belong to the caller's task group."""
+    """One `fleet-load` command per target, fed the same stream (each its part), through
+    fleet.transport.lanes: a target that fails or stalls is set aside, its command closed
+    (its load fails). Its tasks (each command's stderr) belong to the caller's task group."""
 
     def __init__(self, targets: list[PushTarget], image: LocalImage, name: str, count: PushCount,
                  tasks: asyncio.TaskGroup, docker_timeout: int) -> None:
@@ -262,88 +264,48 @@ class _Loads:
         self.name = name
         self.count = count
         self.docker_timeout = docker_timeout
-        self.processes: dict[str, RemoteProcess] = {}
-        self.failed: dict[str, FleetError] = {}
-        self._tasks = tasks
-        self._stderr: dict[str, asyncio.Task[bytes | FleetError]] = {}
+        # each host may lag the others by HOST_BUFFER
+        self.lanes = Lanes(tasks, keep=WORDS_LIMIT, buffer=HOST_BUFFER, close_failed=True)
 
     async def open(self) -> None:
-        async def one(target: PushTarget) -> None:
-            try:
-                argv = image_load(target.docker, self.image.id, self.image.layers, self.docker_timeout)
-                process = await target.transport.start(argv)
-            except FleetError as exc:
-                self.failed[target.label] = exc
-                return
-            process.buffer(HOST_BUFFER)  # each host may lag the others by this much
-            self.processes[target.label] = process
-            self._stderr[target.label] = self._tasks.create_task(settled(lambda: _last_words(process.read_stderr)))
-        await all_of(*(one(t) for t in self.targets.values()))
-
-    @property
-    def live(self) -> list[str]:
-        return [label for label in self.processes if label not in self.failed]
+        await self.lanes.open(
+            (t.label, t.transport, image_load(t.docker, self.image.id, self.image.layers, self.docker_timeout))
+            for t in self.targets.values())
 
     async def write(self, data: bytes, labels: tuple[str, ...]) -> None:
         """To each of `labels` still live; one that fails or stalls is set aside (its
         command closed: its load fails)."""
-        async def one(label: str) -> None:
-            try:
-                async with asyncio.timeout(WRITE_STALL):
-                    await self.processes[label].write(data)
-            except TimeoutError:
-                self._fail(label, HostError(label, f"stopped reading the image {self.name} for {WRITE_STALL:.0f} s"))
-                return
-            except FleetError as exc:
-                self._fail(label, HostError(label, f"lost while pushing the image {self.name}: {_words(label, exc)}"))
-                return
+        def failed(label: str, exc: FleetError | None) -> FleetError:
+            if exc is None:
+                return HostError(label, f"stopped reading the image {self.name} for {WRITE_STALL:.0f} s")
+            return HostError(label, f"lost while pushing the image {self.name}: {_words(label, exc)}")
+        for label in await self.lanes.write(data, failed, labels, stall=WRITE_STALL):
             self.count.sent[label] = self.count.sent.get(label, 0) + len(data)
-        live = set(self.live)
-        await all_of(*(one(label) for label in labels if label in live))
-
-    def _fail(self, label: str, error: FleetError) -> None:
-        log.debug("push to %s failed: %s", label, error.message)
-        self.failed[label] = error
-        self.processes[label].close()
 
     async def finish(self, allowance: float) -> dict[str, FleetError]:
         """End every stream and check each load, `allowance` seconds at most."""
-        for label in self.live:
-            self.processes[label].close_stdin()
-
-        async def one(label: str) -> None:
-            process = self.processes[label]
+        async def loaded(label: str, process: RemoteProcess,
+                         stderr: asyncio.Task[bytes | FleetError]) -> FleetError | None:
             try:
                 async with asyncio.timeout(allowance):
                     await _last_words(process.read_stdout)
                     status = await process.wait()
-                    said = await self._stderr[label]
+                    said = await stderr
             except TimeoutError:
-                self._fail(label, HostError(label, f"docker load of the image {self.name} did not end "
-                                                   f"within {allowance:.0f} s"))
-                return
+                return HostError(label, f"docker load of the image {self.name} did not end within {allowance:.0f} s")
             except FleetError as exc:
-                self._fail(label, HostError(label, f"lost while loading the image {self.name}: {_words(label, exc)}"))
-                return
+                return HostError(label, f"lost while loading the image {self.name}: {_words(label, exc)}")
             if isinstance(said, FleetError) or process.lost:
                 why = _words(label, said) if isinstance(said, FleetError) else "the connection was lost"
-                self._fail(label, HostError(label, f"lost while loading the image {self.name}: {why}"))
-                return
+                return HostError(label, f"lost while loading the image {self.name}: {why}")
             words = said.decode(errors="replace").strip()
             if status == 0 and any(line.startswith("fleet:loaded ") for line in words.splitlines()):
                 log.debug("%s: loaded the image %s", label, self.name)
-                return
+                return None
             words = "\n".join(line for line in words.splitlines() if not line.startswith("fleet:loaded"))
-            self._fail(label, _docker_error(label, status, words, self.docker_timeout,
-                                            f"loading the image {self.name}", image=self.name))
-        await all_of(*(one(label) for label in self.live))
-        return dict(self.failed)
-
-    def abandon(self) -> None:
-        for process in self.processes.values():
-            process.close()
-        for task in self._stderr.values():
-            task.cancel()  # the group waits for it
+            return _docker_error(label, status, words, self.docker_timeout, f"loading the image {self.name}",
+                                 image=self.name)
+        return await self.lanes.finish(loaded)
 
 
 def _words(label: str, error: FleetError) -> str:

@@ -35,7 +35,7 @@ from fleet.fanout import all_of, first_of, on_each, task_group
 from fleet.home import fleet_home
 from fleet.image.supply import ImageSupply, Target
 from fleet.inventory import Host
-from fleet.plan import HostPlan, algo_names, host_labels, plan_cluster
+from fleet.plan import algo_names, host_labels, plan_cluster
 from fleet.runtime.console import Console
 from fleet.runtime.instance import HostOutcome, Instance
 from fleet.runtime.store import JobRecord, RunRecord
@@ -68,7 +68,6 @@ class JobExecution:
         self.data = JobData(self.job, console)
         self._ending: FleetError | None = None  # why the containers are being stopped early
         self._end_early = asyncio.Event()  # set with _ending
-        self._data_ready: asyncio.Task[FleetError | None] | None = None
         self.containers_started = asyncio.Event()  # every host's container has started
 
     # -- signals ------------------------------------------------------------------------
@@ -99,8 +98,7 @@ class JobExecution:
                 try:
                     outcomes = await self._run(tasks, started, take_over)
                 finally:
-                    if self._data_ready is not None:
-                        self._data_ready.cancel()
+                    self.data.stop_opening()  # the group would wait for a listing still running
                     await self._clean_up()
         except FleetError as exc:
             error = exc
@@ -114,13 +112,13 @@ class JobExecution:
     async def _run(self, tasks: asyncio.TaskGroup, started: str | None, take_over: bool) -> list[HostOutcome]:
         # S3 (connecting, listing the inputs) runs while the hosts are reached and prepared;
         # whichever fails first ends the other.
-        self._data_ready = tasks.create_task(self._open_data(list_inputs=not take_over), name="S3")
+        self.data.start(tasks, list_inputs=not take_over)
         if take_over:  # each host's session connects itself, for up to --host-timeout;
             # a stop asked for already is carried out once the hosts are reached
-            await self._data_opened()
+            await self.data.ready()
             addresses = self.run.Addresses or [h.ip or h.address for h in self.run.Hosts]
         else:
-            await self._unless_stopped(all_of(self._connect_all(), self._data_opened()))
+            await self._unless_stopped(all_of(self._connect_all(), self.data.ready()))
             controller = next((i.transport.local_address for i in self.instances if i.transport.local_address), None)
             addresses = [instance.address(controller) for instance in self.instances]
             self.record.save_run(self.run.model_copy(update={"Addresses": addresses}))
@@ -149,26 +147,7 @@ class JobExecution:
                             controller=self.run.Controller)
         for instance, host_plan in zip(self.instances, plan.hosts):
             instance.planned(host_plan, self.record.open_log(instance.algo))
-
-    async def _open_data(self, list_inputs: bool) -> FleetError | None:
-        """Connect to S3 and list the inputs; its error is returned, to be raised where the
-        lifecycle waits for it (`_data_opened`), not in the middle of the task group."""
-        if not self.data.needed:
-            return None
-        try:
-            await self.data.open()
-            if list_inputs:
-                await self.data.list_inputs()
-        except FleetError as exc:
-            return exc
-        return None
-
-    async def _data_opened(self) -> None:
-        assert self._data_ready is not None
-        await asyncio.wait([self._data_ready])  # a waiter cancelled (a stop) leaves S3 be
-        error = self._data_ready.result()
-        if error is not None:
-            raise error
+        self.data.planned(plan, [instance.transport for instance in self.instances])
 
     async def _unless_stopped(self, work: Awaitable[T], stop: asyncio.Event | None = None) -> None:
         """Await `work`, abandoning it (and raising JobStopped) if a stop comes first."""
@@ -208,19 +187,9 @@ class JobExecution:
                 await supply.missing(instance.algo, False)
             await instance.prepared(image)
 
-        async def stage() -> None:
-            # The inputs stream into each host's inputs/N.partial (nothing reads them before
-            # `go`) while docker is checked, the image pulled and the container created.
-            await self._data_opened()
-            await self.data.check_direct(*self._planned())  # data_path: direct hosts reach S3
-            if not self.job.inputs:
-                return
-            written = [await instance.written() for instance in self.instances]
-            if all(written):  # else a host failed: its preparation error ends the job
-                await self.data.stage(*self._planned())
-
+        stage = self.data.stage_when_written([instance.written for instance in self.instances])
         try:
-            await all_of(on_each(self.instances, prepare), stage(), supply.deliver(targets))
+            await all_of(on_each(self.instances, prepare), stage, supply.deliver(targets))
             supply.settle({instance.algo: (instance.report.image, instance.report.image_how)
                            for instance in self.instances})
         except BaseException:
@@ -250,7 +219,7 @@ class JobExecution:
             watchers = [group.create_task(self._watch(instance, outcomes), name=f"{instance.algo} exit")
                         for instance in self.instances]
             helpers = [group.create_task(self._stop_early(deadline), name="stopper"),
-                       group.create_task(self._continuous(), name="continuous"),
+                       group.create_task(self.data.continuous(), name="continuous"),
                        group.create_task(self._all_started(), name="started")]
             await asyncio.wait(watchers)
             for helper in helpers:
@@ -271,7 +240,7 @@ class JobExecution:
                 self._end(exc)
             return
         # Recorded at once: a fleet taking the job over later needs it if the container is gone.
-        self.record.update(Hosts=self._hosts_with({instance.algo: code}))
+        self.record.update(Hosts=hosts_with(self.record.data.get("Hosts", {}), {instance.algo: code}))
         outcomes[instance.algo] = HostOutcome(instance.algo, code, message)
         if code != 0:
             self._end(AlgorithmError(f"{instance.algo} exited with code {code}. See job logs for more information"))
@@ -306,19 +275,6 @@ class JobExecution:
         running = [instance for instance in self.instances if not instance.has("exited")]
         await all_of(*(instance.stop(self.kill_requested) for instance in running))
 
-    async def _continuous(self) -> None:
-        """Continuous outputs while the containers run; a failure is told, not fatal (the
-        final pass tries again)."""
-        try:
-            await self.data.continuous(*self._planned())
-        except FleetError as exc:
-            self.console.notice(f"continuous upload: {exc.message}")
-
-    def _planned(self) -> tuple[list[HostPlan], list[Transport]]:
-        """Every host's plan and transport (once planned)."""
-        plans = [instance.plan for instance in self.instances if instance.plan is not None]
-        return plans, [instance.transport for instance in self.instances if instance.plan is not None]
-
     async def _clean_up(self) -> None:
         """Whatever happened: no container of the job remains and the job directories go
         (unless --keep), on every host that was planned; bounded (see Instance.clean_up)."""
@@ -329,32 +285,40 @@ class JobExecution:
             self.console.notice(f"cleanup incomplete: {exc.message}")
 
     # -- the record -----------------------------------------------------------------------
-    def _hosts_with(self, codes: dict[str, int | None]) -> dict:
-        """The record's Hosts with these hosts' ExitCodes."""
-        hosts = dict(self.record.data.get("Hosts", {}))
-        for algo, code in codes.items():
-            hosts[algo] = {**hosts.get(algo, {}), "ExitCode": code}
-        return hosts
-
     def _finish(self, outcomes: list[HostOutcome], error: FleetError | None) -> FleetError | None:
-        status = "Completed"
-        if isinstance(error, JobStopped):
-            status = "Stopped"
-        elif error is not None:
-            status = "Failed"
-        message = None
-        try:
-            message = exit_message([(o.algo, o.message) for o in outcomes if o.message is not None])
-        except ClientError as exc:
-            if error is None:
-                error, status = exc, "Failed"
+        status, error, message = job_ending(outcomes, error)
         self.record.update(
             ProcessingJobStatus=status,
             FailureReason=error.failure_reason if error is not None and status == "Failed" else None,
             ExitMessage=message,
             ProcessingEndTime=now(),
-            Hosts=self._hosts_with({o.algo: o.exit_code for o in outcomes}),
+            Hosts=hosts_with(self.record.data.get("Hosts", {}), {o.algo: o.exit_code for o in outcomes}),
             Transfers=self.data.record(),
             ExitCode=0 if error is None else error.exit_code,  # fleet's own: what `fleet wait` exits with
         )
         return error
+
+
+def hosts_with(hosts: dict, codes: dict[str, int | None]) -> dict:
+    """The record's Hosts with these hosts' ExitCodes."""
+    hosts = dict(hosts)
+    for algo, code in codes.items():
+        hosts[algo] = {**hosts.get(algo, {}), "ExitCode": code}
+    return hosts
+
+
+def job_ending(outcomes: list[HostOutcome], error: FleetError | None) -> tuple[str, FleetError | None, str | None]:
+    """The job's final status, its error (an unreadable exit message fails a job that had
+    none) and its ExitMessage, from every host's outcome and why the job ended early."""
+    status = "Completed"
+    if isinstance(error, JobStopped):
+        status = "Stopped"
+    elif error is not None:
+        status = "Failed"
+    message = None
+    try:
+        message = exit_message([(o.algo, o.message) for o in outcomes if o.message is not None])
+    except ClientError as exc:
+        if error is None:
+            error, status = exc, "Failed"
+    return status, error, message

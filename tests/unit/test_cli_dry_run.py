@@ -341,3 +341,65 @@ def test_describe_masks_environment_values_and_describe_json_keeps_them(tmp_path
     assert "Environment: ZQ_TOKEN=*** MODE=***" in out and "zq-s3cr3t" not in out
     assert main(["describe", "zq-described", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["Environment"] == {"ZQ_TOKEN": "zq-s3cr3t", "MODE": "x"}
+
+
+def _data_job(tmp_path: Path, distribution: str, files: int) -> Path:
+    source = tmp_path / "source"
+    source.mkdir()
+    for k in range(files):
+        (source / f"part-{k:02d}.csv").write_bytes(b"x" * (k + 1))
+    return write_job(tmp_path, request(count=3, ProcessingInputs=[{"InputName": "raw", "S3Input": {
+        "S3Uri": f"file://{source}", "LocalPath": "/opt/ml/processing/input", "S3DataType": "S3Prefix",
+        "S3DataDistributionType": distribution}}]))
+
+
+def test_dry_run_with_list_inputs_shows_each_hosts_shard_its_bytes_and_path(tmp_path, home, inventory, capsys):
+    assert dry_run(_data_job(tmp_path, "ShardedByS3Key", 5), inventory, "--list-inputs") == 0
+    hosts = sections(capsys.readouterr().out)
+    shards = {"algo-1": ["part-00", "part-03"], "algo-2": ["part-01", "part-04"], "algo-3": ["part-02"]}
+    for algo, names in shards.items():
+        text = hosts[algo]
+        assert (f"input  raw (ShardedByS3Key of file://{tmp_path}/source) → ml/inputs/1/ by the controller path"
+                in text)
+        size = sum(int(name[-1]) + 1 for name in names)
+        assert f"{len(names)} of 5 object(s), {size} of 15 bytes" in text
+        for other in {n for ns in shards.values() for n in ns}:
+            assert (f"→ {other}.csv" in text) == (other in names)
+        assert "output clean (EndOfJob): ml/outputs/1/ → s3://datasets/clean/ when the job Completed" in text
+
+
+def test_dry_run_counts_the_objects_past_the_first_ten(tmp_path, home, inventory, capsys):
+    assert dry_run(_data_job(tmp_path, "FullyReplicated", 12), inventory, "--list-inputs") == 0
+    text = sections(capsys.readouterr().out)["algo-3"]
+    assert "12 of 12 object(s), 78 of 78 bytes" in text
+    assert "→ part-09.csv" in text and "part-10.csv" not in text and "... and 2 more" in text
+
+
+def test_dry_run_without_list_inputs_lists_nothing_and_says_so(tmp_path, home, inventory, capsys):
+    assert dry_run(write_job(tmp_path, request()), inventory) == 0
+    for text in sections(capsys.readouterr().out).values():
+        assert ("input  raw (FullyReplicated of s3://datasets/raw/) → ml/inputs/1/ by the controller path "
+                "(data_path controller: the controller streams them): not listed (--list-inputs lists them, "
+                "read-only)") in text
+
+
+def test_dry_run_shows_a_direct_hosts_paths(tmp_path, home, capsys):
+    inventory = tmp_path / "direct.yaml"
+    inventory.write_text("hosts:\n  - {address: d1.lab, ip: 10.0.0.21, data_path: direct}\n")
+    document = request(count=1)
+    document["ProcessingOutputConfig"]["Outputs"].append({"OutputName": "live", "S3Output": {
+        "S3Uri": "s3://datasets/live/", "LocalPath": "/opt/ml/processing/live", "S3UploadMode": "Continuous"}})
+    assert dry_run(write_job(tmp_path, document), inventory) == 0
+    text = sections(capsys.readouterr().out)["algo-1"]
+    assert "→ ml/inputs/1/ by the direct path (data_path direct: the host fetches them with presigned URLs)" in text
+    assert ("output clean (EndOfJob): ml/outputs/1/ → s3://datasets/clean/ when the job Completed, by the direct "
+            "path (data_path direct: the host PUTs its files with presigned URLs)") in text
+    assert ("output live (Continuous): ml/outputs/2/ → s3://datasets/live/ while the container runs, and a last "
+            "time, by the controller path") in text
+
+
+def test_list_inputs_without_dry_run_is_refused(tmp_path, home, inventory, capsys):
+    job = write_job(tmp_path, request())
+    assert main(["run", "--list-inputs", "--inventory", str(inventory), str(job)]) == 2
+    assert "--list-inputs goes with --dry-run" in capsys.readouterr().err
+    assert not home.exists() or not list(home.rglob("*.json"))  # nothing recorded
