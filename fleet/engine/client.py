@@ -103,9 +103,10 @@ def _quote(name: str) -> str:
     return urllib.parse.quote(name, safe="/:@")
 
 
-class Engine:
-    """One host's engine. Calls may run concurrently: each takes a connection of its own
-    (an idle one if there is, else a new one from the connector)."""
+class EngineHTTP:
+    """The HTTP under an Engine: each call one exchange on a connection of its own (an idle
+    one if there is, at most IDLE_LIMIT kept, else a new one from the connector), bounded in
+    time and in size, its status mapped to the module's errors; and the log's stream."""
 
     def __init__(self, connector: Connector, label: str, *, timeout: float, path: str) -> None:
         self._connector = connector
@@ -114,36 +115,6 @@ class Engine:
         self.path = path  # how it is reached, for `fleet check` ("socket /var/run/docker.sock", ...)
         self.server: ServerVersion | None = None
         self._idle: list[Connection] = []
-
-    @classmethod
-    async def open(cls, connector: Connector, label: str, *, timeout: float, path: str) -> Engine:
-        """An Engine whose version is negotiated (EngineFailed when it does not answer as
-        an engine)."""
-        engine = cls(connector, label, timeout=timeout, path=path)
-        # GET /_ping first, as the docker CLI does: its headers say the API version, and it
-        # costs the engine nothing (Podman's /version runs conmon and the OCI runtime to ask
-        # theirs: ~20 ms of the host's CPU). /version only for a server newer than fleet,
-        # which may refuse fleet's version (its MinAPIVersion: Docker 29 refuses below 1.44).
-        status, _, headers = await engine._exchange("GET", "/_ping", "asking its API version", versioned=False,
-                                                    limit=ERROR_LIMIT)
-        said = {"ApiVersion": headers.get("api-version")}
-        server = _parse_api(said["ApiVersion"])
-        product = headers.get("server", "")  # "Docker/20.10.24 (linux)", "Libpod/5.8.0 (linux)"
-        version = product.partition("/")[2].partition(" ")[0]
-        podman = "libpod-api-version" in headers or product.lower().startswith("libpod")
-        if status >= 400 or server is None or server > API_VERSION:
-            said = await engine._json("GET", "/version", "asking its version", versioned=False)
-            components = said.get("Components") or []
-            podman = podman or any("podman" in str(c.get("Name", "")).lower()
-                                   for c in components if isinstance(c, dict))
-            version = str(said.get("Version", version))
-        try:
-            api = negotiate(said)
-        except ValueError as exc:
-            raise EngineFailed(label, f"the engine's API: {exc}") from None
-        engine.server = ServerVersion(version[:40] or "?", api, podman)
-        log.debug("%s: engine %s (API %s) through %s", label, engine.server.version, engine.server.api_text, path)
-        return engine
 
     def close(self) -> None:
         for connection in self._idle:
@@ -250,6 +221,92 @@ class Engine:
         if status >= 400 and status != 304:  # 304: already started / stopped
             raise self._error(status, answer, doing)
 
+    async def _log(self, container: str, *, follow: bool, skip: int, tty: bool,
+                   idle: float | None) -> AsyncIterator[tuple[int, bytes]]:
+        """One log request (see `logs`)."""
+        doing = f"reading the log of {container}"
+        target = self._target(f"/containers/{_quote(container)}/logs",
+                              {"stdout": "1", "stderr": "1", "follow": "1" if follow else "0"}, True)
+        frames = LogFrames(tty=tty, skip=skip)
+        try:
+            async with asyncio.timeout(self.timeout):
+                connection = await self._connection()
+                try:
+                    response = await connection.request("GET", target)
+                except BaseException:
+                    connection.close()
+                    raise
+                if response.status >= 400:
+                    answer = await response.read(ERROR_LIMIT)
+                    connection.close()
+                    raise self._error(response.status, answer, doing)
+        except TimeoutError:
+            raise EngineFailed(self.label, f"docker did not answer within {self.timeout:g} s ({doing})",
+                               timed_out=True) from None
+        except (OSError, EngineProtocolError, HostError) as exc:
+            if isinstance(exc, EngineRefused | EngineFailed):
+                raise
+            raise EngineFailed(self.label, f"lost the engine connection ({doing}): {exc}") from exc
+        pieces = response.pieces()
+        try:
+            while True:
+                try:
+                    async with asyncio.timeout(idle):
+                        piece = await anext(pieces, None)
+                except TimeoutError:
+                    raise EngineFailed(self.label, f"the log stream was silent for {idle:g} s ({doing})") from None
+                if piece is None:
+                    break
+                for out in frames.feed(piece):
+                    yield out
+            if frames.partial:
+                raise EngineFailed(self.label, f"the log stream ended inside a frame ({doing})")
+        except FrameError as exc:
+            raise EngineFailed(self.label, f"{exc} ({doing})") from None
+        except (OSError, EngineProtocolError, HostError) as exc:
+            if isinstance(exc, EngineFailed):
+                raise
+            raise EngineFailed(self.label, f"lost the engine connection ({doing}): {exc}") from exc
+        finally:
+            await pieces.aclose()
+            response.abandon()
+            self._release(connection)
+
+
+class Engine(EngineHTTP):
+    """One host's engine: the Docker API's calls fleet makes. Calls may run concurrently:
+    each takes a connection of its own."""
+
+    @classmethod
+    async def open(cls, connector: Connector, label: str, *, timeout: float, path: str) -> Engine:
+        """An Engine whose version is negotiated (EngineFailed when it does not answer as
+        an engine)."""
+        engine = cls(connector, label, timeout=timeout, path=path)
+        # GET /_ping first, as the docker CLI does: its headers say the API version, and it
+        # costs the engine nothing (Podman's /version runs conmon and the OCI runtime to ask
+        # theirs: ~20 ms of the host's CPU). /version only for a server newer than fleet,
+        # which may refuse fleet's version (its MinAPIVersion: Docker 29 refuses below 1.44).
+        status, _, headers = await engine._exchange("GET", "/_ping", "asking its API version", versioned=False,
+                                                    limit=ERROR_LIMIT)
+        said = {"ApiVersion": headers.get("api-version")}
+        server = _parse_api(said["ApiVersion"])
+        product = headers.get("server", "")  # "Docker/20.10.24 (linux)", "Libpod/5.8.0 (linux)"
+        version = product.partition("/")[2].partition(" ")[0]
+        podman = "libpod-api-version" in headers or product.lower().startswith("libpod")
+        if status >= 400 or server is None or server > API_VERSION:
+            said = await engine._json("GET", "/version", "asking its version", versioned=False)
+            components = said.get("Components") or []
+            podman = podman or any("podman" in str(c.get("Name", "")).lower()
+                                   for c in components if isinstance(c, dict))
+            version = str(said.get("Version", version))
+        try:
+            api = negotiate(said)
+        except ValueError as exc:
+            raise EngineFailed(label, f"the engine's API: {exc}") from None
+        engine.server = ServerVersion(version[:40] or "?", api, podman)
+        log.debug("%s: engine %s (API %s) through %s", label, engine.server.version, engine.server.api_text, path)
+        return engine
+
     # -- calls ---------------------------------------------------------------------------------
     async def info(self) -> dict[str, Any]:
         return dict(await self._json("GET", "/info", "asking its info"))
@@ -312,7 +369,7 @@ class Engine:
         return True
 
     async def logs(self, container: str, *, follow: bool, skip: int = 0, tty: bool | None = None,
-                   idle: float | None = None) -> AsyncIterator[tuple[int, bytes]]:
+                   idle: float | None = None, reread: bool = True) -> AsyncIterator[tuple[int, bytes]]:
         """The container's output as (stream, bytes) pieces, from its byte `skip` on (the
         container's stdout and stderr in order, as `docker logs 2>&1` writes them), to the
         container's end (`follow`) or the log's. `idle`: how long the stream may stay
@@ -321,70 +378,21 @@ class Engine:
         Docker 20.10's follow can miss the last, unterminated line of a container that
         exits, through the API as through `docker logs --follow` (supervise.sh's workaround):
         once a followed log ends, the log is read once more, unfollowed, from the byte
-        where the followed one stopped."""
+        where the followed one stopped. `reread=False` leaves that read to a caller that
+        reads the rest itself once the container has exited (Instance, after its wait: one
+        call to the engine fewer per container)."""
         if tty is None:
             tty = bool((await self.inspect(container)).get("Config", {}).get("Tty"))
         seen = skip
         async for stream, piece in self._log(container, follow=follow, skip=skip, tty=tty, idle=idle):
             seen += len(piece)
             yield stream, piece
-        if follow:
+        if follow and reread:
             try:
                 async for stream, piece in self._log(container, follow=False, skip=seen, tty=tty, idle=idle):
                     yield stream, piece
             except NoSuchObject:  # removed meanwhile: the followed log was all of it
                 return
-
-    async def _log(self, container: str, *, follow: bool, skip: int, tty: bool,
-                   idle: float | None) -> AsyncIterator[tuple[int, bytes]]:
-        """One log request (see `logs`)."""
-        doing = f"reading the log of {container}"
-        target = self._target(f"/containers/{_quote(container)}/logs",
-                              {"stdout": "1", "stderr": "1", "follow": "1" if follow else "0"}, True)
-        frames = LogFrames(tty=tty, skip=skip)
-        try:
-            async with asyncio.timeout(self.timeout):
-                connection = await self._connection()
-                try:
-                    response = await connection.request("GET", target)
-                except BaseException:
-                    connection.close()
-                    raise
-                if response.status >= 400:
-                    answer = await response.read(ERROR_LIMIT)
-                    connection.close()
-                    raise self._error(response.status, answer, doing)
-        except TimeoutError:
-            raise EngineFailed(self.label, f"docker did not answer within {self.timeout:g} s ({doing})",
-                               timed_out=True) from None
-        except (OSError, EngineProtocolError, HostError) as exc:
-            if isinstance(exc, EngineRefused | EngineFailed):
-                raise
-            raise EngineFailed(self.label, f"lost the engine connection ({doing}): {exc}") from exc
-        pieces = response.pieces()
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(idle):
-                        piece = await anext(pieces, None)
-                except TimeoutError:
-                    raise EngineFailed(self.label, f"the log stream was silent for {idle:g} s ({doing})") from None
-                if piece is None:
-                    break
-                for out in frames.feed(piece):
-                    yield out
-            if frames.partial:
-                raise EngineFailed(self.label, f"the log stream ended inside a frame ({doing})")
-        except FrameError as exc:
-            raise EngineFailed(self.label, f"{exc} ({doing})") from None
-        except (OSError, EngineProtocolError, HostError) as exc:
-            if isinstance(exc, EngineFailed):
-                raise
-            raise EngineFailed(self.label, f"lost the engine connection ({doing}): {exc}") from exc
-        finally:
-            await pieces.aclose()
-            response.abandon()
-            self._release(connection)
 
     # -- what fleet-image-have asks (fleet/host/images.sh, image-have.sh) ------------------------
     async def classic_store(self) -> bool:

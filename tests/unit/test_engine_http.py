@@ -425,6 +425,18 @@ async def test_a_followed_log_that_missed_its_last_unterminated_line_gets_it(eng
                                                                       "stdout=1&stderr=1&follow=0"]
 
 
+
+async def test_a_follow_whose_caller_reads_the_rest_itself_asks_the_engine_once(engine_at):
+    """reread=False (the instance, which reads the log once more after its wait): the followed
+    log alone, its bytes exactly, and no second log request."""
+    async def handler(method, target, body, writer):
+        stream = b"".join(frame(s, p) for s, p in LOG)
+        writer.write(head(200, length=len(stream)) + stream)
+    engine, fake = await engine_at(handler)
+    got = [piece async for piece in engine.logs("c1", follow=True, skip=2, tty=False, reread=False)]
+    assert b"".join(piece for _, piece in got) == b"".join(p for _, p in LOG)[2:]
+    assert [r.split("?")[1] for r in fake.requests if "/logs" in r] == ["stdout=1&stderr=1&follow=1"]
+
 # -- the ways to the engine (fleet.engine.connect) over the local transport --------------------
 
 FAKE_DOCKER = r'''
