@@ -12,7 +12,6 @@ from fleet.cli import main
 from fleet.contract.describe import JobDescription, JobSummary
 from fleet.errors import InvalidInput
 from fleet.inventory import SshHost
-from fleet.runtime import store as store_module
 from fleet.runtime.store import JobOwned, JobStore, RecordCache, RunOptions, RunRecord
 
 

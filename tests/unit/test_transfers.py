@@ -13,7 +13,7 @@ import pytest
 
 from fleet.contract.job import parse_job
 from fleet.errors import ClientError
-from fleet.inventory import SshHost
+from fleet.inventory import LocalHost, SshHost
 from fleet.plan import plan_cluster
 from fleet.runtime.console import Console
 from fleet.runtime.transfers import JobData
@@ -82,7 +82,7 @@ async def test_the_inputs_land_as_the_data_plan_says(tmp_path: Path):
             "S3Uri": f"file://{source}", "LocalPath": "/opt/ml/processing/in", "S3DataType": "S3Prefix",
             "S3DataDistributionType": "ShardedByS3Key"}}],
     }, "job.json")
-    hosts = [Host(address="localhost", name=f"h{k}", transport="local", workdir=str(tmp_path / f"w{k}"))
+    hosts = [LocalHost(address="localhost", name=f"h{k}", transport="local", workdir=str(tmp_path / f"w{k}"))
              for k in (1, 2)]
     plan = plan_cluster(job, hosts, ["127.0.0.1", "127.0.0.1"], stop_grace=1, region="r", account="1")
     for host in plan.hosts:
