@@ -7,7 +7,7 @@ from fleet.contract.job import parse_job
 from fleet.data.locations import FileLocation, S3Location
 from fleet.data.plan import CONTROLLER, DIRECT, plan_data
 from fleet.data.sources import InputObject
-from fleet.inventory import Host
+from fleet.inventory import SshHost
 from fleet.plan import plan_cluster
 
 
@@ -28,7 +28,7 @@ def _job(inputs: list[dict] = (), outputs: list[dict] = (), count: int = 3):
 
 def _cluster(job, paths: list[str] | None = None):
     paths = paths or ["controller"] * job.instance_count
-    hosts = [Host(address=f"10.0.0.{k}", data_path=path) for k, path in enumerate(paths, start=1)]
+    hosts = [SshHost(address=f"10.0.0.{k}", data_path=path) for k, path in enumerate(paths, start=1)]
     return plan_cluster(job, hosts, [h.address for h in hosts], stop_grace=1, region="r", account="1")
 
 

@@ -7,7 +7,7 @@ import asyncio
 
 from fleet.errors import FleetError, HostError
 from fleet.fanout import task_group
-from fleet.inventory import Host
+from fleet.inventory import SshHost
 from fleet.transport.lanes import Lanes
 from fleet.transport.scripted import ScriptedCommand, ScriptedTransport
 
@@ -23,7 +23,7 @@ async def _status_and_stderr(label, process, stderr) -> FleetError | None:
 
 
 async def _hosts(handlers) -> list[ScriptedTransport]:
-    transports = [ScriptedTransport(Host(address=f"10.0.0.{k}"), f"algo-{k}", handler)
+    transports = [ScriptedTransport(SshHost(address=f"10.0.0.{k}"), f"algo-{k}", handler)
                   for k, handler in enumerate(handlers, start=1)]
     for transport in transports:
         await transport.connect()
