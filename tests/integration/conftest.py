@@ -31,20 +31,8 @@ from registries import (  # noqa: F401  (fixtures: registries, ECR)
     spawn_registry,
 )
 
-from support.bed import (  # noqa: F401  (fixtures fleet_home and fleet; the rest for the tests: `from conftest import`)
-    IMAGE,
-    LOCAL_CLUSTER,
-    ROOT,
-    Cluster,
-    bed_up,
-    bed_usable,
-    fleet,
-    fleet_home,
-    lock_at_collection,
-    make_job,
-    session_lock,
-    wait_running,
-)
+from support import bed
+from support.bed import IMAGE, ROOT, fleet, fleet_home, make_job, wait_running  # noqa: F401  (fixtures; the tests)
 from support.s3server import bucket, s3  # noqa: F401  (fixtures: a real S3 server, SeaweedFS)
 
 BED_ENGINES = os.environ.get("FLEET_BED_ENGINES", "") or "docker20"  # scripts/local-cluster up --engines
@@ -54,7 +42,7 @@ def pytest_collection_modifyitems(config, items):
     # A test marked `mixed_engines` alone needs hosts of different engines: skipped on a bed of
     # one engine (the main session's). Marked `engines` too, it runs on any bed.
     mixed = len(set(BED_ENGINES.split(","))) > 1
-    lock_at_collection(config, [item for item in items if "integration" in str(item.fspath)
+    bed.lock_at_collection(config, [item for item in items if "integration" in str(item.fspath)
                                 and "cluster" in getattr(item, "fixturenames", ())])
     for item in items:
         if "integration" in str(item.fspath):
@@ -65,12 +53,13 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory, pytestconfig) -> Cluster:
-    if not bed_usable():
+def cluster(tmp_path_factory, pytestconfig) -> bed.Cluster:
+    if not bed.bed_usable():
         pytest.skip("the test bed needs root, dockerd and sshd (run scripts/setup)")
     inventory = tmp_path_factory.mktemp("cluster") / "hosts.yaml"
     # One test bed per machine: another test session or benchmark using it is waited for.
-    with bed_up(3, inventory, "--engines", BED_ENGINES, lock=session_lock(pytestconfig), timeout=300) as cluster:
+    lock = bed.session_lock(pytestconfig)
+    with bed.bed_up(3, inventory, "--engines", BED_ENGINES, lock=lock, timeout=300) as cluster:
         yield cluster
 
 
@@ -186,7 +175,7 @@ def slurm(cluster, tmp_path_factory) -> Slurm:
     if not all(shutil.which(tool, path="/usr/sbin:/usr/bin:/sbin:/bin")
                for tool in ("slurmctld", "slurmd", "munged", "sbatch")):
         pytest.skip("the bed's Slurm needs slurmctld, slurmd, munge and slurm-client (run scripts/setup)")
-    subprocess.run([str(LOCAL_CLUSTER), "slurm-up"], check=True, timeout=120, stdout=subprocess.DEVNULL)
+    subprocess.run([str(bed.LOCAL_CLUSTER), "slurm-up"], check=True, timeout=120, stdout=subprocess.DEVNULL)
     env = dict(line.split("=", 1) for line in (cluster.state / "hosts.env").read_text().splitlines()
                if "=" in line)
     try:
@@ -194,4 +183,4 @@ def slurm(cluster, tmp_path_factory) -> Slurm:
                     env["FLEET_SLURM_PARTITION"], int(env["FLEET_SLURM_KILLWAIT"]),
                     Path(env["FLEET_SLURM_KNOWN_HOSTS"]), tmp_path_factory.mktemp("slurm"))
     finally:
-        subprocess.run([str(LOCAL_CLUSTER), "slurm-down"], timeout=120, stdout=subprocess.DEVNULL)
+        subprocess.run([str(bed.LOCAL_CLUSTER), "slurm-down"], timeout=120, stdout=subprocess.DEVNULL)

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from unittest import mock
 import pytest
 
 from conftest import make_job
+from support.serving import free_port, serve_argv, wait_listening
 
 boto3 = pytest.importorskip("boto3")
 pytestmark = pytest.mark.integration
@@ -31,17 +31,11 @@ KEY, SECRET = "AKIDFLEETSERVETEST", "fleet-serve-test-secret"
 GROUP = "/aws/sagemaker/ProcessingJobs"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Served:
     def __init__(self, fleet, inventory: Path) -> None:
         self.fleet = fleet
         self.inventory = inventory
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = fleet.env(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
                              AWS_ENDPOINT_URL_SAGEMAKER=self.url, AWS_ENDPOINT_URL_CLOUDWATCH_LOGS=self.url,
@@ -51,18 +45,9 @@ class Served:
 
     def start(self) -> None:
         log = open(self.log, "ab")  # noqa: SIM115 (the server's, closed with it)
-        self.process = subprocess.Popen([sys.executable, "-m", "fleet", "serve", "--inventory", str(self.inventory),
-                                         "--listen", f"127.0.0.1:{self.port}"], env=self.env, stdout=log,
+        self.process = subprocess.Popen(serve_argv(self.inventory, self.port), env=self.env, stdout=log,
                                         stderr=log, cwd=self.fleet.tmp)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                assert self.process.poll() is None, self.log.read_text()
-                time.sleep(0.1)
-        raise AssertionError("fleet serve did not listen")
+        wait_listening(self.process, self.port, self.log.read_text)
 
     def stop(self, signum: int = signal.SIGTERM) -> None:
         if self.process is not None and self.process.poll() is None:

@@ -14,9 +14,7 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +24,7 @@ from pathlib import Path
 import pytest
 
 from conftest import make_job
+from support.serving import free_port, serve_argv
 
 boto3 = pytest.importorskip("boto3")
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -48,23 +47,17 @@ HOSTILE = r"printf '<script>window.pwned=1</script><img src=x onerror=window.pwn
 HOSTILE_SHOWN = r"<script>window.pwned=1</script><img src=x onerror=window.pwned=2> \x1b]0;owned\x07\x1b[31mred\x1b[2J"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def served(fleet) -> Iterator[tuple[str, str]]:
     """A `fleet serve` on the bed: (its URL, the login URL it printed for the operator)."""
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = fleet.env(AWS_ACCESS_KEY_ID=KEY, AWS_SECRET_ACCESS_KEY=SECRET, AWS_REGION="us-east-1",
                     AWS_CONFIG_FILE="/dev/null", AWS_SHARED_CREDENTIALS_FILE="/dev/null")
     log = fleet.tmp / "serve.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "fleet", "serve", "--inventory", str(fleet.cluster.inventory),
-                                    "--listen", f"127.0.0.1:{port}"], env=env, stdout=out, stderr=out, cwd=fleet.tmp)
+        process = subprocess.Popen(serve_argv(fleet.cluster.inventory, port), env=env, stdout=out, stderr=out,
+                                   cwd=fleet.tmp)
     try:
         login = None
         for _ in range(300):

@@ -34,6 +34,7 @@ import pytest
 from images import PYTHON_IMAGE, python_image  # noqa: F401  (fixture)
 
 from conftest import wait_running
+from support.serving import free_port, serve_argv, wait_listening
 
 ROLE = "arn:aws:iam::000000000000:role/x"
 REGION = "us-east-1"
@@ -56,12 +57,6 @@ def sdk():
         pytest.skip("`fleet serve` is not there yet (fleet serve --help failed)")
     os.environ.setdefault("SAGEMAKER_SUPPRESS_V2_WARNING", "1")
     return pytest.importorskip("sagemaker")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Serve:
@@ -93,27 +88,16 @@ def serve(sdk, cluster, s3, fleet_home, tmp_path, python_image):  # noqa: F811  
     """`fleet serve --inventory CLUSTER --listen 127.0.0.1:PORT`, FLEET_HOME of the test, the
     S3 server's env and key as its AWS chain. Waits for the port; SIGTERM by pid at the end
     (SIGKILL past 20 s)."""
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     env = {**s3.environ(), "FLEET_HOME": str(fleet_home), "PYTHONUNBUFFERED": "1"}
     log = tmp_path / "serve.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen([sys.executable, "-m", "fleet", "serve", "--inventory", str(cluster.inventory),
-                                    "--listen", f"127.0.0.1:{port}"], stdin=subprocess.DEVNULL, stdout=out,
+        process = subprocess.Popen(serve_argv(cluster.inventory, port), stdin=subprocess.DEVNULL, stdout=out,
                                    stderr=subprocess.STDOUT, env=env, cwd=tmp_path)
     server = Serve(process, endpoint, log, env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            if process.poll() is not None:
-                raise AssertionError(f"fleet serve exited with {process.returncode}:\n{server.log_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"fleet serve did not listen within 30 s:\n{server.log_text()}") from None
-                time.sleep(0.1)
+        wait_listening(process, port, server.log_text)
         yield server
     finally:
         if process.poll() is None:

@@ -18,16 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from support.bed import (  # noqa: F401  (fixtures fleet_home and fleet; make_job for the tests)
-    Cluster,
-    bed_up,
-    bed_usable,
-    fleet,
-    fleet_home,
-    lock_at_collection,
-    make_job,
-    session_lock,
-)
+from support import bed
+from support.bed import fleet, fleet_home, make_job  # noqa: F401  (fixtures; make_job for the tests)
 from support.s3server import bucket, s3  # noqa: F401  (fixtures: a real S3 server, SeaweedFS)
 
 HOSTS = int(os.environ.get("FLEET_SCALE_HOSTS", "32"))
@@ -47,13 +39,13 @@ def pytest_collection_modifyitems(config, items):
     ours = [item for item in items if here in Path(str(item.fspath)).parents]  # (the hook sees all)
     for item in ours:
         item.add_marker(pytest.mark.integration)
-    lock_at_collection(config, ours)
+    bed.lock_at_collection(config, ours)
 
 
 @pytest.fixture(scope="session")
-def cluster(tmp_path_factory, pytestconfig) -> Cluster:
-    if not bed_usable():
+def cluster(tmp_path_factory, pytestconfig) -> bed.Cluster:
+    if not bed.bed_usable():
         pytest.skip("the test bed needs root, dockerd and sshd (run scripts/setup)")
     inventory = tmp_path_factory.mktemp("cluster") / "hosts.yaml"
-    with bed_up(HOSTS, inventory, lock=session_lock(pytestconfig), timeout=600) as cluster:
+    with bed.bed_up(HOSTS, inventory, lock=bed.session_lock(pytestconfig), timeout=600) as cluster:
         yield cluster

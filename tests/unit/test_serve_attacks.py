@@ -10,16 +10,13 @@ import json
 import os
 import resource
 import select
-import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
@@ -33,16 +30,12 @@ from fleet.serve.scheduler import STOP_ASKED, Scheduler
 from fleet.serve.server import client_of
 from fleet.serve.services import Services
 
+from support.serving import free_port, serve_argv, served_fixture, stop, wait_listening
+
 KEY, SECRET = "AKIDFLEETATTACK00001", "fleet-attack-test-secret"
 ROOT = Path(__file__).resolve().parents[2]
 JSON = "application/x-amz-json-1.1"
 BUSY, WAITING = "zq-busy", "zq-wait"  # a job holding the only host, and one waiting for it
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _job(name: str) -> dict:
@@ -87,7 +80,7 @@ class Served:
     def __init__(self, tmp: Path, *, open_files: int | None = None, extra: tuple[str, ...] = ()) -> None:
         self.tmp = tmp
         self.home = tmp / "home"
-        self.port = _free_port()
+        self.port = free_port()
         inventory = {"hosts": [{"address": "localhost", "name": "h1", "transport": "local"}]}
         (tmp / "hosts.yaml").write_text(json.dumps(inventory))
         (tmp / "credentials").write_text(f"[alice]\naws_access_key_id = {KEY}\naws_secret_access_key = {SECRET}\n")
@@ -111,18 +104,9 @@ class Served:
                                                                              (open_files, open_files)))
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "fleet", "serve", "--inventory", str(tmp / "hosts.yaml"),
-                 "--credentials", str(tmp / "credentials"), "--listen", f"127.0.0.1:{self.port}", *extra],
+                serve_argv(tmp / "hosts.yaml", self.port, "--credentials", str(tmp / "credentials"), *extra),
                 env=self.env, stdout=log, stderr=log, cwd=tmp, preexec_fn=limit)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                break
-            except OSError:
-                assert self.process.poll() is None, self.log.read_text()
-                assert time.monotonic() < deadline, "fleet serve did not listen"
-                time.sleep(0.1)
+        wait_listening(self.process, self.port, self.log.read_text)
 
     def _seed(self, inventory) -> None:
         api = Services(self.store, Scheduler(self.store, inventory, RunOptions()), "us-east-1", "000000000000")
@@ -134,9 +118,7 @@ class Served:
                       ProcessingStartTime="2026-11-29T10:00:00+00:00")
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
+        stop(self.process)
         # the `fleet stop` processes serve started poll the record: an end lets them exit
         if self.store.load(BUSY).ProcessingJobStatus not in ("Stopped", "Completed", "Failed"):
             self.store.record(BUSY).update(ProcessingJobStatus="Stopped")
@@ -202,13 +184,7 @@ def _read_answer(conn: socket.socket) -> Answer:
     return Answer(int(status_line.split()[1]), headers, document)
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    server = Served(tmp_path)
-    try:
-        yield server
-    finally:
-        server.close()
+served = served_fixture(Served)
 
 
 def _no_traceback(server: Served) -> None:

@@ -10,7 +10,6 @@ import http.client
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,8 @@ from fleet.contract.job import parse_job
 from fleet.inventory import parse_inventory
 from fleet.runtime.store import JobStore
 from fleet.serve.metrics import MAX_ERRORS, OPERATION, Metrics
+
+from support.serving import free_port, served_fixture
 
 TOKEN = "s3cret-metrics-token-0123456789"
 # name -> (status, seconds from start to end); seeded before serve starts
@@ -68,13 +69,7 @@ class MetricsServed(Served):
         return samples
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[MetricsServed]:
-    server = MetricsServed(tmp_path)
-    try:
-        yield server
-    finally:
-        server.close()
+served = served_fixture(MetricsServed)
 
 
 def _by(samples: dict, name: str, label: str) -> dict[str, float]:
@@ -225,8 +220,8 @@ def test_a_bad_token_file_is_refused_naming_it(tmp_path, content, mode, said):
 
 def test_without_a_token_file_metrics_are_off_on_a_non_loopback_listen(tmp_path, monkeypatch):
     import test_serve_attacks
-    port = test_serve_attacks._free_port()
-    monkeypatch.setattr(test_serve_attacks, "_free_port", lambda: port)
+    port = free_port()
+    monkeypatch.setattr(test_serve_attacks, "free_port", lambda: port)
     server = MetricsServed(tmp_path, extra=("--listen", f"0.0.0.0:{port}"))  # the last --listen wins
     try:
         status, _, text = server.get()

@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,18 +34,14 @@ from fleet.serve.auth import CONTROLLER, KeyRing
 from fleet.serve.logs.shapes import LOG_GROUP
 from fleet.serve.scheduler import STOP_ASKED
 
+from support.serving import free_port, serve_argv, stop, wait_listening
+
 ROOT = Path(__file__).resolve().parents[2]
 RUN_MADE = "zq-made-by-fleet-run"
 OPERATOR_KEY, OPERATOR_SECRET = "AKIDFLEETOPERATOR001", "fleet-owners-operator-secret"
 PROFILES = {"alice": ("AKIDFLEETOWNERALICE1", "alice-secret", ""),
             "bob": ("AKIDFLEETOWNERBOB001", "bob-secret", ""),
             "root": ("AKIDFLEETOWNERROOT01", "root-secret", "fleet_admin = true\n")}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _job(name: str, secret: str = "") -> dict:
@@ -119,24 +113,15 @@ def served(tmp_path_factory) -> Iterator[Served]:
          "ownership = JobStore(Path(sys.argv[1])).claim(sys.argv[2])\nprint('held', flush=True)\ntime.sleep(600)\n",
          str(home), RUN_MADE], env=env, stdout=subprocess.PIPE, start_new_session=True)
     assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
-    port = _free_port()
+    port = free_port()
     log_path = tmp / "serve.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "fleet", "serve", "--inventory", str(tmp / "hosts.yaml"),
-             "--credentials", str(credentials), "--listen", f"127.0.0.1:{port}"],
+            serve_argv(tmp / "hosts.yaml", port, "--credentials", str(credentials)),
             env={**env, "AWS_ACCESS_KEY_ID": OPERATOR_KEY, "AWS_SECRET_ACCESS_KEY": OPERATOR_SECRET},
             stdout=log, stderr=log, cwd=tmp)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                assert process.poll() is None, log_path.read_text()
-                assert time.monotonic() < deadline, "fleet serve did not listen"
-                time.sleep(0.1)
+        wait_listening(process, port, log_path.read_text)
         with pytest.MonkeyPatch.context() as patch:  # the clients read the profiles serve reads
             for key in [key for key in os.environ if key.startswith("AWS_")]:
                 patch.delenv(key)
@@ -145,8 +130,7 @@ def served(tmp_path_factory) -> Iterator[Served]:
             patch.setenv("AWS_EC2_METADATA_DISABLED", "true")
             yield Served(port, store, credentials, holder)
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        stop(process)
         holder.kill()
         holder.wait(timeout=10)
     assert "Traceback" not in log_path.read_text()
@@ -281,7 +265,7 @@ def test_a_bad_credentials_file_is_refused_naming_file_profile_and_key(tmp_path,
     (tmp_path / "hosts.yaml").write_text(json.dumps({"hosts": [{"address": "localhost", "transport": "local"}]}))
     (tmp_path / "credentials").write_text("[alice]\naws_access_key_id = AKIDA\naws_secret_access_key = s\n" + section)
     done = subprocess.run([sys.executable, "-m", "fleet", "serve", "--inventory", str(tmp_path / "hosts.yaml"),
-                           "--credentials", str(tmp_path / "credentials"), "--listen", f"127.0.0.1:{_free_port()}"],
+                           "--credentials", str(tmp_path / "credentials"), "--listen", f"127.0.0.1:{free_port()}"],
                           env=_env(tmp_path / "home"), capture_output=True, text=True, timeout=60)
     assert done.returncode == InvalidInput.exit_code
     assert f"{tmp_path / 'credentials'}: {said}" in done.stderr

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
-from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
@@ -28,6 +26,8 @@ from fleet.contract.configfiles import DEFAULT_ACCOUNT
 from fleet.serve.auth import CONTROLLER, Principal
 from fleet.serve.sts.exceptions import QueryError
 from fleet.serve.sts.responses import NAMESPACE, action, caller_identity, error_xml, identity_xml, parse_form
+
+from support.serving import free_port, serve_argv, served_fixture, stop
 
 ROOT = Path(__file__).resolve().parents[2]
 AWS_CLI = Path(sys.executable).with_name("aws")
@@ -108,12 +108,6 @@ def test_a_body_that_is_not_one_form_is_malformed(body):
 
 # --- a real fleet serve ---
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 class Served:
     """`fleet serve` with the operator's key in its AWS chain and alice's in --credentials;
     its standard output (the export lines) and standard error kept apart."""
@@ -121,7 +115,7 @@ class Served:
     def __init__(self, tmp: Path, *extra: str, home: Path | None = None) -> None:
         self.tmp = tmp
         self.home = home or tmp / "home"
-        self.port = _free_port()
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         (tmp / "hosts.yaml").write_text(json.dumps({"hosts": [{"address": "localhost", "name": "h1",
                                                                "transport": "local"}]}))
@@ -135,8 +129,7 @@ class Served:
         self.out, self.err = tmp / "serve.out", tmp / "serve.err"
         with open(self.out, "wb") as out, open(self.err, "wb") as err:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "fleet", "serve", "--inventory", str(tmp / "hosts.yaml"),
-                 "--credentials", str(tmp / "credentials"), "--listen", f"127.0.0.1:{self.port}", *extra],
+                serve_argv(tmp / "hosts.yaml", self.port, "--credentials", str(tmp / "credentials"), *extra),
                 env=self.env, stdout=out, stderr=err, stdin=subprocess.DEVNULL, cwd=tmp)
         deadline = time.monotonic() + 30
         while self.out.read_text().count("\n") < 4:  # the exports come once it listens
@@ -145,22 +138,14 @@ class Served:
             time.sleep(0.1)
 
     def close(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            self.process.wait(timeout=30)
+        stop(self.process)
 
     def client(self, service: str, key: str, secret: str):
         return boto3.Session(aws_access_key_id=key, aws_secret_access_key=secret, region_name="eu-west-3").client(
             service, endpoint_url=self.url, config=Config(retries={"max_attempts": 1}))
 
 
-@pytest.fixture
-def served(tmp_path: Path) -> Iterator[Served]:
-    server = Served(tmp_path)
-    try:
-        yield server
-    finally:
-        server.close()
+served = served_fixture(Served)
 
 
 def test_boto3_get_caller_identity_names_the_signing_profile_and_the_account_of_the_job_arns(served):
@@ -255,7 +240,7 @@ def test_a_bad_default_bucket_stops_serve_naming_the_flag(tmp_path):
                AWS_SECRET_ACCESS_KEY=OPERATOR_SECRET, AWS_CONFIG_FILE="/dev/null",
                AWS_SHARED_CREDENTIALS_FILE="/dev/null", AWS_EC2_METADATA_DISABLED="true")
     result = subprocess.run([sys.executable, "-m", "fleet", "serve", "--inventory", str(tmp_path / "hosts.yaml"),
-                             "--listen", f"127.0.0.1:{_free_port()}", "--default-bucket", "Bad_Bucket"],
+                             "--listen", f"127.0.0.1:{free_port()}", "--default-bucket", "Bad_Bucket"],
                             env=env, capture_output=True, text=True, timeout=60)
     assert result.returncode == 2, result
     assert "--default-bucket 'Bad_Bucket'" in result.stderr and "Traceback" not in result.stderr, result.stderr
