@@ -5,6 +5,7 @@ step cannot start). What a real Slurm does with them is tested on the bed
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -212,7 +213,8 @@ def session_signalled(tmp_path: Path, step: bool, shell_too: bool = True) -> tup
             os.killpg(process.pid, signal.SIGTERM)
         else:
             for pid in _group(process.pid) - {process.pid}:
-                os.kill(pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):  # a child that ended since the listing
+                    os.kill(pid, signal.SIGTERM)
         rest = process.stdout.read()
         return process.wait(timeout=20), fake, first + rest
     finally:
