@@ -5,23 +5,32 @@
 # (docker's words, the free KiB, ...) and returns 0, or the session's exit status for the
 # failure (fleet.host.Status). Needs docker.sh.
 
-# The free KiB of the file system holding $1 (empty when unknown).
-free_kb() { df -Pk -- "$1" 2>/dev/null | awk 'NR == 2 { print $4 }'; }
-
-# check_workdir WORKDIR: it exists (made when missing) and takes new entries.
+# check_workdir WORKDIR: it exists (made when missing) and takes new entries (`fleet check`;
+# the session makes it so too, its own first mkdir there for the probe).
 check_workdir() {
-  mkdir -p -- "$1" 2>&1 || return "$WRITE_FAILED"
+  [ -d "$1" ] || mkdir -p -- "$1" 2>&1 || return "$WRITE_FAILED"
   mkdir -- "$1/.fleet-probe.$$" 2>&1 || return "$WRITE_FAILED"
   rmdir -- "$1/.fleet-probe.$$"
   return 0
 }
 
 # check_space WORKDIR NEED_KB: at least NEED_KB KiB free there (an unknown amount passes);
-# prints the free KiB.
+# prints the free KiB (empty when unknown): the 4th word of `df -Pk`'s second line, read by
+# the shell itself (one process: every one a session starts costs the host CPU).
 check_space() {
-  free=$(free_kb "$1")
+  free=
+  if table=$(df -Pk -- "$1" 2>/dev/null); then
+    set -f
+    # shellcheck disable=SC2086 # on purpose: the line's words
+    set -- "$2" ${table#*"
+"}
+    set +f
+    case ${5:-} in '' | *[!0-9]*) ;; *) free=$5 ;; esac
+  else
+    set -- "$2"
+  fi
   printf '%s\n' "$free"
-  if [ -n "$free" ] && [ "$free" -lt "$2" ]; then return "$NO_SPACE"; fi
+  if [ -n "$free" ] && [ "$free" -lt "$1" ]; then return "$NO_SPACE"; fi
   return 0
 }
 

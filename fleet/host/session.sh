@@ -35,13 +35,18 @@ shared_dir() {
 
 # The job directory first: the controller streams the inputs in (`written`) while docker is
 # checked, the image pulled and the container created.
-said=$(check_workdir "$workdir") || fail "$?" "$said"
+# The workdir is made when missing (as check_workdir does); its probe is this session's own
+# mkdir of WORKDIR/NAME below, whose words say why it fails (a process or three fewer).
+if [ ! -d "$workdir" ]; then
+  said=$(mkdir -p -- "$workdir" 2>&1) || fail "$WRITE_FAILED" "$said"
+fi
 said=$(check_space "$workdir" "$need_kb") || fail "$?" "$said"
 if shared_dir "$workdir"; then
   fail "$WRITE_FAILED" "the workdir $workdir is writable by other users: make it 0755 (or sticky, as /tmp)"
 fi
 # WORKDIR/NAME: made here, or made before by this same user and private to it.
-if ! mkdir -m 0755 -- "$job_parent" 2>/dev/null; then
+if ! said=$(mkdir -m 0755 -- "$job_parent" 2>&1); then
+  if [ ! -e "$job_parent" ] && [ ! -L "$job_parent" ]; then fail "$WRITE_FAILED" "$said"; fi
   if [ -L "$job_parent" ] || [ ! -d "$job_parent" ] || [ ! -O "$job_parent" ] || shared_dir "$job_parent"; then
     fail "$WRITE_FAILED" "$job_parent exists and is not a directory of $(id -un) that only it can change"
   fi
@@ -56,13 +61,18 @@ if ! said=$(mkdir -m 0711 -- "$job_dir" 2>&1); then
   fi
   fail "$WRITE_FAILED" "$said"
 fi
-{ printf '%s\n' "$run" "$controller" > "$run_file" && chmod 0644 -- "$run_file"; } || exit "$WRITE_FAILED"
+# Files every user may read are written under umask 022 (no chmod: one process fewer each).
+umask 022
+printf '%s\n' "$run" "$controller" > "$run_file" || exit "$WRITE_FAILED"
+umask 077
 said=$(mkdir -m 0700 -- "$private_dir" 2>&1) || fail "$WRITE_FAILED" "$said"
 # As a Slurm job step (transport srun), SIGTERM ends the job on this host: see step_end.
 if [ "${FLEET_STEP:-}" = 1 ]; then trap step_end TERM; fi
 
 # The files' bytes, from stdin: all at once into one private file (`head -c` may read ahead
-# from a pipe; nothing else comes before `prepared`), then cut into pieces.
+# from a pipe; nothing else comes before `written`), then cut into pieces: read from that
+# file in order, a piece by one `dd` (one read of exactly its size, which a regular file
+# gives in full, and dd reads no further: the next piece starts where it stopped).
 IFS=' ' read -r lengths || fail "$WRITE_FAILED" "the job's files did not arrive on stdin"
 total=0 count=0
 for n in $lengths; do
@@ -74,36 +84,54 @@ done
 stash=$private_dir/.stdin
 head -c "$total" > "$stash" || exit "$WRITE_FAILED"
 [ "$(($(wc -c < "$stash")))" -eq "$total" ] || fail "$WRITE_FAILED" "the job's files were cut short on stdin"
-rest="$lengths " offset=0
-# take DEST: the next piece into DEST.
+rest="$lengths "
+# take DEST: the next piece of the stash (this shell's stdin meanwhile) into DEST.
 take() {
   n=${rest%% *} rest=${rest#* }
-  tail -c +$((offset + 1)) -- "$stash" | head -c "$n" > "$1" || return 1
-  offset=$((offset + n))
+  if [ "$n" -eq 0 ]; then : > "$1"; else dd bs="$n" count=1 of="$1" 2>/dev/null; fi
 }
 
-# Every directory with a plain mkdir: one that exists already was not made by this session
-# (planted), and is refused, named by mkdir's error. Those the container writes are listed
-# (a line each: no path has a newline) for give_dirs.
-given=
+# Every directory with a plain mkdir (one per run of the same mode, parents first): one that
+# exists already was not made by this session (planted), and is refused, named by mkdir's
+# error. Those the container writes are listed (a line each: no path has a newline) for
+# give_dirs; so are those of a run, for its mkdir.
+given='' batch='' batch_mode=''
+make_batch() {
+  if [ -n "$batch" ]; then
+    # shellcheck disable=SC2086 # on purpose: the list, split on newlines
+    said=$(IFS='
+'; set -f; mkdir -m "$batch_mode" -- $batch 2>&1) || fail "$WRITE_FAILED" "$said"
+  fi
+  batch=
+}
 while [ "$ndirs" -gt 0 ]; do
   mode=$1
   if [ "$mode" = container ]; then mode=0755 given="$given$private_dir/$2
 "; fi
-  said=$(mkdir -m "$mode" -- "$private_dir/$2" 2>&1) || fail "$WRITE_FAILED" "$said"
+  if [ "$mode" != "$batch_mode" ]; then make_batch; batch_mode=$mode; fi
+  batch="$batch$private_dir/$2
+"
   shift 2; ndirs=$((ndirs - 1))
 done
-while [ "$nfiles" -gt 0 ]; do
-  { take "$1" && chmod 0644 -- "$1"; } || exit "$WRITE_FAILED"  # the container's user reads them
-  shift; nfiles=$((nfiles - 1))
-done
-take "$env_file" || exit "$WRITE_FAILED"
-i=1
-while [ "$i" -le "$nvars" ]; do
-  take "$env_file.$i" || exit "$WRITE_FAILED"
-  i=$((i + 1))
-done
-rm -f -- "$stash"
+make_batch
+{
+  umask 022  # the container's user reads them
+  while [ "$nfiles" -gt 0 ]; do
+    take "$1" || exit "$WRITE_FAILED"
+    shift; nfiles=$((nfiles - 1))
+  done
+  umask 077
+  take "$env_file" || exit "$WRITE_FAILED"
+  i=1
+  while [ "$i" -le "$nvars" ]; do
+    take "$env_file.$i" || exit "$WRITE_FAILED"
+    i=$((i + 1))
+  done
+  # Every piece was read in full: the stash has no byte left (a short read leaves some).
+  if IFS= read -r extra || [ -n "$extra" ]; then
+    fail "$WRITE_FAILED" "the job's files were not read in full from $stash"
+  fi
+} < "$stash"
 printf 'fleet:written\n' >&2
 
 # The image, as the controller says once the files are written (it may first push it here):
@@ -200,9 +228,9 @@ docker_create() (
   done
   d "$@"
 )
-# forget_environment: the env file and the values' files go.
+# forget_environment: the env file, the values' files and the stash they came from go.
 forget_environment() {
-  rm -f -- "$env_file"
+  rm -f -- "$env_file" "$stash"
   i=1
   while [ "$i" -le "$nvars" ]; do rm -f -- "$env_file.$i"; i=$((i + 1)); done
 }
@@ -213,7 +241,7 @@ forget_environment
 # removed when that fails, as on abort.
 uid=$(container_uid "$name" "$private_dir/.passwd")
 status=$?
-if [ "$status" -eq 0 ] && [ -n "$uid" ]; then
+if [ "$status" -eq 0 ] && [ -n "$uid" ] && [ "$uid" != 0 ] && [ -n "$given" ]; then
   # shellcheck disable=SC2086 # on purpose: the list, split on newlines
   uid=$(IFS='
 '; set -f; give_dirs "$uid" $given)

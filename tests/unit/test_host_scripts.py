@@ -885,3 +885,61 @@ def test_a_hostile_hosts_stderr_is_kept_bounded():
     assert report.image is not None and len(report.image) + len(report.image_how) <= 100
     report.feed(b"fleet:image sha256:abc pulled\n")
     assert (report.image, report.image_how) == ("sha256:abc", "pulled")
+
+
+# -- what the session costs the host: the job directory in a few processes -----------------------
+
+COUNTED = ("mkdir", "chmod", "dd", "head", "tail", "cat", "wc", "rm", "awk", "df", "find", "rmdir")
+
+
+def _counting_path(tmp_path: Path) -> str:
+    """A PATH whose first folder has a shim per COUNTED command: it logs its name, then runs
+    the real one."""
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    for name in COUNTED:
+        real = shutil.which(name)
+        assert real, name
+        shim = shims / name
+        shim.write_text(f'#!/bin/sh\necho {name} >> "$FAKE_DIR/counted"\nexec {real} "$@"\n')
+        shim.chmod(0o755)
+    return f"{shims}:{os.environ['PATH']}"
+
+
+def _commands_until_prepared(tmp_path: Path, channels: int) -> list[str]:
+    """The COUNTED commands a session runs from its start to `prepared` (then it aborts), for
+    a job of `channels` inputs and as many outputs."""
+    tmp_path.mkdir()
+    fake = FakeHost(tmp_path)
+    document = {
+        "ProcessingJobName": NAME,
+        "ProcessingResources": {"ClusterConfig": {
+            "InstanceCount": 1, "InstanceType": "ml.m5.xlarge", "VolumeSizeInGB": 1}},
+        "AppSpecification": {"ImageUri": IMAGE},
+        "ProcessingInputs": [{"InputName": f"in{i}", "S3Input": {
+            "S3Uri": f"s3://zq-bucket/in{i}/", "LocalPath": f"/opt/ml/processing/in{i}",
+            "S3DataType": "S3Prefix"}} for i in range(channels)],
+        "ProcessingOutputConfig": {"Outputs": [{"OutputName": f"out{i}", "S3Output": {
+            "S3Uri": f"s3://zq-bucket/out{i}/", "LocalPath": f"/opt/ml/processing/out{i}",
+            "S3UploadMode": "EndOfJob"}} for i in range(channels)]},
+    }
+    host = fake.plan.host
+    fake.plan = plan_cluster(parse_job(document, "job.json"), [host], [host.ip], stop_grace=30, region="us-east-1",
+                             account="000000000000", run_id=RUN, controller=CONTROLLER).hosts[0]
+    Path(fake.plan.workdir).mkdir()  # as on a host: the workdir is there
+    path = _counting_path(tmp_path)
+    result, report = fake.session(b"abort\n", image=hostscripts.image_use("sha256:0123456789abcdef"), PATH=path)
+    assert report.events == ["written", "prepared"], report.errors
+    counted = tmp_path / "counted"
+    return counted.read_text().split() if counted.exists() else []
+
+
+def test_the_job_directory_is_written_by_a_few_processes_however_many_channels(tmp_path: Path):
+    """Every process a session starts costs the host CPU (issue 20: a session's host CPU at
+    most the baseline `docker run`'s): the directories go in one mkdir, the files' pieces one
+    dd each, no chmod, no tail|head pipeline per file."""
+    one = _commands_until_prepared(tmp_path / "one", 1)
+    eight = _commands_until_prepared(tmp_path / "eight", 8)
+    assert sorted(one) == sorted(eight), (one, eight)
+    assert "chmod" not in one and "tail" not in one and "awk" not in one
+    assert len(one) <= 15, one  # the fake docker's own cat and find among them
