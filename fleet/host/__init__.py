@@ -200,6 +200,13 @@ def image_try(name: str) -> bytes:
     return f"try {name} 0\n".encode()
 
 
+def image_made(image_id: str, uid: str) -> bytes:
+    """The session's image step: the controller created the container from `image_id`
+    through the engine's API; it runs as `uid` (digits; `-`: a user name the session looks up
+    in the container's /etc/passwd)."""
+    return f"made {image_id} {uid}\n".encode()
+
+
 def image_pull(reference: str, docker_config: bytes) -> bytes:
     """The session's image step: pull `reference` unless the host has it, with these
     registry credentials (a Docker client config; empty for none) for that pull only."""
@@ -247,6 +254,10 @@ class SessionReport:
     image_how: str = ""  # present | pulled
     exit_code: int | None = None
     message: bytes | None = None
+    # the engine the session's docker CLI talks to, where its login tells (`fleet:written
+    # cli=unix://PATH`): an engine reached at PATH through the API is that CLI's
+    # (fleet/runtime/creator.py); None: unknown
+    cli_engine: str | None = None
     said: bytearray = field(default_factory=bytearray)  # docker's own words, for errors
     _buffer: bytearray = field(default_factory=bytearray)
     _message_left: int = 0
@@ -280,15 +291,21 @@ class SessionReport:
                 # read (up to the limit) and never trusted beyond it.
                 self._message_left = min(max(_int(line.removeprefix(b"fleet:message:")) or 0, 0), MESSAGE_LIMIT)
                 self.message = b""
+            elif line.startswith(b"fleet:written cli="):  # written; the engine its docker CLI talks to
+                self.cli_engine = line.removeprefix(b"fleet:written cli=")[:CLI_ENGINE_LIMIT].decode(errors="replace")
+                new += self._event(b"fleet:written")
             elif line in (b"fleet:written", b"fleet:image-missing", b"fleet:prepared", b"fleet:placed",
                           b"fleet:started", b"fleet:exited", b"fleet:cleaned"):
-                event = line.decode().removeprefix("fleet:")
-                if len(self.events) < EVENTS_LIMIT:
-                    self.events.append(event)
-                new.append(event)
+                new += self._event(line)
             else:
                 self._say(line[:LINE_LIMIT] + b"\n")
         return new
+
+    def _event(self, line: bytes) -> list[str]:
+        event = line.decode().removeprefix("fleet:")
+        if len(self.events) < EVENTS_LIMIT:
+            self.events.append(event)
+        return [event]
 
     def _say(self, words: bytes) -> None:
         self.said += words
@@ -306,6 +323,7 @@ class SessionReport:
 
 
 LINE_LIMIT = 65536  # bytes of one stderr line kept
+CLI_ENGINE_LIMIT = 4096  # bytes of the CLI's engine address kept (a socket's path)
 SAID_LIMIT = 65536  # bytes of docker's words kept (the last ones: errors come at the end)
 MESSAGE_LIMIT = 1024  # /opt/ml/output/message: the script sends its first 1 KB
 EVENTS_LIMIT = 100  # a session says a handful (resumed sessions say `started` again)

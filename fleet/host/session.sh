@@ -132,13 +132,37 @@ make_batch
     fail "$WRITE_FAILED" "the job's files were not read in full from $stash"
   fi
 } < "$stash"
-printf 'fleet:written\n' >&2
+# cli_engine: in `cli`, the engine this login's docker CLI talks to, where the environment
+# tells it without asking the CLI: DOCKER_HOST's unix:// socket; else, unless a context may
+# name another engine (DOCKER_CONTEXT, a currentContext in its config), the CLI's default
+# socket. Where the controller reaches that very socket through the engine's API, it may
+# create the container itself (`made`, below): on the engine this docker command would use.
+cli_engine() {
+  cli=
+  case ${DOCKER_HOST:-} in
+    unix://*) cli=$DOCKER_HOST; return ;;
+    ?*) return ;;
+  esac
+  [ -z "${DOCKER_CONTEXT:-}" ] || return
+  config=${DOCKER_CONFIG:-${HOME:-/nonexistent}/.docker}/config.json
+  if [ -e "$config" ]; then
+    [ -f "$config" ] && [ -r "$config" ] || return
+    while IFS= read -r line || [ -n "$line" ]; do
+      case $line in *currentContext*) return ;; esac
+    done < "$config"
+  fi
+  cli=unix:///var/run/docker.sock
+}
+cli_engine
+if [ -n "$cli" ]; then printf 'fleet:written cli=%s\n' "$cli" >&2; else printf 'fleet:written\n' >&2; fi
 
 # The image, as the controller says once the files are written (it may first push it here):
 #   use ID 0    the host has it (present, or just pushed): ID, an engine's ID or a config
 #               digest (config_image: found through fleet's tag on the containerd store)
 #   try NAME 0  present beats pull: the host's image NAME if it has one; else
 #               `fleet:image-missing` on stderr, and the next line says: pull (or abort)
+#   made ID UID the controller created the container itself, through the engine's API, from
+#               the image ID; the container runs as UID (`-`: a user name, looked up here)
 #   pull REF N  REF (NAME@DIGEST when the controller pinned it) unless the host has it, with
 #               the N bytes that follow: a Docker client config holding the registry's
 #               credentials (ECR's token, the controller's docker login), for this pull only:
@@ -162,7 +186,7 @@ if [ "$verb:$n" = try:0 ]; then
   esac
 fi
 case $verb:$n in
-  use:0 | pull:0) auth_dir= ;;
+  use:0 | pull:0 | made:- | made:[0-9]*) auth_dir= ;;
   pull:*[!0-9]* | pull:) fail "$PULL_FAILED" "the controller's pull was announced as '$n' bytes" ;;
   pull:*)
     auth_dir=$private_dir/.docker
@@ -182,7 +206,9 @@ case $verb:$n in
     rm -rf -- "$job_dir"; if [ -O "$job_parent" ]; then rmdir -- "$job_parent" 2>/dev/null; fi
     exit 0 ;;
 esac
-if [ "$verb" = use ]; then
+if [ "$verb" = made ]; then
+  image=$ref how=present
+elif [ "$verb" = use ]; then
   if [ -z "$image" ]; then
     image=$(config_image "$ref")
     status=$?
@@ -235,12 +261,20 @@ forget_environment() {
   while [ "$i" -le "$nvars" ]; do rm -f -- "$env_file.$i"; i=$((i + 1)); done
 }
 # Docker keeps the environment in the container's config: the files go at once.
-if ! docker_create "$@" >/dev/null; then forget_environment; exit "$CREATE_FAILED"; fi
-forget_environment
-# The directories the container writes become its user's (see users.sh); the container is
-# removed when that fails, as on abort.
-uid=$(container_uid "$name" "$private_dir/.passwd")
-status=$?
+if [ "$verb" = made ]; then
+  forget_environment
+  uid=$n status=0
+  case $uid in
+    *[!0-9]*) uid=$(container_uid "$name" "$private_dir/.passwd"); status=$? ;;
+  esac
+else
+  if ! docker_create "$@" >/dev/null; then forget_environment; exit "$CREATE_FAILED"; fi
+  forget_environment
+  # The directories the container writes become its user's (see users.sh); the container is
+  # removed when that fails, as on abort.
+  uid=$(container_uid "$name" "$private_dir/.passwd")
+  status=$?
+fi
 if [ "$status" -eq 0 ] && [ -n "$uid" ] && [ "$uid" != 0 ] && [ -n "$given" ]; then
   # shellcheck disable=SC2086 # on purpose: the list, split on newlines
   uid=$(IFS='

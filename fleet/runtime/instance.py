@@ -164,8 +164,10 @@ class Instance:
 
     async def image_step(self, step: bytes) -> None:
         """Tell the session, once written, how it gets the image (fleet.image.supply); never
-        logged (a pull's registry credentials ride along)."""
-        await self.session.send(step, "the image step")
+        logged (a pull's registry credentials ride along). Where the controller can create
+        the container itself through the engine's API, it does, and says `made` instead."""
+        made = await self.api.made(step, self.report.cli_engine)
+        await self.session.send(made or step, "the image step")
 
     async def image_missing(self) -> bool:
         """After `try`: whether the session said it lacks the image (False once it went on,

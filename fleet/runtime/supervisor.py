@@ -25,6 +25,7 @@ from fleet.fanout import first_of
 from fleet.host import Status
 from fleet.inventory import Host
 from fleet.plan import RUN_LABEL, HostPlan
+from fleet.runtime.creator import made_step, same_engine
 from fleet.runtime.store import RunOptions
 from fleet.transport import Transport
 from fleet.transport.base import RemoteProcess
@@ -83,6 +84,14 @@ class ApiSupervisor:
         except FleetError as exc:  # the engine did not answer: the session's docker calls say so
             log.debug("%s: no engine API: %s", self.algo, exc.message)
             return None
+
+    async def made(self, step: bytes, cli_engine: str | None) -> bytes | None:
+        """The image step `step`, done by the controller through the engine's API where it
+        can (fleet/runtime/creator.py): `made ID UID` for the session; else None."""
+        engine = await self._reaching if self._reaching is not None else None
+        if engine is None or not same_engine(engine, self.host, cli_engine):
+            return None
+        return await made_step(step, self._plan(), engine)
 
     async def _ours(self, engine: Engine | None) -> Engine | None:
         """`engine` if it has this run's container, which the host's docker command created:

@@ -396,7 +396,7 @@ def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
     try:
         process.stdin.write(hostscripts.session_input(fake.plan))
         process.stdin.flush()
-        assert process.stderr.readline() == b"fleet:written\n"  # inputs may stream in from now
+        assert process.stderr.readline().startswith(b"fleet:written")  # inputs may stream in from now
         for directory in [*fake.plan.dirs, "inputs", "outputs", "inputs/1.partial"]:
             assert (private / directory).is_dir()
         process.stdin.write(hostscripts.image_use("sha256:0123456789abcdef"))
@@ -412,6 +412,93 @@ def test_session_writes_the_plans_dirs_and_files_before_go(tmp_path: Path):
         assert (job_dir / ".fleet-run").read_text() == f"{RUN}\n{CONTROLLER}\n"
     finally:
         process.communicate(b"abort\n", timeout=20)
+
+
+def test_a_container_the_controller_made_through_the_api_costs_the_session_no_docker_call(tmp_path: Path):
+    fake = FakeHost(tmp_path, environment={"SECRET": "s3cr3t", "MULTI": "a\nb"})
+    result, report = fake.session(b"", image=hostscripts.image_made("sha256:" + "cd" * 32, "0"))
+    assert report.events == ["written", "prepared"], result.stderr
+    assert report.image == "sha256:" + "cd" * 32 and report.image_how == "present"
+    # No create, no image or container inspect: only the abort's removal (EOF before go).
+    assert fake.calls == ["rm"]
+    assert not Path(fake.plan.job_dir).exists()
+
+
+def test_the_env_files_go_at_once_when_the_controller_made_the_container(tmp_path: Path):
+    fake = FakeHost(tmp_path, environment={"SECRET": "s3cr3t", "MULTI": "a\nb"})
+    argv = hostscripts.session(fake.plan, docker_timeout=10)
+    process = subprocess.Popen(["sh", "-c", shlex.join(argv)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, env=fake.env, cwd=tmp_path)
+    try:
+        process.stdin.write(hostscripts.session_input(fake.plan) + hostscripts.image_made("sha256:" + "cd" * 32, "0"))
+        process.stdin.flush()
+        assert process.stderr.readline().startswith(b"fleet:written")
+        assert process.stderr.readline().startswith(b"fleet:image ")
+        assert process.stderr.readline() == b"fleet:prepared\n"
+        private = Path(fake.plan.private_dir)
+        assert sorted(p.name for p in private.iterdir() if p.is_file()) == []  # no env file, no value, no stash
+    finally:
+        process.communicate(b"abort\n", timeout=20)
+
+
+def test_a_made_containers_uid_gets_the_directories_it_writes(tmp_path: Path):
+    if os.geteuid() != 0:
+        pytest.skip("chown needs root")
+    fake = FakeHost(tmp_path)
+    argv = hostscripts.session(fake.plan, docker_timeout=10)
+    process = subprocess.Popen(["sh", "-c", shlex.join(argv)], stdin=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, env=fake.env, cwd=tmp_path)
+    try:
+        process.stdin.write(hostscripts.session_input(fake.plan) + hostscripts.image_made("sha256:" + "cd" * 32,
+                                                                                           "4321"))
+        process.stdin.flush()
+        for _ in range(3):
+            line = process.stderr.readline()
+        assert line == b"fleet:prepared\n"
+        private = Path(fake.plan.private_dir)
+        assert (private / "output").stat().st_uid == 4321
+        assert (private / "config").stat().st_uid == 0  # read-only for the container: root's
+        assert "inspect" not in fake.calls and "cp" not in fake.calls
+    finally:
+        process.communicate(b"abort\n", timeout=20)
+
+
+def test_a_made_container_of_a_user_name_is_looked_up_in_its_passwd(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    result, report = fake.session(b"", image=hostscripts.image_made("sha256:" + "cd" * 32, "-"), FAKE_USER="root")
+    assert report.events == ["written", "prepared"], result.stderr
+    assert "inspect" in fake.calls and "create" not in fake.calls
+
+
+@pytest.mark.parametrize("made", [b"made sha256:cd x1\n", b"made sha256:cd\n"])
+def test_a_made_step_without_a_uid_is_refused_and_nothing_is_left(tmp_path: Path, made: bytes):
+    fake = FakeHost(tmp_path)
+    result, report = fake.session(b"", image=made)
+    assert "prepared" not in report.events
+    assert "create" not in fake.calls
+    assert not Path(fake.plan.job_dir).exists()
+
+
+@pytest.mark.parametrize("setting, engine", [
+    ({}, "unix:///var/run/docker.sock"),
+    ({"DOCKER_HOST": "unix:///run/user/1000/docker.sock"}, "unix:///run/user/1000/docker.sock"),
+    ({"DOCKER_HOST": "tcp://10.0.0.5:2376"}, None),
+    ({"DOCKER_CONTEXT": "remote"}, None),
+    ({"config": '{\n\t"auths": {}\n}\n'}, "unix:///var/run/docker.sock"),
+    ({"config": '{\n\t"auths": {},\n\t"currentContext": "remote"\n}'}, None),
+])
+def test_the_session_says_which_engine_its_docker_cli_talks_to_where_the_login_tells(tmp_path: Path, setting,
+                                                                                     engine):
+    fake = FakeHost(tmp_path)
+    env = {"DOCKER_CONFIG": str(tmp_path / "dockerconfig")}
+    if "config" in setting:
+        (tmp_path / "dockerconfig").mkdir()
+        (tmp_path / "dockerconfig" / "config.json").write_text(setting.pop("config"))
+    for key in ("DOCKER_HOST", "DOCKER_CONTEXT"):
+        fake.env.pop(key, None)
+    result, report = fake.session(b"", **env, **setting)
+    assert report.events[0] == "written", result.stderr
+    assert report.cli_engine == engine
 
 
 def test_abort_starts_nothing_and_removes_the_job_dir(tmp_path: Path):
