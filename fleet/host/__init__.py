@@ -184,9 +184,10 @@ def session_input(plan: HostPlan) -> bytes:
     env file's and the values docker's own environment takes (processingjobconfig.json holds
     the Environment too), which must not be in an argv: every local user of the host can
     read those (/proc/PID/cmdline). A line of byte counts (each file of `plan.files` in
-    order, then the env file, then each value of `plan.inherited`, UTF-8), then the bytes."""
+    order, then the env file, then each value of `plan.inherited`, UTF-8), then the bytes,
+    then a newline (the session tells a stdin cut short by its absence: no `wc` to count)."""
     pieces = [*plan.files.values(), plan.environment, *(value.encode() for value in plan.inherited.values())]
-    return " ".join(str(len(piece)) for piece in pieces).encode() + b"\n" + b"".join(pieces)
+    return " ".join(str(len(piece)) for piece in pieces).encode() + b"\n" + b"".join(pieces) + b"\n"
 
 
 def image_use(image_id: str) -> bytes:

@@ -82,8 +82,8 @@ done
 [ "$count" -eq $((nfiles + 1 + nvars)) ] ||
   fail "$WRITE_FAILED" "$count pieces for $nfiles file(s), the env file and $nvars value(s)"
 stash=$private_dir/.stdin
-head -c "$total" > "$stash" || exit "$WRITE_FAILED"
-[ "$(($(wc -c < "$stash")))" -eq "$total" ] || fail "$WRITE_FAILED" "the job's files were cut short on stdin"
+# The pieces end with one newline of the controller's: a stash cut short lacks it (below).
+head -c "$((total + 1))" > "$stash" || exit "$WRITE_FAILED"
 rest="$lengths "
 # take DEST: the next piece of the stash (this shell's stdin meanwhile) into DEST.
 take() {
@@ -127,8 +127,13 @@ make_batch
     take "$env_file.$i" || exit "$WRITE_FAILED"
     i=$((i + 1))
   done
-  # Every piece was read in full: the stash has no byte left (a short read leaves some).
-  if IFS= read -r extra || [ -n "$extra" ]; then
+  # Every piece was there in full: the controller's newline follows them (a stash cut short,
+  # stdin having ended early, lacks it: its last piece came short), and then nothing.
+  if ! IFS= read -r extra; then  # nothing of what came is kept
+    rm -rf -- "$private_dir"
+    fail "$WRITE_FAILED" "the job's files were cut short on stdin"
+  fi
+  if [ -n "$extra" ] || IFS= read -r extra || [ -n "$extra" ]; then
     fail "$WRITE_FAILED" "the job's files were not read in full from $stash"
   fi
 } < "$stash"

@@ -57,6 +57,7 @@ class ApiSupervisor:
         self.session_started = asyncio.Event()  # the current session command said `started`
         self.session_placed = asyncio.Event()  # ... `placed` (API: the controller starts the container)
         self._tty = False  # the container has a TTY (docker_args' -t): its log is raw, not framed
+        self._made: Engine | None = None  # the engine the controller created the container on (`made`)
 
     @property
     def label(self) -> str:
@@ -91,7 +92,9 @@ class ApiSupervisor:
         engine = await self._reaching if self._reaching is not None else None
         if engine is None or not same_engine(engine, self.host, cli_engine):
             return None
-        return await made_step(step, self._plan(), engine)
+        made = await made_step(step, self._plan(), engine)
+        self._made = engine if made is not None else None
+        return made
 
     async def _ours(self, engine: Engine | None) -> Engine | None:
         """`engine` if it has this run's container, which the host's docker command created:
@@ -115,8 +118,11 @@ class ApiSupervisor:
 
     async def choose_at_go(self) -> bool:
         """At `go`: whether the container is followed through the API (the engine reached
-        meanwhile shows it)."""
-        self.engine = await self._ours(await self._reaching if self._reaching is not None else None)
+        meanwhile shows it; the one that created it, without asking: no TTY, this run's)."""
+        if self._made is not None:
+            self.engine, self._tty = self._made, False
+        else:
+            self.engine = await self._ours(await self._reaching if self._reaching is not None else None)
         self.active = self.engine is not None
         return self.active
 

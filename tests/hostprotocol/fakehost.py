@@ -291,8 +291,8 @@ class FakeHost:
         # The job's files and env file come first on stdin: a line of byte counts, the bytes.
         header = await command.read_stdin_line()
         counts = [int(word) for word in header.split()]
-        received = await command.read_stdin_bytes(sum(counts))
-        if not header.endswith(b"\n") or len(received) < sum(counts):
+        received = await command.read_stdin_bytes(sum(counts) + 1)  # the pieces, then a newline
+        if not header.endswith(b"\n") or len(received) < sum(counts) + 1 or not received.endswith(b"\n"):
             command.write_stderr(b"the job's files were cut short on stdin\n")
             return int(Status.WRITE_FAILED)
         self.received_files = [received[sum(counts[:i]):sum(counts[:i + 1])] for i in range(len(counts))]

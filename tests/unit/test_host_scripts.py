@@ -934,10 +934,11 @@ def test_a_directory_other_users_can_change_is_refused(tmp_path: Path, which):
         assert report.events[-1] == "cleaned", report.errors
 
 
-def test_job_files_cut_short_on_stdin_write_nothing_and_start_nothing(tmp_path: Path):
+@pytest.mark.parametrize("cut", [1, 10])  # 1: the pieces whole, the newline after them missing
+def test_job_files_cut_short_on_stdin_write_nothing_and_start_nothing(tmp_path: Path, cut: int):
     fake = FakeHost(tmp_path)
     whole = hostscripts.session_input(fake.plan)
-    result, report = fake.session(b"", files=whole[:-10], image=b"")
+    result, report = fake.session(b"", files=whole[:-cut], image=b"")
     assert result.returncode == Status.WRITE_FAILED and "cut short" in report.errors
     assert "create" not in fake.calls and not Path(fake.plan.private_dir, "config").exists()
 
@@ -947,7 +948,7 @@ def test_session_input_is_a_line_of_byte_counts_then_the_files_then_the_env_file
     header, _, rest = hostscripts.session_input(plan).partition(b"\n")
     pieces = [*plan.files.values(), plan.environment, *(value.encode() for value in MULTILINE.values())]
     assert header.split() == [str(len(piece)).encode() for piece in pieces]
-    assert rest == b"".join(pieces)
+    assert rest == b"".join(pieces) + b"\n"  # the newline that tells a stdin cut short
 
 
 # -- a hostile host's stderr: memory stays bounded --------------------------------------------------
