@@ -142,8 +142,13 @@ make_batch
 # name another engine (DOCKER_CONTEXT, a currentContext in its config), the CLI's default
 # socket. Where the controller reaches that very socket through the engine's API, it may
 # create the container itself (`made`, below): on the engine this docker command would use.
+# A docker command whose program is missing tells nothing: it fails here as ever (its scripts
+# may have to take over: they need it).
 cli_engine() {
   cli=
+  # shellcheck disable=SC2154 # docker.sh's: the docker command's words, a line each
+  command -v "${docker_words%%"
+"*}" >/dev/null 2>&1 || return
   case ${DOCKER_HOST:-} in
     unix://*) cli=$DOCKER_HOST; return ;;
     ?*) return ;;

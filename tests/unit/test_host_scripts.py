@@ -501,6 +501,14 @@ def test_the_session_says_which_engine_its_docker_cli_talks_to_where_the_login_t
     assert report.cli_engine == engine
 
 
+def test_a_docker_command_that_is_not_there_tells_no_engine(tmp_path: Path):
+    fake = FakeHost(tmp_path)
+    fake.docker.unlink()  # the controller creates nothing then: the session's docker fails, as ever
+    result, report = fake.session(b"", image=hostscripts.image_try(IMAGE))
+    assert report.events[0] == "written" and report.cli_engine is None
+    assert result.returncode == Status.DOCKER_MISSING, result.stderr
+
+
 def test_abort_starts_nothing_and_removes_the_job_dir(tmp_path: Path):
     fake = FakeHost(tmp_path)
     result, report = fake.session(b"abort\n")
