@@ -14,7 +14,7 @@ supervise() {
   # As a Slurm step, the step's SIGTERM reaches every process of it: dd ignores it, so that
   # the stream's count survives the follower's end and step_end sends the rest.
   streamed=$job_dir/.logged.$$
-  d logs --follow "$name" 2>&1 | {
+  d_log logs --follow "$name" 2>/dev/null | {
     if [ "${FLEET_STEP:-}" = 1 ]; then trap '' TERM; fi
     head -c "$offset" >/dev/null; dd bs=65536 2> "$streamed"
   }
@@ -81,7 +81,7 @@ send_unstreamed() {
   rm -f -- "$streamed"
   streamed=
   [ -n "$logged" ] || return 0
-  d logs "$name" 2>&1 | tail -c +$((offset + logged + 1))
+  d_log logs "$name" 2>/dev/null | tail -c +$((offset + logged + 1))
 }
 
 # step_end: as a Slurm job step (transport srun: FLEET_STEP=1), the session is what Slurm

@@ -175,7 +175,7 @@ case "$1" in
   logs)
     printf 'logs\n' >> "$FAKE_DIR/calls"
     printf 'running\n'
-    if [ "$2" = --follow ]; then exec sleep 60; fi
+    if [ "$2" = --follow ]; then exec sleep 61; fi
     if [ -e "$FAKE_DIR/stopped" ]; then printf 'got-INT, saving checkpoint\n'; fi
     exit 0 ;;
   stop) printf 'stop %s\n' "$2" >> "$FAKE_DIR/calls"; : > "$FAKE_DIR/stopped"; exit 0 ;;
@@ -184,12 +184,14 @@ exec "$FAKE_DIR/bin/docker.fake" "$@"
 """
 
 
-def session_signalled(tmp_path: Path, step: bool, shell_too: bool = True) -> tuple[int, FakeHost, bytes]:
+def session_signalled(tmp_path: Path, step: bool, shell_too: bool = True,
+                      follower_first: bool = False) -> tuple[int, FakeHost, bytes]:
     """A session that started its container (which runs on) and streamed its first line,
     then SIGTERM to every process of it, as slurmd signals a step (with `shell_too` False,
-    to all but the session's shell: the signal has reached its children, not yet it): its
-    status, the fake host to look at, and the session's whole stdout (the container's log as
-    fleet stores it)."""
+    to all but the session's shell: the signal has reached its children, not yet it; with
+    `follower_first`, the docker CLI that follows the log has it, and has ended, before the
+    rest): its status, the fake host to look at, and the session's whole stdout (the
+    container's log as fleet stores it)."""
     fake = FakeHost(tmp_path)
     fake.docker.rename(tmp_path / "bin" / "docker.fake")
     fake.docker.write_text(RUNNING_DOCKER)
@@ -209,6 +211,14 @@ def session_signalled(tmp_path: Path, step: bool, shell_too: bool = True) -> tup
         deadline = time.monotonic() + 10
         while fake.calls.count("wait") + fake.calls.count("logs") < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
+        if follower_first:
+            follower = {pid for pid in _group(process.pid) if _cmdline(pid) == b"sleep\x0061\x00"}
+            assert len(follower) == 1, follower
+            os.kill(follower.pop(), signal.SIGTERM)
+            # the shell that waited for it has had time to speak, and the stream's dd its end
+            deadline = time.monotonic() + 10
+            while len(_group(process.pid)) > 3 and time.monotonic() < deadline:
+                time.sleep(0.05)
         if shell_too:
             os.killpg(process.pid, signal.SIGTERM)
         else:
@@ -221,6 +231,13 @@ def session_signalled(tmp_path: Path, step: bool, shell_too: bool = True) -> tup
         if process.poll() is None:
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
 
 
 def _group(pgid: int) -> set[int]:
@@ -276,3 +293,13 @@ def test_over_ssh_a_signalled_session_leaves_the_container_to_the_controller(tmp
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
+
+
+def test_a_log_follower_that_the_signal_ended_first_adds_no_words_of_the_shell(tmp_path: Path):
+    """The step's SIGTERM can end the docker CLI that follows the log before the shell that
+    waits for it, which then says "Terminated" on its stderr: those words are not the
+    container's, and counted as streamed they took the place of its last words (CI:
+    b"running\nTerminated\nving checkpoint\n")."""
+    status, _, stdout = session_signalled(tmp_path, step=True, shell_too=False, follower_first=True)
+    assert status == 143
+    assert stdout == b"running\ngot-INT, saving checkpoint\n"
