@@ -171,6 +171,9 @@ class _MovingProxy:
     def __init__(self, registry, repo: str, tag: str, to: str) -> None:
         self.registry, self.repo, self.tag, self.to = registry, repo, tag, to
         self.moved = threading.Event()
+        # Hosts ask at once (the proxy's threads): one moves the tag, the others wait for the
+        # move to be over before theirs are forwarded, none moves it again.
+        self.moving = threading.Lock()
         self.digest_pulls: list[str] = []
         proxy = self
 
@@ -179,10 +182,11 @@ class _MovingProxy:
 
             def _forward(self) -> None:
                 if f"/v2/{proxy.repo}/manifests/sha256:" in self.path:
-                    proxy.digest_pulls.append(self.path)
-                    if not proxy.moved.is_set():
-                        proxy.registry.move_tag(proxy.repo, proxy.tag, proxy.to)
-                        proxy.moved.set()
+                    with proxy.moving:
+                        proxy.digest_pulls.append(self.path)
+                        if not proxy.moved.is_set():
+                            proxy.registry.move_tag(proxy.repo, proxy.tag, proxy.to)
+                            proxy.moved.set()
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
                 upstream = http.client.HTTPConnection("10.251.7.1", 80, timeout=30)
