@@ -4,17 +4,20 @@ means what the host's `docker create` would (issue 20: no docker CLI on a sessio
 Once the session has written the job directory, the controller's image step says how the
 host gets the image (`use ID`, `try NAME`: fleet.image.supply). Where the host's engine was
 reached through the API and is the one its docker command talks to (`same_engine`), the
-controller looks the image up there; the engine has it: the controller creates the
-container from the image's ID (fleet.engine.create: the argv's request) and says `made ID
-UID` instead (session.sh). The session then runs no docker command at all on the way to
-`prepared`: the CLI's start (~15 ms of the host's CPU a call, measured on the bed) was most
-of what a session cost beyond the baseline's `docker run`.
+controller creates the container there from the step's image (fleet.engine.create: the
+argv's request), reads the image's ID and user from the container's inspect (what `docker
+create` fixed; an image inspect first would cost Docker's containerd store ~6 ms of the
+host's CPU, the container's ~0.4 ms), and says `made ID UID` instead (session.sh). The
+session then runs no docker command at all on the way to `prepared`: the CLI's start (~15
+ms of the host's CPU a call, measured on the bed) was most of what a session cost beyond
+the baseline's `docker run`.
 
 Anything else keeps the step as it was and the session's docker command does the work: a
 pull (the registry's credentials go to the host's CLI, as always), an image the engine does
-not show, options the request cannot carry (GPUs, `--user`, a TTY, ...), an engine that
-may be another one than the CLI's, or any failure of the API calls. A create whose answer
-was lost is looked for: the container there with this run's label counts as made.
+not have (its create refused: the session's docker command looks, or pulls), options the
+request cannot carry (GPUs, `--user`, a TTY, ...), an engine that may be another one than
+the CLI's, or any failure of the API calls. A create whose answer was lost is looked for:
+the container there with this run's label counts as made.
 """
 
 from __future__ import annotations
@@ -55,10 +58,11 @@ def same_engine(engine: Engine, host: Host, cli_engine: str | None) -> bool:
     return cli_engine.startswith("unix://") and engine.path == f"socket {cli_engine.removeprefix('unix://')}"
 
 
-def image_user(image: dict[str, Any]) -> str:
-    """The uid a container of `image` runs as (its config's User: `uid`, `uid:gid`, `name`,
-    `name:group`; empty is root): digits, or `-` for a name (the session looks it up)."""
-    user = str((image.get("Config") or {}).get("User") or "").partition(":")[0]
+def image_user(config: dict[str, Any]) -> str:
+    """The uid a container runs as, from its config's User (the image's, where `docker
+    create` named none: `uid`, `uid:gid`, `name`, `name:group`; empty is root): digits, or `-`
+    for a name (the session looks it up)."""
+    user = str(config.get("User") or "").partition(":")[0]
     if not user:
         return "0"
     return user if UID.fullmatch(user) else "-"
@@ -73,36 +77,45 @@ async def made_step(step: bytes, plan: HostPlan, engine: Engine) -> bytes | None
     if verb not in (b"use", b"try") or len(words) != 2 or words[1] != b"0\n":
         return None
     reference = words[0].decode(errors="replace")
-    try:
-        image = await engine.image_inspect(reference)
-    except FleetError as exc:
-        log.debug("%s: the image %s through the API: %s", plan.algo, reference, exc.message)
-        return None
-    image_id = str((image or {}).get("Id") or "")
-    if image is None or not IMAGE_ID.fullmatch(image_id):
-        return None  # the session's docker command looks (config_image: fleet's tag), or pulls
-    request = create_request(plan.docker_create, image_at=plan.image_at, image=image_id,
+    request = create_request(plan.docker_create, image_at=plan.image_at, image=reference,
                              environment=plan.environment, inherited=plan.inherited)
     if request is None:
         return None
     name, body = request
     try:
         await engine.create(name, body)
-    except EngineRefused as exc:  # the CLI will say it in its words (the one table of failures)
+    except EngineRefused as exc:  # no such image (the session looks, or pulls), or the CLI says why
         log.debug("%s: create through the API refused: %s", plan.algo, exc.message)
         return None
-    except FleetError as exc:
-        if not await _ours(engine, plan):
-            log.debug("%s: create through the API: %s", plan.algo, exc.message)
-            return None
+    except FleetError as exc:  # the answer lost: the container may be there all the same
+        log.debug("%s: create through the API: %s", plan.algo, exc.message)
+    made = await _ours(engine, plan)
+    if made is None:
+        return None
+    image_id = str(made.get("Image") or "")
+    config = made.get("Config")
+    if not IMAGE_ID.fullmatch(image_id) or not isinstance(config, dict):
+        log.debug("%s: the container %s created through the API names no image ID", plan.algo, name)
+        await _remove(engine, plan)
+        return None
     log.debug("%s: created %s through the API", plan.algo, name)
-    return scripts.image_made(image_id, image_user(image))
+    return scripts.image_made(image_id, image_user(config))
 
 
-async def _ours(engine: Engine, plan: HostPlan) -> bool:
-    """The container is there and this run's (a create whose answer was lost)."""
+async def _ours(engine: Engine, plan: HostPlan) -> dict[str, Any] | None:
+    """The container's inspect, where it is there and this run's."""
     try:
         found = await engine.inspect(plan.container)
     except FleetError:
-        return False
-    return ((found.get("Config") or {}).get("Labels") or {}).get(RUN_LABEL) == plan.run_id
+        return None
+    labels = (found.get("Config") or {}).get("Labels") or {}
+    return found if isinstance(labels, dict) and labels.get(RUN_LABEL) == plan.run_id else None
+
+
+async def _remove(engine: Engine, plan: HostPlan) -> None:
+    """This run's container, which the session will not use, removed (the session's own
+    create would find the name taken)."""
+    try:
+        await engine.remove(plan.container)
+    except FleetError as exc:
+        log.debug("%s: removing %s through the API: %s", plan.algo, plan.container, exc.message)

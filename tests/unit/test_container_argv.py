@@ -47,10 +47,11 @@ def host(index: int = 0, **fields) -> Host:
                    user="fleet", workdir="/srv/fleet", **fields)
 
 
-def plans(processing_job, hosts=None, stop_grace: int = 30):
+def plans(processing_job, hosts=None, stop_grace: int = 30, **fields):
+    """Each host's plan; `fields`: plan_cluster's others (run_id, ...)."""
     hosts = hosts or [host(i) for i in range(processing_job.instance_count)]
     return plan_cluster(processing_job, hosts, ADDRESSES[:len(hosts)], stop_grace=stop_grace,
-                        region="eu-west-1", account="123456789012").hosts
+                        region="eu-west-1", account="123456789012", **fields).hosts
 
 
 def docker_create(processing_job, **kwargs) -> list[str]:

@@ -10,7 +10,7 @@ import pytest
 from test_container_argv import host, job, plans
 
 from fleet import host as scripts
-from fleet.engine.client import EngineFailed, EngineRefused
+from fleet.engine.client import EngineFailed, EngineRefused, NoSuchObject
 from fleet.inventory import SshHost
 from fleet.plan import RUN_LABEL
 from fleet.runtime.creator import image_user, made_step, same_engine
@@ -20,31 +20,37 @@ SOCKET = "/srv/h1/docker.sock"
 
 
 class Engine:
-    """The calls made_step makes, recorded; what the engine answers, given."""
+    """The calls made_step makes, recorded; what the engine answers, given: its create's error
+    (a 404 for an image it lacks), the created container's inspect (`found`: by default this
+    run's container of IMAGE_ID, once created)."""
 
-    def __init__(self, path: str = f"socket {SOCKET}", *, image: dict | None = None, create: Exception | None = None,
-                 found: dict | None = None) -> None:
+    def __init__(self, path: str = f"socket {SOCKET}", *, create: Exception | None = None,
+                 found: dict | None = None, user: str = "") -> None:
         self.path = path
-        self.image = {"Id": IMAGE_ID, "Config": {"User": ""}} if image is None else image
         self.create_error = create
         self.found = found
+        self.user = user
+        self.created: dict | None = None
         self.calls: list[tuple] = []
-
-    async def image_inspect(self, name: str) -> dict | None:
-        self.calls.append(("image_inspect", name))
-        return self.image or None
 
     async def create(self, name: str, config: dict) -> str:
         self.calls.append(("create", name, json.dumps(config)))
         if self.create_error is not None:
             raise self.create_error
+        self.created = config
         return "0123"
 
     async def inspect(self, container: str) -> dict:
         self.calls.append(("inspect", container))
-        if self.found is None:
+        if self.found is not None:
+            return self.found
+        if self.created is None:
             raise EngineFailed("h1", "no answer")
-        return self.found
+        return {"Image": IMAGE_ID, "Config": {**self.created, "User": self.user}}
+
+    async def remove(self, container: str) -> bool:
+        self.calls.append(("remove", container))
+        return True
 
 
 def ssh_host(**fields) -> SshHost:
@@ -67,22 +73,23 @@ def test_the_controller_creates_only_on_the_engine_the_hosts_docker_command_talk
 
 @pytest.mark.parametrize("user, uid", [("", "0"), ("1000", "1000"), ("1000:100", "1000"), ("app", "-"),
                                        ("app:app", "-"), ("0", "0"), ("1 0", "-")])
-def test_the_uid_is_the_images_user_a_name_is_left_to_the_session(user, uid):
-    assert image_user({"Config": {"User": user}}) == uid
+def test_the_uid_is_the_containers_user_a_name_is_left_to_the_session(user, uid):
+    assert image_user({"User": user}) == uid
 
 
 def _plan(**host_fields):
-    return plans(job(environment={"SECRET": "s3cr3t"}), hosts=[host(0, **host_fields)])[0]
+    return plans(job(environment={"SECRET": "s3cr3t"}), hosts=[host(0, **host_fields)], run_id="run-1")[0]
 
 
-async def test_an_image_the_engine_has_is_created_from_and_the_session_told_made():
+async def test_the_step_s_image_is_created_from_and_the_session_told_made_with_the_containers_image_and_user():
     plan = _plan()
-    engine = Engine(image={"Id": IMAGE_ID, "Config": {"User": "1000:1000"}})
-    made = await made_step(scripts.image_try(plan.docker_create[plan.image_at]), plan, engine)
+    engine = Engine(user="1000:1000")
+    reference = plan.docker_create[plan.image_at]
+    made = await made_step(scripts.image_try(reference), plan, engine)
     assert made == scripts.image_made(IMAGE_ID, "1000")
-    assert [call[0] for call in engine.calls] == ["image_inspect", "create"]
-    name, body = engine.calls[1][1], json.loads(engine.calls[1][2])
-    assert name == plan.container and body["Image"] == IMAGE_ID
+    assert [call[0] for call in engine.calls] == ["create", "inspect"]  # no image inspect
+    name, body = engine.calls[0][1], json.loads(engine.calls[0][2])
+    assert name == plan.container and body["Image"] == reference
     assert "SECRET=s3cr3t" in body["Env"]  # in the request, never on the host's disk
 
 
@@ -95,15 +102,15 @@ async def test_a_pull_or_anything_else_is_left_to_the_session(step):
 
 
 async def test_an_image_the_engine_lacks_is_left_to_the_session():
-    engine = Engine(image={})
+    engine = Engine(create=NoSuchObject("h1", 404, "No such image: repo/img:1"))
     assert await made_step(scripts.image_try("repo/img:1"), _plan(), engine) is None
-    assert [call[0] for call in engine.calls] == ["image_inspect"]
+    assert [call[0] for call in engine.calls] == ["create"]
 
 
 async def test_options_the_request_cannot_carry_leave_the_create_to_the_docker_cli():
     engine = Engine()
     assert await made_step(scripts.image_use(IMAGE_ID), _plan(docker_args=["--shm-size", "1g"]), engine) is None
-    assert [call[0] for call in engine.calls] == ["image_inspect"]
+    assert engine.calls == []
 
 
 async def test_a_refused_create_is_the_clis_to_make_and_to_word():
@@ -114,13 +121,16 @@ async def test_a_refused_create_is_the_clis_to_make_and_to_word():
 async def test_a_create_whose_answer_was_lost_counts_if_the_container_is_this_runs():
     plan = _plan()
     theirs = Engine(create=EngineFailed("h1", "the connection closed"),
-                    found={"Config": {"Labels": {RUN_LABEL: "another-run"}}})
+                    found={"Image": IMAGE_ID, "Config": {"Labels": {RUN_LABEL: "another-run"}}})
     assert await made_step(scripts.image_use(IMAGE_ID), plan, theirs) is None
+    assert "remove" not in [call[0] for call in theirs.calls]  # another run's is never touched
     ours = Engine(create=EngineFailed("h1", "the connection closed"),
-                  found={"Config": {"Labels": {RUN_LABEL: plan.run_id}}})
+                  found={"Image": IMAGE_ID, "Config": {"Labels": {RUN_LABEL: plan.run_id}}})
     assert await made_step(scripts.image_use(IMAGE_ID), plan, ours) == scripts.image_made(IMAGE_ID, "0")
 
 
-async def test_an_engine_id_that_is_no_id_is_never_passed_to_the_session():
-    engine = Engine(image={"Id": "sha256:ab cd\nprepared", "Config": {}})
-    assert await made_step(scripts.image_use(IMAGE_ID), _plan(), engine) is None
+async def test_an_engine_id_that_is_no_id_is_never_passed_to_the_session_and_the_container_goes():
+    plan = _plan()
+    engine = Engine(found={"Image": "sha256:ab cd\nprepared", "Config": {"Labels": {RUN_LABEL: plan.run_id}}})
+    assert await made_step(scripts.image_use(IMAGE_ID), plan, engine) is None
+    assert engine.calls[-1] == ("remove", plan.container)  # the session's own create finds the name free
