@@ -216,6 +216,16 @@ class EngineHTTP:
         except ValueError:
             raise EngineFailed(self.label, f"the engine's answer is not JSON ({doing})") from None
 
+    async def _object(self, method: str, path: str, doing: str, **kwargs: Any) -> dict[str, Any]:
+        """A call whose answer is a JSON object (an empty answer: an empty one); any other JSON
+        is a broken answer, never a TypeError (`dict()` of a list or a string)."""
+        found = await self._json(method, path, doing, **kwargs)
+        if found is None:
+            return {}
+        if not isinstance(found, dict):
+            raise EngineFailed(self.label, f"the engine's answer is not a JSON object ({doing})")
+        return found
+
     async def _empty(self, method: str, path: str, doing: str, **kwargs: Any) -> None:
         status, answer, _ = await self._exchange(method, path, doing, limit=ERROR_LIMIT, **kwargs)
         if status >= 400 and status != 304:  # 304: already started / stopped
@@ -309,7 +319,7 @@ class Engine(EngineHTTP):
 
     # -- calls ---------------------------------------------------------------------------------
     async def info(self) -> dict[str, Any]:
-        return dict(await self._json("GET", "/info", "asking its info"))
+        return await self._object("GET", "/info", "asking its info")
 
     async def image_inspect(self, name: str) -> dict[str, Any] | None:
         """`docker image inspect NAME`; None when the engine has no such image."""
@@ -326,9 +336,9 @@ class Engine(EngineHTTP):
 
     async def create(self, name: str, config: dict[str, Any]) -> str:
         """`docker create --name NAME` of this config (the API's body); the container's ID."""
-        made = await self._json("POST", "/containers/create", f"creating the container {name}",
-                                query={"name": name}, body=config)
-        return str((made or {}).get("Id", ""))
+        made = await self._object("POST", "/containers/create", f"creating the container {name}",
+                                  query={"name": name}, body=config)
+        return str(made.get("Id", ""))
 
     async def start(self, container: str) -> None:
         await self._empty("POST", f"/containers/{_quote(container)}/start", f"starting the container {container}")
@@ -346,18 +356,18 @@ class Engine(EngineHTTP):
 
     async def wait(self, container: str, *, timeout: float) -> int:
         """The container's exit code once it is not running (`timeout`: how long it may run)."""
-        said = await self._json("POST", f"/containers/{_quote(container)}/wait",
-                                f"waiting for the container {container}",
-                                query={"condition": "not-running"}, timeout=timeout)
-        error = (said or {}).get("Error") or {}
+        said = await self._object("POST", f"/containers/{_quote(container)}/wait",
+                                  f"waiting for the container {container}",
+                                  query={"condition": "not-running"}, timeout=timeout)
+        error = said.get("Error") or {}
         if isinstance(error, dict) and error.get("Message"):
             raise EngineFailed(self.label, f"waiting for the container {container}: "
                                            f"{str(error['Message'])[:MESSAGE_LIMIT]}")
-        return int((said or {}).get("StatusCode", -1))
+        return int(said.get("StatusCode", -1))
 
     async def inspect(self, container: str) -> dict[str, Any]:
-        return dict(await self._json("GET", f"/containers/{_quote(container)}/json",
-                                     f"inspecting the container {container}"))
+        return await self._object("GET", f"/containers/{_quote(container)}/json",
+                                  f"inspecting the container {container}")
 
     async def remove(self, container: str, *, force: bool = True) -> bool:
         """`docker rm [-f]`; False when there was no such container."""

@@ -217,6 +217,25 @@ async def test_an_answer_cut_short_is_an_error_not_a_short_answer(engine_at):
         await engine.inspect("c1")
 
 
+
+@pytest.mark.parametrize("answer", [["c1"], "c1", 7, [[1, 2, 3]]])
+async def test_an_answer_of_another_shape_than_the_calls_object_is_the_engines_error(engine_at, answer):
+    """A host's engine (less trusted than the controller) answering an inspect, a create, a
+    wait or its info with JSON that is no object: a broken answer naming the call, not a
+    TypeError or AttributeError that ends the whole job as fleet's own failure."""
+    async def handler(method, target, body, writer):
+        writer.write(json_answer(answer))
+    engine, _ = await engine_at(handler)
+    with pytest.raises(EngineFailed, match=r"not a JSON object \(inspecting the container c1\)"):
+        await engine.inspect("c1")
+    with pytest.raises(EngineFailed, match=r"not a JSON object \(creating the container c1\)"):
+        await engine.create("c1", {"Image": "busybox"})
+    with pytest.raises(EngineFailed, match=r"not a JSON object \(waiting for the container c1\)"):
+        await engine.wait("c1", timeout=5)
+    with pytest.raises(EngineFailed, match=r"not a JSON object \(asking its info\)"):
+        await engine.info()
+
+
 # -- bounds -------------------------------------------------------------------------------------
 
 async def test_an_oversize_answer_is_refused_without_being_read(engine_at):
