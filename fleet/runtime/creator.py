@@ -68,6 +68,14 @@ def image_user(config: dict[str, Any]) -> str:
     return user if UID.fullmatch(user) else "-"
 
 
+def run_config(found: dict[str, Any], run_id: str) -> dict[str, Any] | None:
+    """The Config of a container's inspect (`found`) where it is an object labelled with this
+    run (`run_id`); None for another run's container, or an answer of another shape."""
+    config = found.get("Config")
+    labels = config.get("Labels") if isinstance(config, dict) else None
+    return config if isinstance(labels, dict) and labels.get(RUN_LABEL) == run_id else None
+
+
 async def made_step(step: bytes, plan: HostPlan, engine: Engine) -> bytes | None:
     """`made ID UID` once the controller created the container for `step` (`use ID 0`, `try
     NAME 0`) through `engine`; None where the session's docker command should (see the
@@ -89,27 +97,20 @@ async def made_step(step: bytes, plan: HostPlan, engine: Engine) -> bytes | None
         return None
     except FleetError as exc:  # the answer lost: the container may be there all the same
         log.debug("%s: create through the API: %s", plan.algo, exc.message)
-    made = await _ours(engine, plan)
-    if made is None:
+    try:  # what was made, and whether it is this run's (a lost answer's create may be another's)
+        found = await engine.inspect(plan.container)
+    except FleetError:
         return None
-    image_id = str(made.get("Image") or "")
-    config = made.get("Config")
-    if not IMAGE_ID.fullmatch(image_id) or not isinstance(config, dict):
+    config = run_config(found, plan.run_id)
+    if config is None:
+        return None
+    image_id = str(found.get("Image") or "")
+    if not IMAGE_ID.fullmatch(image_id):
         log.debug("%s: the container %s created through the API names no image ID", plan.algo, name)
         await _remove(engine, plan)
         return None
     log.debug("%s: created %s through the API", plan.algo, name)
     return scripts.image_made(image_id, image_user(config))
-
-
-async def _ours(engine: Engine, plan: HostPlan) -> dict[str, Any] | None:
-    """The container's inspect, where it is there and this run's."""
-    try:
-        found = await engine.inspect(plan.container)
-    except FleetError:
-        return None
-    labels = (found.get("Config") or {}).get("Labels") or {}
-    return found if isinstance(labels, dict) and labels.get(RUN_LABEL) == plan.run_id else None
 
 
 async def _remove(engine: Engine, plan: HostPlan) -> None:

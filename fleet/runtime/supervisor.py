@@ -24,8 +24,8 @@ from fleet.errors import FleetError
 from fleet.fanout import first_of
 from fleet.host import Status
 from fleet.inventory import Host
-from fleet.plan import RUN_LABEL, HostPlan
-from fleet.runtime.creator import made_step, same_engine
+from fleet.plan import HostPlan
+from fleet.runtime.creator import made_step, run_config, same_engine
 from fleet.runtime.store import RunOptions
 from fleet.transport import Transport
 from fleet.transport.base import RemoteProcess
@@ -109,11 +109,12 @@ class ApiSupervisor:
             log.info("%s: the engine's API does not show the container %s (%s): the host's scripts supervise it",
                      self.algo, plan.container, exc.message)
             return None
-        if ((found.get("Config") or {}).get("Labels") or {}).get(RUN_LABEL) != plan.run_id:
+        config = run_config(found, plan.run_id)
+        if config is None:
             log.info("%s: the engine at %s has another container %s: the host's scripts supervise this run's",
                      self.algo, engine.path, plan.container)
             return None
-        self._tty = bool((found.get("Config") or {}).get("Tty"))  # how its log is framed
+        self._tty = bool(config.get("Tty"))  # how its log is framed
         return engine
 
     async def choose_at_go(self) -> bool:

@@ -134,3 +134,12 @@ async def test_an_engine_id_that_is_no_id_is_never_passed_to_the_session_and_the
     engine = Engine(found={"Image": "sha256:ab cd\nprepared", "Config": {"Labels": {RUN_LABEL: plan.run_id}}})
     assert await made_step(scripts.image_use(IMAGE_ID), plan, engine) is None
     assert engine.calls[-1] == ("remove", plan.container)  # the session's own create finds the name free
+
+
+@pytest.mark.parametrize("config", ["Labels", ["Labels"], {"Labels": "fleet.run=run-1"}])
+async def test_a_containers_config_of_another_shape_is_no_container_of_this_run(config):
+    """The host's engine answers the inspect with a Config (or its Labels) that is no object:
+    the step is the session's, and nothing raises past made_step."""
+    plan = _plan()
+    engine = Engine(found={"Image": IMAGE_ID, "Config": config})
+    assert await made_step(scripts.image_use(IMAGE_ID), plan, engine) is None
